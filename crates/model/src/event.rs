@@ -1,0 +1,194 @@
+//! The stored event and its Segment-shaped rendering.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{format_ms, Millis};
+
+/// The six Segment message types that carry data (`batch` only wraps them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Track,
+    Identify,
+    Page,
+    Screen,
+    Group,
+    Alias,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 6] = [
+        EventType::Track,
+        EventType::Identify,
+        EventType::Page,
+        EventType::Screen,
+        EventType::Group,
+        EventType::Alias,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Track => "track",
+            EventType::Identify => "identify",
+            EventType::Page => "page",
+            EventType::Screen => "screen",
+            EventType::Group => "group",
+            EventType::Alias => "alias",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<EventType> {
+        EventType::ALL.get(code as usize).copied()
+    }
+}
+
+/// UTM parameters of the touch, from `context.campaign` or the page URL's query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Utm {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+}
+
+impl Utm {
+    pub fn is_empty(&self) -> bool {
+        *self == Utm::default()
+    }
+}
+
+/// Click-id query parameters that ad platforms append; any of them marks a paid touch.
+pub const CLICK_ID_PARAMS: [&str; 10] = [
+    "gclid",
+    "gbraid",
+    "wbraid",
+    "dclid",
+    "msclkid",
+    "fbclid",
+    "ttclid",
+    "li_fat_id",
+    "twclid",
+    "yclid",
+];
+
+/// The click id of a touch: which parameter (`gclid`, `fbclid`...) and its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClickId {
+    pub param: String,
+    pub value: String,
+}
+
+/// A stored event: a validated Segment message with the fields analyses need pulled out.
+///
+/// `timestamp` is the clock-skew corrected event time that every analysis uses;
+/// `original_timestamp` and `sent_at` are kept as the client sent them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub message_id: String,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// `event` of a track, `name` of a page or screen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// An email the message carries in `traits` or `context.traits`: an identity of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub timestamp: Millis,
+    pub received_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrer: Option<String>,
+    #[serde(default, skip_serializing_if = "Utm::is_empty")]
+    pub utm: Utm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub click_id: Option<ClickId>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub properties: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub context: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub traits: Map<String, Value>,
+}
+
+impl Event {
+    /// The id this event was sent under: the user id when known, else the anonymous id.
+    /// Validation guarantees one of them is present.
+    pub fn distinct_id(&self) -> &str {
+        self.user_id
+            .as_deref()
+            .or(self.anonymous_id.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// The event as a Segment message, as `export` writes it and any Segment tool reads it.
+    pub fn to_segment_json(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Option<&str>| {
+            if let Some(v) = v {
+                m.insert(k.to_string(), Value::String(v.to_string()));
+            }
+        };
+        put("messageId", Some(&self.message_id));
+        put("type", Some(self.event_type.as_str()));
+        match self.event_type {
+            EventType::Track => put("event", self.event.as_deref()),
+            _ => put("name", self.event.as_deref()),
+        }
+        put("userId", self.user_id.as_deref());
+        put("anonymousId", self.anonymous_id.as_deref());
+        put("previousId", self.previous_id.as_deref());
+        put("groupId", self.group_id.as_deref());
+        put("timestamp", Some(&format_ms(self.timestamp)));
+        put("originalTimestamp", self.original_timestamp.as_deref());
+        put("sentAt", self.sent_at.as_deref());
+        put("receivedAt", Some(&format_ms(self.received_at)));
+        m.insert("properties".into(), Value::Object(self.properties.clone()));
+        m.insert("context".into(), Value::Object(self.context.clone()));
+        m.insert("traits".into(), Value::Object(self.traits.clone()));
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_type_codes_round_trip() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::from_code(t.code()), Some(t));
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::from_code(6), None);
+    }
+}

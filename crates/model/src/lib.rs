@@ -1,0 +1,14 @@
+//! The vocabulary of Throughline: a stored [`Event`], its [`EventType`], and time helpers.
+//!
+//! An event is a Segment message after validation and normalization: the fields analyses
+//! scan are real fields (ids, name, timestamp, page, UTM, click id), everything else stays
+//! whole in `properties`, `context` and `traits`. This crate does no IO.
+
+mod event;
+mod time;
+
+pub use event::{ClickId, Event, EventType, Utm, CLICK_ID_PARAMS};
+pub use time::{format_ms, parse_timestamp};
+
+/// Milliseconds since the Unix epoch, UTC. The one time unit inside Throughline.
+pub type Millis = i64;

@@ -1,0 +1,851 @@
+//! One project's store: the writer thread (group commit, dedupe, flush, compaction,
+//! erasure) and consistent read snapshots.
+//!
+//! Only the writer thread mutates state. It takes append requests from a bounded queue,
+//! stages every new event in the log, fsyncs once for the whole group, then applies the
+//! group to the in-memory table and the identity graph under a short write lock and
+//! answers each request. Readers take the read lock and see segments plus the in-memory
+//! table, so events still in the log are visible.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use throughline_identity::{IdentityConfig, IdentityGraph, NodeId};
+use throughline_model::Event;
+
+use crate::fsutil::write_atomic;
+use crate::metrics::StoreMetrics;
+use crate::segment::{self, RowRef, Segment};
+use crate::wal::{self, WalWriter};
+use crate::{message_hash, StoreError};
+
+#[derive(Clone, Debug)]
+pub struct ProjectOptions {
+    /// Fold the in-memory table into a segment once its events take this many bytes.
+    pub flush_bytes: usize,
+    /// Append requests waiting for the writer; beyond it callers get `Overloaded`.
+    pub queue_requests_max: usize,
+    /// Events committed under one fsync at most.
+    pub group_events_max: usize,
+    /// Compact once this many segments are below `compact_rows_max`.
+    pub compact_segments_min: usize,
+    /// Compaction output rows at most, which bounds its memory.
+    pub compact_rows_max: usize,
+    pub identity: IdentityConfig,
+}
+
+impl Default for ProjectOptions {
+    fn default() -> Self {
+        ProjectOptions {
+            flush_bytes: 64 << 20,
+            queue_requests_max: 1024,
+            group_events_max: 50_000,
+            compact_segments_min: 4,
+            compact_rows_max: 2_000_000,
+            identity: IdentityConfig::default(),
+        }
+    }
+}
+
+/// The answer to one append: for each event, whether it was a duplicate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub duplicate: Vec<bool>,
+}
+
+impl AppendOutcome {
+    pub fn stored(&self) -> usize {
+        self.duplicate.iter().filter(|d| !**d).count()
+    }
+    pub fn duplicates(&self) -> usize {
+        self.duplicate.len() - self.stored()
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StoreStats {
+    pub events: usize,
+    pub segments: usize,
+    pub events_in_log: usize,
+    pub persons_ids: usize,
+}
+
+type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+
+enum Request {
+    Append {
+        events: Vec<Event>,
+        reply: Reply<AppendOutcome>,
+    },
+    Flush {
+        reply: Reply<()>,
+    },
+    DeletePerson {
+        id: String,
+        reply: Reply<usize>,
+    },
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Manifest {
+    version: u32,
+    segments: Vec<String>,
+    next_segment: u64,
+    /// First log file whose records are not in any segment.
+    wal_start: u64,
+    identity: Option<String>,
+}
+
+/// Events not yet in a segment: their WAL payloads in one arena plus the scan columns.
+#[derive(Default)]
+struct MemTable {
+    rows: Vec<MemRow>,
+    arena: Vec<u8>,
+    hashes: HashSet<u128>,
+}
+
+struct MemRow {
+    node: NodeId,
+    ts: i64,
+    kind: u8,
+    name: Option<Box<str>>,
+    start: usize,
+    end: usize,
+}
+
+impl MemTable {
+    fn push(&mut self, node: NodeId, event: &Event, payload: &[u8], hash: u128) {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(payload);
+        self.rows.push(MemRow {
+            node,
+            ts: event.timestamp,
+            kind: event.event_type.code(),
+            name: event.event.as_deref().map(Into::into),
+            start,
+            end: self.arena.len(),
+        });
+        self.hashes.insert(hash);
+    }
+
+    fn payload(&self, r: &MemRow) -> &[u8] {
+        &self.arena[r.start..r.end]
+    }
+}
+
+struct State {
+    identity: IdentityGraph,
+    segments: Vec<Arc<Segment>>,
+    mem: MemTable,
+    manifest: Manifest,
+}
+
+pub struct ProjectStore {
+    name: String,
+    dir: PathBuf,
+    tx: Mutex<Option<SyncSender<Request>>>,
+    state: Arc<RwLock<State>>,
+    pub metrics: Arc<StoreMetrics>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ProjectStore {
+    /// Opens (or creates) a project directory: loads the manifest, the identity snapshot
+    /// and the segments, replays the log, and starts the writer thread.
+    pub fn open(
+        name: &str,
+        dir: &Path,
+        options: ProjectOptions,
+    ) -> Result<ProjectStore, StoreError> {
+        let wal_dir = dir.join("wal");
+        let seg_dir = dir.join("segments");
+        for d in [dir, &wal_dir, &seg_dir] {
+            std::fs::create_dir_all(d).map_err(|e| StoreError::io(d, e))?;
+        }
+        let manifest_path = dir.join("MANIFEST");
+        let manifest: Manifest = match std::fs::read(&manifest_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
+                file: manifest_path.clone(),
+                why: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest {
+                version: 1,
+                wal_start: 1,
+                ..Manifest::default()
+            },
+            Err(e) => return Err(StoreError::io(&manifest_path, e)),
+        };
+        let identity = match &manifest.identity {
+            Some(file) => {
+                let p = dir.join(file);
+                let bytes = std::fs::read(&p).map_err(|e| StoreError::io(&p, e))?;
+                let mut g =
+                    IdentityGraph::from_snapshot(&bytes).map_err(|e| StoreError::Corrupt {
+                        file: p.clone(),
+                        why: e.to_string(),
+                    })?;
+                g.set_config(options.identity.clone());
+                g
+            }
+            None => IdentityGraph::new(options.identity.clone()),
+        };
+        let segments = manifest
+            .segments
+            .iter()
+            .map(|f| Segment::open(&seg_dir.join(f)).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        remove_unlisted(dir, &seg_dir, &manifest)?;
+
+        let mut state = State {
+            identity,
+            segments,
+            mem: MemTable::default(),
+            manifest,
+        };
+        let seqs = wal::list(&wal_dir).map_err(|e| StoreError::io(&wal_dir, e))?;
+        let mut last_seq = state.manifest.wal_start.saturating_sub(1);
+        for seq in seqs {
+            let path = wal_dir.join(wal::file_name(seq));
+            if seq < state.manifest.wal_start {
+                // Folded into segments before a crash cut the cleanup short.
+                std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                continue;
+            }
+            let rec = wal::recover(&path).map_err(|e| StoreError::io(&path, e))?;
+            if rec.torn_bytes > 0 {
+                tracing::warn!(file = %path.display(), bytes = rec.torn_bytes, "cut a torn log tail (never acknowledged)");
+            }
+            for payload in rec.records {
+                let event: Event =
+                    serde_json::from_slice(&payload).map_err(|e| StoreError::Corrupt {
+                        file: path.clone(),
+                        why: format!("log record: {e}"),
+                    })?;
+                let hash = message_hash(&event.message_id);
+                if state.mem.hashes.contains(&hash) || in_segments(&state.segments, hash)? {
+                    continue;
+                }
+                let node = state.identity.observe(&event);
+                state.mem.push(node, &event, &payload, hash);
+            }
+            last_seq = seq;
+        }
+        let wal =
+            WalWriter::create(&wal_dir, last_seq + 1).map_err(|e| StoreError::io(&wal_dir, e))?;
+
+        let state = Arc::new(RwLock::new(state));
+        let metrics = Arc::new(StoreMetrics::default());
+        let (tx, rx) = mpsc::sync_channel(options.queue_requests_max);
+        let mut writer = Writer {
+            dir: dir.to_path_buf(),
+            wal,
+            state: state.clone(),
+            metrics: metrics.clone(),
+            options,
+            wal_broken: false,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("writer-{name}"))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::io(dir, e))?;
+        Ok(ProjectStore {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            tx: Mutex::new(Some(tx)),
+            state,
+            metrics,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn send(&self, req: Request, wait: bool) -> Result<(), StoreError> {
+        let tx = self.tx.lock().expect("sender lock");
+        let tx = tx.as_ref().ok_or(StoreError::Closed)?;
+        if wait {
+            tx.send(req).map_err(|_| StoreError::Closed)
+        } else {
+            tx.try_send(req).map_err(|e| match e {
+                TrySendError::Full(_) => StoreError::Overloaded,
+                TrySendError::Disconnected(_) => StoreError::Closed,
+            })
+        }
+    }
+
+    /// Queues events for the writer without blocking; `done` runs once they are durable
+    /// (or failed). A full queue answers `Overloaded` at once: the caller sheds load.
+    pub fn submit(
+        &self,
+        events: Vec<Event>,
+        done: impl FnOnce(Result<AppendOutcome, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.send(
+            Request::Append {
+                events,
+                reply: Box::new(done),
+            },
+            false,
+        )
+    }
+
+    /// Appends events and blocks until they are durable: for import and tests.
+    pub fn append(&self, events: Vec<Event>) -> Result<AppendOutcome, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(
+            Request::Append {
+                events,
+                reply: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            },
+            true,
+        )?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Folds the log into a segment now.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(
+            Request::Flush {
+                reply: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            },
+            true,
+        )?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Erases every event and id of the person known by `id` (any of their ids).
+    /// Returns the number of events erased.
+    pub fn delete_person(&self, id: &str) -> Result<usize, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(
+            Request::DeletePerson {
+                id: id.to_string(),
+                reply: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            },
+            true,
+        )?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// A consistent view for reading. Holding it delays the writer's next apply step, so
+    /// keep it for one query, not longer.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            state: self.state.read().expect("state lock"),
+        }
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let s = self.snapshot();
+        StoreStats {
+            events: s.event_count(),
+            segments: s.state.segments.len(),
+            events_in_log: s.state.mem.rows.len(),
+            persons_ids: s.state.identity.node_count(),
+        }
+    }
+
+    /// Stops the writer after it has answered everything queued.
+    pub fn close(&self) {
+        self.tx.lock().expect("sender lock").take();
+        if let Some(h) = self.writer.lock().expect("writer lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ProjectStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A read view: the identity graph, the segments and the events still in the log.
+pub struct Snapshot<'a> {
+    state: RwLockReadGuard<'a, State>,
+}
+
+impl Snapshot<'_> {
+    pub fn identity(&self) -> &IdentityGraph {
+        &self.state.identity
+    }
+
+    pub fn segments(&self) -> &[Arc<Segment>] {
+        &self.state.segments
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.state.segments.iter().map(|s| s.rows()).sum::<usize>() + self.state.mem.rows.len()
+    }
+
+    /// Visits every stored event once, with the identity node it was sent under:
+    /// segments in order, then the log's events in arrival order.
+    pub fn for_each_event(
+        &self,
+        mut visit: impl FnMut(Event, NodeId) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for seg in &self.state.segments {
+            let nodes = seg.read_column::<u32>("node")?;
+            seg.for_each_payload(|row, payload| {
+                let event = decode(&seg.path, payload)?;
+                visit(event, nodes[row])
+            })?;
+        }
+        let mem = &self.state.mem;
+        for r in &mem.rows {
+            visit(decode(Path::new("wal"), mem.payload(r))?, r.node)?;
+        }
+        Ok(())
+    }
+
+    /// Scan columns of the events still in the log: (node, timestamp, type, name).
+    pub fn log_rows(&self) -> impl Iterator<Item = (NodeId, i64, u8, Option<&str>)> {
+        self.state
+            .mem
+            .rows
+            .iter()
+            .map(|r| (r.node, r.ts, r.kind, r.name.as_deref()))
+    }
+}
+
+fn decode(file: &Path, payload: &[u8]) -> Result<Event, StoreError> {
+    serde_json::from_slice(payload).map_err(|e| StoreError::Corrupt {
+        file: file.to_path_buf(),
+        why: format!("event record: {e}"),
+    })
+}
+
+fn in_segments(segments: &[Arc<Segment>], hash: u128) -> Result<bool, StoreError> {
+    for s in segments {
+        if s.contains_hash(hash)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Deletes segment and snapshot files the manifest does not name: leftovers of a crash
+/// between writing a file and publishing the manifest that would have named it.
+fn remove_unlisted(dir: &Path, seg_dir: &Path, m: &Manifest) -> Result<(), StoreError> {
+    for (d, keep) in [
+        (seg_dir, m.segments.clone()),
+        (dir, m.identity.iter().cloned().collect::<Vec<_>>()),
+    ] {
+        for entry in std::fs::read_dir(d).map_err(|e| StoreError::io(d, e))? {
+            let entry = entry.map_err(|e| StoreError::io(d, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = name.ends_with(".seg")
+                || name.ends_with(".tmp")
+                || (name.starts_with("identity-") && name.ends_with(".json"));
+            if ours && !keep.contains(&name) {
+                let p = entry.path();
+                std::fs::remove_file(&p).map_err(|e| StoreError::io(&p, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Writer {
+    dir: PathBuf,
+    wal: WalWriter,
+    state: Arc<RwLock<State>>,
+    metrics: Arc<StoreMetrics>,
+    options: ProjectOptions,
+    /// Set when a commit failed and the file could not be cut back: the next commit
+    /// starts a fresh file so no acknowledged record ever follows a torn one.
+    wal_broken: bool,
+}
+
+impl Writer {
+    fn run(&mut self, rx: Receiver<Request>) {
+        let mut carried: Option<Request> = None;
+        loop {
+            let first = match carried.take() {
+                Some(r) => r,
+                None => match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                },
+            };
+            match first {
+                Request::Append { events, reply } => {
+                    let mut group = vec![(events, reply)];
+                    let mut n = group[0].0.len();
+                    while n < self.options.group_events_max {
+                        match rx.try_recv() {
+                            Ok(Request::Append { events, reply }) => {
+                                n += events.len();
+                                group.push((events, reply));
+                            }
+                            Ok(other) => {
+                                carried = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit_group(group);
+                }
+                Request::Flush { reply } => reply(self.flush()),
+                Request::DeletePerson { id, reply } => reply(self.delete_person(&id)),
+            }
+            if self.mem_bytes() >= self.options.flush_bytes {
+                if let Err(e) = self.flush() {
+                    tracing::error!(error = %e, "flush failed; events stay in the log");
+                }
+            }
+        }
+    }
+
+    fn mem_bytes(&self) -> usize {
+        self.state.read().expect("state lock").mem.arena.len()
+    }
+
+    fn commit_group(&mut self, group: Vec<(Vec<Event>, Reply<AppendOutcome>)>) {
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut fresh: Vec<(Event, Vec<u8>, u128)> = Vec::new();
+        let mut seen = HashSet::new();
+        let check = {
+            let state = self.state.read().expect("state lock");
+            let mut check = || -> Result<(), StoreError> {
+                for (events, _) in &group {
+                    let mut dup = Vec::with_capacity(events.len());
+                    for e in events {
+                        let h = message_hash(&e.message_id);
+                        let is_dup = seen.contains(&h)
+                            || state.mem.hashes.contains(&h)
+                            || in_segments(&state.segments, h)?;
+                        dup.push(is_dup);
+                        if !is_dup {
+                            seen.insert(h);
+                            let payload = serde_json::to_vec(e).expect("event serializes");
+                            self.wal.stage(&payload);
+                            fresh.push((e.clone(), payload, h));
+                        }
+                    }
+                    outcomes.push(AppendOutcome { duplicate: dup });
+                }
+                Ok(())
+            };
+            check()
+        };
+        let committed = check.and_then(|_| self.commit_wal());
+        if let Err(e) = committed {
+            let msg = e.to_string();
+            for (_, reply) in group {
+                reply(Err(StoreError::WalFailed(msg.clone())));
+            }
+            return;
+        }
+        {
+            let mut state = self.state.write().expect("state lock");
+            for (event, payload, hash) in &fresh {
+                let node = state.identity.observe(event);
+                state.mem.push(node, event, payload, *hash);
+            }
+        }
+        let stored = fresh.len() as u64;
+        let total: usize = outcomes.iter().map(|o| o.duplicate.len()).sum();
+        self.metrics
+            .events_stored
+            .fetch_add(stored, Ordering::Relaxed);
+        self.metrics
+            .duplicates
+            .fetch_add(total as u64 - stored, Ordering::Relaxed);
+        self.metrics.group_commit_events.observe(total as f64);
+        for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
+            reply(Ok(outcome));
+        }
+    }
+
+    fn commit_wal(&mut self) -> Result<(), StoreError> {
+        if self.wal_broken {
+            let next = self.wal.seq + 1;
+            let staged = self.wal.take_staged();
+            self.wal = WalWriter::create(&self.dir.join("wal"), next)
+                .map_err(|e| StoreError::WalFailed(e.to_string()))?;
+            self.wal.restage(staged);
+            self.wal_broken = false;
+        }
+        let started = Instant::now();
+        match self.wal.commit() {
+            Ok(()) => {
+                self.metrics
+                    .fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.wal_failures.fetch_add(1, Ordering::Relaxed);
+                if self.wal.rollback().is_err() {
+                    self.wal_broken = true;
+                }
+                Err(StoreError::WalFailed(e.to_string()))
+            }
+        }
+    }
+
+    /// Writes the in-memory table as a segment, publishes it in the manifest with a new
+    /// identity snapshot, and retires the log files it came from.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let seg_dir = self.dir.join("segments");
+        let (seg_name, seg) = {
+            let state = self.state.read().expect("state lock");
+            if state.mem.rows.is_empty() {
+                return Ok(());
+            }
+            let mem = &state.mem;
+            let mut order: Vec<usize> = (0..mem.rows.len()).collect();
+            let person = |i: usize| state.identity.person_of(mem.rows[i].node);
+            order.sort_by_key(|&i| (person(i), mem.rows[i].ts, i));
+            let rows: Vec<RowRef> = order
+                .iter()
+                .map(|&i| {
+                    let r = &mem.rows[i];
+                    RowRef {
+                        person: person(i),
+                        node: r.node,
+                        ts: r.ts,
+                        kind: r.kind,
+                        name: r.name.as_deref(),
+                        payload: mem.payload(r),
+                    }
+                })
+                .collect();
+            let name = format!("{:08}.seg", state.manifest.next_segment);
+            let path = seg_dir.join(&name);
+            segment::write(&path, &rows, mem.hashes.iter().copied().collect())
+                .map_err(|e| StoreError::io(&path, e))?;
+            (name, Segment::open(&path)?)
+        };
+        let next_wal = self.wal.seq + 1;
+        let new_wal = WalWriter::create(&self.dir.join("wal"), next_wal)
+            .map_err(|e| StoreError::io(&self.dir, e))?;
+        {
+            let mut state = self.state.write().expect("state lock");
+            let mut manifest = state.manifest.clone();
+            manifest.segments.push(seg_name);
+            manifest.next_segment += 1;
+            manifest.wal_start = next_wal;
+            self.publish(&mut state, manifest)?;
+            state.segments.push(Arc::new(seg));
+            state.mem = MemTable::default();
+        }
+        let old = std::mem::replace(&mut self.wal, new_wal);
+        self.retire_wal_before(old.seq + 1);
+        self.metrics.flushes.fetch_add(1, Ordering::Relaxed);
+        self.maybe_compact()
+    }
+
+    /// Writes a new identity snapshot and the manifest naming it; the commit point of
+    /// every structural change.
+    fn publish(&self, state: &mut State, mut manifest: Manifest) -> Result<(), StoreError> {
+        let snap_name = format!("identity-{:08}.json", manifest.next_segment);
+        let snap_path = self.dir.join(&snap_name);
+        write_atomic(&snap_path, &state.identity.to_snapshot())
+            .map_err(|e| StoreError::io(&snap_path, e))?;
+        let old_snap = manifest.identity.replace(snap_name.clone());
+        let path = self.dir.join("MANIFEST");
+        write_atomic(
+            &path,
+            &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
+        )
+        .map_err(|e| StoreError::io(&path, e))?;
+        let dropped: Vec<String> = state
+            .manifest
+            .segments
+            .iter()
+            .filter(|s| !manifest.segments.contains(s))
+            .cloned()
+            .collect();
+        state.manifest = manifest;
+        if let Some(old) = old_snap.filter(|o| *o != snap_name) {
+            let _ = std::fs::remove_file(self.dir.join(old));
+        }
+        for d in dropped {
+            let _ = std::fs::remove_file(self.dir.join("segments").join(d));
+        }
+        Ok(())
+    }
+
+    fn retire_wal_before(&self, seq: u64) {
+        let wal_dir = self.dir.join("wal");
+        if let Ok(seqs) = wal::list(&wal_dir) {
+            for s in seqs.into_iter().filter(|&s| s < seq) {
+                let _ = std::fs::remove_file(wal_dir.join(wal::file_name(s)));
+            }
+        }
+    }
+
+    /// Merges the smallest segments into one re-sorted by today's persons, so persons
+    /// stitched since the segments were written become contiguous again.
+    fn maybe_compact(&mut self) -> Result<(), StoreError> {
+        let picked: Vec<Arc<Segment>> = {
+            let state = self.state.read().expect("state lock");
+            let mut small: Vec<Arc<Segment>> = state
+                .segments
+                .iter()
+                .filter(|s| s.rows() < self.options.compact_rows_max)
+                .cloned()
+                .collect();
+            if small.len() < self.options.compact_segments_min {
+                return Ok(());
+            }
+            small.sort_by_key(|s| s.rows());
+            let mut total = 0;
+            small
+                .into_iter()
+                .take_while(|s| {
+                    total += s.rows();
+                    total <= self.options.compact_rows_max
+                })
+                .collect()
+        };
+        if picked.len() < 2 {
+            return Ok(());
+        }
+        self.rewrite(&picked, &HashSet::new())?;
+        self.metrics.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Replaces `inputs` by one segment holding their rows minus those of `drop_nodes`,
+    /// sorted by current person. Message-id hashes are all kept, so a retry of an erased
+    /// or compacted message is still recognised as a duplicate.
+    fn rewrite(
+        &mut self,
+        inputs: &[Arc<Segment>],
+        drop_nodes: &HashSet<NodeId>,
+    ) -> Result<usize, StoreError> {
+        struct Row {
+            node: NodeId,
+            ts: i64,
+            kind: u8,
+            name: Option<usize>,
+            payload: (usize, usize),
+            seq: usize,
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
+        let mut arena: Vec<u8> = Vec::new();
+        let mut hashes: Vec<u128> = Vec::new();
+        let mut dropped = 0;
+        for seg in inputs {
+            let nodes = seg.read_column::<u32>("node")?;
+            let ts = seg.read_column::<i64>("ts")?;
+            let kinds = seg.read_column::<u8>("type")?;
+            let name_col = seg.read_column::<u32>("name")?;
+            let base = names.len();
+            names.extend(seg.names()?);
+            hashes.extend(seg.hashes()?);
+            seg.for_each_payload(|i, payload| {
+                if drop_nodes.contains(&nodes[i]) {
+                    dropped += 1;
+                    return Ok(());
+                }
+                let start = arena.len();
+                arena.extend_from_slice(payload);
+                rows.push(Row {
+                    node: nodes[i],
+                    ts: ts[i],
+                    kind: kinds[i],
+                    name: (name_col[i] != segment::NO_NAME).then(|| base + name_col[i] as usize),
+                    payload: (start, arena.len()),
+                    seq: rows.len(),
+                });
+                Ok(())
+            })?;
+        }
+        let seg_dir = self.dir.join("segments");
+        let mut state = self.state.write().expect("state lock");
+        let id = &state.identity;
+        rows.sort_by_key(|r| (id.person_of(r.node), r.ts, r.seq));
+        let refs: Vec<RowRef> = rows
+            .iter()
+            .map(|r| RowRef {
+                person: id.person_of(r.node),
+                node: r.node,
+                ts: r.ts,
+                kind: r.kind,
+                name: r.name.map(|n| names[n].as_str()),
+                payload: &arena[r.payload.0..r.payload.1],
+            })
+            .collect();
+        let name = format!("{:08}.seg", state.manifest.next_segment);
+        let path = seg_dir.join(&name);
+        segment::write(&path, &refs, hashes).map_err(|e| StoreError::io(&path, e))?;
+        let seg = Arc::new(Segment::open(&path)?);
+        drop(refs);
+        let gone: HashSet<&Path> = inputs.iter().map(|s| s.path.as_path()).collect();
+        let mut manifest = state.manifest.clone();
+        let keep: Vec<(String, Arc<Segment>)> = manifest
+            .segments
+            .iter()
+            .cloned()
+            .zip(state.segments.iter().cloned())
+            .filter(|(_, s)| !gone.contains(s.path.as_path()))
+            .collect();
+        manifest.segments = keep.iter().map(|(n, _)| n.clone()).collect();
+        manifest.segments.push(name);
+        manifest.next_segment += 1;
+        self.publish(&mut state, manifest)?;
+        state.segments = keep.into_iter().map(|(_, s)| s).collect();
+        state.segments.push(seg);
+        Ok(dropped)
+    }
+
+    fn delete_person(&mut self, id: &str) -> Result<usize, StoreError> {
+        // Fold the log first so the person's events exist only in segments, which are
+        // rewritten below; the retired log files go with the flush.
+        self.flush()?;
+        let (person_nodes, affected) = {
+            let state = self.state.read().expect("state lock");
+            let Some(person) = state.identity.find_person(id) else {
+                return Ok(0);
+            };
+            let nodes: HashSet<NodeId> = (0..state.identity.node_count() as NodeId)
+                .filter(|&n| state.identity.person_of(n) == person)
+                .collect();
+            let mut affected = Vec::new();
+            for s in &state.segments {
+                let seg_nodes = s.read_column::<u32>("node")?;
+                if seg_nodes.iter().any(|n| nodes.contains(n)) {
+                    affected.push(s.clone());
+                }
+            }
+            (nodes, affected)
+        };
+        let mut erased = 0;
+        for seg in affected {
+            erased += self.rewrite(&[seg], &person_nodes)?;
+        }
+        let mut state = self.state.write().expect("state lock");
+        let person = state
+            .identity
+            .person_of(*person_nodes.iter().next().expect("a node"));
+        state.identity.forget_person(person);
+        let manifest = state.manifest.clone();
+        self.publish(&mut state, manifest)?;
+        Ok(erased)
+    }
+}

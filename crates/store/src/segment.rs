@@ -1,0 +1,361 @@
+//! Immutable columnar segment files, rows sorted by (person, timestamp).
+//!
+//! Layout: `MAGIC | column blobs (8-byte aligned) | footer JSON | footer_len u64 |
+//! footer_crc u32 | END_MAGIC`. Fixed-width columns are little-endian arrays read straight
+//! into typed vectors without decoding, which is what makes per-person scans fast; every
+//! column carries a CRC32 checked when it is read. The footer is self-describing, so later
+//! versions add columns without breaking older files. The full event travels in the
+//! `payload` column (the same JSON as the WAL record), which export and Parquet use.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bloom::Bloom;
+use crate::fsutil::sync_dir;
+use crate::StoreError;
+
+const MAGIC: &[u8; 8] = b"TLSEG\0\0\x01";
+const END_MAGIC: &[u8; 8] = b"TLSEGEND";
+const TRAILER_BYTES: u64 = 8 + 4 + 8;
+/// The payload column is checksummed in blocks of about this size, so a reader can verify
+/// each piece before decoding it while keeping memory bounded.
+const PAYLOAD_BLOCK_BYTES: u64 = 1 << 20;
+/// Marks a row without a name in the `name` column.
+pub const NO_NAME: u32 = u32::MAX;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ColumnMeta {
+    name: String,
+    offset: u64,
+    len: u64,
+    crc: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Footer {
+    version: u32,
+    rows: u64,
+    min_ts: i64,
+    max_ts: i64,
+    columns: Vec<ColumnMeta>,
+}
+
+/// One row handed to [`write`]: rows must already be in (person, timestamp) order.
+pub struct RowRef<'a> {
+    pub person: u32,
+    pub node: u32,
+    pub ts: i64,
+    pub kind: u8,
+    pub name: Option<&'a str>,
+    pub payload: &'a [u8],
+}
+
+/// Writes a segment durably (temp file, fsync, rename, directory fsync).
+/// `hashes` are the message-id hashes the segment answers for in deduplication.
+pub fn write(path: &Path, rows: &[RowRef], mut hashes: Vec<u128>) -> io::Result<()> {
+    let tmp = path.with_extension("seg.tmp");
+    let file = File::create(&tmp)?;
+    let mut w = Writer {
+        out: BufWriter::with_capacity(1 << 20, file),
+        pos: 0,
+        columns: Vec::new(),
+    };
+    w.raw(MAGIC)?;
+
+    let mut names: Vec<&str> = Vec::new();
+    let mut name_ids: HashMap<&str, u32> = HashMap::new();
+    let name_col: Vec<u32> = rows
+        .iter()
+        .map(|r| match r.name {
+            None => NO_NAME,
+            Some(n) => *name_ids.entry(n).or_insert_with(|| {
+                names.push(n);
+                (names.len() - 1) as u32
+            }),
+        })
+        .collect();
+    let persons: Vec<u32> = rows.iter().map(|r| r.person).collect();
+    let nodes: Vec<u32> = rows.iter().map(|r| r.node).collect();
+    let ts: Vec<i64> = rows.iter().map(|r| r.ts).collect();
+    let kinds: Vec<u8> = rows.iter().map(|r| r.kind).collect();
+    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    let mut at = 0u64;
+    offsets.push(0u64);
+    // Pairs of (first row, crc32) per block of whole rows.
+    let mut blocks: Vec<u64> = Vec::new();
+    let (mut block_row, mut block_start) = (0usize, 0u64);
+    let mut block_crc = crc32fast::Hasher::new();
+    for (i, r) in rows.iter().enumerate() {
+        if at - block_start >= PAYLOAD_BLOCK_BYTES {
+            blocks.extend([block_row as u64, u64::from(block_crc.clone().finalize())]);
+            (block_row, block_start) = (i, at);
+            block_crc = crc32fast::Hasher::new();
+        }
+        block_crc.update(r.payload);
+        at += r.payload.len() as u64;
+        offsets.push(at);
+    }
+    if !rows.is_empty() {
+        blocks.extend([block_row as u64, u64::from(block_crc.finalize())]);
+    }
+    hashes.sort_unstable();
+    hashes.dedup();
+    let mut bloom = Bloom::with_keys(hashes.len());
+    for &h in &hashes {
+        bloom.insert(h);
+    }
+
+    w.column("person", bytemuck::cast_slice(&persons))?;
+    w.column("node", bytemuck::cast_slice(&nodes))?;
+    w.column("ts", bytemuck::cast_slice(&ts))?;
+    w.column("type", &kinds)?;
+    w.column("name", bytemuck::cast_slice(&name_col))?;
+    w.column(
+        "names",
+        &serde_json::to_vec(&names).expect("names serialize"),
+    )?;
+    w.column("payload_offsets", bytemuck::cast_slice(&offsets))?;
+    w.column_parts("payload", rows.iter().map(|r| r.payload))?;
+    w.column("payload_blocks", bytemuck::cast_slice(&blocks))?;
+    w.column("msg_hash", bytemuck::cast_slice(&hashes))?;
+    w.column("bloom", bytemuck::cast_slice(bloom.words()))?;
+
+    let footer = Footer {
+        version: 1,
+        rows: rows.len() as u64,
+        min_ts: ts.iter().copied().min().unwrap_or(0),
+        max_ts: ts.iter().copied().max().unwrap_or(0),
+        columns: w.columns.clone(),
+    };
+    let footer = serde_json::to_vec(&footer).expect("footer serializes");
+    w.raw(&footer)?;
+    w.raw(&(footer.len() as u64).to_le_bytes())?;
+    w.raw(&crc32fast::hash(&footer).to_le_bytes())?;
+    w.raw(END_MAGIC)?;
+    let file = w.out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+struct Writer {
+    out: BufWriter<File>,
+    pos: u64,
+    columns: Vec<ColumnMeta>,
+}
+
+impl Writer {
+    fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn column(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.column_parts(name, std::iter::once(bytes))
+    }
+
+    fn column_parts<'a>(
+        &mut self,
+        name: &str,
+        parts: impl Iterator<Item = &'a [u8]>,
+    ) -> io::Result<()> {
+        let pad = (8 - self.pos % 8) % 8;
+        self.raw(&[0u8; 8][..pad as usize])?;
+        let offset = self.pos;
+        let mut crc = crc32fast::Hasher::new();
+        for p in parts {
+            crc.update(p);
+            self.raw(p)?;
+        }
+        self.columns.push(ColumnMeta {
+            name: name.to_string(),
+            offset,
+            len: self.pos - offset,
+            crc: crc.finalize(),
+        });
+        Ok(())
+    }
+}
+
+/// An open segment: its footer and dedupe filter in memory, columns read on demand.
+#[derive(Debug)]
+pub struct Segment {
+    pub path: PathBuf,
+    file: File,
+    footer: Footer,
+    bloom: Bloom,
+}
+
+impl Segment {
+    pub fn open(path: &Path) -> Result<Segment, StoreError> {
+        let corrupt = |why: &str| StoreError::Corrupt {
+            file: path.to_path_buf(),
+            why: why.to_string(),
+        };
+        let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
+        let size = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
+        if size < MAGIC.len() as u64 + TRAILER_BYTES {
+            return Err(corrupt("file too short for a segment"));
+        }
+        let mut trailer = [0u8; TRAILER_BYTES as usize];
+        file.read_exact_at(&mut trailer, size - TRAILER_BYTES)
+            .map_err(|e| StoreError::io(path, e))?;
+        if &trailer[12..] != END_MAGIC {
+            return Err(corrupt("missing end marker (truncated file?)"));
+        }
+        let footer_len = u64::from_le_bytes(trailer[..8].try_into().unwrap());
+        let footer_crc = u32::from_le_bytes(trailer[8..12].try_into().unwrap());
+        if footer_len > size - TRAILER_BYTES {
+            return Err(corrupt("footer length out of range"));
+        }
+        let mut footer = vec![0u8; footer_len as usize];
+        file.read_exact_at(&mut footer, size - TRAILER_BYTES - footer_len)
+            .map_err(|e| StoreError::io(path, e))?;
+        if crc32fast::hash(&footer) != footer_crc {
+            return Err(corrupt("footer checksum mismatch"));
+        }
+        let footer: Footer =
+            serde_json::from_slice(&footer).map_err(|e| corrupt(&format!("footer: {e}")))?;
+        let mut seg = Segment {
+            path: path.to_path_buf(),
+            file,
+            footer,
+            bloom: Bloom::with_keys(0),
+        };
+        seg.bloom = Bloom::from_words(seg.read_column::<u64>("bloom")?);
+        Ok(seg)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.footer.rows as usize
+    }
+
+    pub fn time_range(&self) -> (i64, i64) {
+        (self.footer.min_ts, self.footer.max_ts)
+    }
+
+    fn meta(&self, name: &str) -> Result<&ColumnMeta, StoreError> {
+        self.footer
+            .columns
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| StoreError::Corrupt {
+                file: self.path.clone(),
+                why: format!("no column {name:?}"),
+            })
+    }
+
+    /// Reads a fixed-width column into a typed vector, verifying its checksum.
+    pub fn read_column<T: bytemuck::Pod>(&self, name: &str) -> Result<Vec<T>, StoreError> {
+        let meta = self.meta(name)?;
+        let width = std::mem::size_of::<T>() as u64;
+        if meta.len % width != 0 {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: format!("column {name:?} length is not a multiple of {width}"),
+            });
+        }
+        let mut out = vec![T::zeroed(); (meta.len / width) as usize];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+        self.file
+            .read_exact_at(bytes, meta.offset)
+            .map_err(|e| StoreError::io(&self.path, e))?;
+        if crc32fast::hash(bytes) != meta.crc {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: format!("column {name:?} checksum mismatch"),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+        let bytes = self.read_column::<u8>("names")?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            file: self.path.clone(),
+            why: format!("names column: {e}"),
+        })
+    }
+
+    /// Calls `visit(row, payload)` for every row in order, one checksummed block at a
+    /// time: each block is verified before any of its rows is decoded.
+    pub fn for_each_payload(
+        &self,
+        mut visit: impl FnMut(usize, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let corrupt = |why: &str| StoreError::Corrupt {
+            file: self.path.clone(),
+            why: why.to_string(),
+        };
+        let offsets = self.read_column::<u64>("payload_offsets")?;
+        let blocks = self.read_column::<u64>("payload_blocks")?;
+        let meta = self.meta("payload")?.clone();
+        if offsets.len() != self.rows() + 1 || offsets.last().copied().unwrap_or(0) != meta.len {
+            return Err(corrupt("payload offsets do not match the payload column"));
+        }
+        let mut buf = Vec::new();
+        for (b, pair) in blocks.chunks_exact(2).enumerate() {
+            let first = pair[0] as usize;
+            let end_row = blocks.get(2 * b + 2).map_or(self.rows(), |&r| r as usize);
+            if first >= end_row || end_row > self.rows() {
+                return Err(corrupt("payload block index out of range"));
+            }
+            let (start, end) = (offsets[first], offsets[end_row]);
+            if start > end {
+                return Err(corrupt("payload offsets out of order"));
+            }
+            buf.resize((end - start) as usize, 0);
+            self.file
+                .read_exact_at(&mut buf, meta.offset + start)
+                .map_err(|e| StoreError::io(&self.path, e))?;
+            if u64::from(crc32fast::hash(&buf)) != pair[1] {
+                return Err(corrupt(&format!("payload block {b} checksum mismatch")));
+            }
+            for r in first..end_row {
+                let (a, z) = (
+                    (offsets[r] - start) as usize,
+                    (offsets[r + 1] - start) as usize,
+                );
+                if a > z || z > buf.len() {
+                    return Err(corrupt("payload offsets out of order"));
+                }
+                visit(r, &buf[a..z])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this segment stored a message with this id hash: the Bloom filter first,
+    /// then a binary search of the sorted hash column on disk.
+    pub fn contains_hash(&self, hash: u128) -> Result<bool, StoreError> {
+        if !self.bloom.may_contain(hash) {
+            return Ok(false);
+        }
+        let meta = self.meta("msg_hash")?;
+        let (mut lo, mut hi) = (0u64, meta.len / 16);
+        let mut buf = [0u8; 16];
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            self.file
+                .read_exact_at(&mut buf, meta.offset + mid * 16)
+                .map_err(|e| StoreError::io(&self.path, e))?;
+            let h = u128::from_le_bytes(buf);
+            match h.cmp(&hash) {
+                std::cmp::Ordering::Equal => return Ok(true),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        Ok(false)
+    }
+
+    pub fn hashes(&self) -> Result<Vec<u128>, StoreError> {
+        self.read_column::<u128>("msg_hash")
+    }
+}
