@@ -1,0 +1,192 @@
+//! `throughline demo` and `throughline generate`: the demo generator's data, loaded and
+//! served, or written to a file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+use throughline_demo::{Brand, DemoConfig};
+use throughline_store::{Catalog, ProjectStore};
+
+use crate::import::{self, Source, Summary};
+
+/// Marks a directory `demo` created, so it may wipe and reload it.
+const MARKER: &str = ".throughline-demo";
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BrandArg {
+    Headphones,
+    Subscription,
+}
+
+impl From<BrandArg> for Brand {
+    fn from(b: BrandArg) -> Brand {
+        match b {
+            BrandArg::Headphones => Brand::Headphones,
+            BrandArg::Subscription => Brand::Subscription,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Data directory for the demo (re-created on every run)
+    #[arg(long, default_value = "throughline-demo")]
+    pub data: PathBuf,
+    /// Persons per brand
+    #[arg(long, default_value_t = 3000)]
+    pub persons: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Load the data and print the headline answers, without starting the server
+    #[arg(long)]
+    pub no_serve: bool,
+}
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    prepare_dir(&args.data)?;
+    let mut keys = Vec::new();
+    for brand in [Brand::Headphones, Brand::Subscription] {
+        keys.push(Catalog::create_project(&args.data, brand.name())?);
+    }
+    let store = throughline_store::Store::open(&args.data, Default::default())?;
+    let mut answers = Vec::new();
+    for brand in [Brand::Headphones, Brand::Subscription] {
+        let project = store.project(brand.name())?;
+        let cfg = DemoConfig::new(brand, args.persons, args.seed);
+        let progress = import::progress_bar(false);
+        progress.set_message(format!("loading {}", brand.name()));
+        let mut summary = Summary::default();
+        let iter = throughline_demo::messages(&cfg)
+            .enumerate()
+            .map(|(i, v)| (i as u64 + 1, Ok(v)));
+        import::import(
+            &project,
+            Source::Values {
+                name: brand.name().to_string(),
+                iter: Box::new(iter),
+            },
+            &progress,
+            &mut summary,
+        )?;
+        progress.finish_and_clear();
+        project.flush()?;
+        answers.push(headlines(&project, &summary)?);
+    }
+    println!("{}", serde_json::to_string_pretty(&json!({"projects": answers}))?);
+    if args.no_serve {
+        store.close();
+        return Ok(());
+    }
+    let addr = throughline_server::parse_listen(&args.listen).map_err(anyhow::Error::msg)?;
+    eprintln!("\nServing the demo at http://{addr}/");
+    for k in &keys {
+        eprintln!("  project {:<13} write key {}  api key {}", k.name, k.write_key, k.api_key);
+    }
+    eprintln!("Send events:  curl -u {}: http://{addr}/v1/track -d '{{\"userId\":\"ann\",\"event\":\"Hello\"}}'", keys[0].write_key);
+    eprintln!("Stop with Ctrl-C.");
+    crate::serve_store(store, throughline_server::Config::default(), addr)
+}
+
+fn prepare_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)?.next().is_none();
+        if !empty && !dir.join(MARKER).exists() {
+            anyhow::bail!(
+                "{} exists and was not created by `throughline demo`; pass another --data",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(MARKER), b"created by throughline demo; safe to delete\n")?;
+    Ok(())
+}
+
+/// What a terminal user sees first: volume, persons and stitching, what they did.
+fn headlines(project: &ProjectStore, summary: &Summary) -> Result<Value> {
+    let snap = project.snapshot();
+    let identity = snap.identity();
+    let mut persons = HashSet::new();
+    let mut identified = HashSet::new();
+    let mut devices: BTreeMap<u32, HashSet<u32>> = BTreeMap::new();
+    let mut events: BTreeMap<String, u64> = BTreeMap::new();
+    let mut revenue = 0.0;
+    snap.for_each_event(|e, node| {
+        let p = identity.person_of(node);
+        persons.insert(p);
+        if e.user_id.is_some() {
+            identified.insert(p);
+        }
+        if e.anonymous_id.is_some() {
+            devices.entry(p).or_default().insert(node);
+        }
+        let name = e.event.clone().unwrap_or_else(|| e.event_type.as_str().to_string());
+        if e.event.as_deref() == Some("Order Completed") {
+            revenue += e.properties.get("revenue").and_then(Value::as_f64).unwrap_or(0.0);
+        }
+        *events.entry(name).or_default() += 1;
+        Ok(())
+    })?;
+    let mut top: Vec<(String, u64)> = events.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    top.truncate(12);
+    Ok(json!({
+        "project": project.name(),
+        "imported": summary.imported,
+        "duplicates_dropped": summary.duplicates,
+        "rejected": summary.rejected,
+        "events": snap.event_count(),
+        "persons": persons.len(),
+        "identified_persons": identified.len(),
+        "persons_with_several_devices": devices.values().filter(|d| d.len() > 1).count(),
+        "revenue": (revenue * 100.0).round() / 100.0,
+        "top_events": top.into_iter().map(|(k, v)| json!({"event": k, "count": v})).collect::<Vec<_>>(),
+    }))
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[arg(long, value_enum, default_value = "headphones")]
+    pub brand: BrandArg,
+    #[arg(long, default_value_t = 1000)]
+    pub persons: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Fraction of messages repeated with the same messageId, as SDK retries do
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicates: f64,
+    /// Shuffle messages within bounded windows and add timestamp ties
+    #[arg(long)]
+    pub out_of_order: bool,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let mut cfg = DemoConfig::new(args.brand.into(), args.persons, args.seed);
+    cfg.duplicate_rate = args.duplicates;
+    cfg.out_of_order = args.out_of_order;
+    let file = std::fs::File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let progress = import::progress_bar(false);
+    let mut n = 0u64;
+    for m in throughline_demo::messages(&cfg) {
+        serde_json::to_writer(&mut out, &m)?;
+        out.write_all(b"\n")?;
+        n += 1;
+        if n % 8192 == 0 {
+            progress.set_position(n);
+        }
+    }
+    out.flush()?;
+    progress.finish_and_clear();
+    eprintln!("wrote {n} messages to {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! `throughline`: one binary for collecting, storing and analysing customer journeys.
+//!
+//! Each subcommand lives in its own module; this file only declares the command line.
+
+mod demo;
+mod import;
+mod output;
+mod people;
+mod projects;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "throughline",
+    version,
+    about = "Customer-experience analytics: Segment-compatible collection, an embedded store, identity, journeys.",
+    after_help = "Examples:\n  throughline demo                       # realistic data in, server up, answers out\n  throughline projects create shop --data ./data\n  throughline serve --data ./data --listen 127.0.0.1:8080"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list and re-key projects (one per brand or client)
+    Projects {
+        #[command(subcommand)]
+        command: projects::ProjectsCommand,
+    },
+    /// Run the collection server (Segment HTTP Tracking API) over a data directory
+    #[command(after_help = "Example:\n  throughline serve --data ./data --listen 127.0.0.1:8080 --config throughline.toml")]
+    Serve {
+        /// Data directory (created if missing)
+        #[arg(long)]
+        data: PathBuf,
+        /// Address to listen on, HOST:PORT
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// TOML file with limits and identity rules (see README)
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Import Segment-shaped messages from JSONL, CSV or Parquet files
+    #[command(after_help = "Example:\n  throughline import --data ./data --project shop events.jsonl more.csv.gz old.parquet\n\nJSONL: one Segment message per line. CSV/Parquet columns: see crates/formats/README.md.\nThe same validation and messageId deduplication as the HTTP API apply.")]
+    Import(import::ImportArgs),
+    /// Export every stored event of a project once, with its stitched person
+    #[command(after_help = "Example:\n  throughline export --data ./data --project shop --format parquet --out shop.parquet")]
+    Export(people::ExportArgs),
+    /// Show a person's profile: ids, merged traits, first and last seen, event count
+    #[command(after_help = "Example:\n  throughline profile --data ./data --project shop --id ann@example.com --format table")]
+    Profile(people::ProfileArgs),
+    /// Erase every event and id of a person (GDPR right to erasure)
+    #[command(name = "delete-person", after_help = "Example:\n  throughline delete-person --data ./data --project shop --id user-42")]
+    DeletePerson(people::DeleteArgs),
+    /// Load realistic demo data (a headphones shop, a subscription service) and serve it
+    #[command(after_help = "Examples:\n  throughline demo                 # load and serve on 127.0.0.1:8080\n  throughline demo --no-serve      # load and print the headline answers")]
+    Demo(demo::DemoArgs),
+    /// Write the demo generator's messages to a JSONL file (for tests and benchmarks)
+    #[command(after_help = "Example:\n  throughline generate --brand headphones --persons 20000 --seed 7 --out events.jsonl")]
+    Generate(demo::GenerateArgs),
+    /// Counts of a project's store: events, segments, events still in the log, ids
+    #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
+    Stats(people::StatsArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Projects { command } => projects::run(command),
+        Command::Serve {
+            data,
+            listen,
+            config,
+        } => serve(data, &listen, config),
+        Command::Import(args) => import::run(args),
+        Command::Export(args) => people::export(args),
+        Command::Profile(args) => people::profile(args),
+        Command::DeletePerson(args) => people::delete(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Generate(args) => demo::generate(args),
+        Command::Stats(args) => people::stats(args),
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<throughline_server::Config> {
+    Ok(match path {
+        Some(p) => throughline_server::Config::load(&p)?,
+        None => throughline_server::Config::default(),
+    })
+}
+
+pub fn serve(data: PathBuf, listen: &str, config: Option<PathBuf>) -> Result<()> {
+    let addr = throughline_server::parse_listen(listen).map_err(anyhow::Error::msg)?;
+    let config = load_config(config)?;
+    let store = throughline_store::Store::open(&data, config.project_options())?;
+    serve_store(store, config, addr)
+}
+
+pub fn serve_store(
+    store: throughline_store::Store,
+    config: throughline_server::Config,
+    addr: std::net::SocketAddr,
+) -> Result<()> {
+    let state = throughline_server::AppState::new(std::sync::Arc::new(store), config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(throughline_server::serve(state, addr))?;
+    Ok(())
+}
+
+/// Opens a data directory for a one-off command: a clear error if a server holds it.
+pub fn open_store(data: &std::path::Path) -> Result<throughline_store::Store> {
+    if !data.join("catalog.json").exists() {
+        anyhow::bail!(
+            "{} is not a Throughline data directory (no catalog.json); create a project first: throughline projects create NAME --data {}",
+            data.display(),
+            data.display()
+        );
+    }
+    Ok(throughline_store::Store::open(data, Default::default())?)
+}

@@ -1,0 +1,70 @@
+//! `throughline projects ...`: the catalog of projects and their keys.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde_json::json;
+use throughline_store::Catalog;
+
+use crate::output;
+
+#[derive(Subcommand)]
+pub enum ProjectsCommand {
+    /// Create a project and print its keys as JSON
+    #[command(after_help = "Example:\n  throughline projects create shop --data ./data\n\nThe write key is public (it ships in pages and apps); the api key is secret (Bearer token of the query API).")]
+    Create {
+        /// Project name: 1-64 of a-z, 0-9, '-', '_'
+        name: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// List projects and their write keys
+    #[command(after_help = "Example:\n  throughline projects list --data ./data --format table")]
+    List {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        format: output::Format,
+    },
+    /// Issue new write and api keys; the old ones stop working at once
+    #[command(name = "rotate-key", after_help = "Example:\n  throughline projects rotate-key shop --data ./data")]
+    RotateKey {
+        name: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+// The catalog has its own short lock, so these work while a server runs; the server picks
+// up changes the first time it sees an unknown key.
+pub fn run(cmd: ProjectsCommand) -> Result<()> {
+    match cmd {
+        ProjectsCommand::Create { name, data } => {
+            let p = Catalog::create_project(&data, &name)?;
+            output::json(&json!({"name": p.name, "write_key": p.write_key, "api_key": p.api_key, "created_at": p.created_at}));
+        }
+        ProjectsCommand::List { data, format } => {
+            let c = Catalog::load(&data)?;
+            match format {
+                output::Format::Json => output::json(&json!(c
+                    .projects
+                    .iter()
+                    .map(|p| json!({"name": p.name, "write_key": p.write_key, "created_at": p.created_at}))
+                    .collect::<Vec<_>>())),
+                output::Format::Table => output::table(
+                    &["name", "write_key", "created_at"],
+                    &c.projects
+                        .iter()
+                        .map(|p| vec![p.name.clone(), p.write_key.clone(), p.created_at.clone()])
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        }
+        ProjectsCommand::RotateKey { name, data } => {
+            let p = Catalog::rotate_keys(&data, &name)?;
+            output::json(&json!({"name": p.name, "write_key": p.write_key, "api_key": p.api_key}));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! `--config FILE.toml`: every setting has a default, so the file holds only changes.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use throughline_identity::IdentityConfig;
+use throughline_store::ProjectOptions;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub identity: IdentitySettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub inflight_requests_max: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            inflight_requests_max: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub flush_bytes: usize,
+    pub queue_requests_max: usize,
+    pub group_events_max: usize,
+    pub compact_segments_min: usize,
+    pub compact_rows_max: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let d = ProjectOptions::default();
+        StoreConfig {
+            flush_bytes: d.flush_bytes,
+            queue_requests_max: d.queue_requests_max,
+            group_events_max: d.group_events_max,
+            compact_segments_min: d.compact_segments_min,
+            compact_rows_max: d.compact_rows_max,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentitySettings {
+    /// Replaces the built-in list of ids that never merge.
+    pub junk_ids: Option<Vec<String>>,
+    pub anonymous_ids_per_person_max: usize,
+    pub emails_per_person_max: usize,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        let d = IdentityConfig::default();
+        IdentitySettings {
+            junk_ids: None,
+            anonymous_ids_per_person_max: d.anonymous_ids_per_person_max,
+            emails_per_person_max: d.emails_per_person_max,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// The store options these settings describe.
+    pub fn project_options(&self) -> ProjectOptions {
+        let mut identity = IdentityConfig::default();
+        if let Some(junk) = &self.identity.junk_ids {
+            identity.junk_ids = junk.clone();
+        }
+        identity.anonymous_ids_per_person_max = self.identity.anonymous_ids_per_person_max;
+        identity.emails_per_person_max = self.identity.emails_per_person_max;
+        ProjectOptions {
+            flush_bytes: self.store.flush_bytes,
+            queue_requests_max: self.store.queue_requests_max,
+            group_events_max: self.store.group_events_max,
+            compact_segments_min: self.store.compact_segments_min,
+            compact_rows_max: self.store.compact_rows_max,
+            identity,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The Segment HTTP Tracking API: authenticate, bound, parse, store durably, answer.
+
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde_json::json;
+use throughline_collect::{Batch, BATCH_BYTES_MAX, MESSAGE_BYTES_MAX};
+use throughline_model::EventType;
+use throughline_store::{now_ms, AppendOutcome};
+
+use crate::{AppError, AppState};
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Which message type a path takes; `None` for a batch.
+fn endpoint_kind(path: &str) -> Option<EventType> {
+    match path.rsplit('/').next().unwrap_or_default() {
+        "track" | "t" => Some(EventType::Track),
+        "identify" | "i" => Some(EventType::Identify),
+        "page" | "p" => Some(EventType::Page),
+        "screen" | "s" => Some(EventType::Screen),
+        "group" | "g" => Some(EventType::Group),
+        "alias" | "a" => Some(EventType::Alias),
+        _ => None,
+    }
+}
+
+pub async fn collect(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let result = match state.inflight.try_acquire() {
+        Ok(_permit) => handle(&state, uri.path(), &headers, body).await,
+        Err(_) => Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight; retry later",
+        )),
+    };
+    state
+        .metrics
+        .request_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            state.metrics.reject(e.reason(), 1);
+            e.into_response()
+        }
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
+    let kind = endpoint_kind(path);
+    let limit = if kind.is_some() {
+        MESSAGE_BYTES_MAX
+    } else {
+        BATCH_BYTES_MAX
+    };
+    let too_large = || {
+        AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body exceeds the limit of {} KB for {}",
+                limit / 1024,
+                if kind.is_some() { "one message" } else { "a batch" }
+            ),
+        )
+    };
+    // Compressed bodies are bounded before and after inflating: a small gzip bomb must not
+    // expand past the same limit.
+    let raw = to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let bytes = if gzip {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")))?;
+        if out.len() > limit {
+            return Err(too_large());
+        }
+        out
+    } else {
+        raw.to_vec()
+    };
+
+    // A Basic header is checked before parsing, so unauthenticated bodies cost nothing.
+    let header_key = basic_user(headers);
+    let project = match &header_key {
+        Some(key) => Some(state.store.by_write_key(key).ok_or_else(unknown_key)?),
+        None => None,
+    };
+    let received_at = now_ms();
+    let batch = {
+        let mut ids = state.ids.lock().expect("id generator lock");
+        match kind {
+            Some(k) => Batch::parse_single(&bytes, k, received_at, &mut ids),
+            None => Batch::parse(&bytes, received_at, &mut ids),
+        }
+    }
+    .map_err(|r| AppError::new(StatusCode::BAD_REQUEST, r.error).field(r.field))?;
+    let (_, store) = match project {
+        Some(p) => p,
+        None => {
+            let key = batch.write_key.as_deref().ok_or_else(|| {
+                AppError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing write key: send it as the HTTP Basic user name or as `writeKey`",
+                )
+            })?;
+            state.store.by_write_key(key).ok_or_else(unknown_key)?
+        }
+    };
+
+    let total = batch.messages.len();
+    let mut events = Vec::with_capacity(total);
+    let mut rejected = Vec::new();
+    for (index, m) in batch.messages.into_iter().enumerate() {
+        match m {
+            Ok(e) => events.push((index, e)),
+            Err(r) => rejected.push((index, r)),
+        }
+    }
+    state.metrics.batch_messages.observe(total as f64);
+    if kind.is_some() {
+        if let Some((_, r)) = rejected.pop() {
+            return Err(AppError::new(StatusCode::BAD_REQUEST, r.error).field(r.field));
+        }
+    }
+    for (_, r) in &rejected {
+        state.metrics.reject(r.field.unwrap_or("invalid"), 1);
+    }
+    let rejected_json: Vec<_> = rejected
+        .iter()
+        .map(|(index, r)| {
+            json!({"index": index, "messageId": message_id_at(&bytes, kind, *index),
+                   "error": r.error, "field": r.field})
+        })
+        .collect();
+
+    let outcome = if events.is_empty() {
+        AppendOutcome::default()
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.submit(events.into_iter().map(|(_, e)| e).collect(), move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.await
+            .map_err(|_| AppError::new(StatusCode::SERVICE_UNAVAILABLE, "the store is shutting down"))??
+    };
+    let m = &state.metrics;
+    m.accepted.fetch_add(outcome.stored() as u64, Ordering::Relaxed);
+    m.duplicates
+        .fetch_add(outcome.duplicates() as u64, Ordering::Relaxed);
+    let mut body = json!({
+        "success": true,
+        "accepted": outcome.stored(),
+        "duplicates": outcome.duplicates(),
+    });
+    if !rejected_json.is_empty() {
+        body["rejected"] = json!(rejected_json);
+    }
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+fn unknown_key() -> AppError {
+    AppError::new(StatusCode::UNAUTHORIZED, "unknown write key")
+}
+
+/// The user name of an HTTP Basic header: where every Segment SDK puts the write key.
+fn basic_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split(':').next().unwrap_or_default();
+    (!user.is_empty()).then(|| user.to_string())
+}
+
+/// The messageId of a rejected message, for the client's report (best effort: the
+/// message may be too broken to have one).
+fn message_id_at(body: &[u8], kind: Option<EventType>, index: usize) -> serde_json::Value {
+    let v: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => return serde_json::Value::Null,
+    };
+    let m = if kind.is_some() { Some(&v) } else { v.get("batch").and_then(|b| b.get(index)) };
+    m.and_then(|m| m.get("messageId")).cloned().unwrap_or_default()
+}

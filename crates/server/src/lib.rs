@@ -1,0 +1,99 @@
+//! The server: configuration, the HTTP router and the process's metrics.
+//!
+//! `router(state)` is the whole HTTP surface, testable without a socket; `serve` binds it
+//! and shuts down gracefully, letting the store's writers answer everything queued.
+
+mod config;
+mod error;
+mod ingest;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::routing::{get, post};
+use axum::Router;
+use throughline_collect::IdGen;
+use throughline_store::Store;
+use tokio::sync::Semaphore;
+
+pub use config::{Config, ConfigError};
+pub use error::AppError;
+pub use metrics::ServerMetrics;
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub metrics: ServerMetrics,
+    pub config: Config,
+    ids: Mutex<IdGen>,
+    /// Requests being handled at once; beyond it the server answers 503 instead of queueing.
+    inflight: Semaphore,
+}
+
+impl AppState {
+    pub fn new(store: Arc<Store>, config: Config) -> Arc<AppState> {
+        Arc::new(AppState {
+            store,
+            metrics: ServerMetrics::default(),
+            inflight: Semaphore::new(config.http.inflight_requests_max),
+            config,
+            ids: Mutex::new(IdGen::new(throughline_store::random_seed())),
+        })
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut r = Router::new()
+        .route("/health", get(ingest::health))
+        .route("/metrics", get(metrics::render));
+    // Segment's paths, and the one-letter forms analytics.js posts to.
+    for (long, short) in [
+        ("track", "t"),
+        ("identify", "i"),
+        ("page", "p"),
+        ("screen", "s"),
+        ("group", "g"),
+        ("alias", "a"),
+        ("batch", "b"),
+    ] {
+        r = r
+            .route(&format!("/v1/{long}"), post(ingest::collect))
+            .route(&format!("/v1/{short}"), post(ingest::collect));
+    }
+    r.route("/v1/import", post(ingest::collect)).with_state(state)
+}
+
+/// Binds `listen` and serves until SIGINT or SIGTERM, then closes the store.
+pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "accepting events");
+    let app = router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .ok();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// The socket address to bind, e.g. for `--listen`.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not HOST:PORT with an IP host, e.g. 127.0.0.1:8080"))
+}
+
+#[cfg(test)]
+mod tests;

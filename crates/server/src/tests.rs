@@ -1,0 +1,160 @@
+//! Router tests without a socket (`tower::ServiceExt::oneshot`), on a real store in a
+//! temporary directory.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::http::{Request, StatusCode};
+use base64::Engine;
+use serde_json::{json, Value};
+use throughline_store::{Catalog, Store};
+use tower::ServiceExt;
+
+use crate::{router, AppState, Config};
+
+struct Fixture {
+    dir: std::path::PathBuf,
+    state: Arc<AppState>,
+    key: String,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.state.store.close();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fixture(tag: &str) -> Fixture {
+    let dir = std::env::temp_dir().join(format!("tl-server-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let info = Catalog::create_project(&dir, "shop").unwrap();
+    let store = Store::open(&dir, Default::default()).unwrap();
+    Fixture {
+        dir,
+        state: AppState::new(Arc::new(store), Config::default()),
+        key: info.write_key,
+    }
+}
+
+fn basic(key: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:")))
+}
+
+async fn post(f: &Fixture, path: &str, body: Vec<u8>, auth: Option<&str>, gzip: bool) -> (StatusCode, Value) {
+    let mut req = Request::post(path).header("content-type", "application/json");
+    if let Some(a) = auth {
+        req = req.header("authorization", basic(a));
+    }
+    if gzip {
+        req = req.header("content-encoding", "gzip");
+    }
+    let resp = router(f.state.clone())
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn stored_ids(f: &Fixture) -> Vec<String> {
+    let p = f.state.store.project("shop").unwrap();
+    let mut ids = Vec::new();
+    p.snapshot()
+        .for_each_event(|e, _| {
+            ids.push(e.message_id);
+            Ok(())
+        })
+        .unwrap();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn every_validation_rule_answers_with_status_and_field() {
+    let f = fixture("rules");
+    let k = Some(f.key.as_str());
+    let cases: Vec<(&str, Value, Option<&str>, StatusCode, Option<&str>)> = vec![
+        ("/v1/track", json!({"event": "x"}), k, StatusCode::BAD_REQUEST, Some("userId")),
+        ("/v1/track", json!({"userId": "u"}), k, StatusCode::BAD_REQUEST, Some("event")),
+        ("/v1/alias", json!({"userId": "u"}), k, StatusCode::BAD_REQUEST, Some("previousId")),
+        ("/v1/page", json!({"userId": "u", "timestamp": "later"}), k, StatusCode::BAD_REQUEST, Some("timestamp")),
+        ("/v1/track", json!({"userId": "u", "event": "x"}), Some("wk_nope"), StatusCode::UNAUTHORIZED, None),
+        ("/v1/track", json!({"userId": "u", "event": "x"}), None, StatusCode::UNAUTHORIZED, None),
+    ];
+    for (path, body, auth, status, field) in cases {
+        let (s, v) = post(&f, path, body.to_string().into_bytes(), auth, false).await;
+        assert_eq!(s, status, "{path} {body}: {v}");
+        assert_eq!(v["field"].as_str(), field, "{path} {body}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let (s, v) = post(&f, "/v1/track", b"{oops".to_vec(), k, false).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("JSON"));
+    assert!(stored_ids(&f).is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_stores_good_messages_and_lists_bad_ones() {
+    let f = fixture("batch");
+    let body = json!({"writeKey": f.key, "batch": [
+        {"type": "track", "userId": "u", "event": "ok1", "messageId": "a"},
+        {"type": "track", "userId": "u", "messageId": "bad"},
+        {"type": "page", "anonymousId": "d", "messageId": "b"},
+        {"type": "track", "userId": "u", "event": "ok1", "messageId": "a"}
+    ]});
+    let (s, v) = post(&f, "/v1/batch", body.to_string().into_bytes(), None, false).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["accepted"], 2);
+    assert_eq!(v["duplicates"], 1);
+    assert_eq!(v["rejected"][0]["index"], 1);
+    assert_eq!(v["rejected"][0]["messageId"], "bad");
+    assert_eq!(v["rejected"][0]["field"], "event");
+    assert_eq!(stored_ids(&f), ["a", "b"]);
+}
+
+#[tokio::test]
+async fn gzip_bodies_and_size_limits() {
+    let f = fixture("gzip");
+    let body = json!({"batch": [{"type": "identify", "userId": "u", "messageId": "g1"}]}).to_string();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(body.as_bytes()).unwrap();
+    let (s, v) = post(&f, "/v1/batch", gz.finish().unwrap(), Some(&f.key), true).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    let big = json!({"userId": "u", "event": "x", "properties": {"p": "x".repeat(33 * 1024)}});
+    let (s, v) = post(&f, "/v1/track", big.to_string().into_bytes(), Some(&f.key), false).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(v["error"].as_str().unwrap().contains("32 KB"), "{v}");
+
+    let huge: Vec<Value> = (0..20)
+        .map(|i| json!({"type": "track", "userId": "u", "event": "x", "messageId": i, "properties": {"p": "y".repeat(30 * 1024)}}))
+        .collect();
+    let (s, v) = post(&f, "/v1/batch", json!({"batch": huge}).to_string().into_bytes(), Some(&f.key), false).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(v["error"].as_str().unwrap().contains("500 KB"), "{v}");
+
+    // A gzip bomb inflating past the limit is refused, not buffered.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 4 << 20]).unwrap();
+    let (s, _) = post(&f, "/v1/batch", gz.finish().unwrap(), Some(&f.key), true).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(stored_ids(&f), ["g1"]);
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let f = fixture("metrics");
+    let body = json!({"batch": [{"type": "track", "userId": "u", "event": "e"}, {"type": "track"}]});
+    post(&f, "/v1/batch", body.to_string().into_bytes(), Some(&f.key), false).await;
+    let resp = router(f.state.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("throughline_events_accepted_total 1"), "{text}");
+    assert!(text.contains("throughline_events_rejected_total{reason=\"userId\"} 1"), "{text}");
+    assert!(text.contains("throughline_fsync_seconds_count{project=\"shop\"} 1"), "{text}");
+}
