@@ -103,8 +103,9 @@ pub struct IdentityGraph {
     nodes: Vec<Node>,
     persons: HashMap<PersonId, Person>,
     stats: MergeStats,
+    /// One map per kind, so lookups borrow the id instead of allocating a key.
     #[serde(skip)]
-    index: HashMap<(IdKind, String), NodeId>,
+    index: [HashMap<String, NodeId>; 3],
     #[serde(skip)]
     junk: Vec<String>,
 }
@@ -116,7 +117,7 @@ impl IdentityGraph {
             nodes: Vec::new(),
             persons: HashMap::new(),
             stats: MergeStats::default(),
-            index: HashMap::new(),
+            index: Default::default(),
             junk: Vec::new(),
         };
         g.rebuild_derived();
@@ -135,13 +136,12 @@ impl IdentityGraph {
     }
 
     fn rebuild_derived(&mut self) {
-        self.index = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| !n.id.is_empty())
-            .map(|(i, n)| ((n.kind, n.id.clone()), i as NodeId))
-            .collect();
+        self.index = Default::default();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.id.is_empty() {
+                self.index[n.kind as usize].insert(n.id.clone(), i as NodeId);
+            }
+        }
         self.junk = self
             .config
             .junk_ids
@@ -215,7 +215,7 @@ impl IdentityGraph {
     }
 
     fn intern(&mut self, kind: IdKind, id: &str) -> NodeId {
-        if let Some(&n) = self.index.get(&(kind, id.to_string())) {
+        if let Some(&n) = self.index[kind as usize].get(id) {
             return n;
         }
         let n = self.nodes.len() as NodeId;
@@ -235,7 +235,7 @@ impl IdentityGraph {
             },
         );
         if !junk {
-            self.index.insert((kind, id.to_string()), n);
+            self.index[kind as usize].insert(id.to_string(), n);
         }
         n
     }
@@ -292,7 +292,7 @@ impl IdentityGraph {
     }
 
     pub fn lookup(&self, kind: IdKind, id: &str) -> Option<NodeId> {
-        self.index.get(&(kind, id.to_string())).copied()
+        self.index[kind as usize].get(id).copied()
     }
 
     /// Finds a person by any of their ids, trying user id, email, then anonymous id.
@@ -339,8 +339,7 @@ impl IdentityGraph {
         };
         for &m in &p.members {
             let node = &mut self.nodes[m as usize];
-            self.index
-                .remove(&(node.kind, std::mem::take(&mut node.id)));
+            self.index[node.kind as usize].remove(&std::mem::take(&mut node.id));
         }
         // A tombstone person per node keeps `person_of` total without reviving the merge.
         for &m in &p.members {

@@ -151,10 +151,14 @@ async fn handle(
     for (_, r) in &rejected {
         state.metrics.reject(r.field.unwrap_or("invalid"), 1);
     }
+    // Rejections are rare: re-read the body once, only when there are some.
+    let parsed_again: Option<serde_json::Value> = (!rejected.is_empty())
+        .then(|| serde_json::from_slice(&bytes).ok())
+        .flatten();
     let rejected_json: Vec<_> = rejected
         .iter()
         .map(|(index, r)| {
-            json!({"index": index, "messageId": message_id_at(&bytes, kind, *index),
+            json!({"index": index, "messageId": message_id_at(parsed_again.as_ref(), *index),
                    "error": r.error, "field": r.field})
         })
         .collect();
@@ -203,13 +207,12 @@ fn basic_user(headers: &HeaderMap) -> Option<String> {
     (!user.is_empty()).then(|| user.to_string())
 }
 
-/// The messageId of a rejected message, for the client's report (best effort: the
+/// The messageId of a rejected batch message, for the client's report (best effort: the
 /// message may be too broken to have one).
-fn message_id_at(body: &[u8], kind: Option<EventType>, index: usize) -> serde_json::Value {
-    let v: serde_json::Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(_) => return serde_json::Value::Null,
-    };
-    let m = if kind.is_some() { Some(&v) } else { v.get("batch").and_then(|b| b.get(index)) };
-    m.and_then(|m| m.get("messageId")).cloned().unwrap_or_default()
+fn message_id_at(body: Option<&serde_json::Value>, index: usize) -> serde_json::Value {
+    body.and_then(|v| v.get("batch"))
+        .and_then(|b| b.get(index))
+        .and_then(|m| m.get("messageId"))
+        .cloned()
+        .unwrap_or_default()
 }

@@ -521,16 +521,16 @@ impl Writer {
         self.state.read().expect("state lock").mem.arena.len()
     }
 
-    fn commit_group(&mut self, group: Vec<(Vec<Event>, Reply<AppendOutcome>)>) {
+    fn commit_group(&mut self, mut group: Vec<(Vec<Event>, Reply<AppendOutcome>)>) {
         let mut outcomes = Vec::with_capacity(group.len());
         let mut fresh: Vec<(Event, Vec<u8>, u128)> = Vec::new();
         let mut seen = HashSet::new();
         let check = {
             let state = self.state.read().expect("state lock");
             let mut check = || -> Result<(), StoreError> {
-                for (events, _) in &group {
+                for (events, _) in &mut group {
                     let mut dup = Vec::with_capacity(events.len());
-                    for e in events {
+                    for e in std::mem::take(events) {
                         let h = message_hash(&e.message_id);
                         let is_dup = seen.contains(&h)
                             || state.mem.hashes.contains(&h)
@@ -538,9 +538,9 @@ impl Writer {
                         dup.push(is_dup);
                         if !is_dup {
                             seen.insert(h);
-                            let payload = serde_json::to_vec(e).expect("event serializes");
+                            let payload = serde_json::to_vec(&e).expect("event serializes");
                             self.wal.stage(&payload);
-                            fresh.push((e.clone(), payload, h));
+                            fresh.push((e, payload, h));
                         }
                     }
                     outcomes.push(AppendOutcome { duplicate: dup });
