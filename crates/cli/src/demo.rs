@@ -78,7 +78,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
         project.flush()?;
         answers.push(headlines(&project, &summary)?);
     }
-    println!("{}", serde_json::to_string_pretty(&json!({"projects": answers}))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({"projects": answers}))?
+    );
     if args.no_serve {
         store.close();
         return Ok(());
@@ -86,7 +89,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let addr = throughline_server::parse_listen(&args.listen).map_err(anyhow::Error::msg)?;
     eprintln!("\nServing the demo at http://{addr}/");
     for k in &keys {
-        eprintln!("  project {:<13} write key {}  api key {}", k.name, k.write_key, k.api_key);
+        eprintln!(
+            "  project {:<13} write key {}  api key {}",
+            k.name, k.write_key, k.api_key
+        );
     }
     eprintln!("Send events:  curl -u {}: http://{addr}/v1/track -d '{{\"userId\":\"ann\",\"event\":\"Hello\"}}'", keys[0].write_key);
     eprintln!("Stop with Ctrl-C.");
@@ -105,7 +111,10 @@ fn prepare_dir(dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join(MARKER), b"created by throughline demo; safe to delete\n")?;
+    std::fs::write(
+        dir.join(MARKER),
+        b"created by throughline demo; safe to delete\n",
+    )?;
     Ok(())
 }
 
@@ -127,9 +136,16 @@ fn headlines(project: &ProjectStore, summary: &Summary) -> Result<Value> {
         if e.anonymous_id.is_some() {
             devices.entry(p).or_default().insert(node);
         }
-        let name = e.event.clone().unwrap_or_else(|| e.event_type.as_str().to_string());
+        let name = e
+            .event
+            .clone()
+            .unwrap_or_else(|| e.event_type.as_str().to_string());
         if e.event.as_deref() == Some("Order Completed") {
-            revenue += e.properties.get("revenue").and_then(Value::as_f64).unwrap_or(0.0);
+            revenue += e
+                .properties
+                .get("revenue")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
         }
         *events.entry(name).or_default() += 1;
         Ok(())
@@ -173,7 +189,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let mut cfg = DemoConfig::new(args.brand.into(), args.persons, args.seed);
     cfg.duplicate_rate = args.duplicates;
     cfg.out_of_order = args.out_of_order;
-    let file = std::fs::File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let file = std::fs::File::create(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let progress = import::progress_bar(false);
     let mut n = 0u64;

@@ -19,8 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
 use throughline_collect::{normalize, Envelope, IdGen};
-use throughline_model::Event;
-use throughline_store::ProjectStore;
+use throughline_store::{Encoded, ProjectStore};
 
 const CHUNK_MESSAGES: usize = 8192;
 /// Chunks in flight between stages; with the chunk size this bounds import memory.
@@ -73,7 +72,8 @@ pub fn run(args: ImportArgs) -> Result<()> {
     }
     progress.finish_and_clear();
     summary.seconds = started.elapsed().as_secs_f64();
-    summary.events_per_second = (summary.imported + summary.duplicates) as f64 / summary.seconds.max(1e-9);
+    summary.events_per_second =
+        (summary.imported + summary.duplicates) as f64 / summary.seconds.max(1e-9);
     crate::output::json(&serde_json::to_value(&summary)?);
     store.close();
     Ok(())
@@ -116,7 +116,8 @@ impl Source {
                 reader: Box::new(BufReader::with_capacity(1 << 20, f)),
             });
         }
-        let iter = throughline_formats::read_messages(path).with_context(|| format!("cannot read {name}"))?;
+        let iter = throughline_formats::read_messages(path)
+            .with_context(|| format!("cannot read {name}"))?;
         Ok(Source::Values {
             name,
             iter: Box::new(iter.map(|(line, r)| (line, r.map_err(|e| e.to_string())))),
@@ -132,7 +133,7 @@ enum Raw {
 type Chunk = Vec<(u64, Raw)>;
 
 struct Normalized {
-    events: Vec<Event>,
+    events: Vec<Encoded>,
     errors: Vec<(u64, String, Option<&'static str>)>,
 }
 
@@ -143,14 +144,16 @@ fn work(chunk: Chunk, received_at: i64, ids: &mut IdGen) -> Normalized {
     };
     for (line, raw) in chunk {
         let value = match raw {
-            Raw::Line(text) => serde_json::from_str::<Value>(&text).map_err(|e| format!("invalid JSON: {e}")),
+            Raw::Line(text) => {
+                serde_json::from_str::<Value>(&text).map_err(|e| format!("invalid JSON: {e}"))
+            }
             Raw::Value(v) => v,
         };
-        let result = value
-            .map_err(|e| (e, None))
-            .and_then(|v| normalize(v, &Envelope::default(), received_at, ids).map_err(|r| (r.error, r.field)));
+        let result = value.map_err(|e| (e, None)).and_then(|v| {
+            normalize(v, &Envelope::default(), received_at, ids).map_err(|r| (r.error, r.field))
+        });
         match result {
-            Ok(e) => out.events.push(e),
+            Ok(e) => out.events.push(Encoded::new(&e)),
             Err((error, field)) => out.errors.push((line, error, field)),
         }
     }
@@ -158,7 +161,12 @@ fn work(chunk: Chunk, received_at: i64, ids: &mut IdGen) -> Normalized {
 }
 
 /// Runs one source through the pipeline into `project`, adding to `summary`.
-pub fn import(project: &ProjectStore, source: Source, progress: &ProgressBar, summary: &mut Summary) -> Result<()> {
+pub fn import(
+    project: &ProjectStore,
+    source: Source,
+    progress: &ProgressBar,
+    summary: &mut Summary,
+) -> Result<()> {
     let (name, mut next_chunk): (String, Box<dyn FnMut() -> Result<Option<Chunk>>>) = match source {
         Source::Lines { name, mut reader } => {
             let mut line_no = 0u64;
@@ -169,7 +177,9 @@ pub fn import(project: &ProjectStore, source: Source, progress: &ProgressBar, su
                     let mut chunk = Vec::with_capacity(CHUNK_MESSAGES);
                     while chunk.len() < CHUNK_MESSAGES {
                         let mut line = String::new();
-                        let read = reader.read_line(&mut line).with_context(|| format!("reading {n}"))?;
+                        let read = reader
+                            .read_line(&mut line)
+                            .with_context(|| format!("reading {n}"))?;
                         if read == 0 {
                             break;
                         }
@@ -185,14 +195,20 @@ pub fn import(project: &ProjectStore, source: Source, progress: &ProgressBar, su
         Source::Values { name, mut iter } => (
             name,
             Box::new(move || {
-                let chunk: Chunk = iter.by_ref().take(CHUNK_MESSAGES).map(|(l, v)| (l, Raw::Value(v))).collect();
+                let chunk: Chunk = iter
+                    .by_ref()
+                    .take(CHUNK_MESSAGES)
+                    .map(|(l, v)| (l, Raw::Value(v)))
+                    .collect();
                 Ok((!chunk.is_empty()).then_some(chunk))
             }),
         ),
     };
 
     let received_at = throughline_store::now_ms();
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
     let (work_tx, work_rx) = sync_channel::<(u64, Chunk)>(CHUNKS_IN_FLIGHT);
     let work_rx = Arc::new(Mutex::new(work_rx));
     let (done_tx, done_rx) = sync_channel::<(u64, Normalized)>(CHUNKS_IN_FLIGHT);

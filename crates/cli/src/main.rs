@@ -2,6 +2,7 @@
 //!
 //! Each subcommand lives in its own module; this file only declares the command line.
 
+mod bench;
 mod demo;
 mod import;
 mod output;
@@ -33,7 +34,9 @@ enum Command {
         command: projects::ProjectsCommand,
     },
     /// Run the collection server (Segment HTTP Tracking API) over a data directory
-    #[command(after_help = "Example:\n  throughline serve --data ./data --listen 127.0.0.1:8080 --config throughline.toml")]
+    #[command(
+        after_help = "Example:\n  throughline serve --data ./data --listen 127.0.0.1:8080 --config throughline.toml"
+    )]
     Serve {
         /// Data directory (created if missing)
         #[arg(long)]
@@ -46,26 +49,47 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Import Segment-shaped messages from JSONL, CSV or Parquet files
-    #[command(after_help = "Example:\n  throughline import --data ./data --project shop events.jsonl more.csv.gz old.parquet\n\nJSONL: one Segment message per line. CSV/Parquet columns: see crates/formats/README.md.\nThe same validation and messageId deduplication as the HTTP API apply.")]
+    #[command(
+        after_help = "Example:\n  throughline import --data ./data --project shop events.jsonl more.csv.gz old.parquet\n\nJSONL: one Segment message per line. CSV/Parquet columns: see crates/formats/README.md.\nThe same validation and messageId deduplication as the HTTP API apply."
+    )]
     Import(import::ImportArgs),
     /// Export every stored event of a project once, with its stitched person
-    #[command(after_help = "Example:\n  throughline export --data ./data --project shop --format parquet --out shop.parquet")]
+    #[command(
+        after_help = "Example:\n  throughline export --data ./data --project shop --format parquet --out shop.parquet"
+    )]
     Export(people::ExportArgs),
     /// Show a person's profile: ids, merged traits, first and last seen, event count
-    #[command(after_help = "Example:\n  throughline profile --data ./data --project shop --id ann@example.com --format table")]
+    #[command(
+        after_help = "Example:\n  throughline profile --data ./data --project shop --id ann@example.com --format table"
+    )]
     Profile(people::ProfileArgs),
     /// Erase every event and id of a person (GDPR right to erasure)
-    #[command(name = "delete-person", after_help = "Example:\n  throughline delete-person --data ./data --project shop --id user-42")]
+    #[command(
+        name = "delete-person",
+        after_help = "Example:\n  throughline delete-person --data ./data --project shop --id user-42"
+    )]
     DeletePerson(people::DeleteArgs),
     /// Load realistic demo data (a headphones shop, a subscription service) and serve it
-    #[command(after_help = "Examples:\n  throughline demo                 # load and serve on 127.0.0.1:8080\n  throughline demo --no-serve      # load and print the headline answers")]
+    #[command(
+        after_help = "Examples:\n  throughline demo                 # load and serve on 127.0.0.1:8080\n  throughline demo --no-serve      # load and print the headline answers"
+    )]
     Demo(demo::DemoArgs),
     /// Write the demo generator's messages to a JSONL file (for tests and benchmarks)
-    #[command(after_help = "Example:\n  throughline generate --brand headphones --persons 20000 --seed 7 --out events.jsonl")]
+    #[command(
+        after_help = "Example:\n  throughline generate --brand headphones --persons 20000 --seed 7 --out events.jsonl"
+    )]
     Generate(demo::GenerateArgs),
     /// Counts of a project's store: events, segments, events still in the log, ids
     #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
     Stats(people::StatsArgs),
+    /// Measure ingest speed: an HTTP load generator and this disk's fsync baseline
+    #[command(
+        after_help = "Examples:\n  throughline bench http --url http://127.0.0.1:8080 --write-key wk_... --clients 16 --batch 100 --file events.jsonl\n  throughline bench disk --dir /tmp --chunk-bytes 65536\n  bash scripts/bench               # the whole benchmark, written to bench-out/ingest.md"
+    )]
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 fn main() {
@@ -94,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Generate(args) => demo::generate(args),
         Command::Stats(args) => people::stats(args),
+        Command::Bench { command } => bench::run(command),
     }
 }
 

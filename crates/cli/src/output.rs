@@ -36,8 +36,16 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             .to_string()
     };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", line(header.iter().map(|h| h.to_string()).collect()));
-    let _ = writeln!(out, "{}", line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+    let _ = writeln!(
+        out,
+        "{}",
+        line(header.iter().map(|h| h.to_string()).collect())
+    );
+    let _ = writeln!(
+        out,
+        "{}",
+        line(widths.iter().map(|w| "-".repeat(*w)).collect())
+    );
     for r in rows {
         let _ = writeln!(out, "{}", line(r.clone()));
     }

@@ -82,9 +82,12 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     let project = store.project(&args.project)?;
     let snap = project.snapshot();
     let identity = snap.identity();
-    let person = identity
-        .find_person(&args.id)
-        .with_context(|| format!("no person with id {:?} in project {}", args.id, args.project))?;
+    let person = identity.find_person(&args.id).with_context(|| {
+        format!(
+            "no person with id {:?} in project {}",
+            args.id, args.project
+        )
+    })?;
     let nodes: HashSet<u32> = (0..identity.node_count() as u32)
         .filter(|&n| identity.person_of(n) == person)
         .collect();
@@ -99,7 +102,10 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         count += 1;
         first = first.min(e.timestamp);
         last = last.max(e.timestamp);
-        let label = e.event.clone().unwrap_or_else(|| e.event_type.as_str().to_string());
+        let label = e
+            .event
+            .clone()
+            .unwrap_or_else(|| e.event_type.as_str().to_string());
         *by_event.entry(label).or_default() += 1;
         if let Some(src) = &e.utm.source {
             *channels_seen.entry(src.clone()).or_default() += 1;
@@ -141,13 +147,28 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         Format::Json => output::json(&profile),
         Format::Table => {
             let mut rows = vec![
-                vec!["person_id".into(), identity.canonical_id(person).to_string()],
+                vec![
+                    "person_id".into(),
+                    identity.canonical_id(person).to_string(),
+                ],
                 vec!["event_count".into(), count.to_string()],
-                vec!["first_seen".into(), profile["first_seen"].as_str().unwrap_or("-").to_string()],
-                vec!["last_seen".into(), profile["last_seen"].as_str().unwrap_or("-").to_string()],
+                vec![
+                    "first_seen".into(),
+                    profile["first_seen"].as_str().unwrap_or("-").to_string(),
+                ],
+                vec![
+                    "last_seen".into(),
+                    profile["last_seen"].as_str().unwrap_or("-").to_string(),
+                ],
             ];
             for (kind, id) in identity.ids_of(person) {
-                rows.push(vec![format!("id ({})", serde_json::to_value(kind)?.as_str().unwrap_or("")), id.to_string()]);
+                rows.push(vec![
+                    format!(
+                        "id ({})",
+                        serde_json::to_value(kind)?.as_str().unwrap_or("")
+                    ),
+                    id.to_string(),
+                ]);
             }
             for (k, v) in &traits {
                 rows.push(vec![format!("trait {k}"), v.to_string()]);
@@ -172,9 +193,17 @@ pub struct DeleteArgs {
 pub fn delete(args: DeleteArgs) -> Result<()> {
     let store = crate::open_store(&args.data)?;
     let project = store.project(&args.project)?;
-    let known = project.snapshot().identity().find_person(&args.id).is_some();
+    let known = project
+        .snapshot()
+        .identity()
+        .find_person(&args.id)
+        .is_some();
     if !known {
-        anyhow::bail!("no person with id {:?} in project {}", args.id, args.project);
+        anyhow::bail!(
+            "no person with id {:?} in project {}",
+            args.id,
+            args.project
+        );
     }
     let erased = project.delete_person(&args.id)?;
     output::json(&json!({"erased_events": erased, "id": args.id}));

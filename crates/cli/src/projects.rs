@@ -12,7 +12,9 @@ use crate::output;
 #[derive(Subcommand)]
 pub enum ProjectsCommand {
     /// Create a project and print its keys as JSON
-    #[command(after_help = "Example:\n  throughline projects create shop --data ./data\n\nThe write key is public (it ships in pages and apps); the api key is secret (Bearer token of the query API).")]
+    #[command(
+        after_help = "Example:\n  throughline projects create shop --data ./data\n\nThe write key is public (it ships in pages and apps); the api key is secret (Bearer token of the query API)."
+    )]
     Create {
         /// Project name: 1-64 of a-z, 0-9, '-', '_'
         name: String,
@@ -28,7 +30,10 @@ pub enum ProjectsCommand {
         format: output::Format,
     },
     /// Issue new write and api keys; the old ones stop working at once
-    #[command(name = "rotate-key", after_help = "Example:\n  throughline projects rotate-key shop --data ./data")]
+    #[command(
+        name = "rotate-key",
+        after_help = "Example:\n  throughline projects rotate-key shop --data ./data"
+    )]
     RotateKey {
         name: String,
         #[arg(long)]
@@ -42,7 +47,9 @@ pub fn run(cmd: ProjectsCommand) -> Result<()> {
     match cmd {
         ProjectsCommand::Create { name, data } => {
             let p = Catalog::create_project(&data, &name)?;
-            output::json(&json!({"name": p.name, "write_key": p.write_key, "api_key": p.api_key, "created_at": p.created_at}));
+            output::json(
+                &json!({"name": p.name, "write_key": p.write_key, "api_key": p.api_key, "created_at": p.created_at}),
+            );
         }
         ProjectsCommand::List { data, format } => {
             let c = Catalog::load(&data)?;

@@ -72,6 +72,29 @@ impl Default for IdentityConfig {
     }
 }
 
+/// The parts of an event the graph reads: extracted on the caller's thread, so the store's
+/// single writer thread does not walk whole events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdKeys {
+    pub alias: bool,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub email: Option<String>,
+    pub previous_id: Option<String>,
+}
+
+impl IdKeys {
+    pub fn of(e: &Event) -> IdKeys {
+        IdKeys {
+            alias: e.event_type == EventType::Alias,
+            user_id: e.user_id.clone(),
+            anonymous_id: e.anonymous_id.clone(),
+            email: e.email.clone(),
+            previous_id: e.previous_id.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Node {
     kind: IdKind,
@@ -107,7 +130,9 @@ pub struct IdentityGraph {
     #[serde(skip)]
     index: [HashMap<String, NodeId>; 3],
     #[serde(skip)]
-    junk: Vec<String>,
+    junk: std::collections::HashSet<String>,
+    #[serde(skip)]
+    junk_len_max: usize,
 }
 
 impl IdentityGraph {
@@ -118,7 +143,8 @@ impl IdentityGraph {
             persons: HashMap::new(),
             stats: MergeStats::default(),
             index: Default::default(),
-            junk: Vec::new(),
+            junk: Default::default(),
+            junk_len_max: 0,
         };
         g.rebuild_derived();
         g
@@ -146,8 +172,9 @@ impl IdentityGraph {
             .config
             .junk_ids
             .iter()
-            .map(|j| j.to_lowercase())
+            .map(|j| j.trim().to_lowercase())
             .collect();
+        self.junk_len_max = self.junk.iter().map(String::len).max().unwrap_or(0);
     }
 
     /// Applies a changed configuration to future merges; past merges stand.
@@ -166,12 +193,18 @@ impl IdentityGraph {
 
     pub fn is_junk(&self, id: &str) -> bool {
         let t = id.trim();
-        t.is_empty() || self.junk.iter().any(|j| j.eq_ignore_ascii_case(t))
+        // Real ids are mostly longer than any junk id: decided without allocating.
+        t.is_empty() || (t.len() <= self.junk_len_max && self.junk.contains(&t.to_lowercase()))
     }
 
     /// Feeds one event in log order: registers its ids, applies the merges it implies, and
     /// returns the node of the id it was sent under.
     pub fn observe(&mut self, e: &Event) -> NodeId {
+        self.observe_keys(&IdKeys::of(e))
+    }
+
+    /// [`IdentityGraph::observe`] for keys extracted beforehand.
+    pub fn observe_keys(&mut self, e: &IdKeys) -> NodeId {
         let user = self.real(e.user_id.as_deref(), IdKind::User);
         let anon = self.real(e.anonymous_id.as_deref(), IdKind::Anonymous);
         let email = self.real(e.email.as_deref(), IdKind::Email);
@@ -183,7 +216,7 @@ impl IdentityGraph {
         if let (Some(s), Some(m)) = (subject, email) {
             self.merge(s, m, false);
         }
-        if e.event_type == EventType::Alias {
+        if e.alias {
             if let (Some(s), Some(prev)) = (subject, e.previous_id.as_deref()) {
                 if !self.is_junk(prev) {
                     let p = match self.lookup(IdKind::User, prev) {

@@ -57,7 +57,9 @@ impl IntoResponse for AppError {
         }
         let mut resp = (self.status, axum::Json(body)).into_response();
         // SDKs retry 429 and 5xx; tell them when.
-        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }

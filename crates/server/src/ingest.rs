@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::json;
 use throughline_collect::{Batch, BATCH_BYTES_MAX, MESSAGE_BYTES_MAX};
 use throughline_model::EventType;
-use throughline_store::{now_ms, AppendOutcome};
+use throughline_store::{now_ms, AppendOutcome, Encoded};
 
 use crate::{AppError, AppState};
 
@@ -80,7 +80,11 @@ async fn handle(
             format!(
                 "request body exceeds the limit of {} KB for {}",
                 limit / 1024,
-                if kind.is_some() { "one message" } else { "a batch" }
+                if kind.is_some() {
+                    "one message"
+                } else {
+                    "a batch"
+                }
             ),
         )
     };
@@ -96,7 +100,9 @@ async fn handle(
         flate2::read::GzDecoder::new(&raw[..])
             .take(limit as u64 + 1)
             .read_to_end(&mut out)
-            .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")))?;
+            .map_err(|e| {
+                AppError::new(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}"))
+            })?;
         if out.len() > limit {
             return Err(too_large());
         }
@@ -167,14 +173,22 @@ async fn handle(
         AppendOutcome::default()
     } else {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        store.submit(events.into_iter().map(|(_, e)| e).collect(), move |r| {
-            let _ = tx.send(r);
-        })?;
-        rx.await
-            .map_err(|_| AppError::new(StatusCode::SERVICE_UNAVAILABLE, "the store is shutting down"))??
+        store.submit(
+            events.iter().map(|(_, e)| Encoded::new(e)).collect(),
+            move |r| {
+                let _ = tx.send(r);
+            },
+        )?;
+        rx.await.map_err(|_| {
+            AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is shutting down",
+            )
+        })??
     };
     let m = &state.metrics;
-    m.accepted.fetch_add(outcome.stored() as u64, Ordering::Relaxed);
+    m.accepted
+        .fetch_add(outcome.stored() as u64, Ordering::Relaxed);
     m.duplicates
         .fetch_add(outcome.duplicates() as u64, Ordering::Relaxed);
     let mut body = json!({

@@ -61,7 +61,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route(&format!("/v1/{long}"), post(ingest::collect))
             .route(&format!("/v1/{short}"), post(ingest::collect));
     }
-    r.route("/v1/import", post(ingest::collect)).with_state(state)
+    r.route("/v1/import", post(ingest::collect))
+        .with_state(state)
 }
 
 /// Binds `listen` and serves until SIGINT or SIGTERM, then closes the store.

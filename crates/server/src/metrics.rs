@@ -35,7 +35,12 @@ impl Default for ServerMetrics {
 
 impl ServerMetrics {
     pub fn reject(&self, reason: &'static str, n: u64) {
-        *self.rejected.lock().expect("metrics lock").entry(reason).or_default() += n;
+        *self
+            .rejected
+            .lock()
+            .expect("metrics lock")
+            .entry(reason)
+            .or_default() += n;
     }
 }
 
@@ -43,38 +48,71 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let m = &state.metrics;
     let mut out = String::new();
     let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
     };
-    counter(&mut out, "throughline_events_accepted_total", "Messages stored durably.", m.accepted.load(Ordering::Relaxed));
-    counter(&mut out, "throughline_events_duplicate_total", "Messages acknowledged but not stored again (messageId already stored).", m.duplicates.load(Ordering::Relaxed));
+    counter(
+        &mut out,
+        "throughline_events_accepted_total",
+        "Messages stored durably.",
+        m.accepted.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "throughline_events_duplicate_total",
+        "Messages acknowledged but not stored again (messageId already stored).",
+        m.duplicates.load(Ordering::Relaxed),
+    );
     let _ = writeln!(out, "# HELP throughline_events_rejected_total Messages or requests refused, by reason.\n# TYPE throughline_events_rejected_total counter");
     for (reason, n) in m.rejected.lock().expect("metrics lock").iter() {
-        let _ = writeln!(out, "throughline_events_rejected_total{{reason=\"{reason}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "throughline_events_rejected_total{{reason=\"{reason}\"}} {n}"
+        );
     }
     let _ = writeln!(out, "# HELP throughline_batch_messages Messages per request.\n# TYPE throughline_batch_messages histogram");
-    m.batch_messages.render(&mut out, "throughline_batch_messages", "");
+    m.batch_messages
+        .render(&mut out, "throughline_batch_messages", "");
     let _ = writeln!(out, "# HELP throughline_request_seconds Collection request latency, including the fsync.\n# TYPE throughline_request_seconds histogram");
-    m.request_seconds.render(&mut out, "throughline_request_seconds", "");
+    m.request_seconds
+        .render(&mut out, "throughline_request_seconds", "");
 
     let projects = state.store.projects();
     let _ = writeln!(out, "# HELP throughline_fsync_seconds Log fsync latency per group commit.\n# TYPE throughline_fsync_seconds histogram");
     for p in &projects {
-        p.metrics.fsync_seconds.render(&mut out, "throughline_fsync_seconds", &format!("project=\"{}\"", p.name()));
+        p.metrics.fsync_seconds.render(
+            &mut out,
+            "throughline_fsync_seconds",
+            &format!("project=\"{}\"", p.name()),
+        );
     }
     let _ = writeln!(out, "# HELP throughline_group_commit_events Events per fsync.\n# TYPE throughline_group_commit_events histogram");
     for p in &projects {
-        p.metrics.group_commit_events.render(&mut out, "throughline_group_commit_events", &format!("project=\"{}\"", p.name()));
+        p.metrics.group_commit_events.render(
+            &mut out,
+            "throughline_group_commit_events",
+            &format!("project=\"{}\"", p.name()),
+        );
     }
     let _ = writeln!(out, "# HELP throughline_stored_events Events stored per project.\n# TYPE throughline_stored_events gauge");
     for p in &projects {
-        let _ = writeln!(out, "throughline_stored_events{{project=\"{}\"}} {}", p.name(), p.stats().events);
+        let _ = writeln!(
+            out,
+            "throughline_stored_events{{project=\"{}\"}} {}",
+            p.name(),
+            p.stats().events
+        );
     }
     let _ = writeln!(out, "# HELP throughline_flushes_total Log folds into segments.\n# TYPE throughline_flushes_total counter");
     for p in &projects {
-        let _ = writeln!(out, "throughline_flushes_total{{project=\"{}\"}} {}", p.name(), p.metrics.flushes.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "throughline_flushes_total{{project=\"{}\"}} {}",
+            p.name(),
+            p.metrics.flushes.load(Ordering::Relaxed)
+        );
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

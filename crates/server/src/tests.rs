@@ -39,10 +39,19 @@ fn fixture(tag: &str) -> Fixture {
 }
 
 fn basic(key: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
 }
 
-async fn post(f: &Fixture, path: &str, body: Vec<u8>, auth: Option<&str>, gzip: bool) -> (StatusCode, Value) {
+async fn post(
+    f: &Fixture,
+    path: &str,
+    body: Vec<u8>,
+    auth: Option<&str>,
+    gzip: bool,
+) -> (StatusCode, Value) {
     let mut req = Request::post(path).header("content-type", "application/json");
     if let Some(a) = auth {
         req = req.header("authorization", basic(a));
@@ -56,7 +65,10 @@ async fn post(f: &Fixture, path: &str, body: Vec<u8>, auth: Option<&str>, gzip: 
         .unwrap();
     let status = resp.status();
     let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn stored_ids(f: &Fixture) -> Vec<String> {
@@ -77,12 +89,48 @@ async fn every_validation_rule_answers_with_status_and_field() {
     let f = fixture("rules");
     let k = Some(f.key.as_str());
     let cases: Vec<(&str, Value, Option<&str>, StatusCode, Option<&str>)> = vec![
-        ("/v1/track", json!({"event": "x"}), k, StatusCode::BAD_REQUEST, Some("userId")),
-        ("/v1/track", json!({"userId": "u"}), k, StatusCode::BAD_REQUEST, Some("event")),
-        ("/v1/alias", json!({"userId": "u"}), k, StatusCode::BAD_REQUEST, Some("previousId")),
-        ("/v1/page", json!({"userId": "u", "timestamp": "later"}), k, StatusCode::BAD_REQUEST, Some("timestamp")),
-        ("/v1/track", json!({"userId": "u", "event": "x"}), Some("wk_nope"), StatusCode::UNAUTHORIZED, None),
-        ("/v1/track", json!({"userId": "u", "event": "x"}), None, StatusCode::UNAUTHORIZED, None),
+        (
+            "/v1/track",
+            json!({"event": "x"}),
+            k,
+            StatusCode::BAD_REQUEST,
+            Some("userId"),
+        ),
+        (
+            "/v1/track",
+            json!({"userId": "u"}),
+            k,
+            StatusCode::BAD_REQUEST,
+            Some("event"),
+        ),
+        (
+            "/v1/alias",
+            json!({"userId": "u"}),
+            k,
+            StatusCode::BAD_REQUEST,
+            Some("previousId"),
+        ),
+        (
+            "/v1/page",
+            json!({"userId": "u", "timestamp": "later"}),
+            k,
+            StatusCode::BAD_REQUEST,
+            Some("timestamp"),
+        ),
+        (
+            "/v1/track",
+            json!({"userId": "u", "event": "x"}),
+            Some("wk_nope"),
+            StatusCode::UNAUTHORIZED,
+            None,
+        ),
+        (
+            "/v1/track",
+            json!({"userId": "u", "event": "x"}),
+            None,
+            StatusCode::UNAUTHORIZED,
+            None,
+        ),
     ];
     for (path, body, auth, status, field) in cases {
         let (s, v) = post(&f, path, body.to_string().into_bytes(), auth, false).await;
@@ -118,21 +166,36 @@ async fn a_batch_stores_good_messages_and_lists_bad_ones() {
 #[tokio::test]
 async fn gzip_bodies_and_size_limits() {
     let f = fixture("gzip");
-    let body = json!({"batch": [{"type": "identify", "userId": "u", "messageId": "g1"}]}).to_string();
+    let body =
+        json!({"batch": [{"type": "identify", "userId": "u", "messageId": "g1"}]}).to_string();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(body.as_bytes()).unwrap();
     let (s, v) = post(&f, "/v1/batch", gz.finish().unwrap(), Some(&f.key), true).await;
     assert_eq!(s, StatusCode::OK, "{v}");
 
     let big = json!({"userId": "u", "event": "x", "properties": {"p": "x".repeat(33 * 1024)}});
-    let (s, v) = post(&f, "/v1/track", big.to_string().into_bytes(), Some(&f.key), false).await;
+    let (s, v) = post(
+        &f,
+        "/v1/track",
+        big.to_string().into_bytes(),
+        Some(&f.key),
+        false,
+    )
+    .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(v["error"].as_str().unwrap().contains("32 KB"), "{v}");
 
     let huge: Vec<Value> = (0..20)
         .map(|i| json!({"type": "track", "userId": "u", "event": "x", "messageId": i, "properties": {"p": "y".repeat(30 * 1024)}}))
         .collect();
-    let (s, v) = post(&f, "/v1/batch", json!({"batch": huge}).to_string().into_bytes(), Some(&f.key), false).await;
+    let (s, v) = post(
+        &f,
+        "/v1/batch",
+        json!({"batch": huge}).to_string().into_bytes(),
+        Some(&f.key),
+        false,
+    )
+    .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(v["error"].as_str().unwrap().contains("500 KB"), "{v}");
 
@@ -147,14 +210,32 @@ async fn gzip_bodies_and_size_limits() {
 #[tokio::test]
 async fn metrics_count_what_happened() {
     let f = fixture("metrics");
-    let body = json!({"batch": [{"type": "track", "userId": "u", "event": "e"}, {"type": "track"}]});
-    post(&f, "/v1/batch", body.to_string().into_bytes(), Some(&f.key), false).await;
+    let body =
+        json!({"batch": [{"type": "track", "userId": "u", "event": "e"}, {"type": "track"}]});
+    post(
+        &f,
+        "/v1/batch",
+        body.to_string().into_bytes(),
+        Some(&f.key),
+        false,
+    )
+    .await;
     let resp = router(f.state.clone())
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
         .unwrap();
-    let text = String::from_utf8(to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
-    assert!(text.contains("throughline_events_accepted_total 1"), "{text}");
-    assert!(text.contains("throughline_events_rejected_total{reason=\"userId\"} 1"), "{text}");
-    assert!(text.contains("throughline_fsync_seconds_count{project=\"shop\"} 1"), "{text}");
+    let text =
+        String::from_utf8(to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains("throughline_events_accepted_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("throughline_events_rejected_total{reason=\"userId\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("throughline_fsync_seconds_count{project=\"shop\"} 1"),
+        "{text}"
+    );
 }

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 pub use catalog::{now_ms, random_seed, Catalog, ProjectInfo};
 pub use lock::DirLock;
-pub use project::{AppendOutcome, ProjectOptions, ProjectStore, Snapshot, StoreStats};
+pub use project::{AppendOutcome, Encoded, ProjectOptions, ProjectStore, Snapshot, StoreStats};
 pub use segment::Segment;
 pub use store::Store;
 

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use throughline_identity::{IdentityConfig, IdentityGraph, NodeId};
+use throughline_identity::{IdKeys, IdentityConfig, IdentityGraph, NodeId};
 use throughline_model::Event;
 
 use crate::fsutil::write_atomic;
@@ -76,11 +76,40 @@ pub struct StoreStats {
     pub persons_ids: usize,
 }
 
+/// An event encoded for the log on the caller's thread (HTTP handler, import worker), so
+/// the one writer thread only checks ids and copies bytes.
+pub struct Encoded {
+    payload: Vec<u8>,
+    hash: u128,
+    keys: IdKeys,
+    ts: i64,
+    kind: u8,
+    name: Option<Box<str>>,
+}
+
+impl Encoded {
+    pub fn new(event: &Event) -> Encoded {
+        let payload = serde_json::to_vec(event).expect("event serializes");
+        Encoded::with_payload(event, payload)
+    }
+
+    fn with_payload(event: &Event, payload: Vec<u8>) -> Encoded {
+        Encoded {
+            payload,
+            hash: message_hash(&event.message_id),
+            keys: IdKeys::of(event),
+            ts: event.timestamp,
+            kind: event.event_type.code(),
+            name: event.event.as_deref().map(Into::into),
+        }
+    }
+}
+
 type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
 
 enum Request {
     Append {
-        events: Vec<Event>,
+        events: Vec<Encoded>,
         reply: Reply<AppendOutcome>,
     },
     Flush {
@@ -102,11 +131,16 @@ struct Manifest {
     identity: Option<String>,
 }
 
-/// Events not yet in a segment: their WAL payloads in one arena plus the scan columns.
+/// Arena blocks: big enough to amortize allocation, small enough that growing never
+/// copies megabytes.
+const ARENA_BLOCK_BYTES: usize = 1 << 20;
+
+/// Events not yet in a segment: their WAL payloads in an arena plus the scan columns.
 #[derive(Default)]
 struct MemTable {
     rows: Vec<MemRow>,
-    arena: Vec<u8>,
+    blocks: Vec<Vec<u8>>,
+    bytes: usize,
     hashes: HashSet<u128>,
 }
 
@@ -115,27 +149,40 @@ struct MemRow {
     ts: i64,
     kind: u8,
     name: Option<Box<str>>,
-    start: usize,
-    end: usize,
+    block: u32,
+    start: u32,
+    end: u32,
 }
 
 impl MemTable {
-    fn push(&mut self, node: NodeId, event: &Event, payload: &[u8], hash: u128) {
-        let start = self.arena.len();
-        self.arena.extend_from_slice(payload);
+    fn push(&mut self, node: NodeId, e: Encoded) {
+        let fits = self
+            .blocks
+            .last()
+            .is_some_and(|b| b.capacity() - b.len() >= e.payload.len());
+        if !fits {
+            self.blocks
+                .push(Vec::with_capacity(ARENA_BLOCK_BYTES.max(e.payload.len())));
+        }
+        let block_index = (self.blocks.len() - 1) as u32;
+        let block = self.blocks.last_mut().expect("a block");
+        let start = block.len();
+        block.extend_from_slice(&e.payload);
+        self.bytes += e.payload.len();
         self.rows.push(MemRow {
             node,
-            ts: event.timestamp,
-            kind: event.event_type.code(),
-            name: event.event.as_deref().map(Into::into),
-            start,
-            end: self.arena.len(),
+            ts: e.ts,
+            kind: e.kind,
+            name: e.name,
+            block: block_index,
+            start: start as u32,
+            end: block.len() as u32,
         });
-        self.hashes.insert(hash);
+        self.hashes.insert(e.hash);
     }
 
     fn payload(&self, r: &MemRow) -> &[u8] {
-        &self.arena[r.start..r.end]
+        &self.blocks[r.block as usize][r.start as usize..r.end as usize]
     }
 }
 
@@ -227,12 +274,14 @@ impl ProjectStore {
                         file: path.clone(),
                         why: format!("log record: {e}"),
                     })?;
-                let hash = message_hash(&event.message_id);
-                if state.mem.hashes.contains(&hash) || in_segments(&state.segments, hash)? {
+                let encoded = Encoded::with_payload(&event, payload);
+                if state.mem.hashes.contains(&encoded.hash)
+                    || in_segments(&state.segments, encoded.hash)?
+                {
                     continue;
                 }
-                let node = state.identity.observe(&event);
-                state.mem.push(node, &event, &payload, hash);
+                let node = state.identity.observe_keys(&encoded.keys);
+                state.mem.push(node, encoded);
             }
             last_seq = seq;
         }
@@ -289,7 +338,7 @@ impl ProjectStore {
     /// (or failed). A full queue answers `Overloaded` at once: the caller sheds load.
     pub fn submit(
         &self,
-        events: Vec<Event>,
+        events: Vec<Encoded>,
         done: impl FnOnce(Result<AppendOutcome, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
         self.send(
@@ -302,7 +351,7 @@ impl ProjectStore {
     }
 
     /// Appends events and blocks until they are durable: for import and tests.
-    pub fn append(&self, events: Vec<Event>) -> Result<AppendOutcome, StoreError> {
+    pub fn append(&self, events: Vec<Encoded>) -> Result<AppendOutcome, StoreError> {
         let (tx, rx) = mpsc::channel();
         self.send(
             Request::Append {
@@ -518,12 +567,12 @@ impl Writer {
     }
 
     fn mem_bytes(&self) -> usize {
-        self.state.read().expect("state lock").mem.arena.len()
+        self.state.read().expect("state lock").mem.bytes
     }
 
-    fn commit_group(&mut self, mut group: Vec<(Vec<Event>, Reply<AppendOutcome>)>) {
+    fn commit_group(&mut self, mut group: Vec<(Vec<Encoded>, Reply<AppendOutcome>)>) {
         let mut outcomes = Vec::with_capacity(group.len());
-        let mut fresh: Vec<(Event, Vec<u8>, u128)> = Vec::new();
+        let mut fresh: Vec<Encoded> = Vec::new();
         let mut seen = HashSet::new();
         let check = {
             let state = self.state.read().expect("state lock");
@@ -531,16 +580,14 @@ impl Writer {
                 for (events, _) in &mut group {
                     let mut dup = Vec::with_capacity(events.len());
                     for e in std::mem::take(events) {
-                        let h = message_hash(&e.message_id);
-                        let is_dup = seen.contains(&h)
-                            || state.mem.hashes.contains(&h)
-                            || in_segments(&state.segments, h)?;
+                        let is_dup = seen.contains(&e.hash)
+                            || state.mem.hashes.contains(&e.hash)
+                            || in_segments(&state.segments, e.hash)?;
                         dup.push(is_dup);
                         if !is_dup {
-                            seen.insert(h);
-                            let payload = serde_json::to_vec(&e).expect("event serializes");
-                            self.wal.stage(&payload);
-                            fresh.push((e, payload, h));
+                            seen.insert(e.hash);
+                            self.wal.stage(&e.payload);
+                            fresh.push(e);
                         }
                     }
                     outcomes.push(AppendOutcome { duplicate: dup });
@@ -557,14 +604,14 @@ impl Writer {
             }
             return;
         }
+        let stored = fresh.len() as u64;
         {
             let mut state = self.state.write().expect("state lock");
-            for (event, payload, hash) in &fresh {
-                let node = state.identity.observe(event);
-                state.mem.push(node, event, payload, *hash);
+            for e in fresh {
+                let node = state.identity.observe_keys(&e.keys);
+                state.mem.push(node, e);
             }
         }
-        let stored = fresh.len() as u64;
         let total: usize = outcomes.iter().map(|o| o.duplicate.len()).sum();
         self.metrics
             .events_stored

@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 use throughline_model::{Event, EventType};
 
 use crate::testutil::{Rng, TempDir};
-use crate::{ProjectOptions, ProjectStore};
+use crate::{Encoded, ProjectOptions, ProjectStore};
+
+fn encode(events: &[Event]) -> Vec<Encoded> {
+    events.iter().map(Encoded::new).collect()
+}
 
 fn event(id: u64, user: u64, device: u64, ts: i64, identify: bool) -> Event {
     Event {
@@ -96,7 +100,7 @@ fn random_operations_match_a_map() {
                             id % 7 == 0,
                         ));
                     }
-                    let outcome = store.append(batch.clone()).unwrap();
+                    let outcome = store.append(encode(&batch)).unwrap();
                     for (e, dup) in batch.into_iter().zip(outcome.duplicate) {
                         assert_eq!(dup, ever.contains(&e.message_id), "seed {seed} step {step}");
                         if ever.insert(e.message_id.clone()) {
@@ -164,15 +168,15 @@ fn events_in_the_log_survive_reopen_and_are_not_duplicated() {
         .collect();
     {
         let p = ProjectStore::open("p", dir.path(), ProjectOptions::default()).unwrap();
-        assert_eq!(p.append(batch.clone()).unwrap().stored(), 100);
+        assert_eq!(p.append(encode(&batch)).unwrap().stored(), 100);
     }
     let p = ProjectStore::open("p", dir.path(), ProjectOptions::default()).unwrap();
     assert_eq!(p.stats().events_in_log, 100);
-    assert_eq!(p.append(batch.clone()).unwrap().duplicates(), 100);
+    assert_eq!(p.append(encode(&batch)).unwrap().duplicates(), 100);
     p.flush().unwrap();
     drop(p);
     let p = ProjectStore::open("p", dir.path(), ProjectOptions::default()).unwrap();
-    assert_eq!(p.append(batch).unwrap().duplicates(), 100);
+    assert_eq!(p.append(encode(&batch)).unwrap().duplicates(), 100);
     assert_eq!(p.stats().events, 100);
     assert_eq!(p.stats().events_in_log, 0);
 }
@@ -185,7 +189,7 @@ fn segments_are_sorted_by_person_then_time() {
         .rev()
         .map(|i| event(i, i % 13, i % 29, (i * 7 % 101) as i64, i % 9 == 0))
         .collect();
-    p.append(batch).unwrap();
+    p.append(encode(&batch)).unwrap();
     p.flush().unwrap();
     let snap = p.snapshot();
     let seg = &snap.segments()[0];
@@ -200,8 +204,12 @@ fn a_damaged_segment_is_reported_by_name() {
     let dir = TempDir::new("damaged");
     {
         let p = ProjectStore::open("p", dir.path(), ProjectOptions::default()).unwrap();
-        p.append((0..50).map(|i| event(i, 1, 1, i as i64, false)).collect())
-            .unwrap();
+        p.append(encode(
+            &(0..50)
+                .map(|i| event(i, 1, 1, i as i64, false))
+                .collect::<Vec<_>>(),
+        ))
+        .unwrap();
         p.flush().unwrap();
     }
     let seg = std::fs::read_dir(dir.path().join("segments"))

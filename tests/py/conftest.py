@@ -1,0 +1,45 @@
+"""Fixtures of the black-box acceptance suite (helpers are in harness.py).
+
+Each test gets its own data dir (pytest's tmp_path), and every server a test starts is
+killed in fixture teardown, whatever happened. The binary is `$THROUGHLINE_BIN`, else
+`<repo>/target/release/throughline`; when it is missing every test errors naming that
+path rather than being skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness import Server, require_binary
+
+
+@pytest.fixture(scope="session")
+def throughline_bin() -> str:
+    return require_binary()
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def make_server(throughline_bin, tmp_path):
+    """Factory: make_server(data_dir) -> Server (not started). All are killed at teardown."""
+    servers: list[Server] = []
+
+    def factory(data_dir: Path) -> Server:
+        s = Server(throughline_bin, data_dir, tmp_path)
+        servers.append(s)
+        return s
+
+    yield factory
+    for s in servers:
+        try:
+            s.kill9()
+        except Exception:
+            pass
