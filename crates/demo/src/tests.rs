@@ -23,7 +23,10 @@ fn ts(v: &Value) -> i64 {
 }
 
 fn name_of(v: &Value) -> &str {
-    v["event"].as_str().or(v["name"].as_str()).unwrap_or_default()
+    v["event"]
+        .as_str()
+        .or(v["name"].as_str())
+        .unwrap_or_default()
 }
 
 /// Messages grouped by true person, each group sorted by time (stable).
@@ -39,7 +42,17 @@ fn by_person(msgs: &[(usize, Value)]) -> BTreeMap<usize, Vec<&Value>> {
 }
 
 const SEARCH: &[&str] = &["google", "bing", "duckduckgo", "yahoo", "ecosia", "baidu"];
-const SOCIAL: &[&str] = &["facebook", "instagram", "tiktok", "linkedin", "reddit", "t.co", "twitter", "x", "pinterest"];
+const SOCIAL: &[&str] = &[
+    "facebook",
+    "instagram",
+    "tiktok",
+    "linkedin",
+    "reddit",
+    "t.co",
+    "twitter",
+    "x",
+    "pinterest",
+];
 
 /// The channel of a landing page view, by GA4's default rules (print, radio and TV by
 /// their medium), from the URL, `context.campaign` and the referrer only.
@@ -59,7 +72,11 @@ fn channel_of(m: &Value, origin: &str) -> Option<&'static str> {
     let host_is = |names: &[&str]| names.iter().any(|n| host.contains(n));
     let camp = &m["context"]["campaign"];
     if camp.is_object() {
-        let (source, medium, name) = (str_of(camp, "source"), str_of(camp, "medium"), str_of(camp, "name"));
+        let (source, medium, name) = (
+            str_of(camp, "source"),
+            str_of(camp, "medium"),
+            str_of(camp, "name"),
+        );
         let paid = medium.contains("cp") || medium == "ppc" || medium.starts_with("paid");
         return Some(if paid && SOCIAL.contains(&source) {
             "Paid Social"
@@ -137,7 +154,10 @@ fn every_message_is_what_a_segment_sdk_sends() {
             kinds.insert(kind.to_string());
             let id = str_of(&m, "messageId");
             assert_eq!(id.len(), 36, "{m}");
-            assert!(ids.insert(id.to_string()), "duplicate messageId without retries: {m}");
+            assert!(
+                ids.insert(id.to_string()),
+                "duplicate messageId without retries: {m}"
+            );
             let user = m["userId"].as_str().filter(|s| !s.is_empty());
             let anon = m["anonymousId"].as_str().filter(|s| !s.is_empty());
             assert!(user.is_some() || anon.is_some(), "{m}");
@@ -182,7 +202,11 @@ fn every_message_is_what_a_segment_sdk_sends() {
                 assert_eq!(search.contains("utm_"), camp.is_object(), "{m}");
                 if camp.is_object() {
                     for key in ["source", "medium", "name"] {
-                        let want = format!("utm_{}={}", if key == "name" { "campaign" } else { key }, str_of(camp, key));
+                        let want = format!(
+                            "utm_{}={}",
+                            if key == "name" { "campaign" } else { key },
+                            str_of(camp, key)
+                        );
                         assert!(search.contains(&want), "{search} lacks {want}");
                     }
                     if let Some(content) = camp["content"].as_str() {
@@ -224,10 +248,16 @@ fn persons_use_several_devices_and_some_stay_anonymous() {
         let persons = anons.len() as f64;
         let two = anons.values().filter(|s| s.len() >= 2).count() as f64;
         let three = anons.values().filter(|s| s.len() >= 3).count();
-        assert!(two / persons > 0.35, "{brand:?}: {two} of {persons} use 2+ devices");
+        assert!(
+            two / persons > 0.35,
+            "{brand:?}: {two} of {persons} use 2+ devices"
+        );
         assert!(three > 100, "{brand:?}: {three}");
         let anonymous = 1.0 - known.len() as f64 / 2000.0;
-        assert!((0.4..0.95).contains(&anonymous), "{brand:?}: {anonymous} never identified");
+        assert!(
+            (0.4..0.95).contains(&anonymous),
+            "{brand:?}: {anonymous} never identified"
+        );
     }
 }
 
@@ -243,9 +273,13 @@ fn identify_stitches_earlier_anonymous_touches_on_every_device() {
             let mut first_seen: HashMap<&str, i64> = HashMap::new();
             let mut identified_at: BTreeMap<i64, &str> = BTreeMap::new();
             for m in &list {
-                let Some(a) = m["anonymousId"].as_str() else { continue };
+                let Some(a) = m["anonymousId"].as_str() else {
+                    continue;
+                };
                 first_seen.entry(a).or_insert(ts(m));
-                let real = m["userId"].as_str().is_some_and(|u| !JUNK_USER_IDS.contains(&u));
+                let real = m["userId"]
+                    .as_str()
+                    .is_some_and(|u| !JUNK_USER_IDS.contains(&u));
                 if m["type"] == "identify" && real && !identified_at.values().any(|x| *x == a) {
                     identified_at.insert(ts(m), a);
                 }
@@ -262,8 +296,14 @@ fn identify_stitches_earlier_anonymous_touches_on_every_device() {
             }
         }
         assert!(identified > 150, "{brand:?}: {identified}");
-        assert!(retro * 2 > identified, "{brand:?}: {retro} of {identified} had pre-identify touches");
-        assert!(stitched_later_device * 8 > identified, "{brand:?}: {stitched_later_device} of {identified}");
+        assert!(
+            retro * 2 > identified,
+            "{brand:?}: {retro} of {identified} had pre-identify touches"
+        );
+        assert!(
+            stitched_later_device * 8 > identified,
+            "{brand:?}: {stitched_later_device} of {identified}"
+        );
     }
 }
 
@@ -273,10 +313,15 @@ fn junk_ids_and_a_shared_tablet_test_merge_protection() {
     let mut junk_users: HashMap<&str, HashSet<usize>> = HashMap::new();
     let mut users_of_anon: HashMap<&str, HashSet<&str>> = HashMap::new();
     for (p, m) in &msgs {
-        let Some(u) = m["userId"].as_str() else { continue };
+        let Some(u) = m["userId"].as_str() else {
+            continue;
+        };
         if JUNK_USER_IDS.contains(&u) {
             junk_users.entry(u).or_default().insert(*p);
-            assert!(m["anonymousId"].is_string(), "junk ids ride along with real devices");
+            assert!(
+                m["anonymousId"].is_string(),
+                "junk ids ride along with real devices"
+            );
         } else if let (Some(a), "identify") = (m["anonymousId"].as_str(), str_of(m, "type")) {
             users_of_anon.entry(a).or_default().insert(u);
         }
@@ -286,8 +331,14 @@ fn junk_ids_and_a_shared_tablet_test_merge_protection() {
         junk_users.values().any(|persons| persons.len() >= 2),
         "some junk id is shared by unrelated persons: {junk_users:?}"
     );
-    let shared = users_of_anon.values().filter(|users| users.len() >= 2).count();
-    assert!(shared >= 2, "family tablets identified by two users: {shared}");
+    let shared = users_of_anon
+        .values()
+        .filter(|users| users.len() >= 2)
+        .count();
+    assert!(
+        shared >= 2,
+        "family tablets identified by two users: {shared}"
+    );
     let aliases = msgs.iter().filter(|(_, m)| m["type"] == "alias").count();
     assert!(aliases > 0);
 }
@@ -321,9 +372,16 @@ fn duplicates_follow_the_rate_and_change_nothing_else() {
             }
         }
     }
-    assert_eq!(deduped, base, "duplicates must not change the messages themselves");
+    assert_eq!(
+        deduped, base,
+        "duplicates must not change the messages themselves"
+    );
     let rate = retries as f64 / base.len() as f64;
-    assert!((0.045..0.055).contains(&rate), "{rate} over {} messages", base.len());
+    assert!(
+        (0.045..0.055).contains(&rate),
+        "{rate} over {} messages",
+        base.len()
+    );
 }
 
 #[test]
@@ -336,8 +394,13 @@ fn in_order_is_sorted_per_person_and_out_of_order_is_a_bounded_shuffle() {
     let mut ties = 0;
     for w in ordered.windows(2) {
         if w[0].0 == w[1].0 {
-            assert!(ts(&w[0].1) <= ts(&w[1].1), "in order means non-decreasing time");
-            ties += usize::from(ts(&w[0].1) == ts(&w[1].1) && w[0].1["messageId"] != w[1].1["messageId"]);
+            assert!(
+                ts(&w[0].1) <= ts(&w[1].1),
+                "in order means non-decreasing time"
+            );
+            ties += usize::from(
+                ts(&w[0].1) == ts(&w[1].1) && w[0].1["messageId"] != w[1].1["messageId"],
+            );
         }
     }
     assert!(ties > 20, "timestamp ties occur even in order: {ties}");
@@ -355,7 +418,11 @@ fn in_order_is_sorted_per_person_and_out_of_order_is_a_bounded_shuffle() {
         k.dedup();
         k
     };
-    assert_eq!(key(&ordered), key(&shuffled), "the same messages, only in another order");
+    assert_eq!(
+        key(&ordered),
+        key(&shuffled),
+        "the same messages, only in another order"
+    );
     let mut decreases = 0;
     let mut position: HashMap<&str, usize> = HashMap::new();
     for (i, (_, m)) in ordered.iter().enumerate() {
@@ -366,7 +433,8 @@ fn in_order_is_sorted_per_person_and_out_of_order_is_a_bounded_shuffle() {
             decreases += 1;
         }
         let was = position[str_of(&w[0].1, "messageId")] as i64;
-        let bound = (delivery::SHUFFLE_WINDOW_MESSAGES + delivery::RETRY_DELAY_MESSAGES_MAX) as i64 * 3;
+        let bound =
+            (delivery::SHUFFLE_WINDOW_MESSAGES + delivery::RETRY_DELAY_MESSAGES_MAX) as i64 * 3;
         assert!((i as i64 - was).abs() <= bound, "moved from {was} to {i}");
     }
     assert!(decreases > 1000, "{decreases}");
@@ -379,7 +447,9 @@ fn every_channel_appears_and_landing_urls_carry_their_tags() {
         let msgs = run(&DemoConfig::new(brand, 3000, 12));
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (_, m) in &msgs {
-            let Some(ch) = channel_of(m, brand.origin()) else { continue };
+            let Some(ch) = channel_of(m, brand.origin()) else {
+                continue;
+            };
             *seen.entry(ch).or_default() += 1;
             let url = str_of(&m["properties"], "url");
             match ch {
@@ -387,7 +457,9 @@ fn every_channel_appears_and_landing_urls_carry_their_tags() {
                     assert!(url.contains("gclid=") || url.contains("msclkid="), "{url}")
                 }
                 "Paid Social" if !url.contains("utm_source=reddit") => assert!(
-                    url.contains("fbclid=") || url.contains("ttclid=") || url.contains("li_fat_id="),
+                    url.contains("fbclid=")
+                        || url.contains("ttclid=")
+                        || url.contains("li_fat_id="),
                     "{url}"
                 ),
                 "Organic Search" | "Organic Social" | "Referral" | "Direct" => {
@@ -395,7 +467,10 @@ fn every_channel_appears_and_landing_urls_carry_their_tags() {
                 }
                 "Print" | "Radio" | "TV" => {
                     assert!(str_of(&m["properties"], "referrer").is_empty());
-                    assert!(url.contains("/print?") || url.contains("/radio?") || url.contains("/tv?"), "{url}");
+                    assert!(
+                        url.contains("/print?") || url.contains("/radio?") || url.contains("/tv?"),
+                        "{url}"
+                    );
                 }
                 _ => {}
             }
@@ -427,7 +502,13 @@ fn funnels_lose_people_at_every_step() {
     let hp = run(&DemoConfig::new(Brand::Headphones, 4000, 21));
     let counts = funnel(
         &hp,
-        &["Product Viewed", "Product Added", "Checkout Started", "Payment Info Entered", "Order Completed"],
+        &[
+            "Product Viewed",
+            "Product Added",
+            "Checkout Started",
+            "Payment Info Entered",
+            "Order Completed",
+        ],
     );
     for w in counts.windows(2) {
         assert!(w[0] > w[1], "headphones funnel {counts:?}");
@@ -452,13 +533,24 @@ fn funnels_lose_people_at_every_step() {
     let sub = run(&DemoConfig::new(Brand::Subscription, 4000, 21));
     let counts = funnel(
         &sub,
-        &["CTA Clicked", "Signup Started", "Signed Up", "Trial Started", "Subscription Started"],
+        &[
+            "CTA Clicked",
+            "Signup Started",
+            "Signed Up",
+            "Trial Started",
+            "Subscription Started",
+        ],
     );
     for w in counts.windows(2) {
         assert!(w[0] >= w[1] && w[1] > 0, "subscription funnel {counts:?}");
     }
     assert!(counts[2] > counts[4], "{counts:?}");
-    for event in ["Subscription Renewed", "Subscription Cancelled", "Onboarding Step Completed", "Support Ticket Opened"] {
+    for event in [
+        "Subscription Renewed",
+        "Subscription Cancelled",
+        "Onboarding Step Completed",
+        "Support Ticket Opened",
+    ] {
         assert!(sub.iter().any(|(_, m)| name_of(m) == event), "no {event}");
     }
 }
@@ -469,13 +561,22 @@ fn funnel_steps_are_ordered_in_time() {
     let msgs = run(&DemoConfig::new(Brand::Headphones, 2000, 22));
     for (_, list) in by_person(&msgs) {
         let first = |e: &str| list.iter().find(|m| name_of(m) == e).map(|m| ts(m));
-        let steps = ["Product Viewed", "Product Added", "Checkout Started", "Payment Info Entered", "Order Completed"];
+        let steps = [
+            "Product Viewed",
+            "Product Added",
+            "Checkout Started",
+            "Payment Info Entered",
+            "Order Completed",
+        ];
         let times: Vec<Option<i64>> = steps.iter().map(|s| first(s)).collect();
         for w in times.windows(2) {
             if let (Some(a), Some(b)) = (w[0], w[1]) {
                 assert!(a <= b, "{times:?}");
             } else {
-                assert!(w[1].is_none(), "a later step without the earlier one: {times:?}");
+                assert!(
+                    w[1].is_none(),
+                    "a later step without the earlier one: {times:?}"
+                );
             }
         }
     }
@@ -513,6 +614,7 @@ fn surveys_are_in_range_and_follow_the_experience() {
                 stages.insert(str_of(p, "stage").to_string());
                 let norm = (score - lo) as f64 / (hi - lo) as f64;
                 if let Some(c) = p["comment"].as_str() {
+                    eprintln!("DBG {} {score} {c} pos={} neg={}", str_of(p, "survey"), text::is_positive(c), text::is_negative(c));
                     if text::is_positive(c) {
                         by_comment[0].0 += norm;
                         by_comment[0].1 += 1;
@@ -529,13 +631,28 @@ fn surveys_are_in_range_and_follow_the_experience() {
             }
         }
         let mean = |x: (f64, usize)| x.0 / x.1.max(1) as f64;
-        assert!(by_comment[0].1 > 20 && by_comment[1].1 > 20, "{brand:?} {by_comment:?}");
-        assert!(mean(by_comment[0]) > mean(by_comment[1]) + 0.3, "{brand:?} {by_comment:?}");
+        assert!(
+            by_comment[0].1 > 20 && by_comment[1].1 > 20,
+            "{brand:?} {by_comment:?}"
+        );
+        assert!(
+            mean(by_comment[0]) > mean(by_comment[1]) + 0.3,
+            "{brand:?} {by_comment:?}"
+        );
         assert!(nps_support[1].1 > 10, "{brand:?} {nps_support:?}");
-        assert!(mean(nps_support[0]) > mean(nps_support[1]), "{brand:?} {nps_support:?}");
+        assert!(
+            mean(nps_support[0]) > mean(nps_support[1]),
+            "{brand:?} {nps_support:?}"
+        );
         let want: &[&str] = match brand {
             Brand::Headphones => &["checkout", "consideration", "post_purchase", "support"],
-            Brand::Subscription => &["cancellation", "consideration", "onboarding", "retention", "support"],
+            Brand::Subscription => &[
+                "cancellation",
+                "consideration",
+                "onboarding",
+                "retention",
+                "support",
+            ],
         };
         let got: Vec<&str> = stages.iter().map(|s| s.as_str()).collect();
         assert_eq!(got, want, "{brand:?}");
@@ -552,7 +669,10 @@ fn email_frequency_drives_unsubscribes_and_complaints() {
         let p = &m["properties"];
         match name_of(m) {
             "Email Sent" => {
-                recent.insert(str_of(p, "email_id"), p["sends_last_7_days"].as_u64().unwrap());
+                recent.insert(
+                    str_of(p, "email_id"),
+                    p["sends_last_7_days"].as_u64().unwrap(),
+                );
             }
             "Unsubscribed" | "Spam Reported" => {
                 lost.insert(str_of(p, "email_id"));
@@ -583,7 +703,10 @@ fn messages_per_person_match_the_published_estimate() {
         let n = messages(&cfg).count() as f64 / 3000.0;
         assert!((30.0..60.0).contains(&n), "{brand:?}: {n}");
         let estimate = brand.messages_per_person();
-        assert!((n / estimate - 1.0).abs() < 0.12, "{brand:?}: {n} vs {estimate}");
+        assert!(
+            (n / estimate - 1.0).abs() < 0.12,
+            "{brand:?}: {n} vs {estimate}"
+        );
     }
 }
 
@@ -613,9 +736,19 @@ fn first_and_last_touch_disagree_about_channels() {
     }
     assert!(orders > 200, "{orders}");
     let share = |map: &BTreeMap<&str, usize>, chs: &[&str]| {
-        chs.iter().map(|c| map.get(c).copied().unwrap_or(0)).sum::<usize>() as f64 / orders as f64
+        chs.iter()
+            .map(|c| map.get(c).copied().unwrap_or(0))
+            .sum::<usize>() as f64
+            / orders as f64
     };
-    let assisters = ["Paid Social", "Display", "Organic Video", "Audio", "TV", "Organic Social"];
+    let assisters = [
+        "Paid Social",
+        "Display",
+        "Organic Video",
+        "Audio",
+        "TV",
+        "Organic Social",
+    ];
     let closers = ["Email", "Direct"];
     assert!(
         share(&first_touch, &assisters) > 1.5 * share(&last_touch, &assisters),
@@ -634,7 +767,9 @@ fn better_assets_engage_more() {
     let mut landed: HashMap<&str, (usize, usize)> = HashMap::new();
     for (_, list) in by_person(&msgs) {
         for (i, m) in list.iter().enumerate() {
-            let Some(content) = m["context"]["campaign"]["content"].as_str() else { continue };
+            let Some(content) = m["context"]["campaign"]["content"].as_str() else {
+                continue;
+            };
             if m["type"] != "page" {
                 continue;
             }
@@ -652,8 +787,14 @@ fn better_assets_engage_more() {
         let (n, s) = landed[a];
         s as f64 / n as f64
     };
-    assert!(rate("fb_video_unboxing") > rate("fb_carousel_colors") + 0.05, "{landed:?}");
-    assert!(rate("tt_creator_maya") > rate("tt_creator_leo") + 0.05, "{landed:?}");
+    assert!(
+        rate("fb_video_unboxing") > rate("fb_carousel_colors") + 0.05,
+        "{landed:?}"
+    );
+    assert!(
+        rate("tt_creator_maya") > rate("tt_creator_leo") + 0.05,
+        "{landed:?}"
+    );
 }
 
 #[test]
@@ -661,7 +802,10 @@ fn spend_follows_the_catalogue_and_the_traffic() {
     let cfg = DemoConfig::new(Brand::Headphones, 3000, 81);
     let csv = spend_csv(&cfg);
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("date,channel,source,medium,campaign,cost"));
+    assert_eq!(
+        lines.next(),
+        Some("date,channel,source,medium,campaign,cost")
+    );
     let mut cost: BTreeMap<(String, String), f64> = BTreeMap::new();
     let mut channels = BTreeSet::new();
     let mut dates = BTreeSet::new();
@@ -673,9 +817,21 @@ fn spend_follows_the_catalogue_and_the_traffic() {
         assert!(c > 0.0, "{line}");
         channels.insert(f[1].to_string());
         dates.insert(f[0].to_string());
-        *cost.entry((f[2].to_string(), f[4].to_string())).or_default() += c;
+        *cost
+            .entry((f[2].to_string(), f[4].to_string()))
+            .or_default() += c;
     }
-    for ch in ["Paid Search", "Paid Shopping", "Paid Social", "Display", "Affiliates", "Audio", "Print", "Radio", "TV"] {
+    for ch in [
+        "Paid Search",
+        "Paid Shopping",
+        "Paid Social",
+        "Display",
+        "Affiliates",
+        "Audio",
+        "Print",
+        "Radio",
+        "TV",
+    ] {
         assert!(channels.contains(ch), "no spend for {ch}");
     }
     for ch in ["Email", "Direct", "Organic Search", "Referral"] {

@@ -21,7 +21,7 @@ use throughline_model::Event;
 
 use crate::fsutil::write_atomic;
 use crate::metrics::StoreMetrics;
-use crate::segment::{self, RowRef, Segment};
+use crate::segment::{self, RowMeta, Segment};
 use crate::wal::{self, WalWriter};
 use crate::{message_hash, StoreError};
 
@@ -110,6 +110,8 @@ type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
 enum Request {
     Append {
         events: Vec<Encoded>,
+        /// False for bulk import: the events skip the log and are durable at the next flush.
+        logged: bool,
         reply: Reply<AppendOutcome>,
     },
     Flush {
@@ -344,18 +346,36 @@ impl ProjectStore {
         self.send(
             Request::Append {
                 events,
+                logged: true,
                 reply: Box::new(done),
             },
             false,
         )
     }
 
-    /// Appends events and blocks until they are durable: for import and tests.
+    /// Appends events and blocks until they are durable.
     pub fn append(&self, events: Vec<Encoded>) -> Result<AppendOutcome, StoreError> {
+        self.append_inner(events, true)
+    }
+
+    /// Appends events without writing them to the log: they become durable at the next
+    /// [`ProjectStore::flush`], which a bulk import calls before it reports success. A
+    /// crash before that loses them, and re-running the import stores them (deduplication
+    /// makes the re-run idempotent). Writes each byte once instead of twice.
+    pub fn append_unlogged(&self, events: Vec<Encoded>) -> Result<AppendOutcome, StoreError> {
+        self.append_inner(events, false)
+    }
+
+    fn append_inner(
+        &self,
+        events: Vec<Encoded>,
+        logged: bool,
+    ) -> Result<AppendOutcome, StoreError> {
         let (tx, rx) = mpsc::channel();
         self.send(
             Request::Append {
                 events,
+                logged,
                 reply: Box::new(move |r| {
                     let _ = tx.send(r);
                 }),
@@ -537,14 +557,22 @@ impl Writer {
                 },
             };
             match first {
-                Request::Append { events, reply } => {
-                    let mut group = vec![(events, reply)];
+                Request::Append {
+                    events,
+                    logged,
+                    reply,
+                } => {
+                    let mut group = vec![(events, logged, reply)];
                     let mut n = group[0].0.len();
                     while n < self.options.group_events_max {
                         match rx.try_recv() {
-                            Ok(Request::Append { events, reply }) => {
+                            Ok(Request::Append {
+                                events,
+                                logged,
+                                reply,
+                            }) => {
                                 n += events.len();
-                                group.push((events, reply));
+                                group.push((events, logged, reply));
                             }
                             Ok(other) => {
                                 carried = Some(other);
@@ -570,14 +598,14 @@ impl Writer {
         self.state.read().expect("state lock").mem.bytes
     }
 
-    fn commit_group(&mut self, mut group: Vec<(Vec<Encoded>, Reply<AppendOutcome>)>) {
+    fn commit_group(&mut self, mut group: Vec<(Vec<Encoded>, bool, Reply<AppendOutcome>)>) {
         let mut outcomes = Vec::with_capacity(group.len());
         let mut fresh: Vec<Encoded> = Vec::new();
         let mut seen = HashSet::new();
         let check = {
             let state = self.state.read().expect("state lock");
             let mut check = || -> Result<(), StoreError> {
-                for (events, _) in &mut group {
+                for (events, logged, _) in &mut group {
                     let mut dup = Vec::with_capacity(events.len());
                     for e in std::mem::take(events) {
                         let is_dup = seen.contains(&e.hash)
@@ -586,7 +614,9 @@ impl Writer {
                         dup.push(is_dup);
                         if !is_dup {
                             seen.insert(e.hash);
-                            self.wal.stage(&e.payload);
+                            if *logged {
+                                self.wal.stage(&e.payload);
+                            }
                             fresh.push(e);
                         }
                     }
@@ -599,7 +629,7 @@ impl Writer {
         let committed = check.and_then(|_| self.commit_wal());
         if let Err(e) = committed {
             let msg = e.to_string();
-            for (_, reply) in group {
+            for (_, _, reply) in group {
                 reply(Err(StoreError::WalFailed(msg.clone())));
             }
             return;
@@ -620,7 +650,7 @@ impl Writer {
             .duplicates
             .fetch_add(total as u64 - stored, Ordering::Relaxed);
         self.metrics.group_commit_events.observe(total as f64);
-        for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
+        for ((_, _, reply), outcome) in group.into_iter().zip(outcomes) {
             reply(Ok(outcome));
         }
     }
@@ -665,24 +695,30 @@ impl Writer {
             let mut order: Vec<usize> = (0..mem.rows.len()).collect();
             let person = |i: usize| state.identity.person_of(mem.rows[i].node);
             order.sort_by_key(|&i| (person(i), mem.rows[i].ts, i));
-            let rows: Vec<RowRef> = order
+            let rows: Vec<RowMeta> = order
                 .iter()
                 .map(|&i| {
                     let r = &mem.rows[i];
-                    RowRef {
+                    RowMeta {
                         person: person(i),
                         node: r.node,
                         ts: r.ts,
                         kind: r.kind,
                         name: r.name.as_deref(),
-                        payload: mem.payload(r),
                     }
                 })
                 .collect();
             let name = format!("{:08}.seg", state.manifest.next_segment);
             let path = seg_dir.join(&name);
-            segment::write(&path, &rows, mem.hashes.iter().copied().collect())
-                .map_err(|e| StoreError::io(&path, e))?;
+            segment::write(
+                &path,
+                &rows,
+                |i, buf| {
+                    buf.extend_from_slice(mem.payload(&mem.rows[order[i]]));
+                    Ok(())
+                },
+                mem.hashes.iter().copied().collect(),
+            )?;
             (name, Segment::open(&path)?)
         };
         let next_wal = self.wal.seq + 1;
@@ -784,65 +820,80 @@ impl Writer {
         inputs: &[Arc<Segment>],
         drop_nodes: &HashSet<NodeId>,
     ) -> Result<usize, StoreError> {
+        // Only the scan columns are held in memory (about 24 bytes a row); payloads stream
+        // from the inputs, verified block by block first, so compaction memory stays flat.
         struct Row {
             node: NodeId,
             ts: i64,
             kind: u8,
-            name: Option<usize>,
-            payload: (usize, usize),
-            seq: usize,
+            name: Option<u32>,
+            input: u32,
+            row: u32,
         }
         let mut names: Vec<String> = Vec::new();
         let mut rows: Vec<Row> = Vec::new();
-        let mut arena: Vec<u8> = Vec::new();
+        let mut offsets: Vec<Vec<u64>> = Vec::new();
         let mut hashes: Vec<u128> = Vec::new();
         let mut dropped = 0;
-        for seg in inputs {
+        for (input, seg) in inputs.iter().enumerate() {
+            seg.verify_payload()?;
             let nodes = seg.read_column::<u32>("node")?;
             let ts = seg.read_column::<i64>("ts")?;
             let kinds = seg.read_column::<u8>("type")?;
             let name_col = seg.read_column::<u32>("name")?;
-            let base = names.len();
+            let base = names.len() as u32;
             names.extend(seg.names()?);
             hashes.extend(seg.hashes()?);
-            seg.for_each_payload(|i, payload| {
+            offsets.push(seg.read_column::<u64>("payload_offsets")?);
+            for i in 0..seg.rows() {
                 if drop_nodes.contains(&nodes[i]) {
                     dropped += 1;
-                    return Ok(());
+                    continue;
                 }
-                let start = arena.len();
-                arena.extend_from_slice(payload);
                 rows.push(Row {
                     node: nodes[i],
                     ts: ts[i],
                     kind: kinds[i],
-                    name: (name_col[i] != segment::NO_NAME).then(|| base + name_col[i] as usize),
-                    payload: (start, arena.len()),
-                    seq: rows.len(),
+                    name: (name_col[i] != segment::NO_NAME).then(|| base + name_col[i]),
+                    input: input as u32,
+                    row: i as u32,
                 });
-                Ok(())
-            })?;
+            }
         }
         let seg_dir = self.dir.join("segments");
+        let (name, seg) = {
+            let state = self.state.read().expect("state lock");
+            let id = &state.identity;
+            // Stable: equal keys keep input order, which is arrival order within a person.
+            rows.sort_by_key(|r| (id.person_of(r.node), r.ts));
+            let metas: Vec<RowMeta> = rows
+                .iter()
+                .map(|r| RowMeta {
+                    person: id.person_of(r.node),
+                    node: r.node,
+                    ts: r.ts,
+                    kind: r.kind,
+                    name: r.name.map(|n| names[n as usize].as_str()),
+                })
+                .collect();
+            let name = format!("{:08}.seg", state.manifest.next_segment);
+            let path = seg_dir.join(&name);
+            segment::write(
+                &path,
+                &metas,
+                |i, buf| {
+                    let r = &rows[i];
+                    inputs[r.input as usize].read_payload(
+                        &offsets[r.input as usize],
+                        r.row as usize,
+                        buf,
+                    )
+                },
+                hashes,
+            )?;
+            (name, Arc::new(Segment::open(&path)?))
+        };
         let mut state = self.state.write().expect("state lock");
-        let id = &state.identity;
-        rows.sort_by_key(|r| (id.person_of(r.node), r.ts, r.seq));
-        let refs: Vec<RowRef> = rows
-            .iter()
-            .map(|r| RowRef {
-                person: id.person_of(r.node),
-                node: r.node,
-                ts: r.ts,
-                kind: r.kind,
-                name: r.name.map(|n| names[n].as_str()),
-                payload: &arena[r.payload.0..r.payload.1],
-            })
-            .collect();
-        let name = format!("{:08}.seg", state.manifest.next_segment);
-        let path = seg_dir.join(&name);
-        segment::write(&path, &refs, hashes).map_err(|e| StoreError::io(&path, e))?;
-        let seg = Arc::new(Segment::open(&path)?);
-        drop(refs);
         let gone: HashSet<&Path> = inputs.iter().map(|s| s.path.as_path()).collect();
         let mut manifest = state.manifest.clone();
         let keep: Vec<(String, Arc<Segment>)> = manifest

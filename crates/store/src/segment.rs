@@ -46,18 +46,48 @@ struct Footer {
 }
 
 /// One row handed to [`write`]: rows must already be in (person, timestamp) order.
-pub struct RowRef<'a> {
+pub struct RowMeta<'a> {
     pub person: u32,
     pub node: u32,
     pub ts: i64,
     pub kind: u8,
     pub name: Option<&'a str>,
-    pub payload: &'a [u8],
 }
 
 /// Writes a segment durably (temp file, fsync, rename, directory fsync).
-/// `hashes` are the message-id hashes the segment answers for in deduplication.
-pub fn write(path: &Path, rows: &[RowRef], mut hashes: Vec<u128>) -> io::Result<()> {
+/// `payload(i, buf)` fills `buf` with row `i`'s event: payloads stream from their source
+/// (the in-memory table, or input segments when compacting) so a segment of any size is
+/// written in bounded memory. `hashes` are the message-id hashes the segment answers for
+/// in deduplication.
+pub fn write(
+    path: &Path,
+    rows: &[RowMeta],
+    mut payload: impl FnMut(usize, &mut Vec<u8>) -> Result<(), StoreError>,
+    mut hashes: Vec<u128>,
+) -> Result<(), StoreError> {
+    write_inner(path, rows, &mut payload, &mut hashes).map_err(|e| match e {
+        WriteError::Io(e) => StoreError::io(path, e),
+        WriteError::Source(e) => e,
+    })
+}
+
+enum WriteError {
+    Io(io::Error),
+    Source(StoreError),
+}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> WriteError {
+        WriteError::Io(e)
+    }
+}
+
+fn write_inner(
+    path: &Path,
+    rows: &[RowMeta],
+    payload: &mut dyn FnMut(usize, &mut Vec<u8>) -> Result<(), StoreError>,
+    hashes: &mut Vec<u128>,
+) -> Result<(), WriteError> {
     let tmp = path.with_extension("seg.tmp");
     let file = File::create(&tmp)?;
     let mut w = Writer {
@@ -83,30 +113,10 @@ pub fn write(path: &Path, rows: &[RowRef], mut hashes: Vec<u128>) -> io::Result<
     let nodes: Vec<u32> = rows.iter().map(|r| r.node).collect();
     let ts: Vec<i64> = rows.iter().map(|r| r.ts).collect();
     let kinds: Vec<u8> = rows.iter().map(|r| r.kind).collect();
-    let mut offsets = Vec::with_capacity(rows.len() + 1);
-    let mut at = 0u64;
-    offsets.push(0u64);
-    // Pairs of (first row, crc32) per block of whole rows.
-    let mut blocks: Vec<u64> = Vec::new();
-    let (mut block_row, mut block_start) = (0usize, 0u64);
-    let mut block_crc = crc32fast::Hasher::new();
-    for (i, r) in rows.iter().enumerate() {
-        if at - block_start >= PAYLOAD_BLOCK_BYTES {
-            blocks.extend([block_row as u64, u64::from(block_crc.clone().finalize())]);
-            (block_row, block_start) = (i, at);
-            block_crc = crc32fast::Hasher::new();
-        }
-        block_crc.update(r.payload);
-        at += r.payload.len() as u64;
-        offsets.push(at);
-    }
-    if !rows.is_empty() {
-        blocks.extend([block_row as u64, u64::from(block_crc.finalize())]);
-    }
     hashes.sort_unstable();
     hashes.dedup();
     let mut bloom = Bloom::with_keys(hashes.len());
-    for &h in &hashes {
+    for &h in hashes.iter() {
         bloom.insert(h);
     }
 
@@ -119,10 +129,44 @@ pub fn write(path: &Path, rows: &[RowRef], mut hashes: Vec<u128>) -> io::Result<
         "names",
         &serde_json::to_vec(&names).expect("names serialize"),
     )?;
+    // The payload streams row by row; its offsets and per-block checksums are collected on
+    // the way and written after it.
+    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    offsets.push(0u64);
+    // Pairs of (first row, crc32) per block of whole rows.
+    let mut blocks: Vec<u64> = Vec::new();
+    let (mut block_row, mut block_start, mut at) = (0usize, 0u64, 0u64);
+    let mut block_crc = crc32fast::Hasher::new();
+    let mut column_crc = crc32fast::Hasher::new();
+    w.align()?;
+    let payload_offset = w.pos;
+    let mut buf = Vec::new();
+    for i in 0..rows.len() {
+        buf.clear();
+        payload(i, &mut buf).map_err(WriteError::Source)?;
+        if at - block_start >= PAYLOAD_BLOCK_BYTES {
+            blocks.extend([block_row as u64, u64::from(block_crc.clone().finalize())]);
+            (block_row, block_start) = (i, at);
+            block_crc = crc32fast::Hasher::new();
+        }
+        block_crc.update(&buf);
+        column_crc.update(&buf);
+        w.raw(&buf)?;
+        at += buf.len() as u64;
+        offsets.push(at);
+    }
+    if !rows.is_empty() {
+        blocks.extend([block_row as u64, u64::from(block_crc.finalize())]);
+    }
+    w.columns.push(ColumnMeta {
+        name: "payload".into(),
+        offset: payload_offset,
+        len: at,
+        crc: column_crc.finalize(),
+    });
     w.column("payload_offsets", bytemuck::cast_slice(&offsets))?;
-    w.column_parts("payload", rows.iter().map(|r| r.payload))?;
     w.column("payload_blocks", bytemuck::cast_slice(&blocks))?;
-    w.column("msg_hash", bytemuck::cast_slice(&hashes))?;
+    w.column("msg_hash", bytemuck::cast_slice(hashes))?;
     w.column("bloom", bytemuck::cast_slice(bloom.words()))?;
 
     let footer = Footer {
@@ -140,7 +184,8 @@ pub fn write(path: &Path, rows: &[RowRef], mut hashes: Vec<u128>) -> io::Result<
     let file = w.out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(())
 }
 
 struct Writer {
@@ -156,28 +201,21 @@ impl Writer {
         Ok(())
     }
 
-    fn column(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.column_parts(name, std::iter::once(bytes))
+    /// Pads to 8 bytes, so a reader may map fixed-width columns in place.
+    fn align(&mut self) -> io::Result<()> {
+        let pad = (8 - self.pos % 8) % 8;
+        self.raw(&[0u8; 8][..pad as usize])
     }
 
-    fn column_parts<'a>(
-        &mut self,
-        name: &str,
-        parts: impl Iterator<Item = &'a [u8]>,
-    ) -> io::Result<()> {
-        let pad = (8 - self.pos % 8) % 8;
-        self.raw(&[0u8; 8][..pad as usize])?;
+    fn column(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.align()?;
         let offset = self.pos;
-        let mut crc = crc32fast::Hasher::new();
-        for p in parts {
-            crc.update(p);
-            self.raw(p)?;
-        }
+        self.raw(bytes)?;
         self.columns.push(ColumnMeta {
             name: name.to_string(),
             offset,
-            len: self.pos - offset,
-            crc: crc.finalize(),
+            len: bytes.len() as u64,
+            crc: crc32fast::hash(bytes),
         });
         Ok(())
     }
@@ -353,6 +391,33 @@ impl Segment {
             }
         }
         Ok(false)
+    }
+
+    /// Reads one row's payload with the offsets from `payload_offsets`, unverified: callers
+    /// verify the column first with [`Segment::verify_payload`].
+    pub fn read_payload(
+        &self,
+        offsets: &[u64],
+        row: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let meta = self.meta("payload")?;
+        let (a, z) = (offsets[row], offsets[row + 1]);
+        if a > z || z > meta.len {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: "payload offsets out of range".into(),
+            });
+        }
+        buf.resize((z - a) as usize, 0);
+        self.file
+            .read_exact_at(buf, meta.offset + a)
+            .map_err(|e| StoreError::io(&self.path, e))
+    }
+
+    /// Checks every payload block's checksum, streaming.
+    pub fn verify_payload(&self) -> Result<(), StoreError> {
+        self.for_each_payload(|_, _| Ok(()))
     }
 
     pub fn hashes(&self) -> Result<Vec<u128>, StoreError> {

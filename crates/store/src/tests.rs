@@ -182,6 +182,29 @@ fn events_in_the_log_survive_reopen_and_are_not_duplicated() {
 }
 
 #[test]
+fn unlogged_appends_are_durable_after_flush_only() {
+    let dir = TempDir::new("unlogged");
+    let batch: Vec<Event> = (0..40)
+        .map(|i| event(i, i % 3, i % 5, i as i64, false))
+        .collect();
+    {
+        let p = ProjectStore::open("p", dir.path(), ProjectOptions::default()).unwrap();
+        p.append_unlogged(encode(&batch[..20])).unwrap();
+        assert_eq!(p.stats().events, 20);
+        // Not flushed: gone with the process, as documented.
+    }
+    {
+        let p = ProjectStore::open("p", dir.path(), ProjectOptions::default()).unwrap();
+        assert_eq!(p.stats().events, 0);
+        p.append_unlogged(encode(&batch)).unwrap();
+        p.flush().unwrap();
+    }
+    let p = ProjectStore::open("p", dir.path(), ProjectOptions::default()).unwrap();
+    assert_eq!(p.stats().events, 40);
+    assert_eq!(p.append(encode(&batch)).unwrap().duplicates(), 40);
+}
+
+#[test]
 fn segments_are_sorted_by_person_then_time() {
     let dir = TempDir::new("sorted");
     let p = ProjectStore::open("p", dir.path(), ProjectOptions::default()).unwrap();
