@@ -614,7 +614,12 @@ fn surveys_are_in_range_and_follow_the_experience() {
                 stages.insert(str_of(p, "stage").to_string());
                 let norm = (score - lo) as f64 / (hi - lo) as f64;
                 if let Some(c) = p["comment"].as_str() {
-                    eprintln!("DBG {} {score} {c} pos={} neg={}", str_of(p, "survey"), text::is_positive(c), text::is_negative(c));
+                    eprintln!(
+                        "DBG {} {score} {c} pos={} neg={}",
+                        str_of(p, "survey"),
+                        text::is_positive(c),
+                        text::is_negative(c)
+                    );
                     if text::is_positive(c) {
                         by_comment[0].0 += norm;
                         by_comment[0].1 += 1;

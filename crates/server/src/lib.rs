@@ -62,7 +62,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route(&format!("/v1/{short}"), post(ingest::collect));
     }
     r.route("/v1/import", post(ingest::collect))
+        .route("/", get(ingest::index))
+        .fallback(not_found)
         .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> AppError {
+    AppError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", uri.path()),
+    )
 }
 
 /// Binds `listen` and serves until SIGINT or SIGTERM, then closes the store.
