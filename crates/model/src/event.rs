@@ -72,6 +72,21 @@ impl Utm {
     }
 }
 
+/// The string columns kept beside ids and time, dictionary-coded, so that scans never decode
+/// whole events. Index 0 is the event name (a track's `event`, a page's or screen's `name`).
+pub const DIMS: [&str; DIM_COUNT] = [
+    "name",
+    "path",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+    "referrer_host",
+    "click_id",
+];
+pub const DIM_COUNT: usize = 9;
+
 /// Click-id query parameters that ad platforms append; any of them marks a paid touch.
 pub const CLICK_ID_PARAMS: [&str; 10] = [
     "gclid",
@@ -150,6 +165,21 @@ impl Event {
             .unwrap_or_default()
     }
 
+    /// The values of [`DIMS`], in order.
+    pub fn dims(&self) -> [Option<&str>; DIM_COUNT] {
+        [
+            self.event.as_deref(),
+            self.page_path.as_deref(),
+            self.utm.source.as_deref(),
+            self.utm.medium.as_deref(),
+            self.utm.campaign.as_deref(),
+            self.utm.content.as_deref(),
+            self.utm.term.as_deref(),
+            self.referrer.as_deref().map(referrer_host),
+            self.click_id.as_ref().map(|c| c.param.as_str()),
+        ]
+    }
+
     /// The event as a Segment message, as `export` writes it and any Segment tool reads it.
     pub fn to_segment_json(&self) -> Map<String, Value> {
         let mut m = Map::new();
@@ -190,5 +220,30 @@ mod tests {
             assert_eq!(EventType::parse(t.as_str()), Some(t));
         }
         assert_eq!(EventType::from_code(6), None);
+    }
+}
+
+/// The host of a referrer URL, without a `www.` prefix or port: what channel rules match on.
+pub fn referrer_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = host.rsplit('@').next().unwrap_or(host);
+    let host = host.split(':').next().unwrap_or(host);
+    host.strip_prefix("www.").unwrap_or(host)
+}
+
+#[cfg(test)]
+mod host_tests {
+    #[test]
+    fn referrer_hosts() {
+        assert_eq!(
+            super::referrer_host("https://www.google.com/search?q=x"),
+            "google.com"
+        );
+        assert_eq!(
+            super::referrer_host("http://l.facebook.com:443"),
+            "l.facebook.com"
+        );
+        assert_eq!(super::referrer_host("news.example"), "news.example");
     }
 }

@@ -7,7 +7,7 @@
 mod event;
 mod time;
 
-pub use event::{ClickId, Event, EventType, Utm, CLICK_ID_PARAMS};
+pub use event::{referrer_host, ClickId, Event, EventType, Utm, CLICK_ID_PARAMS, DIMS, DIM_COUNT};
 pub use time::{format_ms, parse_timestamp};
 
 /// Milliseconds since the Unix epoch, UTC. The one time unit inside Throughline.

@@ -33,8 +33,10 @@ use std::path::{Path, PathBuf};
 
 pub use catalog::{now_ms, random_seed, Catalog, ProjectInfo};
 pub use lock::DirLock;
-pub use project::{AppendOutcome, Encoded, ProjectOptions, ProjectStore, Snapshot, StoreStats};
-pub use segment::Segment;
+pub use project::{
+    AppendOutcome, Encoded, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats,
+};
+pub use segment::{Segment, NO_VALUE};
 pub use store::Store;
 
 mod store;

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use throughline_identity::{IdKeys, IdentityConfig, IdentityGraph, NodeId};
-use throughline_model::Event;
+use throughline_model::{Event, DIMS, DIM_COUNT};
 
 use crate::fsutil::write_atomic;
 use crate::metrics::StoreMetrics;
@@ -84,8 +84,11 @@ pub struct Encoded {
     keys: IdKeys,
     ts: i64,
     kind: u8,
-    name: Option<Box<str>>,
+    dims: Dims,
 }
+
+/// Owned values of [`DIMS`] for one event.
+type Dims = [Option<Box<str>>; DIM_COUNT];
 
 impl Encoded {
     pub fn new(event: &Event) -> Encoded {
@@ -100,7 +103,7 @@ impl Encoded {
             keys: IdKeys::of(event),
             ts: event.timestamp,
             kind: event.event_type.code(),
-            name: event.event.as_deref().map(Into::into),
+            dims: event.dims().map(|d| d.map(Into::into)),
         }
     }
 }
@@ -150,7 +153,7 @@ struct MemRow {
     node: NodeId,
     ts: i64,
     kind: u8,
-    name: Option<Box<str>>,
+    dims: Dims,
     block: u32,
     start: u32,
     end: u32,
@@ -175,7 +178,7 @@ impl MemTable {
             node,
             ts: e.ts,
             kind: e.kind,
-            name: e.name,
+            dims: e.dims,
             block: block_index,
             start: start as u32,
             end: block.len() as u32,
@@ -448,6 +451,14 @@ impl Drop for ProjectStore {
     }
 }
 
+/// One event still in the log, as scans see it.
+pub struct LogRow<'a> {
+    pub node: NodeId,
+    pub ts: i64,
+    pub kind: u8,
+    pub dims: &'a [Option<Box<str>>; DIM_COUNT],
+}
+
 /// A read view: the identity graph, the segments and the events still in the log.
 pub struct Snapshot<'a> {
     state: RwLockReadGuard<'a, State>,
@@ -486,13 +497,14 @@ impl Snapshot<'_> {
         Ok(())
     }
 
-    /// Scan columns of the events still in the log: (node, timestamp, type, name).
-    pub fn log_rows(&self) -> impl Iterator<Item = (NodeId, i64, u8, Option<&str>)> {
-        self.state
-            .mem
-            .rows
-            .iter()
-            .map(|r| (r.node, r.ts, r.kind, r.name.as_deref()))
+    /// Scan columns of the events still in the log, in arrival order.
+    pub fn log_rows(&self) -> impl Iterator<Item = LogRow<'_>> {
+        self.state.mem.rows.iter().map(|r| LogRow {
+            node: r.node,
+            ts: r.ts,
+            kind: r.kind,
+            dims: &r.dims,
+        })
     }
 }
 
@@ -704,7 +716,7 @@ impl Writer {
                         node: r.node,
                         ts: r.ts,
                         kind: r.kind,
-                        name: r.name.as_deref(),
+                        dims: r.dims.each_ref().map(|d| d.as_deref()),
                     }
                 })
                 .collect();
@@ -826,11 +838,12 @@ impl Writer {
             node: NodeId,
             ts: i64,
             kind: u8,
-            name: Option<u32>,
+            /// Codes into `dicts`, offset per input; NO_VALUE where absent.
+            dims: [u32; DIM_COUNT],
             input: u32,
             row: u32,
         }
-        let mut names: Vec<String> = Vec::new();
+        let mut dicts: Vec<Vec<String>> = vec![Vec::new(); DIM_COUNT];
         let mut rows: Vec<Row> = Vec::new();
         let mut offsets: Vec<Vec<u64>> = Vec::new();
         let mut hashes: Vec<u128> = Vec::new();
@@ -840,9 +853,13 @@ impl Writer {
             let nodes = seg.read_column::<u32>("node")?;
             let ts = seg.read_column::<i64>("ts")?;
             let kinds = seg.read_column::<u8>("type")?;
-            let name_col = seg.read_column::<u32>("name")?;
-            let base = names.len() as u32;
-            names.extend(seg.names()?);
+            let mut codes = Vec::with_capacity(DIM_COUNT);
+            for (d, dim) in DIMS.iter().enumerate() {
+                let (c, dict) = seg.dim(dim)?;
+                let base = dicts[d].len() as u32;
+                dicts[d].extend(dict);
+                codes.push((c, base));
+            }
             hashes.extend(seg.hashes()?);
             offsets.push(seg.read_column::<u64>("payload_offsets")?);
             for i in 0..seg.rows() {
@@ -854,7 +871,14 @@ impl Writer {
                     node: nodes[i],
                     ts: ts[i],
                     kind: kinds[i],
-                    name: (name_col[i] != segment::NO_NAME).then(|| base + name_col[i]),
+                    dims: std::array::from_fn(|d| {
+                        let (c, base) = &codes[d];
+                        if c[i] == segment::NO_VALUE {
+                            segment::NO_VALUE
+                        } else {
+                            base + c[i]
+                        }
+                    }),
                     input: input as u32,
                     row: i as u32,
                 });
@@ -873,7 +897,10 @@ impl Writer {
                     node: r.node,
                     ts: r.ts,
                     kind: r.kind,
-                    name: r.name.map(|n| names[n as usize].as_str()),
+                    dims: std::array::from_fn(|d| {
+                        (r.dims[d] != segment::NO_VALUE)
+                            .then(|| dicts[d][r.dims[d] as usize].as_str())
+                    }),
                 })
                 .collect();
             let name = format!("{:08}.seg", state.manifest.next_segment);

@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use throughline_model::{DIMS, DIM_COUNT};
 
 use crate::bloom::Bloom;
 use crate::fsutil::sync_dir;
@@ -25,8 +26,8 @@ const TRAILER_BYTES: u64 = 8 + 4 + 8;
 /// The payload column is checksummed in blocks of about this size, so a reader can verify
 /// each piece before decoding it while keeping memory bounded.
 const PAYLOAD_BLOCK_BYTES: u64 = 1 << 20;
-/// Marks a row without a name in the `name` column.
-pub const NO_NAME: u32 = u32::MAX;
+/// Marks a row without a value in a `dim:` column.
+pub const NO_VALUE: u32 = u32::MAX;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ColumnMeta {
@@ -51,7 +52,8 @@ pub struct RowMeta<'a> {
     pub node: u32,
     pub ts: i64,
     pub kind: u8,
-    pub name: Option<&'a str>,
+    /// Values of [`throughline_model::DIMS`], dictionary-coded per segment on write.
+    pub dims: [Option<&'a str>; DIM_COUNT],
 }
 
 /// Writes a segment durably (temp file, fsync, rename, directory fsync).
@@ -97,18 +99,6 @@ fn write_inner(
     };
     w.raw(MAGIC)?;
 
-    let mut names: Vec<&str> = Vec::new();
-    let mut name_ids: HashMap<&str, u32> = HashMap::new();
-    let name_col: Vec<u32> = rows
-        .iter()
-        .map(|r| match r.name {
-            None => NO_NAME,
-            Some(n) => *name_ids.entry(n).or_insert_with(|| {
-                names.push(n);
-                (names.len() - 1) as u32
-            }),
-        })
-        .collect();
     let persons: Vec<u32> = rows.iter().map(|r| r.person).collect();
     let nodes: Vec<u32> = rows.iter().map(|r| r.node).collect();
     let ts: Vec<i64> = rows.iter().map(|r| r.ts).collect();
@@ -124,11 +114,25 @@ fn write_inner(
     w.column("node", bytemuck::cast_slice(&nodes))?;
     w.column("ts", bytemuck::cast_slice(&ts))?;
     w.column("type", &kinds)?;
-    w.column("name", bytemuck::cast_slice(&name_col))?;
-    w.column(
-        "names",
-        &serde_json::to_vec(&names).expect("names serialize"),
-    )?;
+    for (d, dim) in DIMS.iter().enumerate() {
+        let mut dict: Vec<&str> = Vec::new();
+        let mut ids: HashMap<&str, u32> = HashMap::new();
+        let codes: Vec<u32> = rows
+            .iter()
+            .map(|r| match r.dims[d] {
+                None => NO_VALUE,
+                Some(v) => *ids.entry(v).or_insert_with(|| {
+                    dict.push(v);
+                    (dict.len() - 1) as u32
+                }),
+            })
+            .collect();
+        w.column(&format!("dim:{dim}"), bytemuck::cast_slice(&codes))?;
+        w.column(
+            &format!("dict:{dim}"),
+            &serde_json::to_vec(&dict).expect("dictionary serializes"),
+        )?;
+    }
     // The payload streams row by row; its offsets and per-block checksums are collected on
     // the way and written after it.
     let mut offsets = Vec::with_capacity(rows.len() + 1);
@@ -313,12 +317,26 @@ impl Segment {
         Ok(out)
     }
 
-    pub fn names(&self) -> Result<Vec<String>, StoreError> {
-        let bytes = self.read_column::<u8>("names")?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            file: self.path.clone(),
-            why: format!("names column: {e}"),
-        })
+    /// The codes of a `dim:` column, one per row ([`NO_VALUE`] where absent), and its
+    /// dictionary.
+    pub fn dim(&self, dim: &str) -> Result<(Vec<u32>, Vec<String>), StoreError> {
+        let codes = self.read_column::<u32>(&format!("dim:{dim}"))?;
+        let bytes = self.read_column::<u8>(&format!("dict:{dim}"))?;
+        let dict: Vec<String> =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                file: self.path.clone(),
+                why: format!("dictionary of {dim}: {e}"),
+            })?;
+        if codes
+            .iter()
+            .any(|&c| c != NO_VALUE && c as usize >= dict.len())
+        {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: format!("code out of range in dim:{dim}"),
+            });
+        }
+        Ok((codes, dict))
     }
 
     /// Calls `visit(row, payload)` for every row in order, one checksummed block at a
