@@ -1,0 +1,224 @@
+//! Funnels: how far each person gets through an ordered list of steps within a window.
+//!
+//! `Order::Ordered` is ClickHouse's `windowFunnel(window)` exactly: events are taken in
+//! (timestamp, step) order, a step-1 event (re)starts the chain, a step-k event extends the
+//! latest chain at step k-1 if it lies within `window` of that chain's first event
+//! (inclusive), and the answer is the deepest step reached. `Order::Strict` is
+//! `windowFunnel(window, 'strict_order')`: once a chain started, an event matching no
+//! step, or a step whose predecessor was never reached, ends the search. `Order::Unordered`
+//! counts the largest k such that steps 1..k all occur, in any order, within one window.
+//!
+//! Extensions over ClickHouse: exclusion events abandon every chain in progress (the
+//! person keeps the depth reached before), and a step may carry its own window from the
+//! previous step.
+
+use crate::Millis;
+
+/// Steps are bits 0..STEPS_MAX of an event's mask; bit 63 marks an exclusion event.
+pub const STEPS_MAX: usize = 62;
+pub const EXCLUSION_BIT: u64 = 1 << 63;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    #[default]
+    Ordered,
+    Strict,
+    Unordered,
+}
+
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub steps: usize,
+    pub window: Millis,
+    pub order: Order,
+    /// Per step, a bound on the time since the previous step (index 0 is unused).
+    pub step_windows: Vec<Option<Millis>>,
+}
+
+impl Spec {
+    pub fn new(steps: usize, window: Millis, order: Order) -> Spec {
+        Spec {
+            steps,
+            window,
+            order,
+            step_windows: vec![None; steps],
+        }
+    }
+}
+
+/// What one person achieved: the deepest step, and for each reached step k the timestamps
+/// of the chain that reached it: its first event and the events at k-1 and k.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub level: usize,
+    /// `at[k]` = (chain start, time of step k-1, time of step k) for k < level.
+    pub at: Vec<(Millis, Millis, Millis)>,
+}
+
+/// Evaluates one person. `ts` is sorted ascending; `masks[i]` has bit k set when event i
+/// matches step k, and `EXCLUSION_BIT` when it is an exclusion. In strict mode the slices
+/// must hold all of the person's events (a mask of 0 is an interruption); otherwise only
+/// matching events are needed.
+pub fn evaluate(spec: &Spec, ts: &[Millis], masks: &[u64], out: &mut Outcome) {
+    out.level = 0;
+    out.at.clear();
+    if spec.steps == 0 || ts.is_empty() {
+        return;
+    }
+    match spec.order {
+        Order::Unordered => unordered(spec, ts, masks, out),
+        _ => ordered(spec, ts, masks, out),
+    }
+}
+
+const UNSET: Millis = Millis::MIN;
+
+fn ordered(spec: &Spec, ts: &[Millis], masks: &[u64], out: &mut Outcome) {
+    let n = spec.steps;
+    let strict = spec.order == Order::Strict;
+    let step_bits = if n >= 64 { !0 } else { (1u64 << n) - 1 };
+    if !strict && n == 1 {
+        // ClickHouse answers 1 for any matching event, exclusions aside.
+        if let Some(i) = masks.iter().position(|m| m & 1 != 0) {
+            out.level = 1;
+            out.at.push((ts[i], ts[i], ts[i]));
+        }
+        return;
+    }
+    let mut start = [UNSET; STEPS_MAX];
+    let mut prev_at = [UNSET; STEPS_MAX];
+    let mut at = [UNSET; STEPS_MAX];
+    let mut best: Option<(usize, Vec<(Millis, Millis, Millis)>)> = None;
+    let mut started = false;
+    let mut i = 0;
+    'events: while i < ts.len() {
+        // One group of equal timestamps: ClickHouse sorts (timestamp, step) pairs, so within
+        // a tie the interruptions (step "0") come first, then steps in ascending order.
+        let t = ts[i];
+        let mut j = i;
+        let mut steps_here = 0u64;
+        let (mut interrupted, mut excluded) = (false, false);
+        while j < ts.len() && ts[j] == t {
+            let m = masks[j];
+            excluded |= m & EXCLUSION_BIT != 0;
+            interrupted |= m & step_bits == 0 && m & EXCLUSION_BIT == 0;
+            steps_here |= m & step_bits;
+            j += 1;
+        }
+        i = j;
+        if excluded {
+            let level = level_of(&start, n);
+            if level > best.as_ref().map_or(0, |b| b.0) {
+                best = Some((level, snapshot(&start, &prev_at, &at, level)));
+            }
+            start = [UNSET; STEPS_MAX];
+            started = false;
+        }
+        if strict && interrupted {
+            if started {
+                break 'events;
+            }
+            continue;
+        }
+        let mut bits = steps_here;
+        while bits != 0 {
+            let k = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if k == 0 {
+                start[0] = t;
+                prev_at[0] = t;
+                at[0] = t;
+                started = true;
+            } else if strict && started && start[k - 1] == UNSET {
+                break 'events;
+            } else if start[k - 1] != UNSET {
+                let first = start[k - 1];
+                let within = t <= first.saturating_add(spec.window)
+                    && spec.step_windows[k].is_none_or(|w| t - at[k - 1] <= w);
+                if within {
+                    start[k] = first;
+                    prev_at[k] = at[k - 1];
+                    at[k] = t;
+                    if k + 1 == n {
+                        break 'events;
+                    }
+                }
+            }
+        }
+    }
+    let level = level_of(&start, n);
+    match best {
+        Some((b, snap)) if b >= level => {
+            out.level = b;
+            out.at = snap;
+        }
+        _ => {
+            out.level = level;
+            out.at = snapshot(&start, &prev_at, &at, level);
+        }
+    }
+}
+
+fn level_of(start: &[Millis; STEPS_MAX], n: usize) -> usize {
+    (0..n)
+        .rev()
+        .find(|&k| start[k] != UNSET)
+        .map_or(0, |k| k + 1)
+}
+
+fn snapshot(
+    start: &[Millis; STEPS_MAX],
+    prev_at: &[Millis; STEPS_MAX],
+    at: &[Millis; STEPS_MAX],
+    level: usize,
+) -> Vec<(Millis, Millis, Millis)> {
+    (0..level).map(|k| (start[k], prev_at[k], at[k])).collect()
+}
+
+/// The largest k such that steps 1..k all occur within one window, in any order.
+fn unordered(spec: &Spec, ts: &[Millis], masks: &[u64], out: &mut Outcome) {
+    let mut level = 0;
+    for k in 1..=spec.steps {
+        let want = if k >= 64 { !0 } else { (1u64 << k) - 1 };
+        if !window_covers(ts, masks, want, spec.window) {
+            break;
+        }
+        level = k;
+    }
+    out.level = level;
+}
+
+/// Whether some window [t, t + window] holds events covering every bit of `want`.
+fn window_covers(ts: &[Millis], masks: &[u64], want: u64, window: Millis) -> bool {
+    let mut counts = [0u32; 64];
+    let mut covered = 0u64;
+    let mut lo = 0;
+    for hi in 0..ts.len() {
+        let mut m = masks[hi] & want;
+        while m != 0 {
+            let b = m.trailing_zeros() as usize;
+            m &= m - 1;
+            counts[b] += 1;
+            covered |= 1 << b;
+        }
+        while ts[hi] - ts[lo] > window {
+            let mut m = masks[lo] & want;
+            while m != 0 {
+                let b = m.trailing_zeros() as usize;
+                m &= m - 1;
+                counts[b] -= 1;
+                if counts[b] == 0 {
+                    covered &= !(1 << b);
+                }
+            }
+            lo += 1;
+        }
+        if covered == want {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests;
