@@ -24,6 +24,13 @@ use throughline_collect::{normalize, Envelope, IdGen};
 use throughline_store::{Encoded, ProjectStore};
 
 const CHUNK_MESSAGES: usize = 8192;
+/// Files hold history: their timestamps are kept, not corrected against the import time.
+const HISTORICAL: Envelope = Envelope {
+    kind: None,
+    sent_at: None,
+    context: None,
+    historical: true,
+};
 /// Chunks in flight between stages; with the chunk size this bounds import memory.
 const CHUNKS_IN_FLIGHT: usize = 8;
 /// Rejections listed in the summary; the rest are only counted.
@@ -156,7 +163,7 @@ fn work(chunk: Chunk, received_at: i64, ids: &mut IdGen) -> Normalized {
             Raw::Value(v) => v,
         };
         let result = value.map_err(|e| (e, None)).and_then(|v| {
-            normalize(v, &Envelope::default(), received_at, ids).map_err(|r| (r.error, r.field))
+            normalize(v, &HISTORICAL, received_at, ids).map_err(|r| (r.error, r.field))
         });
         match result {
             Ok(e) => out.events.push(Encoded::new(&e)),

@@ -8,6 +8,7 @@ mod import;
 mod output;
 mod people;
 mod projects;
+mod query;
 
 use std::path::PathBuf;
 
@@ -79,6 +80,11 @@ enum Command {
         after_help = "Example:\n  throughline generate --brand headphones --persons 20000 --seed 7 --out events.jsonl"
     )]
     Generate(demo::GenerateArgs),
+    /// Ask questions: funnels, trends, retention
+    Query {
+        #[command(subcommand)]
+        command: query::QueryCommand,
+    },
     /// Counts of a project's store: events, segments, events still in the log, ids
     #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
     Stats(people::StatsArgs),
@@ -120,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Generate(args) => demo::generate(args),
         Command::Stats(args) => people::stats(args),
+        Command::Query { command } => query::run(command),
         Command::Bench { command } => bench::run(command),
     }
 }

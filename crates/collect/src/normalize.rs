@@ -71,6 +71,7 @@ impl Batch {
                     kind: None,
                     sent_at,
                     context: parsed.context.as_ref(),
+                    historical: false,
                 };
                 normalize(message, &envelope, received_at, ids)
             })
@@ -99,6 +100,7 @@ impl Batch {
             kind: Some(kind),
             sent_at: None,
             context: None,
+            historical: false,
         };
         let result = normalize(message, &envelope, received_at, ids);
         Ok(Batch {
@@ -124,6 +126,10 @@ pub struct Envelope<'a> {
     pub sent_at: Option<&'a str>,
     /// The batch's `context`, merged under the message's own.
     pub context: Option<&'a Map<String, Value>>,
+    /// Historical messages (bulk import): they were received long before `received_at`,
+    /// so clock-skew correction uses the message's own `receivedAt` when it has one and is
+    /// skipped otherwise (the client's timestamp is kept as sent).
+    pub historical: bool,
 }
 
 /// Generates message ids for messages that arrive without one: a per-process random seed
@@ -240,7 +246,17 @@ pub fn normalize(
         None => envelope.sent_at.map(str::to_string),
     };
     let original = parse_time(original_text.as_deref(), original_field)?;
-    let sent = parse_time(sent_text.as_deref(), "sentAt")?;
+    let mut sent = parse_time(sent_text.as_deref(), "sentAt")?;
+    let mut received_at = received_at;
+    if envelope.historical {
+        match parse_time(time_text(&m, "receivedAt")?.as_deref(), "receivedAt")? {
+            Some(r) => received_at = r,
+            None => {
+                sent = None;
+                received_at = original.unwrap_or(received_at);
+            }
+        }
+    }
     let timestamp = match (original, sent) {
         (Some(o), Some(s)) => received_at - (s - o),
         (Some(o), None) => o,
@@ -460,6 +476,32 @@ mod tests {
         assert_eq!(
             no_sent.timestamp,
             parse_timestamp("2025-10-09T10:00:00Z").unwrap()
+        );
+    }
+
+    #[test]
+    fn historical_messages_keep_their_time() {
+        let msg = json!({"userId": "u", "event": "x",
+                         "timestamp": "2025-01-01T10:00:00.000Z",
+                         "sentAt": "2025-01-01T10:00:05.000Z"});
+        let env = Envelope {
+            kind: Some(EventType::Track),
+            historical: true,
+            ..Envelope::default()
+        };
+        let e = normalize(msg.clone(), &env, NOW, &mut IdGen::new(1)).unwrap();
+        assert_eq!(
+            e.timestamp,
+            parse_timestamp("2025-01-01T10:00:00Z").unwrap()
+        );
+        assert_eq!(e.received_at, e.timestamp);
+        // With the receivedAt of an export, the correction is the one the server made.
+        let mut with_received = msg;
+        with_received["receivedAt"] = json!("2025-01-01T10:00:06.000Z");
+        let e = normalize(with_received, &env, NOW, &mut IdGen::new(1)).unwrap();
+        assert_eq!(
+            e.timestamp,
+            parse_timestamp("2025-01-01T10:00:01Z").unwrap()
         );
     }
 

@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod ingest;
 mod metrics;
+mod query;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     r.route("/v1/import", post(ingest::collect))
         .route("/", get(ingest::index))
+        .route("/api/v1/projects/{project}/query/{kind}", post(query::run))
         .fallback(not_found)
         .with_state(state)
 }

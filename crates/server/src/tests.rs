@@ -239,3 +239,113 @@ async fn metrics_count_what_happened() {
         "{text}"
     );
 }
+
+async fn query(
+    f: &Fixture,
+    project: &str,
+    kind: &str,
+    key: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut req = Request::post(format!("/api/v1/projects/{project}/query/{kind}"))
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let resp = router(f.state.clone())
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_query_api_answers_only_with_the_projects_api_key() {
+    let f = fixture("query");
+    let other = Catalog::create_project(&f.dir, "other").unwrap();
+    f.state.store.reload_catalog().unwrap();
+    let api_key = f.state.store.catalog().get("shop").unwrap().api_key.clone();
+    let body = json!({"batch": [
+        {"type": "track", "anonymousId": "d1", "event": "Viewed", "timestamp": "2026-09-01T10:00:00Z"},
+        {"type": "identify", "anonymousId": "d1", "userId": "u1", "timestamp": "2026-09-01T10:01:00Z"},
+        {"type": "track", "userId": "u1", "event": "Bought", "timestamp": "2026-09-01T11:00:00Z"},
+        {"type": "track", "anonymousId": "d2", "event": "Viewed", "timestamp": "2026-09-01T10:00:00Z"}
+    ]});
+    post(
+        &f,
+        "/v1/batch",
+        body.to_string().into_bytes(),
+        Some(&f.key),
+        false,
+    )
+    .await;
+    let funnel = json!({"steps": ["Viewed", "Bought"], "window": "1d"});
+
+    let (s, v) = query(&f, "shop", "funnel", Some(&api_key), funnel.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The anonymous view stitched to u1 counts with the purchase: one person converts.
+    assert_eq!(v["steps"][0]["persons"], 2);
+    assert_eq!(v["steps"][1]["persons"], 1);
+
+    assert_eq!(
+        query(&f, "shop", "funnel", None, funnel.clone()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        query(&f, "shop", "funnel", Some("tl_wrong"), funnel.clone())
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        query(&f, "shop", "funnel", Some(&other.api_key), funnel.clone())
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    // The write key is public and opens nothing.
+    assert_eq!(
+        query(&f, "shop", "funnel", Some(&f.key), funnel.clone())
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let (s, v) = query(
+        &f,
+        "shop",
+        "funnel",
+        Some(&api_key),
+        json!({"steps": ["Viewed"], "window": "0d"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"].as_str().unwrap().contains("greater than zero"),
+        "{v}"
+    );
+    let (s, _) = query(
+        &f,
+        "shop",
+        "funnel",
+        Some(&api_key),
+        json!({"steps": ["Viewed"], "bogus": 1}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = query(
+        &f,
+        "shop",
+        "trends",
+        Some(&api_key),
+        json!({"events": ["Viewed"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["totals"][0]["persons"], 2);
+}

@@ -1,0 +1,249 @@
+//! `throughline query ...`: the query engine from the command line, with the same request
+//! types and JSON answers as the HTTP API.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use throughline_query::funnel::FunnelRequest;
+use throughline_query::retention::RetentionRequest;
+use throughline_query::trends::{Interval, TrendsRequest};
+
+use crate::output::{self, Format};
+
+#[derive(Args)]
+pub struct Target {
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub project: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Subcommand)]
+pub enum QueryCommand {
+    /// Persons reaching each step in order within a window (ClickHouse windowFunnel semantics)
+    #[command(
+        after_help = "Examples:\n  throughline query funnel --data ./data --project shop --step 'Product Viewed' --step 'Product Added' --step 'Order Completed' --window 7d\n  throughline query funnel ... --step 'page:/products/*' --step 'Checkout Started|Cart Viewed' --order strict --exclude 'Support Ticket Opened'"
+    )]
+    Funnel {
+        #[command(flatten)]
+        target: Target,
+        /// A step: an event name, `A|B` for either, `page:/path/*` for page views by path
+        #[arg(long = "step", required = true)]
+        steps: Vec<String>,
+        /// Conversion window from the first step: 30m, 12h, 7d, 2w
+        #[arg(long, default_value = "7d")]
+        window: String,
+        /// ordered, strict (no other event between steps) or unordered
+        #[arg(long, default_value = "ordered")]
+        order: String,
+        /// An event that abandons an attempt when it happens between two steps
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Window from the previous step, one per step after the first (`-` for none)
+        #[arg(long = "step-window")]
+        step_windows: Vec<String>,
+        /// Start of the range (YYYY-MM-DD or RFC 3339), inclusive
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range, exclusive
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Event counts and unique persons per day, week or month
+    #[command(
+        after_help = "Example:\n  throughline query trends --data ./data --project shop --event 'Order Completed' --event 'Signed Up' --interval week"
+    )]
+    Trends {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long = "event", required = true)]
+        events: Vec<String>,
+        /// day, week or month
+        #[arg(long, default_value = "day")]
+        interval: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Cohorts by first start event and the share returning in each period
+    #[command(
+        after_help = "Example:\n  throughline query retention --data ./data --project shop --start 'Signed Up' --return 'Order Completed' --period week --periods 8"
+    )]
+    Retention {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        start: String,
+        #[arg(long = "return")]
+        return_event: String,
+        /// day, week or month
+        #[arg(long, default_value = "week")]
+        period: String,
+        #[arg(long, default_value_t = 8)]
+        periods: usize,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+pub fn run(cmd: QueryCommand) -> Result<()> {
+    match cmd {
+        QueryCommand::Funnel {
+            target,
+            steps,
+            window,
+            order,
+            exclude,
+            step_windows,
+            from,
+            to,
+        } => {
+            let req = FunnelRequest {
+                steps,
+                window,
+                order: Some(order),
+                exclude,
+                step_windows: step_windows
+                    .into_iter()
+                    .map(|w| (w != "-").then_some(w))
+                    .collect(),
+                from,
+                to,
+            };
+            with_snapshot(&target, |snap| {
+                let r = throughline_query::funnel::run(snap, &req)?;
+                match target.format {
+                    Format::Json => output::json(&serde_json::to_value(&r)?),
+                    Format::Table => output::table(
+                        &[
+                            "step",
+                            "persons",
+                            "from previous",
+                            "from first",
+                            "median time",
+                        ],
+                        &r.steps
+                            .iter()
+                            .map(|s| {
+                                vec![
+                                    s.name.clone(),
+                                    s.persons.to_string(),
+                                    pct(s.conversion_from_previous),
+                                    pct(s.conversion_from_first),
+                                    s.median_seconds_to_convert
+                                        .map_or("-".into(), human_seconds),
+                                ]
+                            })
+                            .collect::<Vec<_>>(),
+                    ),
+                }
+                Ok(())
+            })
+        }
+        QueryCommand::Trends {
+            target,
+            events,
+            interval,
+            from,
+            to,
+        } => {
+            let req = TrendsRequest {
+                events,
+                interval: Interval::parse(&interval)?,
+                from,
+                to,
+            };
+            with_snapshot(&target, |snap| {
+                let r = throughline_query::trends::run(snap, &req)?;
+                match target.format {
+                    Format::Json => output::json(&serde_json::to_value(&r)?),
+                    Format::Table => output::table(
+                        &["date", "event", "events", "persons"],
+                        &r.rows
+                            .iter()
+                            .map(|t| {
+                                vec![
+                                    t.date.clone(),
+                                    t.event.clone(),
+                                    t.events.to_string(),
+                                    t.persons.to_string(),
+                                ]
+                            })
+                            .collect::<Vec<_>>(),
+                    ),
+                }
+                Ok(())
+            })
+        }
+        QueryCommand::Retention {
+            target,
+            start,
+            return_event,
+            period,
+            periods,
+            from,
+            to,
+        } => {
+            let req = RetentionRequest {
+                start,
+                return_event,
+                period: Interval::parse(&period)?,
+                periods,
+                from,
+                to,
+            };
+            with_snapshot(&target, |snap| {
+                let r = throughline_query::retention::run(snap, &req)?;
+                match target.format {
+                    Format::Json => output::json(&serde_json::to_value(&r)?),
+                    Format::Table => {
+                        let mut header = vec!["cohort".to_string(), "size".to_string()];
+                        header.extend((0..=periods).map(|p| format!("p{p}")));
+                        let header: Vec<&str> = header.iter().map(String::as_str).collect();
+                        output::table(
+                            &header,
+                            &r.cohorts
+                                .iter()
+                                .map(|c| {
+                                    let mut row = vec![c.cohort.clone(), c.size.to_string()];
+                                    row.extend(c.share.iter().map(|s| pct(Some(*s))));
+                                    row
+                                })
+                                .collect::<Vec<_>>(),
+                        )
+                    }
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+fn with_snapshot(
+    target: &Target,
+    f: impl FnOnce(&throughline_store::Snapshot) -> Result<()>,
+) -> Result<()> {
+    let store = crate::open_store(&target.data)?;
+    let project = store.project(&target.project)?;
+    let snap = project.snapshot();
+    f(&snap)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn human_seconds(s: f64) -> String {
+    match s {
+        s if s < 120.0 => format!("{s:.0}s"),
+        s if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1}h", s / 3600.0),
+        s => format!("{:.1}d", s / 86_400.0),
+    }
+}

@@ -1,0 +1,17 @@
+//! Query errors: bad input (the caller's to fix) apart from store failures.
+
+use throughline_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl QueryError {
+    pub fn invalid(msg: impl Into<String>) -> QueryError {
+        QueryError::Invalid(msg.into())
+    }
+}

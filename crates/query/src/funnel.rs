@@ -1,0 +1,251 @@
+//! `query funnel`: how many persons reach each step, conversion between steps, time to
+//! convert.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use throughline_kernels::funnel::{self, Order, Outcome, Spec, EXCLUSION_BIT, STEPS_MAX};
+use throughline_model::{EventType, Millis};
+use throughline_store::Snapshot;
+
+use crate::rows::{load, Load};
+use crate::spec::{parse_duration, parse_time_bound, StepMatcher};
+use crate::QueryError;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelRequest {
+    /// Event names; `A|B` for either; `page:/path/*` for page views by path.
+    pub steps: Vec<String>,
+    /// Conversion window from the first step, e.g. `7d`.
+    #[serde(default = "default_window")]
+    pub window: String,
+    /// `ordered` (default), `strict` or `unordered`.
+    #[serde(default)]
+    pub order: Option<String>,
+    /// Events that abandon an attempt when they happen between two steps.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Per step (from the second), a window from the previous step, e.g. `["1h", null]`.
+    #[serde(default)]
+    pub step_windows: Vec<Option<String>>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+fn default_window() -> String {
+    "7d".into()
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FunnelResponse {
+    pub order: String,
+    pub window_seconds: f64,
+    pub steps: Vec<StepRow>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StepRow {
+    pub name: String,
+    /// Persons who reached at least this step.
+    pub persons: u64,
+    pub conversion_from_previous: Option<f64>,
+    pub conversion_from_first: Option<f64>,
+    /// Median time from the previous step, for persons who reached this one.
+    pub median_seconds_to_convert: Option<f64>,
+    /// Median time from the first step.
+    pub median_seconds_from_first: Option<f64>,
+    pub time_to_convert_histogram: Vec<Bucket>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Bucket {
+    /// Upper bound in seconds; `null` for the last, open bucket.
+    pub le_seconds: Option<u64>,
+    pub persons: u64,
+}
+
+const HISTOGRAM_SECONDS: [u64; 9] = [
+    60, 300, 900, 3600, 21_600, 86_400, 259_200, 604_800, 2_592_000,
+];
+
+pub fn run(snap: &Snapshot, req: &FunnelRequest) -> Result<FunnelResponse, QueryError> {
+    if req.steps.is_empty() {
+        return Err(QueryError::invalid("a funnel needs at least one step"));
+    }
+    if req.steps.len() > STEPS_MAX {
+        return Err(QueryError::invalid(format!(
+            "a funnel has at most {STEPS_MAX} steps"
+        )));
+    }
+    let order = match req.order.as_deref().unwrap_or("ordered") {
+        "ordered" => Order::Ordered,
+        "strict" => Order::Strict,
+        "unordered" => Order::Unordered,
+        other => {
+            return Err(QueryError::invalid(format!(
+                "unknown order {other:?}: use ordered, strict or unordered"
+            )))
+        }
+    };
+    let window = parse_duration(&req.window)?;
+    let from = req.from.as_deref().map(parse_time_bound).transpose()?;
+    let to = req.to.as_deref().map(parse_time_bound).transpose()?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f >= t {
+            return Err(QueryError::invalid("`from` must be before `to`"));
+        }
+    }
+    let steps: Vec<StepMatcher> = req
+        .steps
+        .iter()
+        .map(|s| StepMatcher::parse(s))
+        .collect::<Result<_, _>>()?;
+    let exclude: Vec<StepMatcher> = req
+        .exclude
+        .iter()
+        .map(|s| StepMatcher::parse(s))
+        .collect::<Result<_, _>>()?;
+    let mut spec = Spec::new(steps.len(), window, order);
+    if req.step_windows.len() >= steps.len() {
+        return Err(QueryError::invalid(
+            "step_windows has one entry per step after the first",
+        ));
+    }
+    for (k, w) in req.step_windows.iter().enumerate() {
+        spec.step_windows[k + 1] = w.as_deref().map(parse_duration).transpose()?;
+    }
+
+    let need_path = steps.iter().chain(&exclude).any(StepMatcher::needs_path);
+    let mask_of = |name: Option<&str>, path: Option<&str>| -> u64 {
+        let mut m = 0u64;
+        for (k, s) in steps.iter().enumerate() {
+            if s.matches(name, path) {
+                m |= 1 << k;
+            }
+        }
+        if exclude.iter().any(|x| x.matches(name, path)) {
+            m |= EXCLUSION_BIT;
+        }
+        m
+    };
+    let strict = order == Order::Strict;
+    let rows = load(
+        snap,
+        &Load {
+            from,
+            to,
+            dims: if need_path { vec![0, 1] } else { vec![0] },
+            // A strict funnel must see every event: any of them interrupts.
+            keep: (!strict).then(|| {
+                Box::new(
+                    move |_: u8, v: &[Option<&str>; throughline_model::DIM_COUNT]| {
+                        mask_of(v[0], v[1]) != 0
+                    },
+                )
+                    as Box<dyn Fn(u8, &[Option<&str>; throughline_model::DIM_COUNT]) -> bool>
+            }),
+        },
+    )?;
+    // Masks per distinct (name, path) pair: matching strings once, not once per row.
+    let names = rows.dim(0);
+    let paths = need_path.then(|| rows.dim(1));
+    let mut cache: HashMap<(u32, u32), u64> = HashMap::new();
+    let masks: Vec<u64> = (0..rows.len())
+        .map(|i| {
+            let key = (names.codes[i], paths.map_or(0, |p| p.codes[i]));
+            *cache.entry(key).or_insert_with(|| {
+                let path = paths.and_then(|p| p.get(i));
+                // Page and screen steps match by path; other events by name only.
+                let path = path.filter(|_| {
+                    rows.kind[i] == EventType::Page.code()
+                        || rows.kind[i] == EventType::Screen.code()
+                });
+                mask_of(names.get(i), path)
+            })
+        })
+        .collect();
+
+    let n = steps.len();
+    let mut reached = vec![0u64; n + 1];
+    let mut from_prev: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut from_first: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut out = Outcome::default();
+    for r in rows.persons() {
+        funnel::evaluate(&spec, &rows.ts[r.clone()], &masks[r], &mut out);
+        reached[out.level] += 1;
+        for (k, &(start, prev, at)) in out.at.iter().enumerate().skip(1) {
+            from_prev[k].push(secs(at - prev));
+            from_first[k].push(secs(at - start));
+        }
+    }
+    // persons[k] = reached at least k + 1 steps.
+    let mut persons = vec![0u64; n];
+    let mut acc = 0;
+    for k in (0..n).rev() {
+        acc += reached[k + 1];
+        persons[k] = acc;
+    }
+    let steps_out = (0..n)
+        .map(|k| StepRow {
+            name: steps[k].label.clone(),
+            persons: persons[k],
+            conversion_from_previous: (k > 0).then(|| ratio(persons[k], persons[k - 1])).flatten(),
+            conversion_from_first: ratio(persons[k], persons[0]),
+            median_seconds_to_convert: median(&mut from_prev[k]),
+            median_seconds_from_first: median(&mut from_first[k]),
+            time_to_convert_histogram: if k == 0 {
+                Vec::new()
+            } else {
+                histogram(&from_prev[k])
+            },
+        })
+        .collect();
+    Ok(FunnelResponse {
+        order: req.order.clone().unwrap_or_else(|| "ordered".into()),
+        window_seconds: window as f64 / 1000.0,
+        steps: steps_out,
+    })
+}
+
+fn secs(ms: Millis) -> u32 {
+    (ms.max(0) / 1000).min(u32::MAX as i64) as u32
+}
+
+fn ratio(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+fn median(v: &mut [u32]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m] as f64
+    } else {
+        (v[m - 1] as f64 + v[m] as f64) / 2.0
+    })
+}
+
+fn histogram(v: &[u32]) -> Vec<Bucket> {
+    let mut counts = vec![0u64; HISTOGRAM_SECONDS.len() + 1];
+    for &s in v {
+        let b = HISTOGRAM_SECONDS
+            .iter()
+            .position(|&le| s as u64 <= le)
+            .unwrap_or(HISTOGRAM_SECONDS.len());
+        counts[b] += 1;
+    }
+    counts
+        .into_iter()
+        .enumerate()
+        .map(|(i, persons)| Bucket {
+            le_seconds: HISTOGRAM_SECONDS.get(i).copied(),
+            persons,
+        })
+        .collect()
+}

@@ -1,0 +1,16 @@
+//! The query engine: funnels, trends, retention and sessions over one project's store.
+//!
+//! Every query follows the same shape: [`rows::load`] reads the few columns it needs from
+//! the segments and the log, maps each event's identity node to today's person, and sorts
+//! by (person, time); then a kernel walks each person's run of rows once. Requests and
+//! answers are serde types, identical for the CLI and the HTTP API.
+
+mod error;
+pub mod funnel;
+pub mod retention;
+pub mod rows;
+pub mod spec;
+pub mod trends;
+
+pub use error::QueryError;
+pub use spec::{parse_duration, parse_time_bound, StepMatcher};

@@ -1,0 +1,91 @@
+//! `POST /api/v1/projects/{project}/query/{kind}`: the query engine over HTTP, with the
+//! project's api key as a Bearer token. The body is the same request the CLI builds.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use throughline_query::QueryError;
+
+use crate::{AppError, AppState};
+
+/// Query bodies are small JSON documents.
+const QUERY_BODY_BYTES_MAX: usize = 64 * 1024;
+
+pub async fn run(
+    State(state): State<Arc<AppState>>,
+    Path((project, kind)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing api key: send `Authorization: Bearer <api key>`",
+            )
+        })?;
+    let (info, store) = state
+        .store
+        .by_api_key(key)
+        .ok_or_else(|| AppError::new(StatusCode::UNAUTHORIZED, "unknown api key"))?;
+    // A key opens its own project only; say so without revealing whether others exist.
+    if info.name != project {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            format!("this api key is not for project {project:?}"),
+        ));
+    }
+    if body.len() > QUERY_BODY_BYTES_MAX {
+        return Err(AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "a query body is at most 64 KB",
+        ));
+    }
+    let kind_for_task = kind.clone();
+    // Queries are CPU work: keep them off the async workers that answer ingestion.
+    let answer = tokio::task::spawn_blocking(move || -> Result<Value, AppError> {
+        let snap = store.snapshot();
+        let value = match kind_for_task.as_str() {
+            "funnel" => to_json(throughline_query::funnel::run(&snap, &parse(&body)?)),
+            "trends" => to_json(throughline_query::trends::run(&snap, &parse(&body)?)),
+            "retention" => to_json(throughline_query::retention::run(&snap, &parse(&body)?)),
+            other => {
+                return Err(AppError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("unknown query kind {other:?}: use funnel, trends or retention"),
+                ))
+            }
+        }?;
+        Ok(value)
+    })
+    .await
+    .map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}"),
+        )
+    })??;
+    Ok(Json(answer))
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+    serde_json::from_slice(body)
+        .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, format!("invalid query: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(r: Result<T, QueryError>) -> Result<Value, AppError> {
+    match r {
+        Ok(v) => Ok(serde_json::to_value(v).expect("answers serialize")),
+        Err(QueryError::Invalid(msg)) => Err(AppError::new(StatusCode::BAD_REQUEST, msg)),
+        Err(QueryError::Store(e)) => Err(e.into()),
+    }
+}
