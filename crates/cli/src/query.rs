@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use throughline_query::funnel::FunnelRequest;
 use throughline_query::retention::RetentionRequest;
+use throughline_query::sessions::SessionsRequest;
 use throughline_query::trends::{Interval, TrendsRequest};
 
 use crate::output::{self, Format};
@@ -64,6 +65,24 @@ pub enum QueryCommand {
         /// day, week or month
         #[arg(long, default_value = "day")]
         interval: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Sessions, engaged sessions and bounce rate by channel, source, campaign, landing page or day
+    #[command(
+        after_help = "Examples:\n  throughline query sessions --data ./data --project shop --by channel --format table\n  throughline query sessions --data ./data --project shop --by landing_page --timeout 30m\n\nChannels follow GA4's default channel group; put a channels.toml in the project directory to extend them."
+    )]
+    Sessions {
+        #[command(flatten)]
+        target: Target,
+        /// channel, source, medium, source_medium, campaign, content, landing_page, day, week, none
+        #[arg(long, default_value = "channel")]
+        by: String,
+        /// Inactivity that ends a session
+        #[arg(long, default_value = "30m")]
+        timeout: String,
         #[arg(long)]
         from: Option<String>,
         #[arg(long)]
@@ -180,6 +199,52 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 }
                 Ok(())
             })
+        }
+        QueryCommand::Sessions {
+            target,
+            by,
+            timeout,
+            from,
+            to,
+        } => {
+            let req = SessionsRequest {
+                by: Some(by),
+                timeout: Some(timeout),
+                from,
+                to,
+            };
+            let store = crate::open_store(&target.data)?;
+            let project = store.project(&target.project)?;
+            let rules = throughline_query::sessions::project_rules(project.dir())?;
+            let r = throughline_query::sessions::run(&project.snapshot(), &rules, &req)?;
+            match target.format {
+                Format::Json => output::json(&serde_json::to_value(&r)?),
+                Format::Table => output::table(
+                    &[
+                        "key",
+                        "sessions",
+                        "engaged",
+                        "bounce rate",
+                        "avg duration",
+                        "persons",
+                    ],
+                    &r.rows
+                        .iter()
+                        .chain(std::iter::once(&r.total))
+                        .map(|s| {
+                            vec![
+                                s.key.clone(),
+                                s.sessions.to_string(),
+                                s.engaged_sessions.to_string(),
+                                pct(Some(s.bounce_rate)),
+                                human_seconds(s.avg_duration_seconds),
+                                s.persons.to_string(),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            Ok(())
         }
         QueryCommand::Retention {
             target,

@@ -31,7 +31,7 @@ fn main() {
             .or(m["name"].as_str())
             .unwrap_or_default();
         *names.entry(format!("{kind} {name}")).or_default() += 1;
-        if total % 64 == 0 {
+        if total.is_multiple_of(64) {
             bytes += serde_json::to_vec(&m).map_or(0, |v| v.len()) * 64;
         }
     }

@@ -559,7 +559,7 @@ static HEADPHONES: &[Source] = &[
 
 static SUBSCRIPTION: &[Source] = &[
     src(Direct, "(direct)", "(none)")
-        .lands(&["/", "/", "/pricing", "/login"])
+        .lands(&["/", "/", "/pricing", "/features"])
         .weights(7.0, 30.0, 0.6)
         .effect(0.25, 1.0),
     src(OrganicSearch, "google", "organic")

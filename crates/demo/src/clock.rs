@@ -64,28 +64,6 @@ pub(crate) fn iso_date(ms: i64) -> String {
     s
 }
 
-/// Parses what [`iso_ms`] prints; None for anything else.
-pub(crate) fn parse_iso_ms(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    if b.len() != 24 || b[23] != b'Z' {
-        return None;
-    }
-    let num = |from: usize, to: usize| -> Option<i64> {
-        let s = text.get(from..to)?;
-        s.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| s.parse().ok())?
-    };
-    let days = days_from_civil(num(0, 4)?, num(5, 7)? as u32, num(8, 10)? as u32);
-    Some(
-        days * DAY_MS
-            + num(11, 13)? * HOUR_MS
-            + num(14, 16)? * MINUTE_MS
-            + num(17, 19)? * SECOND_MS
-            + num(20, 23)?,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,10 +88,5 @@ mod tests {
         }
         assert_eq!(iso_ms(1_788_430_502_123), "2026-09-03T10:15:02.123Z");
         assert_eq!(iso_date(1_788_430_502_123), "2026-09-03");
-        assert_eq!(
-            parse_iso_ms("2026-09-03T10:15:02.123Z"),
-            Some(1_788_430_502_123)
-        );
-        assert_eq!(parse_iso_ms("2026-09-03T10:15:02Z"), None);
     }
 }

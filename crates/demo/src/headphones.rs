@@ -287,8 +287,11 @@ pub(crate) fn session(sim: &mut Sim, t0: i64, dev: u8, touch: Touch, purpose: Pu
     }
     // Both partners of a household sign up for the newsletter on the shared tablet, so
     // one anonymous id meets two user ids.
-    if sim.is_tablet(dev) && !sim.device_known(dev) {
+    if sim.is_tablet(dev) && !sim.known {
         t = newsletter_signup(sim, t, dev);
+    } else if sim.is_tablet(dev) && !sim.device_known(dev) {
+        t = sim.after(t, 20.0);
+        sim.login(t, dev);
     } else if sim.known && !sim.device_known(dev) && sim.rng.chance(0.2) {
         t = sim.after(t, 10.0);
         sim.page(t, dev, "/account/login", None);
@@ -315,7 +318,10 @@ pub(crate) fn session(sim: &mut Sim, t0: i64, dev: u8, touch: Touch, purpose: Pu
     let pages = sim.rng.below(5) + usize::from(sim.intent > 0.4);
     for _ in 0..pages {
         t = sim.after(t, 25.0);
-        let path = BROWSE[sim.rng.weighted(&BROWSE_WEIGHTS)];
+        let mut path = BROWSE[sim.rng.weighted(&BROWSE_WEIGHTS)];
+        if path == sim.current_path() {
+            path = "/collections/headphones";
+        }
         if let Some(p) = product_of(path) {
             t = open_product(sim, t, dev, p, false);
             product = Some(p);
@@ -843,7 +849,7 @@ pub(crate) fn job(sim: &mut Sim, t: i64, job: Job) {
                 asset: 0,
                 landing: 0,
             };
-            if sim.send_email(t, touch) && sim.rng.chance(0.5) {
+            if sim.send_email(t, touch) && sim.rng.chance(0.65) {
                 let at = t + sim.rng.range_i(3 * HOUR_MS, 30 * HOUR_MS);
                 sim.survey(at, Via::Server, Survey::Nps, "post_purchase", 0.86);
             }
@@ -1024,6 +1030,11 @@ fn app_session(sim: &mut Sim, t0: i64, dev: u8) -> i64 {
                 );
             }
         }
+    }
+    if sim.hp.app_sessions == 2 && sim.rng.chance(0.5) {
+        // The in-app prompt reaches owners the review e-mail missed.
+        t = sim.after(t, 20.0);
+        sim.survey(t, Via::Device(dev), Survey::Nps, "post_purchase", 0.86);
     }
     sim.hp.app_sessions += 1;
     if sim.rng.chance(0.8) {

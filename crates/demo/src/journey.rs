@@ -46,8 +46,8 @@ pub(crate) struct Kit {
     pub sub: subscription::Campaigns,
     /// `context.library` of each SDK, built once and cloned: cloning skips the map
     /// inserts, and these go on every message.
-    lib_js: Value,
-    lib_python: Value,
+    pub lib_js: Value,
+    pub lib_python: Value,
 }
 
 impl Kit {
@@ -210,7 +210,7 @@ pub(crate) struct Paid {
     pub revenue: f64,
 }
 
-/// The current page of the running browser session.
+/// A page view: what `context.page` of the messages sent from it says.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PageView {
     pub url: String,
@@ -218,11 +218,72 @@ pub(crate) struct PageView {
     pub search: String,
     pub referrer: String,
     pub title: &'static str,
+    /// The touch whose UTM tags the URL carries (landings of tagged sources only).
     pub campaign: Option<Touch>,
 }
 
-/// A generated message with its timestamp and emission order, the sort key.
-pub(crate) type Stamped = (i64, u32, Value);
+/// The Segment message types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Track,
+    Page,
+    Screen,
+    Identify,
+    Alias,
+    Group,
+}
+
+/// What a message carries besides ids, time and context.
+#[derive(Clone, Debug)]
+pub(crate) enum Payload {
+    /// `properties` of a track or screen.
+    Properties(Value),
+    /// A page's properties are its `context.page`.
+    Page,
+    Traits(Value),
+    PreviousId(String),
+    Group(String, Value),
+}
+
+/// A message as the simulation decided it, rendered to JSON only when it is delivered.
+///
+/// Rendering late keeps the JSON of one message alive at a time instead of a whole
+/// person's, so the allocator recycles the same few blocks; building every message of a
+/// person up front spent most of the run in `malloc` and `free`.
+#[derive(Clone, Debug)]
+pub(crate) struct Draft {
+    pub ts: i64,
+    seq: u32,
+    pub sent: i64,
+    pub id: (u64, u64),
+    pub kind: Kind,
+    pub via: Via,
+    /// The user id the SDK attached (for devices, what it had stored at the time).
+    pub user: DevUser,
+    /// `event` of a track, `name` of a page or screen.
+    pub name: &'static str,
+    /// Index into `Person::pages` of the page it was sent from (browser messages).
+    pub page: u32,
+    /// Index into `Person::ips`.
+    pub ip: u16,
+    pub payload: Payload,
+}
+
+pub(crate) const NO_PAGE: u32 = u32::MAX;
+
+/// Everything one person produced, and what rendering their messages needs.
+#[derive(Default)]
+pub(crate) struct Person {
+    pub devices: Vec<Device>,
+    pub user_id: String,
+    pub locale: Option<&'static Locale>,
+    pub pages: Vec<PageView>,
+    /// `ips[0]` is the home network's address.
+    pub ips: Vec<String>,
+    /// In time order, ties in emission order.
+    pub drafts: Vec<Draft>,
+    pub paid: Vec<Paid>,
+}
 
 pub(crate) struct Sim<'k> {
     pub kit: &'k Kit,
@@ -236,10 +297,12 @@ pub(crate) struct Sim<'k> {
     /// The backend knows the person (some identify happened).
     pub known: bool,
     pub devices: Vec<Device>,
-    home_ip: String,
-    session_ip: String,
-    pub page: PageView,
-    out: Vec<Stamped>,
+    ips: Vec<String>,
+    session_ip: u16,
+    pages: Vec<PageView>,
+    /// Index of the current page in `pages`.
+    cur_page: u32,
+    drafts: Vec<Draft>,
     seq: u32,
     queue: BinaryHeap<Reverse<(i64, u32, Job)>>,
     queued: u32,
@@ -271,22 +334,22 @@ pub(crate) struct Sim<'k> {
     pub sub: subscription::State,
 }
 
-/// Writes person `person`'s messages into `out` (cleared first) in time order, ties in
-/// emission order, and returns their paid touches. The caller reuses `out` across
-/// persons: one large allocation per person made glibc's malloc consolidate its free
-/// lists every time, which cost a third of the run.
-pub(crate) fn simulate(
-    kit: &Kit,
-    cfg: &DemoConfig,
-    person: usize,
-    out: &mut Vec<Stamped>,
-) -> Vec<Paid> {
-    out.clear();
-    let mut sim = Sim::new(kit, cfg, person, std::mem::take(out));
+/// Simulates person `person`. `recycled` is a previous person whose buffers are reused:
+/// a fresh large allocation per person made glibc's malloc consolidate its free lists
+/// every time, which once cost a third of the run.
+pub(crate) fn simulate(kit: &Kit, cfg: &DemoConfig, person: usize, recycled: Person) -> Person {
+    let mut sim = Sim::new(kit, cfg, person, recycled);
     sim.run();
-    sim.out.sort_by_key(|(ts, seq, _)| (*ts, *seq));
-    *out = std::mem::take(&mut sim.out);
-    sim.paid
+    sim.drafts.sort_by_key(|d| (d.ts, d.seq));
+    Person {
+        devices: sim.devices,
+        user_id: sim.user_id,
+        locale: Some(sim.locale),
+        pages: sim.pages,
+        ips: sim.ips,
+        drafts: sim.drafts,
+        paid: sim.paid,
+    }
 }
 
 /// Whether person `head` (even) shares a tablet with person `head + 1`.
@@ -303,7 +366,18 @@ const HOUR_WEIGHTS: [f64; 24] = [
 ];
 
 impl<'k> Sim<'k> {
-    fn new(kit: &'k Kit, cfg: &DemoConfig, person: usize, out: Vec<Stamped>) -> Sim<'k> {
+    fn new(kit: &'k Kit, cfg: &DemoConfig, person: usize, recycled: Person) -> Sim<'k> {
+        let Person {
+            mut pages,
+            mut ips,
+            mut drafts,
+            mut paid,
+            ..
+        } = recycled;
+        pages.clear();
+        ips.clear();
+        drafts.clear();
+        paid.clear();
         let mut rng = Rng::derive(cfg.seed, STREAM_PERSON, person as u64);
         let weights: Vec<f64> = LOCALES.iter().map(|l| l.weight).collect();
         let locale = &LOCALES[rng.weighted(&weights)];
@@ -345,7 +419,7 @@ impl<'k> Sim<'k> {
             devices.push(t);
             (devices.len() - 1) as u8
         });
-        let home_ip = people::ip(&mut rng);
+        ips.push(people::ip(&mut rng));
         let intent = rng.f64().powf(1.5);
         let temper = 0.07 * rng.normal();
         let junk = rng.chance(JUNK_CHANCE).then(|| *rng.pick(&JUNK_USER_IDS));
@@ -363,10 +437,11 @@ impl<'k> Sim<'k> {
             user_id,
             known: false,
             devices,
-            home_ip,
-            session_ip: String::new(),
-            page: PageView::default(),
-            out,
+            ips,
+            session_ip: 0,
+            pages,
+            cur_page: NO_PAGE,
+            drafts,
             seq: 0,
             queue: BinaryHeap::new(),
             queued: 0,
@@ -384,7 +459,7 @@ impl<'k> Sim<'k> {
             cadence,
             sends: VecDeque::new(),
             exp: Experience::default(),
-            paid: Vec::new(),
+            paid,
             session_touch: Touch {
                 source: kit.direct,
                 asset: 0,
@@ -422,7 +497,7 @@ impl<'k> Sim<'k> {
         );
         while let Some(Reverse((t, _, job))) = self.queue.pop() {
             if t >= self.end
-                || self.out.len() >= PERSON_MESSAGES_MAX
+                || self.drafts.len() >= PERSON_MESSAGES_MAX
                 || self.sessions >= PERSON_SESSIONS_MAX
             {
                 break;
@@ -558,9 +633,11 @@ impl<'k> Sim<'k> {
         let device = &self.devices[dev as usize];
         let home = device.at_home || (device.kind == DeviceKind::App && self.rng.chance(0.6));
         self.session_ip = if home {
-            self.home_ip.clone()
+            0
         } else {
-            people::ip(&mut self.rng)
+            let ip = people::ip(&mut self.rng);
+            self.ips.push(ip);
+            (self.ips.len() - 1) as u16
         };
         self.session_touch = touch;
         let s = self.kit.sources[touch.source as usize];
@@ -661,131 +738,60 @@ impl<'k> Sim<'k> {
         }
     }
 
-    fn emit(&mut self, ts: i64, via: Via, kind: &'static str, mut m: Map<String, Value>) {
+    fn emit(&mut self, ts: i64, via: Via, kind: Kind, name: &'static str, payload: Payload) {
         // Follow-ups computed past the end of the range have not happened yet.
         if ts >= self.end {
             return;
         }
         let sent = ts + self.latency(via);
-        m.insert("type".into(), Value::from(kind));
-        m.insert("messageId".into(), Value::from(self.rng.uuid()));
-        m.insert("timestamp".into(), Value::from(iso_ms(ts)));
-        m.insert("sentAt".into(), Value::from(iso_ms(sent)));
-        let context = match via {
-            Via::Server => {
-                if !m.contains_key("userId") {
-                    m.insert("userId".into(), Value::from(self.user_id.as_str()));
-                }
-                let mut c = Map::new();
-                c.insert("library".into(), self.kit.lib_python.clone());
-                Value::Object(c)
-            }
+        let id = (self.rng.next_u64(), self.rng.next_u64());
+        let (user, page) = match via {
+            Via::Server => (DevUser::Known, NO_PAGE),
             Via::Device(d) => {
                 let dev = &self.devices[d as usize];
-                m.insert("anonymousId".into(), Value::from(dev.anon.as_str()));
-                if !m.contains_key("userId") {
-                    match dev.user {
-                        DevUser::Anonymous => {}
-                        DevUser::Junk(j) => {
-                            m.insert("userId".into(), Value::from(j));
-                        }
-                        DevUser::Known => {
-                            m.insert("userId".into(), Value::from(self.user_id.as_str()));
-                        }
-                    }
-                }
-                if dev.kind == DeviceKind::App {
-                    self.app_context(d)
+                let page = if dev.kind == DeviceKind::App {
+                    NO_PAGE
                 } else {
-                    self.browser_context(d)
-                }
+                    self.cur_page
+                };
+                (dev.user, page)
             }
         };
-        m.insert("context".into(), context);
         self.seq += 1;
-        self.out.push((ts, self.seq, Value::Object(m)));
-    }
-
-    fn browser_context(&self, d: u8) -> Value {
-        let dev = &self.devices[d as usize];
-        let p = &self.page;
-        let mut c = Map::new();
-        c.insert("library".into(), self.kit.lib_js.clone());
-        c.insert(
-            "page".into(),
-            json!({
-                "path": p.path,
-                "referrer": p.referrer,
-                "search": p.search,
-                "title": p.title,
-                "url": p.url,
-            }),
-        );
-        if let Some(touch) = p.campaign {
-            let s = &self.kit.sources[touch.source as usize];
-            let mut camp = Map::new();
-            camp.insert("source".into(), Value::from(s.source));
-            camp.insert("medium".into(), Value::from(s.medium));
-            camp.insert("name".into(), Value::from(s.campaign));
-            if let Some(a) = s.assets.get(touch.asset as usize) {
-                camp.insert("content".into(), Value::from(a.id));
-            }
-            if !s.term.is_empty() {
-                camp.insert("term".into(), Value::from(s.term));
-            }
-            c.insert("campaign".into(), Value::Object(camp));
-        }
-        c.insert("userAgent".into(), Value::from(dev.user_agent));
-        c.insert("ip".into(), Value::from(self.session_ip.as_str()));
-        c.insert("locale".into(), Value::from(self.locale.tag));
-        c.insert("timezone".into(), Value::from(self.locale.tz));
-        Value::Object(c)
-    }
-
-    fn app_context(&self, d: u8) -> Value {
-        let dev = &self.devices[d as usize];
-        let (app, namespace) = match self.kit.brand {
-            Brand::Headphones => ("Sonora", "com.sonora.companion"),
-            Brand::Subscription => ("Fieldnote", "com.fieldnote.app"),
-        };
-        let (library, device, os) = if dev.ios {
-            (
-                json!({"name": "analytics-swift", "version": "1.6.1"}),
-                json!({"type": "ios", "manufacturer": "Apple", "model": "iPhone15,2"}),
-                json!({"name": "iOS", "version": "17.6"}),
-            )
-        } else {
-            (
-                json!({"name": "analytics-kotlin", "version": "1.16.3"}),
-                json!({"type": "android", "manufacturer": "Google", "model": "Pixel 8"}),
-                json!({"name": "Android", "version": "14"}),
-            )
-        };
-        json!({
-            "library": library,
-            "app": {"name": app, "version": "3.4.1", "build": "341", "namespace": namespace},
-            "device": device,
-            "os": os,
-            "screen": {"width": 393, "height": 852},
-            "network": {"wifi": self.session_ip == self.home_ip},
-            "ip": self.session_ip,
-            "locale": self.locale.tag,
-            "timezone": self.locale.tz,
-        })
+        self.drafts.push(Draft {
+            ts,
+            seq: self.seq,
+            sent,
+            id,
+            kind,
+            via,
+            user,
+            name,
+            page,
+            ip: self.session_ip,
+            payload,
+        });
     }
 
     pub(crate) fn track(&mut self, ts: i64, via: Via, event: &'static str, properties: Value) {
-        let mut m = Map::new();
-        m.insert("event".into(), Value::from(event));
-        m.insert("properties".into(), properties);
-        self.emit(ts, via, "track", m);
+        self.emit(ts, via, Kind::Track, event, Payload::Properties(properties));
     }
 
     pub(crate) fn screen(&mut self, ts: i64, dev: u8, name: &'static str, properties: Value) {
-        let mut m = Map::new();
-        m.insert("name".into(), Value::from(name));
-        m.insert("properties".into(), properties);
-        self.emit(ts, Via::Device(dev), "screen", m);
+        self.emit(
+            ts,
+            Via::Device(dev),
+            Kind::Screen,
+            name,
+            Payload::Properties(properties),
+        );
+    }
+
+    /// The path of the page the running browser session is on.
+    pub(crate) fn current_path(&self) -> &'static str {
+        self.pages
+            .get(self.cur_page as usize)
+            .map_or("", |p| p.path)
     }
 
     /// A page view; with a touch it is a landing, whose URL carries the touch's UTM tags
@@ -808,30 +814,24 @@ impl<'k> Sim<'k> {
                 };
                 (search, referrer)
             }
-            None => (String::new(), std::mem::take(&mut self.page.url)),
+            None => (
+                String::new(),
+                self.pages
+                    .get(self.cur_page as usize)
+                    .map_or(String::new(), |p| p.url.clone()),
+            ),
         };
         let campaign = touch.filter(|t| self.kit.sources[t.source as usize].tagged);
-        self.page = PageView {
+        self.pages.push(PageView {
             url: format!("{origin}{path}{search}"),
             path,
             search,
             referrer,
             title,
             campaign,
-        };
-        let mut m = Map::new();
-        m.insert("name".into(), Value::from(name));
-        m.insert(
-            "properties".into(),
-            json!({
-                "path": path,
-                "referrer": self.page.referrer,
-                "search": self.page.search,
-                "title": title,
-                "url": self.page.url,
-            }),
-        );
-        self.emit(ts, Via::Device(dev), "page", m);
+        });
+        self.cur_page = (self.pages.len() - 1) as u32;
+        self.emit(ts, Via::Device(dev), Kind::Page, name, Payload::Page);
     }
 
     /// The landing page of a touch.
@@ -878,18 +878,22 @@ impl<'k> Sim<'k> {
         let first = !self.known;
         self.known = true;
         self.devices[dev as usize].user = DevUser::Known;
-        let mut m = Map::new();
-        m.insert("userId".into(), Value::from(self.user_id.as_str()));
-        m.insert("traits".into(), traits);
-        self.emit(ts, Via::Device(dev), "identify", m);
+        self.emit(
+            ts,
+            Via::Device(dev),
+            Kind::Identify,
+            "",
+            Payload::Traits(traits),
+        );
         if first && self.rng.chance(0.03) {
-            let mut m = Map::new();
-            m.insert("userId".into(), Value::from(self.user_id.as_str()));
-            m.insert(
-                "previousId".into(),
-                Value::from(self.devices[dev as usize].anon.as_str()),
+            let previous = self.devices[dev as usize].anon.clone();
+            self.emit(
+                ts + 1,
+                Via::Device(dev),
+                Kind::Alias,
+                "",
+                Payload::PreviousId(previous),
             );
-            self.emit(ts + 1, Via::Device(dev), "alias", m);
         }
     }
 
@@ -916,10 +920,8 @@ impl<'k> Sim<'k> {
     }
 
     pub(crate) fn group(&mut self, ts: i64, dev: u8, group_id: &str, traits: Value) {
-        let mut m = Map::new();
-        m.insert("groupId".into(), Value::from(group_id));
-        m.insert("traits".into(), traits);
-        self.emit(ts, Via::Device(dev), "group", m);
+        let payload = Payload::Group(group_id.to_string(), traits);
+        self.emit(ts, Via::Device(dev), Kind::Group, "", payload);
     }
 
     /// The site bug some persons meet: `identify()` with a junk id on an anonymous device,
@@ -934,9 +936,13 @@ impl<'k> Sim<'k> {
         self.junk = None;
         let ts = self.after(ts, 2.0);
         self.devices[dev as usize].user = DevUser::Junk(junk);
-        let mut m = Map::new();
-        m.insert("traits".into(), json!({}));
-        self.emit(ts, Via::Device(dev), "identify", m);
+        self.emit(
+            ts,
+            Via::Device(dev),
+            Kind::Identify,
+            "",
+            Payload::Traits(json!({})),
+        );
         ts
     }
 

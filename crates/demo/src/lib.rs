@@ -23,6 +23,7 @@ mod delivery;
 mod headphones;
 mod journey;
 mod people;
+mod render;
 mod rng;
 mod spend;
 mod subscription;
@@ -73,8 +74,8 @@ impl Brand {
     /// (measured; a test keeps it honest), to size a run by events.
     pub fn messages_per_person(self) -> f64 {
         match self {
-            Brand::Headphones => 40.0,
-            Brand::Subscription => 40.0,
+            Brand::Headphones => 38.0,
+            Brand::Subscription => 35.0,
         }
     }
 }

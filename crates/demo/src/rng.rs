@@ -29,6 +29,24 @@ pub(crate) fn hash3(seed: u64, a: u64, b: u64) -> u64 {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The version 4 UUID text of 128 random bits.
+pub(crate) fn uuid(hi: u64, lo: u64) -> String {
+    // Version nibble 4 and variant bits 10, as RFC 4122 random UUIDs have.
+    let hi = (hi & !0xf000) | 0x4000;
+    let lo = (lo & !(0xc << 60)) | (0x8 << 60);
+    let mut s = String::with_capacity(36);
+    // Dashes go before hex digits 8 and 12 of the high word and 0 and 4 of the low one.
+    for (word, dashes) in [(hi, [8, 12]), (lo, [0, 4])] {
+        for i in 0..16 {
+            if dashes.contains(&i) {
+                s.push('-');
+            }
+            s.push(HEX[((word >> (60 - 4 * i)) & 0xf) as usize] as char);
+        }
+    }
+    s
+}
 const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 impl Rng {
@@ -110,20 +128,9 @@ impl Rng {
 
     /// A random (version 4 shaped) UUID, as the SDKs mint message and anonymous ids.
     pub(crate) fn uuid(&mut self) -> String {
-        // Version nibble 4 and variant bits 10, as RFC 4122 random UUIDs have.
-        let hi = (self.next_u64() & !0xf000) | 0x4000;
-        let lo = (self.next_u64() & !(0xc << 60)) | (0x8 << 60);
-        let mut s = String::with_capacity(36);
-        // Dashes go before hex digits 8 and 12 of the high word and 0 and 4 of the low one.
-        for (word, dashes) in [(hi, [8, 12]), (lo, [0, 4])] {
-            for i in 0..16 {
-                if dashes.contains(&i) {
-                    s.push('-');
-                }
-                s.push(HEX[((word >> (60 - 4 * i)) & 0xf) as usize] as char);
-            }
-        }
-        s
+        let hi = self.next_u64();
+        let lo = self.next_u64();
+        uuid(hi, lo)
     }
 
     /// `len` lowercase hex digits.

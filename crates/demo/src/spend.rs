@@ -9,7 +9,7 @@
 
 use crate::catalog::Cost;
 use crate::clock::{iso_date, DAY_MS};
-use crate::journey::{simulate, Kit};
+use crate::journey::{simulate, Kit, Person};
 use crate::rng::{Rng, STREAM_SPEND};
 use crate::DemoConfig;
 
@@ -30,9 +30,10 @@ pub fn spend_csv(cfg: &DemoConfig) -> String {
     let sources = kit.sources;
     let mut clicks = vec![vec![0.0f64; days]; sources.len()];
     let mut revenue = vec![vec![0.0f64; days]; sources.len()];
-    let mut buf = Vec::new();
+    let mut recycled = Person::default();
     for person in 0..n {
-        for p in simulate(&kit, cfg, person, &mut buf) {
+        recycled = simulate(&kit, cfg, person, recycled);
+        for p in &recycled.paid {
             let day = ((p.ts - cfg.start_ms) / DAY_MS) as usize;
             if day < days {
                 if p.revenue > 0.0 {

@@ -237,8 +237,10 @@ pub(crate) fn session(sim: &mut Sim, t0: i64, dev: u8, touch: Touch, purpose: Pu
     if !engaged {
         return t;
     }
-    if sim.is_tablet(dev) && !sim.device_known(dev) {
+    if sim.is_tablet(dev) && !sim.known {
         t = lead_signup(sim, t, dev);
+    } else if sim.is_tablet(dev) && !sim.device_known(dev) {
+        t = login_if_needed(sim, t, dev);
     }
     if sim.sub.signed_up {
         // A user who came back through a marketing page goes to the app.
@@ -751,7 +753,7 @@ fn upgrade(sim: &mut Sim, mut t: i64, dev: u8) -> i64 {
             json!({"promo_code": code, "plan": plan_id, "discount_pct": 0.2}),
         );
     }
-    if sim.page.path != "/app/settings/billing" {
+    if sim.current_path() != "/app/settings/billing" {
         t = sim.after(t, 10.0);
         sim.page(t, dev, "/app/settings/billing", None);
     }
@@ -820,6 +822,9 @@ fn upgrade(sim: &mut Sim, mut t: i64, dev: u8) -> i64 {
 
 fn schedule_renewal(sim: &mut Sim, from: i64) {
     let due = from + PERIOD_DAYS * DAY_MS;
+    // Two looks per period, each with half the monthly hazard: people cancel any time,
+    // not only on the eve of a renewal.
+    sim.schedule(due - 18 * DAY_MS, SimJob::Sub(Job::ChurnCheck));
     sim.schedule(due - 3 * DAY_MS, SimJob::Sub(Job::ChurnCheck));
     sim.schedule(due, SimJob::Sub(Job::Renewal));
 }
@@ -963,7 +968,7 @@ pub(crate) fn job(sim: &mut Sim, t: i64, job: Job) {
                 + if e.sync_issue { 0.08 } else { 0.0 }
                 + if sim.sub.detractor { 0.1 } else { 0.0 }
                 - if sim.sub.plan == TEAM { 0.03 } else { 0.0 };
-            if sim.rng.chance(hazard) {
+            if sim.sub.task.is_none() && sim.rng.chance(hazard / 2.0) {
                 sim.sub.task = Some(Task::Cancel);
                 let at = t + sim.rng.range_i(HOUR_MS, 2 * DAY_MS);
                 sim.schedule(

@@ -9,6 +9,7 @@ mod error;
 pub mod funnel;
 pub mod retention;
 pub mod rows;
+pub mod sessions;
 pub mod spec;
 pub mod trends;
 

@@ -64,9 +64,20 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     r.route("/v1/import", post(ingest::collect))
         .route("/", get(ingest::index))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/projects/{project}/query/{kind}", post(query::run))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// The OpenAPI 3.1 document of every endpoint, kept beside the router it describes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 async fn not_found(uri: axum::http::Uri) -> AppError {

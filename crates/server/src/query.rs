@@ -54,17 +54,27 @@ pub async fn run(
     // Queries are CPU work: keep them off the async workers that answer ingestion.
     let answer = tokio::task::spawn_blocking(move || -> Result<Value, AppError> {
         let snap = store.snapshot();
-        let value = match kind_for_task.as_str() {
-            "funnel" => to_json(throughline_query::funnel::run(&snap, &parse(&body)?)),
-            "trends" => to_json(throughline_query::trends::run(&snap, &parse(&body)?)),
-            "retention" => to_json(throughline_query::retention::run(&snap, &parse(&body)?)),
-            other => {
-                return Err(AppError::new(
+        let value =
+            match kind_for_task.as_str() {
+                "funnel" => to_json(throughline_query::funnel::run(&snap, &parse(&body)?)),
+                "trends" => to_json(throughline_query::trends::run(&snap, &parse(&body)?)),
+                "retention" => to_json(throughline_query::retention::run(&snap, &parse(&body)?)),
+                "sessions" => {
+                    let rules = throughline_query::sessions::project_rules(store.dir())
+                        .map_err(query_error)?;
+                    to_json(throughline_query::sessions::run(
+                        &snap,
+                        &rules,
+                        &parse(&body)?,
+                    ))
+                }
+                other => return Err(AppError::new(
                     StatusCode::NOT_FOUND,
-                    format!("unknown query kind {other:?}: use funnel, trends or retention"),
-                ))
-            }
-        }?;
+                    format!(
+                        "unknown query kind {other:?}: use funnel, trends, retention or sessions"
+                    ),
+                )),
+            }?;
         Ok(value)
     })
     .await
@@ -83,9 +93,13 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
 }
 
 fn to_json<T: serde::Serialize>(r: Result<T, QueryError>) -> Result<Value, AppError> {
-    match r {
-        Ok(v) => Ok(serde_json::to_value(v).expect("answers serialize")),
-        Err(QueryError::Invalid(msg)) => Err(AppError::new(StatusCode::BAD_REQUEST, msg)),
-        Err(QueryError::Store(e)) => Err(e.into()),
+    r.map(|v| serde_json::to_value(v).expect("answers serialize"))
+        .map_err(query_error)
+}
+
+fn query_error(e: QueryError) -> AppError {
+    match e {
+        QueryError::Invalid(msg) => AppError::new(StatusCode::BAD_REQUEST, msg),
+        QueryError::Store(e) => e.into(),
     }
 }

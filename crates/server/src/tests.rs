@@ -349,3 +349,49 @@ async fn the_query_api_answers_only_with_the_projects_api_key() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["totals"][0]["persons"], 2);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let f = fixture("openapi");
+    let resp = router(f.state.clone())
+        .oneshot(
+            Request::get("/api/v1/openapi.json")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let doc: Value =
+        serde_json::from_slice(&to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/health",
+        "/metrics",
+        "/v1/track",
+        "/v1/identify",
+        "/v1/page",
+        "/v1/screen",
+        "/v1/group",
+        "/v1/alias",
+        "/v1/batch",
+    ] {
+        assert!(paths.contains_key(p), "{p} undocumented");
+    }
+    for kind in ["funnel", "trends", "retention", "sessions"] {
+        assert!(
+            paths.contains_key(&format!("/api/v1/projects/{{project}}/query/{kind}")),
+            "{kind} undocumented"
+        );
+    }
+    // Every $ref points at a schema that exists.
+    let text = doc.to_string();
+    for part in text.split("#/components/schemas/").skip(1) {
+        let name = part.split('"').next().unwrap();
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "dangling $ref {name}"
+        );
+    }
+}

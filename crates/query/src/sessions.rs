@@ -1,0 +1,257 @@
+//! `query sessions`: sessions (a person's visit events split by 30 minutes of inactivity), their
+//! channel, source, medium, campaign and landing page (those of the first event), engaged
+//! sessions and bounce rate as GA4 defines them, by any of those or by day.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use throughline_classify::{Rules, Touch};
+use throughline_kernels::sessions;
+use throughline_model::{EventType, Millis};
+use throughline_store::{Snapshot, NO_VALUE};
+
+use crate::rows::{load, Load, Rows};
+use crate::spec::{parse_duration, parse_time_bound};
+use crate::trends::Interval;
+use crate::QueryError;
+
+/// GA4: a session is engaged when it lasts longer than 10 seconds or has 2+ page views.
+const ENGAGED_SECONDS: Millis = 10_000;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsRequest {
+    /// channel (default), source, medium, source_medium, campaign, content, landing_page,
+    /// day, week, or none for one total row.
+    #[serde(default)]
+    pub by: Option<String>,
+    /// Inactivity that ends a session.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SessionRow {
+    pub key: String,
+    pub sessions: u64,
+    pub engaged_sessions: u64,
+    pub engagement_rate: f64,
+    pub bounce_rate: f64,
+    pub avg_duration_seconds: f64,
+    pub events: u64,
+    pub persons: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SessionsResponse {
+    pub by: String,
+    pub timeout_seconds: f64,
+    pub total: SessionRow,
+    pub rows: Vec<SessionRow>,
+}
+
+/// The dimensions a session's touch reads: name, path, UTM source/medium/campaign/content,
+/// referrer host, click id.
+const TOUCH_DIMS: [usize; 8] = [0, 1, 2, 3, 4, 5, 7, 8];
+
+/// One session's attribution, as `attribute` returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SessionTouch {
+    pub channel: String,
+    pub source: String,
+    pub medium: String,
+    pub campaign: Option<String>,
+    pub content: Option<String>,
+    pub landing_page: Option<String>,
+}
+
+/// Classifies a session by its first event, caching by the distinct combination of
+/// traffic parameters (there are few), so classification is not per session.
+pub struct Attributor<'r> {
+    rules: &'r Rules,
+    cache: HashMap<[u32; 6], usize>,
+    touches: Vec<SessionTouch>,
+}
+
+impl<'r> Attributor<'r> {
+    pub fn new(rules: &'r Rules) -> Attributor<'r> {
+        Attributor {
+            rules,
+            cache: HashMap::new(),
+            touches: Vec::new(),
+        }
+    }
+
+    /// The index (into [`Attributor::touch`]) of the touch of the session starting at `row`.
+    pub fn attribute(&mut self, rows: &Rows, row: usize) -> usize {
+        let code = |d: usize| rows.dims[d].as_ref().map_or(NO_VALUE, |c| c.codes[row]);
+        let key = [code(2), code(3), code(4), code(5), code(7), code(8)];
+        if let Some(&i) = self.cache.get(&key) {
+            // The landing page is per session, not per traffic source: keep it separate.
+            return i;
+        }
+        let get = |d: usize| rows.dims[d].as_ref().and_then(|c| c.get(row));
+        let referrer = get(7).map(|h| format!("https://{h}/"));
+        let touch = Touch {
+            utm_source: get(2),
+            utm_medium: get(3),
+            utm_campaign: get(4),
+            click_id: get(8),
+            referrer: referrer.as_deref(),
+            page_url: None,
+        };
+        let c = self.rules.classify(&touch);
+        self.touches.push(SessionTouch {
+            channel: c.channel,
+            source: c.source,
+            medium: c.medium,
+            campaign: c.campaign,
+            content: get(5).map(str::to_string),
+            landing_page: None,
+        });
+        self.cache.insert(key, self.touches.len() - 1);
+        self.touches.len() - 1
+    }
+
+    pub fn touch(&self, i: usize) -> &SessionTouch {
+        &self.touches[i]
+    }
+}
+
+/// Whether an event is part of a visit: a page or screen view, or any event with a page.
+pub fn is_visit(kind: u8, has_path: bool) -> bool {
+    has_path || kind == EventType::Page.code() || kind == EventType::Screen.code()
+}
+
+pub fn run(
+    snap: &Snapshot,
+    rules: &Rules,
+    req: &SessionsRequest,
+) -> Result<SessionsResponse, QueryError> {
+    let timeout = parse_duration(req.timeout.as_deref().unwrap_or("30m"))?;
+    let from = req.from.as_deref().map(parse_time_bound).transpose()?;
+    let to = req.to.as_deref().map(parse_time_bound).transpose()?;
+    let by = req.by.clone().unwrap_or_else(|| "channel".into());
+    let valid = [
+        "channel",
+        "source",
+        "medium",
+        "source_medium",
+        "campaign",
+        "content",
+        "landing_page",
+        "day",
+        "week",
+        "none",
+    ];
+    if !valid.contains(&by.as_str()) {
+        return Err(QueryError::invalid(format!(
+            "unknown breakdown {by:?}: use one of {}",
+            valid.join(", ")
+        )));
+    }
+    let rows = load(
+        snap,
+        &Load {
+            from,
+            to,
+            dims: TOUCH_DIMS.to_vec(),
+            // Sessions are visits: page and screen views and events sent from a page.
+            // Server-side events (an email sent, a ticket closed) happen to a person
+            // without them visiting, so they neither start nor extend a session.
+            keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
+        },
+    )?;
+    let mut attributor = Attributor::new(rules);
+    #[derive(Default)]
+    struct Acc {
+        sessions: u64,
+        engaged: u64,
+        duration_ms: i64,
+        events: u64,
+        persons: std::collections::HashSet<u32>,
+    }
+    let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut total = Acc::default();
+    let page = EventType::Page.code();
+    let screen = EventType::Screen.code();
+    for r in rows.persons() {
+        let base = r.start;
+        let person = rows.person[base];
+        sessions::split(&rows.ts[r.clone()], timeout, |a, b| {
+            let (a, b) = (base + a, base + b);
+            let duration = rows.ts[b - 1] - rows.ts[a];
+            let views = rows.kind[a..b]
+                .iter()
+                .filter(|&&k| k == page || k == screen)
+                .count();
+            let engaged = duration > ENGAGED_SECONDS || views >= 2;
+            let key = match by.as_str() {
+                "day" => Interval::Day.label(Interval::Day.index(rows.ts[a])),
+                "week" => Interval::Week.label(Interval::Week.index(rows.ts[a])),
+                "landing_page" => rows.dim(1).get(a).unwrap_or("(not set)").to_string(),
+                "none" => "all".to_string(),
+                other => {
+                    let i = attributor.attribute(&rows, a);
+                    let t = attributor.touch(i).clone();
+                    match other {
+                        "channel" => t.channel,
+                        "source" => t.source,
+                        "medium" => t.medium,
+                        "source_medium" => format!("{} / {}", t.source, t.medium),
+                        "campaign" => t.campaign.unwrap_or_else(|| "(not set)".into()),
+                        _ => t.content.unwrap_or_else(|| "(not set)".into()),
+                    }
+                }
+            };
+            for acc in [groups.entry(key).or_default(), &mut total] {
+                acc.sessions += 1;
+                acc.engaged += u64::from(engaged);
+                acc.duration_ms += duration;
+                acc.events += (b - a) as u64;
+                acc.persons.insert(person);
+            }
+        });
+    }
+    let row = |key: String, a: &Acc| {
+        let s = a.sessions.max(1) as f64;
+        SessionRow {
+            key,
+            sessions: a.sessions,
+            engaged_sessions: a.engaged,
+            engagement_rate: a.engaged as f64 / s,
+            bounce_rate: 1.0 - a.engaged as f64 / s,
+            avg_duration_seconds: a.duration_ms as f64 / 1000.0 / s,
+            events: a.events,
+            persons: a.persons.len() as u64,
+        }
+    };
+    let mut out: Vec<SessionRow> = groups.iter().map(|(k, a)| row(k.clone(), a)).collect();
+    if !matches!(by.as_str(), "day" | "week") {
+        out.sort_by(|a, b| b.sessions.cmp(&a.sessions).then(a.key.cmp(&b.key)));
+    }
+    Ok(SessionsResponse {
+        by,
+        timeout_seconds: timeout as f64 / 1000.0,
+        total: row("all".into(), &total),
+        rows: out,
+    })
+}
+
+/// The channel rules of a project: `channels.toml` in its directory when present (GA4's
+/// defaults extended or replaced, see the classify crate), else GA4's defaults.
+pub fn project_rules(project_dir: &std::path::Path) -> Result<Rules, QueryError> {
+    let path = project_dir.join("channels.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Rules::from_toml(&text)
+            .map_err(|e| QueryError::invalid(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Rules::ga4_default()),
+        Err(e) => Err(QueryError::Store(throughline_store::StoreError::io(
+            &path, e,
+        ))),
+    }
+}
