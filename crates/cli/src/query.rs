@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use throughline_query::funnel::FunnelRequest;
+use throughline_query::paths::PathsRequest;
 use throughline_query::retention::RetentionRequest;
 use throughline_query::sessions::SessionsRequest;
 use throughline_query::trends::{Interval, TrendsRequest};
@@ -83,6 +84,33 @@ pub enum QueryCommand {
         /// Inactivity that ends a session
         #[arg(long, default_value = "30m")]
         timeout: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Top event or page sequences after a start / before an end event, or channel journeys to a conversion
+    #[command(
+        after_help = "Examples:\n  throughline query paths --data ./data --project shop --start 'page:/' --depth 4 --format table\n  throughline query paths --data ./data --project shop --end 'Order Completed' --depth 5\n  throughline query paths --data ./data --project shop --of channels --conversion 'Order Completed'"
+    )]
+    Paths {
+        #[command(flatten)]
+        target: Target,
+        /// events (event names, page views as page:/path) or channels (session channels up to a conversion)
+        #[arg(long, default_value = "events")]
+        of: String,
+        #[arg(long)]
+        start: Option<String>,
+        #[arg(long)]
+        end: Option<String>,
+        /// With --of channels: the event that ends a journey
+        #[arg(long)]
+        conversion: Option<String>,
+        #[arg(long, default_value_t = 5)]
+        depth: usize,
+        /// Paths listed
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
         #[arg(long)]
         from: Option<String>,
         #[arg(long)]
@@ -239,6 +267,50 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                                 pct(Some(s.bounce_rate)),
                                 human_seconds(s.avg_duration_seconds),
                                 s.persons.to_string(),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            Ok(())
+        }
+        QueryCommand::Paths {
+            target,
+            of,
+            start,
+            end,
+            conversion,
+            depth,
+            limit,
+            from,
+            to,
+        } => {
+            let req = PathsRequest {
+                of: Some(of),
+                start,
+                end,
+                conversion,
+                depth: Some(depth),
+                limit: Some(limit),
+                timeout: None,
+                from,
+                to,
+            };
+            let store = crate::open_store(&target.data)?;
+            let project = store.project(&target.project)?;
+            let rules = throughline_query::sessions::project_rules(project.dir())?;
+            let r = throughline_query::paths::run(&project.snapshot(), &rules, &req)?;
+            match target.format {
+                Format::Json => output::json(&serde_json::to_value(&r)?),
+                Format::Table => output::table(
+                    &["persons", "conversions", "path"],
+                    &r.paths
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.persons.to_string(),
+                                p.conversions.map_or("-".into(), |c| c.to_string()),
+                                p.path.join(" > "),
                             ]
                         })
                         .collect::<Vec<_>>(),

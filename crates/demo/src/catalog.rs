@@ -84,8 +84,8 @@ pub enum Cost {
     /// A flat cost per day while the flight runs, in USD per 1,000 generated persons so
     /// that return on spend does not depend on the size of the data set.
     PerFlightDay(f64),
-    /// A share of the revenue of orders whose session came from this source (affiliate
-    /// last-click commission).
+    /// A share of the revenue of sales this affiliate referred: its cookie lasts 30 days
+    /// and a later paid click takes the credit away, as affiliate networks count it.
     Commission(f64),
 }
 

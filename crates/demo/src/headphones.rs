@@ -9,9 +9,9 @@
 
 use serde_json::{json, Value};
 
-use crate::catalog::{find, Cost, Source};
+use crate::catalog::{find, Source};
 use crate::clock::{iso_ms, DAY_MS, HOUR_MS, MINUTE_MS};
-use crate::journey::{Job as SimJob, Paid, Purpose, Sim, Survey, Touch, Via};
+use crate::journey::{Job as SimJob, Purpose, Sim, Survey, Touch, Via};
 use crate::people::DeviceKind;
 use crate::Brand;
 
@@ -384,7 +384,7 @@ pub(crate) fn session(sim: &mut Sim, t0: i64, dev: u8, touch: Touch, purpose: Pu
     if sim.hp.cart.is_empty() || !(added || resume) {
         return t;
     }
-    checkout(sim, t, dev, touch, score, resume && !added)
+    checkout(sim, t, dev, score, resume && !added)
 }
 
 const SEARCHES: &[&str] = &[
@@ -495,7 +495,7 @@ fn newsletter_signup(sim: &mut Sim, t: i64, dev: u8) -> i64 {
     t
 }
 
-fn checkout(sim: &mut Sim, mut t: i64, dev: u8, touch: Touch, score: f64, resume: bool) -> i64 {
+fn checkout(sim: &mut Sim, mut t: i64, dev: u8, score: f64, resume: bool) -> i64 {
     let cart_id = sim.hp.cart_id.clone();
     let cart = sim.hp.cart.clone();
     let subtotal: f64 = cart.iter().map(|p| PRODUCTS[*p as usize].price).sum();
@@ -670,14 +670,7 @@ fn checkout(sim: &mut Sim, mut t: i64, dev: u8, touch: Touch, score: f64, resume
     sim.track(t, Via::Device(dev), "Order Completed", done);
     t = sim.after(t, 2.0);
     sim.page(t, dev, "/checkout/thank-you", None);
-    let src = sim.kit.sources[touch.source as usize];
-    if let Cost::Commission(_) = src.cost {
-        sim.paid.push(Paid {
-            ts: t,
-            source: touch.source,
-            revenue: subtotal - discount,
-        });
-    }
+    sim.commission(t, subtotal - discount);
     sim.hp.orders.push(Order {
         id: order_id,
         total,

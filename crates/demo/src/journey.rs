@@ -31,6 +31,8 @@ pub(crate) const SESSION_GAP_MS: i64 = 30 * MINUTE_MS;
 const JUNK_CHANCE: f64 = 0.006;
 /// Per-mille of even-numbered persons who share a family tablet with the next person.
 const HOUSEHOLD_PER_MILLE: u64 = 12;
+/// How long an affiliate's referral earns commission on a sale, as networks set it.
+const AFFILIATE_COOKIE_MS: i64 = 30 * DAY_MS;
 /// Trailing window for e-mail fatigue.
 const FATIGUE_WINDOW_MS: i64 = 7 * DAY_MS;
 
@@ -328,8 +330,8 @@ pub(crate) struct Sim<'k> {
     sends: VecDeque<i64>,
     pub exp: Experience,
     pub paid: Vec<Paid>,
-    /// The source of the running session, for last-click commission.
-    pub session_touch: Touch,
+    /// The affiliate cookie: which affiliate source referred the person, and when.
+    affiliate: Option<(u16, i64)>,
     pub hp: headphones::State,
     pub sub: subscription::State,
 }
@@ -460,11 +462,7 @@ impl<'k> Sim<'k> {
             sends: VecDeque::new(),
             exp: Experience::default(),
             paid,
-            session_touch: Touch {
-                source: kit.direct,
-                asset: 0,
-                landing: 0,
-            },
+            affiliate: None,
             hp: headphones::State::default(),
             sub: subscription::State::default(),
         }
@@ -639,14 +637,19 @@ impl<'k> Sim<'k> {
             self.ips.push(ip);
             (self.ips.len() - 1) as u16
         };
-        self.session_touch = touch;
         let s = self.kit.sources[touch.source as usize];
-        if matches!(s.cost, Cost::PerClick(_)) {
-            self.paid.push(Paid {
-                ts: t,
-                source: touch.source,
-                revenue: 0.0,
-            });
+        match s.cost {
+            Cost::PerClick(_) => {
+                self.paid.push(Paid {
+                    ts: t,
+                    source: touch.source,
+                    revenue: 0.0,
+                });
+                // Networks de-duplicate: a later paid click takes the credit.
+                self.affiliate = None;
+            }
+            Cost::Commission(_) => self.affiliate = Some((touch.source, t)),
+            Cost::Free | Cost::PerFlightDay(_) => {}
         }
         let end = match self.kit.brand {
             Brand::Headphones => headphones::session(self, t, dev, touch, purpose),
@@ -703,6 +706,19 @@ impl<'k> Sim<'k> {
             SESSION_GAP_MS + (self.rng.exp(3.0) * DAY_MS as f64) as i64
         };
         self.schedule(after + gap, Job::Return);
+    }
+
+    /// A sale worth `revenue`: the affiliate whose cookie is still fresh earns commission.
+    pub(crate) fn commission(&mut self, t: i64, revenue: f64) {
+        if let Some((source, at)) = self.affiliate {
+            if t - at <= AFFILIATE_COOKIE_MS {
+                self.paid.push(Paid {
+                    ts: t,
+                    source,
+                    revenue,
+                });
+            }
+        }
     }
 
     /// Warmth a visit leaves behind; bounced visits count for less.

@@ -22,9 +22,7 @@ pub(crate) fn render(
     payload: Payload,
     retry_ms: i64,
 ) -> Value {
-    // Collected then built in one go: a sorted bulk build is cheaper than inserting
-    // key by key, and this runs for every message.
-    let mut m: Vec<(String, Value)> = Vec::with_capacity(11);
+    let mut m = Map::new();
     let kind = match draft.kind {
         Kind::Track => "track",
         Kind::Page => "page",
@@ -33,20 +31,20 @@ pub(crate) fn render(
         Kind::Alias => "alias",
         Kind::Group => "group",
     };
-    m.push(("type".into(), Value::from(kind)));
-    m.push((
+    m.insert("type".into(), Value::from(kind));
+    m.insert(
         "messageId".into(),
         Value::from(uuid(draft.id.0, draft.id.1)),
-    ));
-    m.push(("timestamp".into(), Value::from(iso_ms(draft.ts))));
-    m.push(("sentAt".into(), Value::from(iso_ms(draft.sent + retry_ms))));
+    );
+    m.insert("timestamp".into(), Value::from(iso_ms(draft.ts)));
+    m.insert("sentAt".into(), Value::from(iso_ms(draft.sent + retry_ms)));
     let user = match draft.user {
         DevUser::Anonymous => None,
         DevUser::Junk(j) => Some(j),
         DevUser::Known => Some(person.user_id.as_str()),
     };
     if let Some(u) = user {
-        m.push(("userId".into(), Value::from(u)));
+        m.insert("userId".into(), Value::from(u));
     }
     let page = person
         .pages
@@ -54,31 +52,31 @@ pub(crate) fn render(
         .filter(|_| draft.page != NO_PAGE);
     match draft.kind {
         Kind::Track => {
-            m.push(("event".into(), Value::from(draft.name)));
+            m.insert("event".into(), Value::from(draft.name));
         }
         Kind::Page | Kind::Screen => {
-            m.push(("name".into(), Value::from(draft.name)));
+            m.insert("name".into(), Value::from(draft.name));
         }
         _ => {}
     }
     match payload {
         Payload::Properties(p) => {
-            m.push(("properties".into(), p));
+            m.insert("properties".into(), p);
         }
         Payload::Page => {
             if let Some(p) = page {
-                m.push(("properties".into(), page_json(p)));
+                m.insert("properties".into(), page_json(p));
             }
         }
         Payload::Traits(t) => {
-            m.push(("traits".into(), t));
+            m.insert("traits".into(), t);
         }
         Payload::PreviousId(previous) => {
-            m.push(("previousId".into(), Value::from(previous)));
+            m.insert("previousId".into(), Value::from(previous));
         }
         Payload::Group(id, traits) => {
-            m.push(("groupId".into(), Value::from(id)));
-            m.push(("traits".into(), traits));
+            m.insert("groupId".into(), Value::from(id));
+            m.insert("traits".into(), traits);
         }
     }
     let context = match draft.via {
@@ -89,7 +87,7 @@ pub(crate) fn render(
         }
         Via::Device(d) => {
             let dev = &person.devices[d as usize];
-            m.push(("anonymousId".into(), Value::from(dev.anon.as_str())));
+            m.insert("anonymousId".into(), Value::from(dev.anon.as_str()));
             if dev.kind == DeviceKind::App {
                 app_context(kit.brand, person, dev.ios, draft.ip)
             } else {
@@ -97,8 +95,8 @@ pub(crate) fn render(
             }
         }
     };
-    m.push(("context".into(), context));
-    Value::Object(m.into_iter().collect())
+    m.insert("context".into(), context);
+    Value::Object(m)
 }
 
 fn page_json(p: &PageView) -> Value {

@@ -2,7 +2,7 @@
 //!
 //! Spend follows the generated traffic: pay-per-click sources cost their clicks times a
 //! cost per click that varies a little by day (auctions), affiliates cost a commission
-//! on the orders they closed, and offline flights cost a flat amount per day on air,
+//! on the sales they referred, and offline flights cost a flat amount per day on air,
 //! scaled to the number of persons so return on spend does not depend on data set size.
 //! Up to `SPEND_SAMPLE_PERSONS_MAX` persons are simulated to count clicks; above that
 //! the sample is scaled up and smoothed by a week, like a budget-paced campaign.

@@ -813,6 +813,8 @@ fn upgrade(sim: &mut Sim, mut t: i64, dev: u8) -> i64 {
     }
     let at = t + sim.rng.range_i(500, 4_000);
     sim.track(at, Via::Server, "Subscription Started", props);
+    let first_payment = mrr * if sim.sub.annual { 12.0 } else { 1.0 };
+    sim.commission(at, first_payment);
     if !sim.sub.annual {
         schedule_renewal(sim, at);
     }

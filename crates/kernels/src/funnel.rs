@@ -114,11 +114,10 @@ fn ordered(spec: &Spec, ts: &[Millis], masks: &[u64], out: &mut Outcome) {
             start = [UNSET; STEPS_MAX];
             started = false;
         }
-        if strict && interrupted {
-            if started {
-                break 'events;
-            }
-            continue;
+        // Before the chain starts an interruption is skipped alone: the group's step
+        // events still count (ClickHouse sorts the interruption first and moves on).
+        if strict && interrupted && started {
+            break 'events;
         }
         let mut bits = steps_here;
         while bits != 0 {

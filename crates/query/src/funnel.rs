@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use throughline_kernels::funnel::{self, Order, Outcome, Spec, EXCLUSION_BIT, STEPS_MAX};
-use throughline_model::{EventType, Millis};
+use throughline_model::Millis;
 use throughline_store::Snapshot;
 
 use crate::rows::{load, Load};
@@ -119,14 +119,14 @@ pub fn run(snap: &Snapshot, req: &FunnelRequest) -> Result<FunnelResponse, Query
     }
 
     let need_path = steps.iter().chain(&exclude).any(StepMatcher::needs_path);
-    let mask_of = |name: Option<&str>, path: Option<&str>| -> u64 {
+    let mask_of = |kind: u8, name: Option<&str>, path: Option<&str>| -> u64 {
         let mut m = 0u64;
         for (k, s) in steps.iter().enumerate() {
-            if s.matches(name, path) {
+            if s.matches_event(kind, name, path) {
                 m |= 1 << k;
             }
         }
-        if exclude.iter().any(|x| x.matches(name, path)) {
+        if exclude.iter().any(|x| x.matches_event(kind, name, path)) {
             m |= EXCLUSION_BIT;
         }
         m
@@ -141,29 +141,27 @@ pub fn run(snap: &Snapshot, req: &FunnelRequest) -> Result<FunnelResponse, Query
             // A strict funnel must see every event: any of them interrupts.
             keep: (!strict).then(|| {
                 Box::new(
-                    move |_: u8, v: &[Option<&str>; throughline_model::DIM_COUNT]| {
-                        mask_of(v[0], v[1]) != 0
+                    move |kind: u8, v: &[Option<&str>; throughline_model::DIM_COUNT]| {
+                        mask_of(kind, v[0], v[1]) != 0
                     },
                 )
                     as Box<dyn Fn(u8, &[Option<&str>; throughline_model::DIM_COUNT]) -> bool>
             }),
         },
     )?;
-    // Masks per distinct (name, path) pair: matching strings once, not once per row.
+    // Masks per distinct (type, name, path): matching strings once, not once per row.
     let names = rows.dim(0);
     let paths = need_path.then(|| rows.dim(1));
-    let mut cache: HashMap<(u32, u32), u64> = HashMap::new();
+    let mut cache: HashMap<(u8, u32, u32), u64> = HashMap::new();
     let masks: Vec<u64> = (0..rows.len())
         .map(|i| {
-            let key = (names.codes[i], paths.map_or(0, |p| p.codes[i]));
+            let key = (
+                rows.kind[i],
+                names.codes[i],
+                paths.map_or(0, |p| p.codes[i]),
+            );
             *cache.entry(key).or_insert_with(|| {
-                let path = paths.and_then(|p| p.get(i));
-                // Page and screen steps match by path; other events by name only.
-                let path = path.filter(|_| {
-                    rows.kind[i] == EventType::Page.code()
-                        || rows.kind[i] == EventType::Screen.code()
-                });
-                mask_of(names.get(i), path)
+                mask_of(rows.kind[i], names.get(i), paths.and_then(|p| p.get(i)))
             })
         })
         .collect();

@@ -7,6 +7,7 @@
 
 mod error;
 pub mod funnel;
+pub mod paths;
 pub mod retention;
 pub mod rows;
 pub mod sessions;

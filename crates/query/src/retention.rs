@@ -67,8 +67,8 @@ pub fn run(snap: &Snapshot, req: &RetentionRequest) -> Result<RetentionResponse,
             from,
             to,
             dims: if need_path { vec![0, 1] } else { vec![0] },
-            keep: Some(Box::new(|_, v| {
-                start.matches(v[0], v[1]) || ret.matches(v[0], v[1])
+            keep: Some(Box::new(|kind, v| {
+                start.matches_event(kind, v[0], v[1]) || ret.matches_event(kind, v[0], v[1])
             })),
         },
     )?;
@@ -84,8 +84,8 @@ pub fn run(snap: &Snapshot, req: &RetentionRequest) -> Result<RetentionResponse,
         for i in r {
             let (n, p) = (names.get(i), paths.and_then(|p| p.get(i)));
             period.push(req.period.index(rows.ts[i]));
-            is_start.push(start.matches(n, p));
-            is_ret.push(ret.matches(n, p));
+            is_start.push(start.matches_event(rows.kind[i], n, p));
+            is_ret.push(ret.matches_event(rows.kind[i], n, p));
         }
         if let Some(c) = retention::person(&period, &is_start, &is_ret, &mut returned) {
             let row = cohorts.entry(c).or_insert_with(|| vec![0; req.periods + 1]);

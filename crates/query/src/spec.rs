@@ -1,7 +1,7 @@
 //! Parsing of the small languages in query flags: durations, dates, step matchers.
 
 use chrono::{NaiveDate, TimeZone, Utc};
-use throughline_model::Millis;
+use throughline_model::{EventType, Millis};
 
 use crate::QueryError;
 
@@ -85,6 +85,14 @@ impl StepMatcher {
             label,
             alternatives,
         })
+    }
+
+    /// Whether an event matches: by name, or for `page:` alternatives by path, which only
+    /// page and screen views have (a track sent from a page carries the page's path in its
+    /// context, but it is no page view).
+    pub fn matches_event(&self, kind: u8, name: Option<&str>, path: Option<&str>) -> bool {
+        let is_view = kind == EventType::Page.code() || kind == EventType::Screen.code();
+        self.matches(name, path.filter(|_| is_view))
     }
 
     /// Whether an event with this name and page path matches.

@@ -115,8 +115,8 @@ pub fn run(snap: &Snapshot, req: &TrendsRequest) -> Result<TrendsResponse, Query
             from,
             to,
             dims: if need_path { vec![0, 1] } else { vec![0] },
-            keep: Some(Box::new(|_, v| {
-                matchers.iter().any(|m| m.matches(v[0], v[1]))
+            keep: Some(Box::new(|kind, v| {
+                matchers.iter().any(|m| m.matches_event(kind, v[0], v[1]))
             })),
         },
     )?;
@@ -132,7 +132,7 @@ pub fn run(snap: &Snapshot, req: &TrendsRequest) -> Result<TrendsResponse, Query
         for i in r {
             let bucket = req.interval.index(rows.ts[i]);
             for (e, m) in matchers.iter().enumerate() {
-                if m.matches(names.get(i), paths.and_then(|p| p.get(i))) {
+                if m.matches_event(rows.kind[i], names.get(i), paths.and_then(|p| p.get(i))) {
                     let c = counts.entry((bucket, e)).or_default();
                     c.0 += 1;
                     totals[e].0 += 1;

@@ -59,7 +59,11 @@ pub async fn run(
                 "funnel" => to_json(throughline_query::funnel::run(&snap, &parse(&body)?)),
                 "trends" => to_json(throughline_query::trends::run(&snap, &parse(&body)?)),
                 "retention" => to_json(throughline_query::retention::run(&snap, &parse(&body)?)),
-                "sessions" => {
+                "paths" => {
+                let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
+                to_json(throughline_query::paths::run(&snap, &rules, &parse(&body)?))
+            }
+            "sessions" => {
                     let rules = throughline_query::sessions::project_rules(store.dir())
                         .map_err(query_error)?;
                     to_json(throughline_query::sessions::run(
@@ -71,7 +75,7 @@ pub async fn run(
                 other => return Err(AppError::new(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "unknown query kind {other:?}: use funnel, trends, retention or sessions"
+                        "unknown query kind {other:?}: use funnel, trends, retention, sessions or paths"
                     ),
                 )),
             }?;
