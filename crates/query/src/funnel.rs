@@ -145,7 +145,11 @@ pub fn run(snap: &Snapshot, req: &FunnelRequest) -> Result<FunnelResponse, Query
                         mask_of(kind, v[0], v[1]) != 0
                     },
                 )
-                    as Box<dyn Fn(u8, &[Option<&str>; throughline_model::DIM_COUNT]) -> bool>
+                    as Box<
+                        dyn Fn(u8, &[Option<&str>; throughline_model::DIM_COUNT]) -> bool
+                            + Send
+                            + Sync,
+                    >
             }),
         },
     )?;

@@ -70,93 +70,110 @@ pub struct Load<'a> {
     pub to: Option<Millis>,
     pub dims: Vec<usize>,
     #[allow(clippy::type_complexity)]
-    pub keep: Option<Box<dyn Fn(u8, &[Option<&str>; DIM_COUNT]) -> bool + 'a>>,
+    pub keep: Option<Box<dyn Fn(u8, &[Option<&str>; DIM_COUNT]) -> bool + Send + Sync + 'a>>,
 }
 
-struct Builder {
-    dims: Vec<usize>,
-    global: Vec<HashMap<String, u32>>,
-    out: Rows,
+/// The rows one source (a segment, or the log) contributes, in (person, ts, seq) order,
+/// with dimension codes into the source's own dictionaries.
+struct Run {
+    person: Vec<u32>,
+    ts: Vec<Millis>,
     seq: Vec<u32>,
+    kind: Vec<u8>,
+    codes: Vec<Vec<u32>>,
+    dicts: Vec<Vec<String>>,
 }
 
-impl Builder {
-    fn intern(&mut self, d: usize, value: Option<&str>) -> u32 {
-        let Some(v) = value else { return NO_VALUE };
-        let map = &mut self.global[d];
-        if let Some(&c) = map.get(v) {
-            return c;
+impl Run {
+    fn new(dims: usize) -> Run {
+        Run {
+            person: Vec::new(),
+            ts: Vec::new(),
+            seq: Vec::new(),
+            kind: Vec::new(),
+            codes: vec![Vec::new(); dims],
+            dicts: vec![Vec::new(); dims],
         }
-        let col = self.out.dims[d].as_mut().expect("dimension loaded");
-        let c = col.dict.len() as u32;
-        col.dict.push(v.to_string());
-        map.insert(v.to_string(), c);
-        c
+    }
+
+    fn key(&self, i: usize) -> (u32, Millis, u32) {
+        (self.person[i], self.ts[i], self.seq[i])
+    }
+
+    /// Segments are written sorted by (person, ts); a person merged since then breaks that
+    /// order, and only then is the run sorted again.
+    fn ensure_sorted(&mut self) {
+        if (1..self.ts.len()).all(|i| self.key(i - 1) <= self.key(i)) {
+            return;
+        }
+        let mut order: Vec<u32> = (0..self.ts.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| self.key(i as usize));
+        let g32 = |v: &[u32]| order.iter().map(|&i| v[i as usize]).collect::<Vec<u32>>();
+        self.person = g32(&self.person);
+        self.seq = g32(&self.seq);
+        self.ts = order.iter().map(|&i| self.ts[i as usize]).collect();
+        self.kind = order.iter().map(|&i| self.kind[i as usize]).collect();
+        for c in &mut self.codes {
+            *c = g32(c);
+        }
     }
 }
 
+/// Loads the rows in range that pass the filter, sorted by (person, ts, arrival).
+///
+/// Each segment is read and filtered on its own (two at a time: this machine class has
+/// two cores), giving runs already in order because segments are written sorted by
+/// person; the runs are then merged, so no query sorts the whole table.
 pub fn load(snap: &Snapshot, req: &Load) -> Result<Rows, StoreError> {
     let table = snap.identity().person_table();
-    let mut b = Builder {
-        dims: req.dims.clone(),
-        global: vec![HashMap::new(); DIM_COUNT],
-        out: Rows {
-            dims: (0..DIM_COUNT)
-                .map(|d| req.dims.contains(&d).then(Column::default))
-                .collect(),
-            ..Rows::default()
-        },
-        seq: Vec::new(),
-    };
+    let dims = &req.dims;
     let in_range = |t: Millis| req.from.is_none_or(|f| t >= f) && req.to.is_none_or(|e| t < e);
+    let mut firsts = Vec::new();
     let mut arrival = 0u32;
     for seg in snap.segments() {
-        let (lo, hi) = seg.time_range();
-        if req.from.is_some_and(|f| hi < f) || req.to.is_some_and(|e| lo >= e) {
-            arrival += seg.rows() as u32;
-            continue;
-        }
-        let nodes = seg.read_column::<u32>("node")?;
-        let ts = seg.read_column::<i64>("ts")?;
-        let kinds = seg.read_column::<u8>("type")?;
-        let mut local: Vec<Option<(Vec<u32>, Vec<String>, Vec<u32>)>> =
-            (0..DIM_COUNT).map(|_| None).collect();
-        for &d in &b.dims.clone() {
-            let (codes, dict) = seg.dim(DIMS[d])?;
-            // Local code -> table code, decided once per dictionary entry, not per row.
-            let remap: Vec<u32> = dict.iter().map(|v| b.intern(d, Some(v))).collect();
-            local[d] = Some((codes, dict, remap));
-        }
-        for i in 0..seg.rows() {
-            let seq = arrival + i as u32;
-            if !in_range(ts[i]) {
-                continue;
-            }
-            let values: [Option<&str>; DIM_COUNT] = std::array::from_fn(|d| {
-                local[d].as_ref().and_then(|(codes, dict, _)| {
-                    (codes[i] != NO_VALUE).then(|| dict[codes[i] as usize].as_str())
-                })
-            });
-            if req.keep.as_ref().is_some_and(|k| !k(kinds[i], &values)) {
-                continue;
-            }
-            b.out.person.push(table[nodes[i] as usize]);
-            b.out.ts.push(ts[i]);
-            b.out.kind.push(kinds[i]);
-            b.seq.push(seq);
-            for &d in &b.dims {
-                let (codes, _, remap) = local[d].as_ref().expect("loaded");
-                let c = codes[i];
-                let col = b.out.dims[d].as_mut().expect("dimension loaded");
-                col.codes.push(if c == NO_VALUE {
-                    NO_VALUE
-                } else {
-                    remap[c as usize]
-                });
-            }
-        }
+        firsts.push(arrival);
         arrival += seg.rows() as u32;
     }
+    let segments = snap.segments();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
+    let mut runs: Vec<(usize, Run)> =
+        std::thread::scope(|s| -> Result<Vec<(usize, Run)>, StoreError> {
+            let handles: Vec<_> = (0..workers.min(segments.len().max(1)))
+                .map(|_| {
+                    s.spawn(|| -> Result<Vec<(usize, Run)>, StoreError> {
+                        let mut mine = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(seg) = segments.get(k) else {
+                                return Ok(mine);
+                            };
+                            let (lo, hi) = seg.time_range();
+                            if req.from.is_some_and(|f| hi < f) || req.to.is_some_and(|e| lo >= e) {
+                                continue;
+                            }
+                            mine.push((
+                                k,
+                                segment_run(seg, firsts[k], &table, dims, &in_range, req)?,
+                            ));
+                        }
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for h in handles {
+                all.extend(h.join().expect("loader thread")?);
+            }
+            Ok(all)
+        })?;
+    runs.sort_by_key(|(k, _)| *k);
+    let mut runs: Vec<Run> = runs.into_iter().map(|(_, r)| r).collect();
+
+    // The log: arrival order, its strings interned into a run-local dictionary.
+    let mut log = Run::new(dims.len());
+    let mut local: Vec<HashMap<&str, u32>> = vec![HashMap::new(); dims.len()];
     for row in snap.log_rows() {
         let seq = arrival;
         arrival += 1;
@@ -164,7 +181,7 @@ pub fn load(snap: &Snapshot, req: &Load) -> Result<Rows, StoreError> {
             continue;
         }
         let values: [Option<&str>; DIM_COUNT] = std::array::from_fn(|d| {
-            if b.dims.contains(&d) {
+            if dims.contains(&d) {
                 row.dims[d].as_deref()
             } else {
                 None
@@ -173,43 +190,145 @@ pub fn load(snap: &Snapshot, req: &Load) -> Result<Rows, StoreError> {
         if req.keep.as_ref().is_some_and(|k| !k(row.kind, &values)) {
             continue;
         }
-        b.out.person.push(table[row.node as usize]);
-        b.out.ts.push(row.ts);
-        b.out.kind.push(row.kind);
-        b.seq.push(seq);
-        for d in b.dims.clone() {
-            let c = b.intern(d, row.dims[d].as_deref());
-            b.out.dims[d]
-                .as_mut()
-                .expect("dimension loaded")
-                .codes
-                .push(c);
+        log.person.push(table[row.node as usize]);
+        log.ts.push(row.ts);
+        log.seq.push(seq);
+        log.kind.push(row.kind);
+        for (j, &d) in dims.iter().enumerate() {
+            let code = match values[d] {
+                None => NO_VALUE,
+                Some(v) => *local[j].entry(v).or_insert_with(|| {
+                    log.dicts[j].push(v.to_string());
+                    (log.dicts[j].len() - 1) as u32
+                }),
+            };
+            log.codes[j].push(code);
         }
     }
-    Ok(sort(b.out, &b.seq))
+    log.ensure_sorted();
+    runs.push(log);
+    Ok(merge(runs, dims))
 }
 
-/// Orders rows by (person, timestamp, arrival) with one permutation applied to every column.
-fn sort(rows: Rows, seq: &[u32]) -> Rows {
-    let mut order: Vec<u32> = (0..rows.len() as u32).collect();
-    order.sort_unstable_by_key(|&i| {
-        let i = i as usize;
-        (rows.person[i], rows.ts[i], seq[i])
-    });
-    let gather = |v: &[u32]| order.iter().map(|&i| v[i as usize]).collect::<Vec<u32>>();
-    Rows {
-        person: gather(&rows.person),
-        ts: order.iter().map(|&i| rows.ts[i as usize]).collect(),
-        kind: order.iter().map(|&i| rows.kind[i as usize]).collect(),
-        dims: rows
-            .dims
-            .iter()
-            .map(|c| {
-                c.as_ref().map(|c| Column {
-                    codes: gather(&c.codes),
-                    dict: c.dict.clone(),
-                })
-            })
-            .collect(),
+fn segment_run(
+    seg: &throughline_store::Segment,
+    first_seq: u32,
+    table: &[u32],
+    dims: &[usize],
+    in_range: &(dyn Fn(Millis) -> bool + Sync),
+    req: &Load,
+) -> Result<Run, StoreError> {
+    let nodes = seg.read_column::<u32>("node")?;
+    let ts = seg.read_column::<i64>("ts")?;
+    let kinds = seg.read_column::<u8>("type")?;
+    let mut cols = Vec::with_capacity(dims.len());
+    for &d in dims {
+        cols.push(seg.dim(DIMS[d])?);
     }
+    let mut run = Run::new(dims.len());
+    for (j, (_, dict)) in cols.iter().enumerate() {
+        run.dicts[j] = dict.clone();
+    }
+    for i in 0..seg.rows() {
+        if !in_range(ts[i]) {
+            continue;
+        }
+        if let Some(keep) = &req.keep {
+            let mut values: [Option<&str>; DIM_COUNT] = [None; DIM_COUNT];
+            for (j, &d) in dims.iter().enumerate() {
+                let (codes, dict) = &cols[j];
+                values[d] = (codes[i] != NO_VALUE).then(|| dict[codes[i] as usize].as_str());
+            }
+            if !keep(kinds[i], &values) {
+                continue;
+            }
+        }
+        run.person.push(table[nodes[i] as usize]);
+        run.ts.push(ts[i]);
+        run.seq.push(first_seq + i as u32);
+        run.kind.push(kinds[i]);
+        for (j, (codes, _)) in cols.iter().enumerate() {
+            run.codes[j].push(codes[i]);
+        }
+    }
+    run.ensure_sorted();
+    Ok(run)
+}
+
+/// Merges sorted runs into one table, translating each run's dictionary codes into one
+/// dictionary per dimension.
+fn merge(runs: Vec<Run>, dims: &[usize]) -> Rows {
+    let total: usize = runs.iter().map(|r| r.ts.len()).sum();
+    let mut out = Rows {
+        person: Vec::with_capacity(total),
+        ts: Vec::with_capacity(total),
+        kind: Vec::with_capacity(total),
+        dims: (0..DIM_COUNT)
+            .map(|d| dims.contains(&d).then(Column::default))
+            .collect(),
+    };
+    // Per run and dimension: local code -> table code.
+    let mut global: Vec<HashMap<String, u32>> = vec![HashMap::new(); dims.len()];
+    let remaps: Vec<Vec<Vec<u32>>> = runs
+        .iter()
+        .map(|run| {
+            dims.iter()
+                .enumerate()
+                .map(|(j, &d)| {
+                    run.dicts[j]
+                        .iter()
+                        .map(|v| {
+                            let col = out.dims[d].as_mut().expect("dimension loaded");
+                            *global[j].entry(v.clone()).or_insert_with(|| {
+                                col.dict.push(v.clone());
+                                (col.dict.len() - 1) as u32
+                            })
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    for &d in dims {
+        out.dims[d]
+            .as_mut()
+            .expect("dimension loaded")
+            .codes
+            .reserve(total);
+    }
+    let push = |out: &mut Rows, r: usize, i: usize| {
+        let run = &runs[r];
+        out.person.push(run.person[i]);
+        out.ts.push(run.ts[i]);
+        out.kind.push(run.kind[i]);
+        for (j, &d) in dims.iter().enumerate() {
+            let c = run.codes[j][i];
+            let col = out.dims[d].as_mut().expect("dimension loaded");
+            col.codes.push(if c == NO_VALUE {
+                NO_VALUE
+            } else {
+                remaps[r][j][c as usize]
+            });
+        }
+    };
+    let live: Vec<usize> = (0..runs.len())
+        .filter(|&r| !runs[r].ts.is_empty())
+        .collect();
+    if live.len() == 1 {
+        for i in 0..runs[live[0]].ts.len() {
+            push(&mut out, live[0], i);
+        }
+        return out;
+    }
+    let mut heap = std::collections::BinaryHeap::new();
+    for &r in &live {
+        heap.push(std::cmp::Reverse((runs[r].key(0), r, 0usize)));
+    }
+    while let Some(std::cmp::Reverse((_, r, i))) = heap.pop() {
+        push(&mut out, r, i);
+        if i + 1 < runs[r].ts.len() {
+            heap.push(std::cmp::Reverse((runs[r].key(i + 1), r, i + 1)));
+        }
+    }
+    out
 }
