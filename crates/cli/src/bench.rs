@@ -44,7 +44,7 @@ pub enum BenchCommand {
     /// Load generator: POST /v1/batch from many keep-alive connections, report events/s
     /// and latency
     #[command(
-        after_help = "Example:\n  throughline generate --brand headphones --persons 40000 --seed 1 --out events.jsonl\n  throughline bench http --url http://127.0.0.1:8080 --write-key wk_... \\\n      --clients 16 --batch 100 --messages 1000000 --file events.jsonl --server-pid 4242\n\nEvery message of the file should have its own messageId (the generator's do), so that\nnothing is deduplicated. Prints a JSON summary on stdout; `scripts/bench` runs it all."
+        after_help = "Example:\n  throughline generate --brand headphones --persons 61000 --seed 1 --out events.jsonl\n  throughline bench http --url http://127.0.0.1:8080 --write-key wk_... \\\n      --clients 16 --batch 100 --messages 1000000 --file events.jsonl --server-pid 4242\n\nEvery message of the file should have its own messageId (the generator's do), so that\nnothing is deduplicated. Prints a JSON summary on stdout; `scripts/bench` runs it all."
     )]
     Http(HttpArgs),
     /// Baseline: this disk's sequential write speed with an fsync after every chunk

@@ -160,6 +160,13 @@ pub fn serve_store(
 
 /// Opens a data directory for a one-off command: a clear error if a server holds it.
 pub fn open_store(data: &std::path::Path) -> Result<throughline_store::Store> {
+    open_store_with(data, Default::default())
+}
+
+pub fn open_store_with(
+    data: &std::path::Path,
+    options: throughline_store::ProjectOptions,
+) -> Result<throughline_store::Store> {
     if !data.join("catalog.json").exists() {
         anyhow::bail!(
             "{} is not a Throughline data directory (no catalog.json); create a project first: throughline projects create NAME --data {}",
@@ -167,5 +174,5 @@ pub fn open_store(data: &std::path::Path) -> Result<throughline_store::Store> {
             data.display()
         );
     }
-    Ok(throughline_store::Store::open(data, Default::default())?)
+    Ok(throughline_store::Store::open(data, options)?)
 }
