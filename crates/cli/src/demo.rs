@@ -198,7 +198,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         serde_json::to_writer(&mut out, &m)?;
         out.write_all(b"\n")?;
         n += 1;
-        if n % 8192 == 0 {
+        if n.is_multiple_of(8192) {
             progress.set_position(n);
         }
     }

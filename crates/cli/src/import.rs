@@ -186,7 +186,8 @@ pub fn import(
     progress: &ProgressBar,
     summary: &mut Summary,
 ) -> Result<()> {
-    let (name, mut next_chunk): (String, Box<dyn FnMut() -> Result<Option<Chunk>>>) = match source {
+    type NextChunk = Box<dyn FnMut() -> Result<Option<Chunk>>>;
+    let (name, mut next_chunk): (String, NextChunk) = match source {
         Source::Lines { name, mut reader } => {
             let mut line_no = 0u64;
             let n = name.clone();

@@ -51,9 +51,10 @@ pub fn export(args: ExportArgs) -> Result<()> {
         }
         Ok(())
     })
-    .or_else(|e| match failed.take() {
-        Some(f) => Err(anyhow::Error::from(f)),
-        None => Err(e.into()),
+    // A failed write stopped the scan; report the write's error, not the stop.
+    .map_err(|e| match failed.take() {
+        Some(f) => anyhow::Error::from(f),
+        None => e.into(),
     })?;
     let rows = exporter.rows();
     let mut out = exporter.finish()?;

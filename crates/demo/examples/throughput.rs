@@ -39,11 +39,15 @@ fn main() {
     for (name, n) in &names {
         println!("{n:>10}  {name}");
     }
+    if stats {
+        println!(
+            "~{:.0} JSON bytes per message",
+            bytes as f64 / total.max(1) as f64
+        );
+    }
     println!(
-        "{} persons, {total} messages ({:.1} per person), ~{:.0} bytes each, {secs:.2} s, {:.0} messages/s",
-        persons,
+        "{persons} persons, {total} messages ({:.1} per person), {secs:.2} s, {:.0} messages/s",
         total as f64 / persons as f64,
-        bytes as f64 / total.max(1) as f64,
         total as f64 / secs
     );
 }

@@ -24,6 +24,7 @@ pub(crate) struct Stream {
     cfg: DemoConfig,
     kit: Kit,
     next_person: usize,
+    end_person: usize,
     index: usize,
     person: Person,
     /// (draft index, retry delay in ms; 0 for the original), in reverse delivery order.
@@ -33,11 +34,12 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    pub(crate) fn new(cfg: DemoConfig) -> Stream {
+    pub(crate) fn new(cfg: DemoConfig, persons: std::ops::Range<usize>) -> Stream {
         Stream {
             kit: Kit::new(cfg.brand),
             cfg,
-            next_person: 0,
+            next_person: persons.start,
+            end_person: persons.end,
             index: 0,
             person: Person::default(),
             plan: Vec::new(),
@@ -65,7 +67,7 @@ impl Iterator for Stream {
                 let m = render(&self.kit, &self.person, draft, payload, retry_ms);
                 return Some((self.index, m));
             }
-            if self.next_person >= self.cfg.persons {
+            if self.next_person >= self.end_person {
                 return None;
             }
             self.index = self.next_person;

@@ -1,11 +1,12 @@
-//! One person's life with a brand, simulated as a timeline of jobs (a visit, an email
-//! send, a delivery, a renewal...), and the Segment messages each job emits.
+//! One person's life with a brand, simulated as a timeline of jobs (a visit, an e-mail
+//! send, a delivery, a renewal...), and the messages each job emits, kept as compact
+//! drafts that `render` turns into JSON on delivery.
 //!
 //! This module owns what both brands share: arrival, devices, sessions and the channel
-//! each one comes from, identification, e-mail with its fatigue, surveys, and turning a
-//! step into the exact JSON an SDK sends. The brand modules own their funnels and
-//! after-sales. Everything a person does depends only on (seed, person index), so a
-//! person is simulated alone, in any order, and the same way every time.
+//! each one comes from, identification, e-mail with its fatigue, surveys and affiliate
+//! cookies. The brand modules own their funnels and after-sales. Everything a person does
+//! depends only on (seed, person index), so a person is simulated alone, in any order,
+//! and the same way every time. Nothing here formats JSON or knows about delivery.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -113,7 +114,7 @@ pub(crate) enum Purpose {
     Support,
     /// Account work: returns, billing, cancelling.
     Account,
-    /// Using the product (the subscription app).
+    /// Using the product: the note app, or the headphones' companion app.
     Usage,
 }
 

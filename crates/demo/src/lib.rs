@@ -2,9 +2,20 @@
 //! brands over a couple of months, plus what the marketing cost.
 //!
 //! `throughline demo` loads it, tests use it as a reference data set and benchmarks use
-//! it at ten million events, so it is lazy (one person's messages in memory at a time),
-//! linear in the number of persons, and deterministic: the same [`DemoConfig`] yields the
-//! same bytes on every machine and release (the random generator is our own).
+//! it at ten million events, so it is lazy (one person's messages in memory at a time, as
+//! compact drafts rendered to JSON on delivery), linear in the number of persons, and
+//! deterministic: the same [`DemoConfig`] yields the same messages, and since the random
+//! generator is our own a dependency upgrade cannot change them (a test pins a digest).
+//! Each person is simulated from (seed, person index) alone, so persons are independent
+//! and a caller may generate ranges of persons in parallel.
+//!
+//! The brands: [`Brand::Headphones`] (Sonora, an online shop) and
+//! [`Brand::Subscription`] (Fieldnote, a note-taking app). Messages carry what
+//! analytics.js, analytics-swift/-kotlin and analytics-python put on the wire:
+//! `type`, `messageId`, `anonymousId` and/or `userId`, `timestamp` and `sentAt`,
+//! `event` or `name`, `properties`, `traits`, `previousId`, `groupId`, and `context`
+//! (`page`, `campaign` from the URL's UTM tags, `userAgent`, `ip`, `locale`,
+//! `timezone`, `library`, and `app`/`device`/`os` in the app).
 //!
 //! The data is meant to be analysed, so behaviour in it has causes: persons arrive over
 //! the range from the channels of [`catalog`], on one to three devices, and come back in
@@ -135,5 +146,16 @@ pub fn messages(cfg: &DemoConfig) -> impl Iterator<Item = Value> {
 /// identity resolution is measured against. A message from the shared family tablet
 /// belongs to whichever of the two users held it.
 pub fn labeled_messages(cfg: &DemoConfig) -> impl Iterator<Item = (usize, Value)> {
-    delivery::Stream::new(*cfg)
+    delivery::Stream::new(*cfg, 0..cfg.persons)
+}
+
+/// [`labeled_messages`] of the persons in `persons` only (clamped to `cfg.persons`): the
+/// same messages the full run yields for them, so ranges can be generated in parallel
+/// and concatenated.
+pub fn labeled_messages_in(
+    cfg: &DemoConfig,
+    persons: std::ops::Range<usize>,
+) -> impl Iterator<Item = (usize, Value)> {
+    let end = persons.end.min(cfg.persons);
+    delivery::Stream::new(*cfg, persons.start.min(end)..end)
 }

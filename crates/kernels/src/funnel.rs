@@ -46,13 +46,16 @@ impl Spec {
     }
 }
 
+/// (chain start, time of step k-1, time of step k).
+pub type ChainTimes = (Millis, Millis, Millis);
+
 /// What one person achieved: the deepest step, and for each reached step k the timestamps
 /// of the chain that reached it: its first event and the events at k-1 and k.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub level: usize,
     /// `at[k]` = (chain start, time of step k-1, time of step k) for k < level.
-    pub at: Vec<(Millis, Millis, Millis)>,
+    pub at: Vec<ChainTimes>,
 }
 
 /// Evaluates one person. `ts` is sorted ascending; `masks[i]` has bit k set when event i
@@ -88,7 +91,7 @@ fn ordered(spec: &Spec, ts: &[Millis], masks: &[u64], out: &mut Outcome) {
     let mut start = [UNSET; STEPS_MAX];
     let mut prev_at = [UNSET; STEPS_MAX];
     let mut at = [UNSET; STEPS_MAX];
-    let mut best: Option<(usize, Vec<(Millis, Millis, Millis)>)> = None;
+    let mut best: Option<(usize, Vec<ChainTimes>)> = None;
     let mut started = false;
     let mut i = 0;
     'events: while i < ts.len() {
@@ -170,7 +173,7 @@ fn snapshot(
     prev_at: &[Millis; STEPS_MAX],
     at: &[Millis; STEPS_MAX],
     level: usize,
-) -> Vec<(Millis, Millis, Millis)> {
+) -> Vec<ChainTimes> {
     (0..level).map(|k| (start[k], prev_at[k], at[k])).collect()
 }
 

@@ -227,8 +227,10 @@ pub fn run(
     ranked.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
     let journeys = of == "channels";
     // The Sankey diagram of the top paths: nodes per (position, label), links between them.
-    let mut nodes: HashMap<(usize, String), u64> = HashMap::new();
-    let mut links: HashMap<((usize, String), (usize, String)), u64> = HashMap::new();
+    // A node is (position, label).
+    type Node = (usize, String);
+    let mut nodes: HashMap<Node, u64> = HashMap::new();
+    let mut links: HashMap<(Node, Node), u64> = HashMap::new();
     for (path, (n, _, _)) in ranked.iter().take(limit) {
         for (k, label) in path.iter().enumerate() {
             *nodes.entry((k, label.clone())).or_default() += n;

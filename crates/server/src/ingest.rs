@@ -131,7 +131,7 @@ async fn handle(
     };
     let received_at = now_ms();
     let batch = {
-        let mut ids = state.ids.lock().expect("id generator lock");
+        let mut ids = state.id_generator();
         match kind {
             Some(k) => Batch::parse_single(&bytes, k, received_at, &mut ids),
             None => Batch::parse(&bytes, received_at, &mut ids),

@@ -10,7 +10,7 @@ mod metrics;
 mod query;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -27,7 +27,10 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub metrics: ServerMetrics,
     pub config: Config,
-    ids: Mutex<IdGen>,
+    /// Seeds per-request id generators: `ids_base + n` is unique per request, so requests
+    /// parse in parallel without sharing a generator.
+    ids_base: u64,
+    ids_next: std::sync::atomic::AtomicU64,
     /// Requests being handled at once; beyond it the server answers 503 instead of queueing.
     inflight: Semaphore,
 }
@@ -39,8 +42,19 @@ impl AppState {
             metrics: ServerMetrics::default(),
             inflight: Semaphore::new(config.http.inflight_requests_max),
             config,
-            ids: Mutex::new(IdGen::new(throughline_store::random_seed())),
+            ids_base: throughline_store::random_seed(),
+            ids_next: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+}
+
+impl AppState {
+    /// An id generator for one request's messages that arrive without a messageId.
+    pub fn id_generator(&self) -> IdGen {
+        let n = self
+            .ids_next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        IdGen::new(self.ids_base.wrapping_add(n))
     }
 }
 

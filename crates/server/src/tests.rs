@@ -88,7 +88,8 @@ fn stored_ids(f: &Fixture) -> Vec<String> {
 async fn every_validation_rule_answers_with_status_and_field() {
     let f = fixture("rules");
     let k = Some(f.key.as_str());
-    let cases: Vec<(&str, Value, Option<&str>, StatusCode, Option<&str>)> = vec![
+    type Case<'a> = (&'a str, Value, Option<&'a str>, StatusCode, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "/v1/track",
             json!({"event": "x"}),

@@ -524,6 +524,32 @@ fn in_segments(segments: &[Arc<Segment>], hash: u128) -> Result<bool, StoreError
     Ok(false)
 }
 
+/// The segments to merge next, if some size tier holds `min` of them: the tier of a
+/// segment is how many times `min` fits between the smallest segment and it, so merging a
+/// full tier yields one segment of the next tier.
+fn pick_tier(segments: &[Arc<Segment>], min: usize, rows_max: usize) -> Option<Vec<Arc<Segment>>> {
+    let min = min.max(2);
+    let small: Vec<&Arc<Segment>> = segments.iter().filter(|s| s.rows() < rows_max).collect();
+    let base = small.iter().map(|s| s.rows().max(1)).min()?;
+    let tier = |rows: usize| {
+        let mut t = 0;
+        let mut bound = base * min;
+        while rows.max(1) >= bound {
+            t += 1;
+            bound = bound.saturating_mul(min);
+        }
+        t
+    };
+    let mut tiers: std::collections::BTreeMap<usize, Vec<Arc<Segment>>> = Default::default();
+    for s in small {
+        tiers.entry(tier(s.rows())).or_default().push(s.clone());
+    }
+    tiers.into_values().find(|t| t.len() >= min).map(|mut t| {
+        t.truncate(min);
+        t
+    })
+}
+
 /// Deletes segment and snapshot files the manifest does not name: leftovers of a crash
 /// between writing a file and publishing the manifest that would have named it.
 fn remove_unlisted(dir: &Path, seg_dir: &Path, m: &Manifest) -> Result<(), StoreError> {
@@ -792,33 +818,23 @@ impl Writer {
         }
     }
 
-    /// Merges the smallest segments into one re-sorted by today's persons, so persons
-    /// stitched since the segments were written become contiguous again.
+    /// Size-tiered compaction: once `compact_segments_min` segments share a size tier
+    /// (tiers grow by that factor), they are merged into one re-sorted by today's persons,
+    /// so persons stitched since they were written become contiguous again. Each event is
+    /// rewritten about log(total / flush) times, not at every flush; segments that reached
+    /// `compact_rows_max` are left alone.
     fn maybe_compact(&mut self) -> Result<(), StoreError> {
         let picked: Vec<Arc<Segment>> = {
             let state = self.state.read().expect("state lock");
-            let mut small: Vec<Arc<Segment>> = state
-                .segments
-                .iter()
-                .filter(|s| s.rows() < self.options.compact_rows_max)
-                .cloned()
-                .collect();
-            if small.len() < self.options.compact_segments_min {
-                return Ok(());
+            match pick_tier(
+                &state.segments,
+                self.options.compact_segments_min,
+                self.options.compact_rows_max,
+            ) {
+                Some(p) => p,
+                None => return Ok(()),
             }
-            small.sort_by_key(|s| s.rows());
-            let mut total = 0;
-            small
-                .into_iter()
-                .take_while(|s| {
-                    total += s.rows();
-                    total <= self.options.compact_rows_max
-                })
-                .collect()
         };
-        if picked.len() < 2 {
-            return Ok(());
-        }
         self.rewrite(&picked, &HashSet::new())?;
         self.metrics.compactions.fetch_add(1, Ordering::Relaxed);
         Ok(())

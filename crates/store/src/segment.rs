@@ -73,6 +73,9 @@ pub fn write(
     })
 }
 
+/// Fills the buffer with one row's payload.
+type PayloadSource<'a> = dyn FnMut(usize, &mut Vec<u8>) -> Result<(), StoreError> + 'a;
+
 enum WriteError {
     Io(io::Error),
     Source(StoreError),
@@ -87,7 +90,7 @@ impl From<io::Error> for WriteError {
 fn write_inner(
     path: &Path,
     rows: &[RowMeta],
-    payload: &mut dyn FnMut(usize, &mut Vec<u8>) -> Result<(), StoreError>,
+    payload: &mut PayloadSource,
     hashes: &mut Vec<u128>,
 ) -> Result<(), WriteError> {
     let tmp = path.with_extension("seg.tmp");

@@ -262,3 +262,33 @@ fn a_second_process_cannot_take_a_held_directory() {
     let err = crate::DirLock::acquire(dir.path()).unwrap_err().to_string();
     assert!(err.contains(&std::process::id().to_string()), "{err}");
 }
+
+#[test]
+fn compaction_merges_segments_of_one_size_tier_only() {
+    let dir = TempDir::new("tiers");
+    let options = ProjectOptions {
+        compact_segments_min: 3,
+        compact_rows_max: 1_000_000,
+        ..ProjectOptions::default()
+    };
+    let p = ProjectStore::open("p", dir.path(), options).unwrap();
+    let mut id = 0;
+    let mut flush_rows = |p: &ProjectStore, n: u64| {
+        let batch: Vec<Event> = (id..id + n)
+            .map(|i| event(i, i % 7, i % 11, i as i64, false))
+            .collect();
+        id += n;
+        p.append(encode(&batch)).unwrap();
+        p.flush().unwrap();
+    };
+    // Two small segments and a big one: no tier holds three yet.
+    flush_rows(&p, 1000);
+    flush_rows(&p, 10);
+    flush_rows(&p, 10);
+    assert_eq!(p.stats().segments, 3);
+    // A third small one completes the small tier: those three merge, the big one stays.
+    flush_rows(&p, 10);
+    let rows: Vec<usize> = p.snapshot().segments().iter().map(|s| s.rows()).collect();
+    assert_eq!(rows, [1000, 30]);
+    assert_eq!(p.stats().events, 1030);
+}
