@@ -53,6 +53,9 @@ pub enum QueryCommand {
         /// End of the range, exclusive
         #[arg(long)]
         to: Option<String>,
+        /// One funnel per first-touch value: channel, source, medium, source_medium, campaign, content, landing_page
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Event counts and unique persons per day, week or month
     #[command(
@@ -150,6 +153,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             step_windows,
             from,
             to,
+            by,
         } => {
             let req = FunnelRequest {
                 steps,
@@ -162,23 +166,29 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     .collect(),
                 from,
                 to,
+                by,
             };
-            with_snapshot(&target, |snap| {
-                let r = throughline_query::funnel::run(snap, &req)?;
-                match target.format {
-                    Format::Json => output::json(&serde_json::to_value(&r)?),
-                    Format::Table => output::table(
-                        &[
-                            "step",
-                            "persons",
-                            "from previous",
-                            "from first",
-                            "median time",
-                        ],
-                        &r.steps
-                            .iter()
-                            .map(|s| {
+            let store = crate::open_store(&target.data)?;
+            let project = store.project(&target.project)?;
+            let rules = throughline_query::sessions::project_rules(project.dir())?;
+            let r = throughline_query::funnel::run(&project.snapshot(), &rules, &req)?;
+            match target.format {
+                Format::Json => output::json(&serde_json::to_value(&r)?),
+                Format::Table => {
+                    let mut groups = vec![(String::new(), &r.steps)];
+                    if let Some(b) = &r.breakdown {
+                        groups.extend(b.iter().map(|g| (g.value.clone(), &g.steps)));
+                    }
+                    let rows: Vec<Vec<String>> = groups
+                        .iter()
+                        .flat_map(|(value, steps)| {
+                            steps.iter().map(move |s| {
                                 vec![
+                                    if value.is_empty() {
+                                        "all".to_string()
+                                    } else {
+                                        value.clone()
+                                    },
                                     s.name.clone(),
                                     s.persons.to_string(),
                                     pct(s.conversion_from_previous),
@@ -187,11 +197,22 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                                         .map_or("-".into(), human_seconds),
                                 ]
                             })
-                            .collect::<Vec<_>>(),
-                    ),
+                        })
+                        .collect();
+                    output::table(
+                        &[
+                            "group",
+                            "step",
+                            "persons",
+                            "from previous",
+                            "from first",
+                            "median time",
+                        ],
+                        &rows,
+                    );
                 }
-                Ok(())
-            })
+            }
+            Ok(())
         }
         QueryCommand::Trends {
             target,

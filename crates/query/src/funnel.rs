@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use throughline_classify::Rules;
 use throughline_kernels::funnel::{self, Order, Outcome, Spec, EXCLUSION_BIT, STEPS_MAX};
 use throughline_model::Millis;
 use throughline_store::Snapshot;
@@ -33,6 +34,10 @@ pub struct FunnelRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// One funnel per value of the person's first touch in range: channel, source,
+    /// medium, source_medium, campaign, content or landing_page.
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 fn default_window() -> String {
@@ -43,6 +48,17 @@ fn default_window() -> String {
 pub struct FunnelResponse {
     pub order: String,
     pub window_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    pub steps: Vec<StepRow>,
+    /// With `by`: the funnel of each value, most persons first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<Vec<Breakdown>>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Breakdown {
+    pub value: String,
     pub steps: Vec<StepRow>,
 }
 
@@ -71,7 +87,11 @@ const HISTOGRAM_SECONDS: [u64; 9] = [
     60, 300, 900, 3600, 21_600, 86_400, 259_200, 604_800, 2_592_000,
 ];
 
-pub fn run(snap: &Snapshot, req: &FunnelRequest) -> Result<FunnelResponse, QueryError> {
+pub fn run(
+    snap: &Snapshot,
+    rules: &Rules,
+    req: &FunnelRequest,
+) -> Result<FunnelResponse, QueryError> {
     if req.steps.is_empty() {
         return Err(QueryError::invalid("a funnel needs at least one step"));
     }
@@ -171,45 +191,109 @@ pub fn run(snap: &Snapshot, req: &FunnelRequest) -> Result<FunnelResponse, Query
         .collect();
 
     let n = steps.len();
-    let mut reached = vec![0u64; n + 1];
-    let mut from_prev: Vec<Vec<u32>> = vec![Vec::new(); n];
-    let mut from_first: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let groups = match req.by.as_deref() {
+        None => None,
+        Some(by) => Some(crate::sessions::first_touch(snap, rules, from, to, by)?),
+    };
+    let mut total = Tally::new(n);
+    let mut by_group: HashMap<&str, Tally> = HashMap::new();
     let mut out = Outcome::default();
     for r in rows.persons() {
-        funnel::evaluate(&spec, &rows.ts[r.clone()], &masks[r], &mut out);
-        reached[out.level] += 1;
-        for (k, &(start, prev, at)) in out.at.iter().enumerate().skip(1) {
-            from_prev[k].push(secs(at - prev));
-            from_first[k].push(secs(at - start));
+        funnel::evaluate(&spec, &rows.ts[r.clone()], &masks[r.clone()], &mut out);
+        total.add(&out);
+        if let Some(g) = &groups {
+            let value = g
+                .get(&rows.person[r.start])
+                .map_or(NO_TOUCH, String::as_str);
+            by_group
+                .entry(value)
+                .or_insert_with(|| Tally::new(n))
+                .add(&out);
         }
     }
-    // persons[k] = reached at least k + 1 steps.
-    let mut persons = vec![0u64; n];
-    let mut acc = 0;
-    for k in (0..n).rev() {
-        acc += reached[k + 1];
-        persons[k] = acc;
-    }
-    let steps_out = (0..n)
-        .map(|k| StepRow {
-            name: steps[k].label.clone(),
-            persons: persons[k],
-            conversion_from_previous: (k > 0).then(|| ratio(persons[k], persons[k - 1])).flatten(),
-            conversion_from_first: ratio(persons[k], persons[0]),
-            median_seconds_to_convert: median(&mut from_prev[k]),
-            median_seconds_from_first: median(&mut from_first[k]),
-            time_to_convert_histogram: if k == 0 {
-                Vec::new()
-            } else {
-                histogram(&from_prev[k])
-            },
-        })
-        .collect();
+    let breakdown = groups.as_ref().map(|_| {
+        let mut rows: Vec<Breakdown> = by_group
+            .into_iter()
+            .map(|(value, t)| Breakdown {
+                value: value.to_string(),
+                steps: t.rows(&steps),
+            })
+            .filter(|b| b.steps[0].persons > 0)
+            .collect();
+        rows.sort_by(|a, b| {
+            b.steps[0]
+                .persons
+                .cmp(&a.steps[0].persons)
+                .then(a.value.cmp(&b.value))
+        });
+        rows.truncate(BREAKDOWN_VALUES_MAX);
+        rows
+    });
     Ok(FunnelResponse {
         order: req.order.clone().unwrap_or_else(|| "ordered".into()),
         window_seconds: window as f64 / 1000.0,
-        steps: steps_out,
+        by: req.by.clone(),
+        steps: total.rows(&steps),
+        breakdown,
     })
+}
+
+/// Persons without a visit in range have no first touch.
+const NO_TOUCH: &str = "(none)";
+/// Breakdown values listed, most persons first.
+pub const BREAKDOWN_VALUES_MAX: usize = 50;
+
+/// The per-step counts and conversion times of a set of persons.
+struct Tally {
+    reached: Vec<u64>,
+    from_prev: Vec<Vec<u32>>,
+    from_first: Vec<Vec<u32>>,
+}
+
+impl Tally {
+    fn new(n: usize) -> Tally {
+        Tally {
+            reached: vec![0; n + 1],
+            from_prev: vec![Vec::new(); n],
+            from_first: vec![Vec::new(); n],
+        }
+    }
+
+    fn add(&mut self, out: &Outcome) {
+        self.reached[out.level] += 1;
+        for (k, &(start, prev, at)) in out.at.iter().enumerate().skip(1) {
+            self.from_prev[k].push(secs(at - prev));
+            self.from_first[k].push(secs(at - start));
+        }
+    }
+
+    fn rows(mut self, steps: &[StepMatcher]) -> Vec<StepRow> {
+        let n = steps.len();
+        // persons[k] = reached at least k + 1 steps.
+        let mut persons = vec![0u64; n];
+        let mut acc = 0;
+        for k in (0..n).rev() {
+            acc += self.reached[k + 1];
+            persons[k] = acc;
+        }
+        (0..n)
+            .map(|k| StepRow {
+                name: steps[k].label.clone(),
+                persons: persons[k],
+                conversion_from_previous: (k > 0)
+                    .then(|| ratio(persons[k], persons[k - 1]))
+                    .flatten(),
+                conversion_from_first: ratio(persons[k], persons[0]),
+                median_seconds_to_convert: median(&mut self.from_prev[k]),
+                median_seconds_from_first: median(&mut self.from_first[k]),
+                time_to_convert_histogram: if k == 0 {
+                    Vec::new()
+                } else {
+                    histogram(&self.from_prev[k])
+                },
+            })
+            .collect()
+    }
 }
 
 fn secs(ms: Millis) -> u32 {

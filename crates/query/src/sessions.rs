@@ -122,6 +122,63 @@ impl<'r> Attributor<'r> {
     }
 }
 
+/// The first touch of every person with a visit in `[from, to)`: an attribute (`channel`,
+/// `source`, `medium`, `source_medium`, `campaign`, `content` or `landing_page`) of their
+/// first visit event.
+pub fn first_touch(
+    snap: &Snapshot,
+    rules: &Rules,
+    from: Option<Millis>,
+    to: Option<Millis>,
+    attribute: &str,
+) -> Result<HashMap<u32, String>, QueryError> {
+    let valid = [
+        "channel",
+        "source",
+        "medium",
+        "source_medium",
+        "campaign",
+        "content",
+        "landing_page",
+    ];
+    if !valid.contains(&attribute) {
+        return Err(QueryError::invalid(format!(
+            "unknown breakdown {attribute:?}: use one of {}",
+            valid.join(", ")
+        )));
+    }
+    let rows = load(
+        snap,
+        &Load {
+            from,
+            to,
+            dims: TOUCH_DIMS.to_vec(),
+            keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
+        },
+    )?;
+    let mut attributor = Attributor::new(rules);
+    let mut out = HashMap::new();
+    for r in rows.persons() {
+        let first = r.start;
+        let value = if attribute == "landing_page" {
+            rows.dim(1).get(first).unwrap_or("(not set)").to_string()
+        } else {
+            let i = attributor.attribute(&rows, first);
+            let t = attributor.touch(i);
+            match attribute {
+                "channel" => t.channel.clone(),
+                "source" => t.source.clone(),
+                "medium" => t.medium.clone(),
+                "source_medium" => format!("{} / {}", t.source, t.medium),
+                "campaign" => t.campaign.clone().unwrap_or_else(|| "(not set)".into()),
+                _ => t.content.clone().unwrap_or_else(|| "(not set)".into()),
+            }
+        };
+        out.insert(rows.person[first], value);
+    }
+    Ok(out)
+}
+
 /// Whether an event is part of a visit: a page or screen view, or any event with a page.
 pub fn is_visit(kind: u8, has_path: bool) -> bool {
     has_path || kind == EventType::Page.code() || kind == EventType::Screen.code()

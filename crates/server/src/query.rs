@@ -56,7 +56,10 @@ pub async fn run(
         let snap = store.snapshot();
         let value =
             match kind_for_task.as_str() {
-                "funnel" => to_json(throughline_query::funnel::run(&snap, &parse(&body)?)),
+                "funnel" => {
+                let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
+                to_json(throughline_query::funnel::run(&snap, &rules, &parse(&body)?))
+            }
                 "trends" => to_json(throughline_query::trends::run(&snap, &parse(&body)?)),
                 "retention" => to_json(throughline_query::retention::run(&snap, &parse(&body)?)),
                 "paths" => {

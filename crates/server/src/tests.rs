@@ -396,3 +396,86 @@ async fn the_openapi_document_describes_every_route() {
         );
     }
 }
+
+#[tokio::test]
+async fn breakdowns_and_sessions_reconcile_with_totals() {
+    let f = fixture("reconcile");
+    let api_key = f.state.store.catalog().get("shop").unwrap().api_key.clone();
+    let mut batch = Vec::new();
+    for (i, (source, medium)) in [
+        ("google", "cpc"),
+        ("newsletter", "email"),
+        ("", ""),
+        ("google", "cpc"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let url = if source.is_empty() {
+            "https://shop.example/".to_string()
+        } else {
+            format!("https://shop.example/?utm_source={source}&utm_medium={medium}")
+        };
+        let anon = format!("d{i}");
+        batch.push(json!({"type": "page", "anonymousId": anon, "timestamp": format!("2026-09-0{}T10:00:00Z", i + 1),
+                          "context": {"page": {"url": url, "path": "/"}}}));
+        batch.push(json!({"type": "track", "anonymousId": anon, "event": "Viewed", "timestamp": format!("2026-09-0{}T10:01:00Z", i + 1)}));
+        if i % 2 == 0 {
+            batch.push(json!({"type": "track", "anonymousId": anon, "event": "Bought", "timestamp": format!("2026-09-0{}T10:05:00Z", i + 1)}));
+        }
+    }
+    post(
+        &f,
+        "/v1/batch",
+        json!({"batch": batch}).to_string().into_bytes(),
+        Some(&f.key),
+        false,
+    )
+    .await;
+    let (s, v) = query(
+        &f,
+        "shop",
+        "funnel",
+        Some(&api_key),
+        json!({"steps": ["Viewed", "Bought"], "by": "channel"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for k in 0..2 {
+        let sum: u64 = v["breakdown"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["steps"][k]["persons"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            sum,
+            v["steps"][k]["persons"].as_u64().unwrap(),
+            "step {k}: {v}"
+        );
+    }
+    let paid = v["breakdown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["value"] == "Paid Search")
+        .unwrap();
+    assert_eq!(paid["steps"][0]["persons"], 2);
+    let (s, v) = query(
+        &f,
+        "shop",
+        "sessions",
+        Some(&api_key),
+        json!({"by": "channel"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let sum: u64 = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["sessions"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, v["total"]["sessions"].as_u64().unwrap());
+    assert_eq!(v["total"]["sessions"], 4);
+}
