@@ -177,7 +177,7 @@ pub fn run(
     let names = rows.dim(0);
     let paths = need_path.then(|| rows.dim(1));
     let mut cache: HashMap<(u8, u32, u32), u64> = HashMap::new();
-    let masks: Vec<u64> = (0..rows.len())
+    let mut masks: Vec<u64> = (0..rows.len())
         .map(|i| {
             let key = (
                 rows.kind[i],
@@ -189,6 +189,8 @@ pub fn run(
             })
         })
         .collect();
+
+    apply_filters(snap, &rows, &steps, &exclude, &mut masks)?;
 
     let n = steps.len();
     let groups = match req.by.as_deref() {
@@ -236,6 +238,49 @@ pub fn run(
         steps: total.rows(&steps),
         breakdown,
     })
+}
+
+/// Clears the step bits of events that match a step's name but fail its `where`
+/// conditions. Only events of those steps' names are decoded, once each.
+fn apply_filters(
+    snap: &Snapshot,
+    rows: &crate::rows::Rows,
+    steps: &[StepMatcher],
+    exclude: &[StepMatcher],
+    masks: &mut [u64],
+) -> Result<(), QueryError> {
+    let filtered: Vec<(u64, &StepMatcher)> = steps
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (1u64 << k, s))
+        .chain(exclude.iter().map(|x| (EXCLUSION_BIT, x)))
+        .filter(|(_, s)| !s.filters.is_empty())
+        .collect();
+    if filtered.is_empty() {
+        return Ok(());
+    }
+    let mut passing: Vec<std::collections::HashSet<u32>> = vec![Default::default(); filtered.len()];
+    let wanted = |name: &str| {
+        filtered
+            .iter()
+            .any(|(_, s)| s.needs_path() || s.matches(Some(name), None))
+    };
+    snap.for_each_event_named(wanted, |seq, e| {
+        for (j, (_, s)) in filtered.iter().enumerate() {
+            if s.filters.iter().all(|f| f.holds(&e)) {
+                passing[j].insert(seq);
+            }
+        }
+        Ok(())
+    })?;
+    for (i, m) in masks.iter_mut().enumerate() {
+        for (j, (bit, _)) in filtered.iter().enumerate() {
+            if *m & bit != 0 && !passing[j].contains(&rows.seq[i]) {
+                *m &= !bit;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Persons without a visit in range have no first touch.

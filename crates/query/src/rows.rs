@@ -26,6 +26,9 @@ impl Column {
 pub struct Rows {
     pub person: Vec<u32>,
     pub ts: Vec<Millis>,
+    /// Arrival number: the row's position in segment order, then log order, which
+    /// `Snapshot::for_each_event_named` reports too.
+    pub seq: Vec<u32>,
     pub kind: Vec<u8>,
     pub dims: Vec<Option<Column>>,
 }
@@ -262,6 +265,7 @@ fn merge(runs: Vec<Run>, dims: &[usize]) -> Rows {
     let mut out = Rows {
         person: Vec::with_capacity(total),
         ts: Vec::with_capacity(total),
+        seq: Vec::with_capacity(total),
         kind: Vec::with_capacity(total),
         dims: (0..DIM_COUNT)
             .map(|d| dims.contains(&d).then(Column::default))
@@ -300,6 +304,7 @@ fn merge(runs: Vec<Run>, dims: &[usize]) -> Rows {
         let run = &runs[r];
         out.person.push(run.person[i]);
         out.ts.push(run.ts[i]);
+        out.seq.push(run.seq[i]);
         out.kind.push(run.kind[i]);
         for (j, &d) in dims.iter().enumerate() {
             let c = run.codes[j][i];

@@ -48,10 +48,122 @@ pub fn parse_time_bound(text: &str) -> Result<Millis, QueryError> {
 /// What one funnel step (or exclusion) matches: event names, or page paths/names with `*`
 /// wildcards. `Order Completed|Checkout Started` is an OR-step; `page:/products/*`
 /// matches page views by path.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StepMatcher {
     pub label: String,
     pub alternatives: Vec<Alternative>,
+    /// `where` conditions on the event's properties, all of which must hold.
+    pub filters: Vec<Filter>,
+}
+
+/// One property condition: `revenue > 50`, `plan = 'pro'`, `context.page.path contains
+/// '/blog'`. A bare key reads `properties`; `context.`, `traits.` and `properties.` name
+/// the object explicitly; dots walk nested objects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Filter {
+    pub path: Vec<String>,
+    pub op: Op,
+    pub value: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Contains,
+}
+
+impl Filter {
+    fn parse(text: &str) -> Result<Filter, QueryError> {
+        let bad = || {
+            QueryError::invalid(format!("invalid condition {text:?}: use e.g. `revenue > 50`, `plan = 'pro'`, `url contains 'sale'`"))
+        };
+        let ops = [
+            (">=", Op::Ge),
+            ("<=", Op::Le),
+            ("!=", Op::Ne),
+            ("=", Op::Eq),
+            (">", Op::Gt),
+            ("<", Op::Lt),
+            (" contains ", Op::Contains),
+        ];
+        let (at, sym, op) = ops
+            .iter()
+            .filter_map(|&(sym, op)| text.find(sym).map(|at| (at, sym, op)))
+            .min_by_key(|&(at, sym, _)| (at, std::cmp::Reverse(sym.len())))
+            .ok_or_else(bad)?;
+        let key = text[..at].trim();
+        let raw = text[at + sym.len()..].trim();
+        if key.is_empty() || raw.is_empty() {
+            return Err(bad());
+        }
+        let mut path: Vec<String> = key.split('.').map(str::to_string).collect();
+        if !matches!(path[0].as_str(), "properties" | "context" | "traits") {
+            path.insert(0, "properties".into());
+        }
+        let quoted = (raw.starts_with('\'') && raw.ends_with('\'') && raw.len() >= 2)
+            || (raw.starts_with('"') && raw.ends_with('"') && raw.len() >= 2);
+        let value = if quoted {
+            serde_json::Value::String(raw[1..raw.len() - 1].to_string())
+        } else {
+            serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_string()))
+        };
+        if matches!(op, Op::Gt | Op::Ge | Op::Lt | Op::Le) && !value.is_number() {
+            return Err(QueryError::invalid(format!(
+                "condition {text:?}: `{}` needs a number",
+                sym.trim()
+            )));
+        }
+        Ok(Filter { path, op, value })
+    }
+
+    /// Whether the event satisfies the condition; a missing property satisfies only `!=`.
+    pub fn holds(&self, e: &throughline_model::Event) -> bool {
+        let root = match self.path[0].as_str() {
+            "context" => &e.context,
+            "traits" => &e.traits,
+            _ => &e.properties,
+        };
+        let mut v = root.get(&self.path[1..].first().cloned().unwrap_or_default());
+        for k in self.path.iter().skip(2) {
+            v = v.and_then(|x| x.get(k));
+        }
+        let Some(v) = v else { return self.op == Op::Ne };
+        let num = |x: &serde_json::Value| {
+            x.as_f64()
+                .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+        };
+        match self.op {
+            Op::Eq | Op::Ne => {
+                let same = match (num(v), num(&self.value)) {
+                    (Some(a), Some(b)) if v.is_number() || self.value.is_number() => a == b,
+                    _ => text_of(v) == text_of(&self.value),
+                };
+                same == (self.op == Op::Eq)
+            }
+            Op::Contains => text_of(v).contains(&text_of(&self.value)),
+            _ => match (num(v), num(&self.value)) {
+                (Some(a), Some(b)) => match self.op {
+                    Op::Gt => a > b,
+                    Op::Ge => a >= b,
+                    Op::Lt => a < b,
+                    _ => a <= b,
+                },
+                _ => false,
+            },
+        }
+    }
+}
+
+fn text_of(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,12 +178,23 @@ impl StepMatcher {
         if label.is_empty() {
             return Err(QueryError::invalid("a step needs an event name"));
         }
-        if label.contains(" where ") {
+        let (events, conditions) = match label.split_once(" where ") {
+            Some((e, c)) => (e.trim(), Some(c)),
+            None => (label.as_str(), None),
+        };
+        let filters = match conditions {
+            Some(c) => c
+                .split(" and ")
+                .map(|f| Filter::parse(f.trim()))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        if events.is_empty() {
             return Err(QueryError::invalid(format!(
-                "step {label:?}: property filters (`where`) are not supported yet; use the event name"
+                "step {label:?} needs an event name before `where`"
             )));
         }
-        let alternatives = label
+        let alternatives = events
             .split('|')
             .map(|a| {
                 let a = a.trim();
@@ -84,6 +207,7 @@ impl StepMatcher {
         Ok(StepMatcher {
             label,
             alternatives,
+            filters,
         })
     }
 
@@ -154,6 +278,45 @@ mod tests {
         assert!(!m.matches(Some("Checkout"), Some("/cart")));
         assert!(wildcard("/p/*/x*", "/p/a/xyz"));
         assert!(!wildcard("/p/*/x", "/p/a/y"));
-        assert!(StepMatcher::parse("A where revenue > 5").is_err());
+        assert!(StepMatcher::parse("A where revenue > cheap").is_err());
+        assert!(
+            StepMatcher::parse("A where").is_err()
+                || StepMatcher::parse("A where").unwrap().filters.is_empty()
+        );
+    }
+
+    #[test]
+    fn property_filters() {
+        let m =
+            StepMatcher::parse("Order Completed where revenue >= 50 and currency = 'USD'").unwrap();
+        assert_eq!(
+            m.alternatives,
+            [Alternative::Name("Order Completed".into())]
+        );
+        let event = |props: serde_json::Value| {
+            let mut e: throughline_model::Event = serde_json::from_value(serde_json::json!({
+                "message_id": "m", "type": "track", "timestamp": 0, "received_at": 0}))
+            .unwrap();
+            e.properties = props.as_object().unwrap().clone();
+            e
+        };
+        let holds = |e: &throughline_model::Event| m.filters.iter().all(|f| f.holds(e));
+        assert!(holds(&event(
+            serde_json::json!({"revenue": 50, "currency": "USD"})
+        )));
+        assert!(holds(&event(
+            serde_json::json!({"revenue": "99.5", "currency": "USD"})
+        )));
+        assert!(!holds(&event(
+            serde_json::json!({"revenue": 49.9, "currency": "USD"})
+        )));
+        assert!(!holds(&event(serde_json::json!({"currency": "USD"}))));
+        let nested = StepMatcher::parse("X where context.page.path contains '/blog'").unwrap();
+        let mut e = event(serde_json::json!({}));
+        e.context = serde_json::json!({"page": {"path": "/blog/post"}})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(nested.filters[0].holds(&e));
     }
 }

@@ -497,6 +497,38 @@ impl Snapshot<'_> {
         Ok(())
     }
 
+    /// Visits the events whose name passes `wanted`, decoding only those, with their
+    /// arrival number (segment rows in order, then the log: the numbering query loaders
+    /// use to join back to scan columns).
+    pub fn for_each_event_named(
+        &self,
+        wanted: impl Fn(&str) -> bool,
+        mut visit: impl FnMut(u32, Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut first = 0u32;
+        for seg in &self.state.segments {
+            let (codes, dict) = seg.dim("name")?;
+            let keep: Vec<bool> = dict.iter().map(|n| wanted(n)).collect();
+            if keep.iter().any(|&k| k) {
+                seg.for_each_payload(|row, payload| {
+                    let c = codes[row];
+                    if c != crate::segment::NO_VALUE && keep[c as usize] {
+                        visit(first + row as u32, decode(&seg.path, payload)?)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            first += seg.rows() as u32;
+        }
+        let mem = &self.state.mem;
+        for (i, r) in mem.rows.iter().enumerate() {
+            if r.dims[0].as_deref().is_some_and(&wanted) {
+                visit(first + i as u32, decode(Path::new("wal"), mem.payload(r))?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Scan columns of the events still in the log, in arrival order.
     pub fn log_rows(&self) -> impl Iterator<Item = LogRow<'_>> {
         self.state.mem.rows.iter().map(|r| LogRow {
