@@ -2,6 +2,7 @@
 //!
 //! Each subcommand lives in its own module; this file only declares the command line.
 
+mod assets;
 mod bench;
 mod demo;
 mod import;
@@ -85,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         command: query::QueryCommand,
     },
+    /// The asset registry: the ads, creatives, emails, campaigns, pages and posts touches come through
+    Assets {
+        #[command(subcommand)]
+        command: assets::AssetsCommand,
+    },
     /// Counts of a project's store: events, segments, events still in the log, ids
     #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
     Stats(people::StatsArgs),
@@ -127,6 +133,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => demo::generate(args),
         Command::Stats(args) => people::stats(args),
         Command::Query { command } => query::run(command),
+        Command::Assets { command } => assets::run(command),
         Command::Bench { command } => bench::run(command),
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use throughline_query::assets::AssetsRequest;
 use throughline_query::funnel::FunnelRequest;
 use throughline_query::paths::PathsRequest;
 use throughline_query::retention::RetentionRequest;
@@ -118,6 +119,33 @@ pub enum QueryCommand {
         from: Option<String>,
         #[arg(long)]
         to: Option<String>,
+    },
+    /// One scorecard row per asset: reach, sessions, bounce, engaged time, conversions, revenue, funnel drop-off
+    #[command(
+        after_help = "Examples:\n  throughline query assets --data ./data --project shop --conversion 'Order Completed' --value revenue --format table\n  throughline query assets --data ./data --project shop --conversion 'Signed Up' --window 30d --from 2026-09-01 --to 2026-10-01\n\nA session's asset is its utm_content, else its utm_campaign, else its landing page path, named by the\nregistry (throughline assets import) by id or destination URL; unregistered assets are listed by that value.\nConversions: persons and sessions followed by the event within --window of the session's start, and\nconversion events credited last-touch to the latest session before them within the window."
+    )]
+    Assets {
+        #[command(flatten)]
+        target: Target,
+        /// The conversion event: a name, `A|B`, `page:/path`, or `NAME where revenue > 50`
+        #[arg(long)]
+        conversion: String,
+        /// How long after a session's start a conversion counts for its asset: 30m, 12h, 7d
+        #[arg(long, default_value = "7d")]
+        window: String,
+        /// A numeric property of the conversion events to sum as revenue, e.g. revenue
+        #[arg(long)]
+        value: Option<String>,
+        /// Inactivity that ends a session
+        #[arg(long, default_value = "30m")]
+        timeout: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// Rows listed, most sessions first (the rest are summed as omitted)
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
     },
     /// Cohorts by first start event and the share returning in each period
     #[command(
@@ -336,6 +364,97 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                         })
                         .collect::<Vec<_>>(),
                 ),
+            }
+            Ok(())
+        }
+        QueryCommand::Assets {
+            target,
+            conversion,
+            window,
+            value,
+            timeout,
+            from,
+            to,
+            limit,
+        } => {
+            let req = AssetsRequest {
+                conversion,
+                window,
+                value,
+                timeout: Some(timeout),
+                from,
+                to,
+                limit: Some(limit),
+            };
+            let store = crate::open_store(&target.data)?;
+            let project = store.project(&target.project)?;
+            let rules = throughline_query::sessions::project_rules(project.dir())?;
+            let registry = throughline_query::assets::Registry::load(project.dir())?;
+            let r = throughline_query::assets::run(&project.snapshot(), &rules, &registry, &req)?;
+            match target.format {
+                Format::Json => output::json(&serde_json::to_value(&r)?),
+                Format::Table => {
+                    let line = |asset: String,
+                                kind: String,
+                                s: &throughline_query::assets::Scores,
+                                funnel: String| {
+                        vec![
+                            asset,
+                            kind,
+                            s.sessions.to_string(),
+                            s.persons.to_string(),
+                            pct(s.bounce_rate),
+                            s.avg_engaged_seconds.map_or("-".into(), human_seconds),
+                            s.converted_persons.to_string(),
+                            pct(s.conversion_rate),
+                            s.conversions.to_string(),
+                            s.revenue.map_or("-".into(), |v| format!("{v:.2}")),
+                            funnel,
+                        ]
+                    };
+                    let mut rows: Vec<Vec<String>> = r
+                        .rows
+                        .iter()
+                        .map(|a| {
+                            let funnel = a.funnel.as_ref().map_or(String::new(), |steps| {
+                                steps
+                                    .iter()
+                                    .map(|f| {
+                                        format!("{} {}", f.name, pct(f.conversion_from_previous))
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join(" > ")
+                            });
+                            let kind = a
+                                .kind
+                                .clone()
+                                .unwrap_or_else(|| format!("({})", a.keyed_by));
+                            line(a.asset.clone(), kind, &a.scores, funnel)
+                        })
+                        .collect();
+                    rows.push(line(
+                        "all".into(),
+                        String::new(),
+                        &r.total.scores,
+                        String::new(),
+                    ));
+                    output::table(
+                        &[
+                            "asset",
+                            "kind",
+                            "sessions",
+                            "persons",
+                            "bounce rate",
+                            "avg engaged",
+                            "converted",
+                            "conv rate",
+                            "last-touch conv",
+                            "revenue",
+                            "funnel",
+                        ],
+                        &rows,
+                    );
+                }
             }
             Ok(())
         }

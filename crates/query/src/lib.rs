@@ -5,6 +5,7 @@
 //! by (person, time); then a kernel walks each person's run of rows once. Requests and
 //! answers are serde types, identical for the CLI and the HTTP API.
 
+pub mod assets;
 mod error;
 pub mod funnel;
 pub mod paths;

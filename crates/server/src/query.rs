@@ -75,10 +75,22 @@ pub async fn run(
                         &parse(&body)?,
                     ))
                 }
+                "assets" => {
+                    let rules = throughline_query::sessions::project_rules(store.dir())
+                        .map_err(query_error)?;
+                    let registry = throughline_query::assets::Registry::load(store.dir())
+                        .map_err(query_error)?;
+                    to_json(throughline_query::assets::run(
+                        &snap,
+                        &rules,
+                        &registry,
+                        &parse(&body)?,
+                    ))
+                }
                 other => return Err(AppError::new(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "unknown query kind {other:?}: use funnel, trends, retention, sessions or paths"
+                        "unknown query kind {other:?}: use funnel, trends, retention, sessions, paths or assets"
                     ),
                 )),
             }?;

@@ -380,7 +380,14 @@ async fn the_openapi_document_describes_every_route() {
     ] {
         assert!(paths.contains_key(p), "{p} undocumented");
     }
-    for kind in ["funnel", "trends", "retention", "sessions", "paths"] {
+    for kind in [
+        "funnel",
+        "trends",
+        "retention",
+        "sessions",
+        "paths",
+        "assets",
+    ] {
         assert!(
             paths.contains_key(&format!("/api/v1/projects/{{project}}/query/{kind}")),
             "{kind} undocumented"
