@@ -74,6 +74,9 @@ pub enum QueryCommand {
         from: Option<String>,
         #[arg(long)]
         to: Option<String>,
+        /// Split by first-touch channel, source, medium, source_medium, campaign, content or landing_page
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Sessions, engaged sessions and bounce rate by channel, source, campaign, landing page or day
     #[command(
@@ -248,34 +251,38 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             interval,
             from,
             to,
+            by,
         } => {
             let req = TrendsRequest {
                 events,
                 interval: Interval::parse(&interval)?,
                 from,
                 to,
+                by,
             };
-            with_snapshot(&target, |snap| {
-                let r = throughline_query::trends::run(snap, &req)?;
-                match target.format {
-                    Format::Json => output::json(&serde_json::to_value(&r)?),
-                    Format::Table => output::table(
-                        &["date", "event", "events", "persons"],
-                        &r.rows
-                            .iter()
-                            .map(|t| {
-                                vec![
-                                    t.date.clone(),
-                                    t.event.clone(),
-                                    t.events.to_string(),
-                                    t.persons.to_string(),
-                                ]
-                            })
-                            .collect::<Vec<_>>(),
-                    ),
-                }
-                Ok(())
-            })
+            let store = crate::open_store(&target.data)?;
+            let project = store.project(&target.project)?;
+            let rules = throughline_query::sessions::project_rules(project.dir())?;
+            let r = throughline_query::trends::run(&project.snapshot(), &rules, &req)?;
+            match target.format {
+                Format::Json => output::json(&serde_json::to_value(&r)?),
+                Format::Table => output::table(
+                    &["date", "event", "group", "events", "persons"],
+                    &r.rows
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                t.date.clone(),
+                                t.event.clone(),
+                                t.group.clone().unwrap_or_default(),
+                                t.events.to_string(),
+                                t.persons.to_string(),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            Ok(())
         }
         QueryCommand::Sessions {
             target,

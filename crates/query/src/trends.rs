@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
+use throughline_classify::Rules;
 use throughline_model::{format_ms, Millis};
 use throughline_store::Snapshot;
 
@@ -79,12 +80,18 @@ pub struct TrendsRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// Split by each person's first touch in range: channel, source, medium,
+    /// source_medium, campaign, content or landing_page.
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct TrendRow {
     pub date: String,
     pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub events: u64,
     pub persons: u64,
 }
@@ -97,7 +104,11 @@ pub struct TrendsResponse {
     pub totals: Vec<TrendRow>,
 }
 
-pub fn run(snap: &Snapshot, req: &TrendsRequest) -> Result<TrendsResponse, QueryError> {
+pub fn run(
+    snap: &Snapshot,
+    rules: &Rules,
+    req: &TrendsRequest,
+) -> Result<TrendsResponse, QueryError> {
     if req.events.is_empty() {
         return Err(QueryError::invalid("trends need at least one event"));
     }
@@ -122,49 +133,79 @@ pub fn run(snap: &Snapshot, req: &TrendsRequest) -> Result<TrendsResponse, Query
     )?;
     let names = rows.dim(0);
     let paths = need_path.then(|| rows.dim(1));
-    let mut counts: BTreeMap<(i32, usize), (u64, u64)> = BTreeMap::new();
-    let mut totals = vec![(0u64, 0u64); matchers.len()];
+    let groups = match req.by.as_deref() {
+        None => None,
+        Some(by) => Some(crate::sessions::first_touch(snap, rules, from, to, by)?),
+    };
+    // Keyed by (period, event, group); the group is "" without a breakdown.
+    let mut counts: BTreeMap<(i32, usize, &str), (u64, u64)> = BTreeMap::new();
+    let mut totals: BTreeMap<(usize, &str), (u64, u64)> = BTreeMap::new();
     let mut seen: HashSet<(i32, usize)> = HashSet::new();
     let mut seen_total: HashSet<usize> = HashSet::new();
     for r in rows.persons() {
         seen.clear();
         seen_total.clear();
+        let group = match &groups {
+            Some(g) => g
+                .get(&rows.person[r.start])
+                .map_or("(none)", String::as_str),
+            None => "",
+        };
         for i in r {
             let bucket = req.interval.index(rows.ts[i]);
             for (e, m) in matchers.iter().enumerate() {
                 if m.matches_event(rows.kind[i], names.get(i), paths.and_then(|p| p.get(i))) {
-                    let c = counts.entry((bucket, e)).or_default();
+                    let c = counts.entry((bucket, e, group)).or_default();
                     c.0 += 1;
-                    totals[e].0 += 1;
+                    let t = totals.entry((e, group)).or_default();
+                    t.0 += 1;
                     if seen.insert((bucket, e)) {
                         c.1 += 1;
                     }
                     if seen_total.insert(e) {
-                        totals[e].1 += 1;
+                        t.1 += 1;
                     }
                 }
             }
         }
     }
+    let group_of = |g: &str| groups.is_some().then(|| g.to_string());
     Ok(TrendsResponse {
         interval: req.interval,
         rows: counts
             .into_iter()
-            .map(|((b, e), (events, persons))| TrendRow {
+            .map(|((b, e, g), (events, persons))| TrendRow {
                 date: req.interval.label(b),
                 event: matchers[e].label.clone(),
+                group: group_of(g),
                 events,
                 persons,
             })
             .collect(),
-        totals: totals
-            .into_iter()
-            .enumerate()
-            .map(|(e, (events, persons))| TrendRow {
-                date: String::new(),
-                event: matchers[e].label.clone(),
-                events,
-                persons,
+        // Every event has a total row, zero when it never happened.
+        totals: (0..matchers.len())
+            .flat_map(|e| {
+                let mut rows: Vec<TrendRow> = totals
+                    .iter()
+                    .filter(|((te, _), _)| *te == e)
+                    .map(|((_, g), &(events, persons))| TrendRow {
+                        date: String::new(),
+                        event: matchers[e].label.clone(),
+                        group: group_of(g),
+                        events,
+                        persons,
+                    })
+                    .collect();
+                if rows.is_empty() && groups.is_none() {
+                    rows.push(TrendRow {
+                        date: String::new(),
+                        event: matchers[e].label.clone(),
+                        group: None,
+                        events: 0,
+                        persons: 0,
+                    });
+                }
+                rows
             })
             .collect(),
     })

@@ -60,7 +60,10 @@ pub async fn run(
                 let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
                 to_json(throughline_query::funnel::run(&snap, &rules, &parse(&body)?))
             }
-                "trends" => to_json(throughline_query::trends::run(&snap, &parse(&body)?)),
+                "trends" => {
+                let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
+                to_json(throughline_query::trends::run(&snap, &rules, &parse(&body)?))
+            }
                 "retention" => to_json(throughline_query::retention::run(&snap, &parse(&body)?)),
                 "paths" => {
                 let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
