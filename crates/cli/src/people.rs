@@ -1,14 +1,12 @@
 //! `export`, `profile`, `delete-person` and `stats`: reading and erasing what is stored.
 
-use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use throughline_formats::{ExportFormat, ExportRow, Exporter};
-use throughline_model::{format_ms, EventType};
 
 use crate::output::{self, Format};
 
@@ -76,103 +74,70 @@ pub struct ProfileArgs {
     pub id: String,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// Timeline entries to show, newest first
+    #[arg(long, default_value_t = 50)]
+    pub timeline: usize,
 }
 
 pub fn profile(args: ProfileArgs) -> Result<()> {
     let store = crate::open_store(&args.data)?;
     let project = store.project(&args.project)?;
     let snap = project.snapshot();
-    let identity = snap.identity();
-    let person = identity.find_person(&args.id).with_context(|| {
-        format!(
-            "no person with id {:?} in project {}",
-            args.id, args.project
-        )
-    })?;
-    let nodes: HashSet<u32> = (0..identity.node_count() as u32)
-        .filter(|&n| identity.person_of(n) == person)
-        .collect();
-    let mut traits: BTreeMap<String, (i64, Value)> = BTreeMap::new();
-    let (mut first, mut last, mut count) = (i64::MAX, i64::MIN, 0u64);
-    let mut by_event: BTreeMap<String, u64> = BTreeMap::new();
-    let mut channels_seen: BTreeMap<String, u64> = BTreeMap::new();
-    snap.for_each_event(|e, node| {
-        if !nodes.contains(&node) {
-            return Ok(());
-        }
-        count += 1;
-        first = first.min(e.timestamp);
-        last = last.max(e.timestamp);
-        let label = e
-            .event
-            .clone()
-            .unwrap_or_else(|| e.event_type.as_str().to_string());
-        *by_event.entry(label).or_default() += 1;
-        if let Some(src) = &e.utm.source {
-            *channels_seen.entry(src.clone()).or_default() += 1;
-        }
-        // Latest wins, by event time, across identify traits and context.traits.
-        let mut merge = |m: &Map<String, Value>| {
-            for (k, v) in m {
-                let newer = traits.get(k).is_none_or(|(t, _)| e.timestamp >= *t);
-                if newer {
-                    traits.insert(k.clone(), (e.timestamp, v.clone()));
-                }
-            }
-        };
-        if matches!(e.event_type, EventType::Identify | EventType::Group) {
-            merge(&e.traits);
-        }
-        if let Some(Value::Object(t)) = e.context.get("traits") {
-            merge(t);
-        }
-        Ok(())
-    })?;
-    let ids: Vec<Value> = identity
-        .ids_of(person)
-        .into_iter()
-        .map(|(kind, id)| json!({"kind": kind, "id": id}))
-        .collect();
-    let traits: Map<String, Value> = traits.into_iter().map(|(k, (_, v))| (k, v)).collect();
-    let profile = json!({
-        "person_id": identity.canonical_id(person),
-        "ids": ids,
-        "traits": traits,
-        "first_seen": (count > 0).then(|| format_ms(first)),
-        "last_seen": (count > 0).then(|| format_ms(last)),
-        "event_count": count,
-        "events": by_event,
-        "utm_sources": channels_seen,
-    });
+    let p =
+        throughline_query::profile::run(&snap, &args.id, args.timeline)?.with_context(|| {
+            format!(
+                "no person with id {:?} in project {}",
+                args.id, args.project
+            )
+        })?;
     match args.format {
-        Format::Json => output::json(&profile),
+        Format::Json => output::json(&serde_json::to_value(&p)?),
         Format::Table => {
             let mut rows = vec![
-                vec![
-                    "person_id".into(),
-                    identity.canonical_id(person).to_string(),
-                ],
-                vec!["event_count".into(), count.to_string()],
+                vec!["person_id".into(), p.person_id.clone()],
+                vec!["event_count".into(), p.event_count.to_string()],
                 vec![
                     "first_seen".into(),
-                    profile["first_seen"].as_str().unwrap_or("-").to_string(),
+                    p.first_seen.clone().unwrap_or_else(|| "-".into()),
                 ],
                 vec![
                     "last_seen".into(),
-                    profile["last_seen"].as_str().unwrap_or("-").to_string(),
+                    p.last_seen.clone().unwrap_or_else(|| "-".into()),
                 ],
             ];
-            for (kind, id) in identity.ids_of(person) {
+            for id in &p.ids {
+                let kind = serde_json::to_value(id.kind)?;
                 rows.push(vec![
-                    format!(
-                        "id ({})",
-                        serde_json::to_value(kind)?.as_str().unwrap_or("")
-                    ),
-                    id.to_string(),
+                    format!("id ({})", kind.as_str().unwrap_or("")),
+                    id.id.clone(),
                 ]);
             }
-            for (k, v) in &traits {
+            for (k, v) in &p.traits {
                 rows.push(vec![format!("trait {k}"), v.to_string()]);
+            }
+            for t in &p.timeline {
+                let what = t
+                    .event
+                    .clone()
+                    .unwrap_or_else(|| t.event_type.as_str().to_string());
+                let via = [t.utm_source.as_deref(), t.utm_medium.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("/");
+                rows.push(vec![
+                    t.timestamp.clone(),
+                    format!(
+                        "{what}  {}  [{}]{}",
+                        t.path.as_deref().unwrap_or(""),
+                        t.sent_as,
+                        if via.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" via {via}")
+                        }
+                    ),
+                ]);
             }
             output::table(&["field", "value"], &rows);
         }

@@ -57,6 +57,16 @@ pub enum QueryCommand {
         /// One funnel per first-touch value: channel, source, medium, source_medium, campaign, content, landing_page
         #[arg(long)]
         by: Option<String>,
+        /// Drill-down: list the persons at this step (1-based)
+        #[arg(long = "persons-at")]
+        persons_step: Option<usize>,
+        /// With --persons-at: converted (reached the step) or dropped (reached it, not the next)
+        #[arg(long = "persons-status", default_value = "converted")]
+        persons_status: String,
+        #[arg(long = "persons-offset", default_value_t = 0)]
+        persons_offset: usize,
+        #[arg(long = "persons-limit", default_value_t = 100)]
+        persons_limit: usize,
     },
     /// Event counts and unique persons per day, week or month
     #[command(
@@ -185,6 +195,10 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             from,
             to,
             by,
+            persons_step,
+            persons_status,
+            persons_offset,
+            persons_limit,
         } => {
             let req = FunnelRequest {
                 steps,
@@ -198,6 +212,12 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
                 by,
+                persons: persons_step.map(|step| throughline_query::funnel::PersonsRequest {
+                    step,
+                    status: persons_status,
+                    offset: persons_offset,
+                    limit: persons_limit,
+                }),
             };
             let store = crate::open_store(&target.data)?;
             let project = store.project(&target.project)?;

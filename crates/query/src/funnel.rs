@@ -38,6 +38,45 @@ pub struct FunnelRequest {
     /// medium, source_medium, campaign, content or landing_page.
     #[serde(default)]
     pub by: Option<String>,
+    /// Drill-down: list the persons who converted at a step or dropped after it.
+    #[serde(default)]
+    pub persons: Option<PersonsRequest>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonsRequest {
+    /// 1-based step.
+    pub step: usize,
+    /// `converted` (reached at least this step) or `dropped` (reached it, not the next).
+    #[serde(default = "default_status")]
+    pub status: String,
+    #[serde(default)]
+    pub offset: usize,
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_status() -> String {
+    "converted".into()
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// Persons listed per page at most.
+pub const PERSONS_PAGE_MAX: usize = 1000;
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PersonsPage {
+    pub step: usize,
+    pub status: String,
+    pub total: u64,
+    pub offset: usize,
+    /// Each person's id; `GET /api/v1/projects/{project}/persons/{id}` (or `throughline
+    /// profile --id`) shows their timeline.
+    pub person_ids: Vec<String>,
 }
 
 fn default_window() -> String {
@@ -54,6 +93,8 @@ pub struct FunnelResponse {
     /// With `by`: the funnel of each value, most persons first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breakdown: Option<Vec<Breakdown>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persons: Option<PersonsPage>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -197,12 +238,49 @@ pub fn run(
         None => None,
         Some(by) => Some(crate::sessions::first_touch(snap, rules, from, to, by)?),
     };
+    let drill = match &req.persons {
+        None => None,
+        Some(p) => {
+            if p.step == 0 || p.step > n {
+                return Err(QueryError::invalid(format!(
+                    "persons.step must be between 1 and {n}"
+                )));
+            }
+            if !matches!(p.status.as_str(), "converted" | "dropped") {
+                return Err(QueryError::invalid(
+                    "persons.status is `converted` or `dropped`",
+                ));
+            }
+            if p.limit > PERSONS_PAGE_MAX {
+                return Err(QueryError::invalid(format!(
+                    "persons.limit is at most {PERSONS_PAGE_MAX}"
+                )));
+            }
+            Some(p)
+        }
+    };
+    let mut drilled: Vec<u32> = Vec::new();
+    let mut drilled_total = 0u64;
     let mut total = Tally::new(n);
     let mut by_group: HashMap<&str, Tally> = HashMap::new();
     let mut out = Outcome::default();
     for r in rows.persons() {
         funnel::evaluate(&spec, &rows.ts[r.clone()], &masks[r.clone()], &mut out);
         total.add(&out);
+        if let Some(p) = drill {
+            let hit = if p.status == "converted" {
+                out.level >= p.step
+            } else {
+                out.level == p.step
+            };
+            if hit {
+                // Only the requested page is kept: memory stays bounded by the page size.
+                if drilled_total as usize >= p.offset && drilled.len() < p.limit {
+                    drilled.push(rows.person[r.start]);
+                }
+                drilled_total += 1;
+            }
+        }
         if let Some(g) = &groups {
             let value = g
                 .get(&rows.person[r.start])
@@ -237,6 +315,16 @@ pub fn run(
         by: req.by.clone(),
         steps: total.rows(&steps),
         breakdown,
+        persons: drill.map(|p| PersonsPage {
+            step: p.step,
+            status: p.status.clone(),
+            total: drilled_total,
+            offset: p.offset,
+            person_ids: drilled
+                .iter()
+                .map(|&q| snap.identity().canonical_id(q).to_string())
+                .collect(),
+        }),
     })
 }
 

@@ -9,6 +9,7 @@ pub mod assets;
 mod error;
 pub mod funnel;
 pub mod paths;
+pub mod profile;
 pub mod retention;
 pub mod rows;
 pub mod sessions;

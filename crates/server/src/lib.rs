@@ -80,6 +80,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(ingest::index))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/projects/{project}/query/{kind}", post(query::run))
+        .route(
+            "/api/v1/projects/{project}/persons/{id}",
+            get(query::person),
+        )
         .fallback(not_found)
         .with_state(state)
 }

@@ -16,12 +16,41 @@ use crate::{AppError, AppState};
 /// Query bodies are small JSON documents.
 const QUERY_BODY_BYTES_MAX: usize = 64 * 1024;
 
-pub async fn run(
+/// `GET /api/v1/projects/{project}/persons/{id}`: a person's profile and timeline, by any
+/// of their ids.
+pub async fn person(
     State(state): State<Arc<AppState>>,
-    Path((project, kind)): Path<(String, String)>,
+    Path((project, id)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
 ) -> Result<Json<Value>, AppError> {
+    let store = authorize(&state, &project, &headers)?;
+    let answer = tokio::task::spawn_blocking(move || {
+        let snap = store.snapshot();
+        match throughline_query::profile::run(&snap, &id, 100) {
+            Ok(Some(p)) => Ok(serde_json::to_value(p).expect("profiles serialize")),
+            Ok(None) => Err(AppError::new(
+                StatusCode::NOT_FOUND,
+                format!("no person with id {id:?}"),
+            )),
+            Err(e) => Err(query_error(e)),
+        }
+    })
+    .await
+    .map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}"),
+        )
+    })??;
+    Ok(Json(answer))
+}
+
+/// The project's store if the Bearer api key opens it.
+fn authorize(
+    state: &AppState,
+    project: &str,
+    headers: &HeaderMap,
+) -> Result<std::sync::Arc<throughline_store::ProjectStore>, AppError> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -44,6 +73,16 @@ pub async fn run(
             format!("this api key is not for project {project:?}"),
         ));
     }
+    Ok(store)
+}
+
+pub async fn run(
+    State(state): State<Arc<AppState>>,
+    Path((project, kind)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
+    let store = authorize(&state, &project, &headers)?;
     if body.len() > QUERY_BODY_BYTES_MAX {
         return Err(AppError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

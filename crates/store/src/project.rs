@@ -273,6 +273,13 @@ impl ProjectStore {
             if rec.torn_bytes > 0 {
                 tracing::warn!(file = %path.display(), bytes = rec.torn_bytes, "cut a torn log tail (never acknowledged)");
             }
+            last_seq = seq;
+            // Every open starts a fresh log file; one that never got a record holds nothing
+            // to keep, so read-only commands do not leave a trail of empty files.
+            if rec.records.is_empty() {
+                std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                continue;
+            }
             for payload in rec.records {
                 let event: Event =
                     serde_json::from_slice(&payload).map_err(|e| StoreError::Corrupt {
@@ -288,7 +295,6 @@ impl ProjectStore {
                 let node = state.identity.observe_keys(&encoded.keys);
                 state.mem.push(node, encoded);
             }
-            last_seq = seq;
         }
         let wal =
             WalWriter::create(&wal_dir, last_seq + 1).map_err(|e| StoreError::io(&wal_dir, e))?;
@@ -505,15 +511,31 @@ impl Snapshot<'_> {
         wanted: impl Fn(&str) -> bool,
         mut visit: impl FnMut(u32, Event) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        self.for_each_event_where(
+            |_, name| name.is_some_and(&wanted),
+            |seq, _, e| visit(seq, e),
+        )
+    }
+
+    /// Visits the events for which `keep(node, name)` holds, decoding only those, with
+    /// their arrival number and node: a person's timeline or one event's properties
+    /// without decoding the whole store.
+    pub fn for_each_event_where(
+        &self,
+        keep: impl Fn(NodeId, Option<&str>) -> bool,
+        mut visit: impl FnMut(u32, NodeId, Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let mut first = 0u32;
         for seg in &self.state.segments {
+            let nodes = seg.read_column::<u32>("node")?;
             let (codes, dict) = seg.dim("name")?;
-            let keep: Vec<bool> = dict.iter().map(|n| wanted(n)).collect();
-            if keep.iter().any(|&k| k) {
+            let name = |row: usize| {
+                (codes[row] != crate::segment::NO_VALUE).then(|| dict[codes[row] as usize].as_str())
+            };
+            if (0..seg.rows()).any(|row| keep(nodes[row], name(row))) {
                 seg.for_each_payload(|row, payload| {
-                    let c = codes[row];
-                    if c != crate::segment::NO_VALUE && keep[c as usize] {
-                        visit(first + row as u32, decode(&seg.path, payload)?)?;
+                    if keep(nodes[row], name(row)) {
+                        visit(first + row as u32, nodes[row], decode(&seg.path, payload)?)?;
                     }
                     Ok(())
                 })?;
@@ -522,8 +544,12 @@ impl Snapshot<'_> {
         }
         let mem = &self.state.mem;
         for (i, r) in mem.rows.iter().enumerate() {
-            if r.dims[0].as_deref().is_some_and(&wanted) {
-                visit(first + i as u32, decode(Path::new("wal"), mem.payload(r))?)?;
+            if keep(r.node, r.dims[0].as_deref()) {
+                visit(
+                    first + i as u32,
+                    r.node,
+                    decode(Path::new("wal"), mem.payload(r))?,
+                )?;
             }
         }
         Ok(())

@@ -292,3 +292,13 @@ fn compaction_merges_segments_of_one_size_tier_only() {
     assert_eq!(rows, [1000, 30]);
     assert_eq!(p.stats().events, 1030);
 }
+
+#[test]
+fn reopening_leaves_no_trail_of_empty_logs() {
+    let dir = TempDir::new("empty-logs");
+    for _ in 0..5 {
+        drop(ProjectStore::open("p", dir.path(), ProjectOptions::default()).unwrap());
+    }
+    let logs = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+    assert_eq!(logs, 1, "only the current, empty log remains");
+}
