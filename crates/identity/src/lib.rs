@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use throughline_model::{Event, EventType};
 
 pub type NodeId = u32;
+
+type Index = [HashMap<String, NodeId>; 3];
 /// A person is named by one of its nodes (the root of its set); merges can rename it.
 pub type PersonId = u32;
 
@@ -126,9 +128,10 @@ pub struct IdentityGraph {
     nodes: Vec<Node>,
     persons: HashMap<PersonId, Person>,
     stats: MergeStats,
-    /// One map per kind, so lookups borrow the id instead of allocating a key.
+    /// One map per kind, so lookups borrow the id instead of allocating a key. Built on
+    /// first use: a query that only needs `person_table` never pays for it.
     #[serde(skip)]
-    index: [HashMap<String, NodeId>; 3],
+    index: std::sync::OnceLock<Index>,
     #[serde(skip)]
     junk: std::collections::HashSet<String>,
     #[serde(skip)]
@@ -142,7 +145,7 @@ impl IdentityGraph {
             nodes: Vec::new(),
             persons: HashMap::new(),
             stats: MergeStats::default(),
-            index: Default::default(),
+            index: std::sync::OnceLock::new(),
             junk: Default::default(),
             junk_len_max: 0,
         };
@@ -161,13 +164,25 @@ impl IdentityGraph {
         serde_json::to_vec(self).expect("identity graph serializes")
     }
 
-    fn rebuild_derived(&mut self) {
-        self.index = Default::default();
-        for (i, n) in self.nodes.iter().enumerate() {
-            if !n.id.is_empty() {
-                self.index[n.kind as usize].insert(n.id.clone(), i as NodeId);
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let mut index: Index = Default::default();
+            for (i, n) in self.nodes.iter().enumerate() {
+                if !n.id.is_empty() {
+                    index[n.kind as usize].insert(n.id.clone(), i as NodeId);
+                }
             }
-        }
+            index
+        })
+    }
+
+    fn index_mut(&mut self) -> &mut Index {
+        self.index();
+        self.index.get_mut().expect("index was just built")
+    }
+
+    fn rebuild_derived(&mut self) {
+        self.index = std::sync::OnceLock::new();
         self.junk = self
             .config
             .junk_ids
@@ -248,7 +263,7 @@ impl IdentityGraph {
     }
 
     fn intern(&mut self, kind: IdKind, id: &str) -> NodeId {
-        if let Some(&n) = self.index[kind as usize].get(id) {
+        if let Some(&n) = self.index()[kind as usize].get(id) {
             return n;
         }
         let n = self.nodes.len() as NodeId;
@@ -268,7 +283,7 @@ impl IdentityGraph {
             },
         );
         if !junk {
-            self.index[kind as usize].insert(id.to_string(), n);
+            self.index_mut()[kind as usize].insert(id.to_string(), n);
         }
         n
     }
@@ -325,7 +340,7 @@ impl IdentityGraph {
     }
 
     pub fn lookup(&self, kind: IdKind, id: &str) -> Option<NodeId> {
-        self.index[kind as usize].get(id).copied()
+        self.index()[kind as usize].get(id).copied()
     }
 
     /// Finds a person by any of their ids, trying user id, email, then anonymous id.
@@ -372,7 +387,9 @@ impl IdentityGraph {
         };
         for &m in &p.members {
             let node = &mut self.nodes[m as usize];
-            self.index[node.kind as usize].remove(&std::mem::take(&mut node.id));
+            let id = std::mem::take(&mut node.id);
+            let kind = node.kind as usize;
+            self.index_mut()[kind].remove(&id);
         }
         // A tombstone person per node keeps `person_of` total without reviving the merge.
         for &m in &p.members {
