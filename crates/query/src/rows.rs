@@ -232,17 +232,50 @@ fn segment_run(
     for (j, (_, dict)) in cols.iter().enumerate() {
         run.dicts[j] = dict.clone();
     }
+    // The filter sees only the event type and the requested dimensions, so with one or two
+    // dimensions its answer is memoized per (type, code, code): strings are compared once
+    // per distinct combination, not once per row.
+    let sizes: Vec<usize> = cols.iter().map(|(_, dict)| dict.len() + 1).collect();
+    let memo_len = sizes.iter().product::<usize>() * 8;
+    let mut memo: Vec<u8> = if dims.len() <= 2 && memo_len <= KEEP_MEMO_MAX {
+        vec![0; memo_len]
+    } else {
+        Vec::new()
+    };
     for i in 0..seg.rows() {
         if !in_range(ts[i]) {
             continue;
         }
         if let Some(keep) = &req.keep {
-            let mut values: [Option<&str>; DIM_COUNT] = [None; DIM_COUNT];
-            for (j, &d) in dims.iter().enumerate() {
-                let (codes, dict) = &cols[j];
-                values[d] = (codes[i] != NO_VALUE).then(|| dict[codes[i] as usize].as_str());
-            }
-            if !keep(kinds[i], &values) {
+            let slot = (!memo.is_empty()).then(|| {
+                cols.iter().zip(&sizes).fold(
+                    kinds[i] as usize % 8,
+                    |acc, ((codes, dict), &size)| {
+                        let c = if codes[i] == NO_VALUE {
+                            dict.len()
+                        } else {
+                            codes[i] as usize
+                        };
+                        acc * size + c
+                    },
+                )
+            });
+            let known = slot.map_or(0, |s| memo[s]);
+            let kept = if known != 0 {
+                known == 1
+            } else {
+                let mut values: [Option<&str>; DIM_COUNT] = [None; DIM_COUNT];
+                for (j, &d) in dims.iter().enumerate() {
+                    let (codes, dict) = &cols[j];
+                    values[d] = (codes[i] != NO_VALUE).then(|| dict[codes[i] as usize].as_str());
+                }
+                let k = keep(kinds[i], &values);
+                if let Some(s) = slot {
+                    memo[s] = if k { 1 } else { 2 };
+                }
+                k
+            };
+            if !kept {
                 continue;
             }
         }
@@ -257,6 +290,9 @@ fn segment_run(
     run.ensure_sorted();
     Ok(run)
 }
+
+/// Filter answers memoized per segment at most (one byte each).
+const KEEP_MEMO_MAX: usize = 1 << 24;
 
 /// Merges sorted runs into one table, translating each run's dictionary codes into one
 /// dictionary per dimension.
