@@ -217,17 +217,32 @@ pub fn run(
     // Masks per distinct (type, name, path): matching strings once, not once per row.
     let names = rows.dim(0);
     let paths = need_path.then(|| rows.dim(1));
+    // Without path steps the mask depends on (type, name) only: a dense table by name code.
+    let mut dense: Vec<Option<u64>> = if paths.is_none() {
+        vec![None; 8 * (names.dict.len() + 1)]
+    } else {
+        Vec::new()
+    };
     let mut cache: HashMap<(u8, u32, u32), u64> = HashMap::new();
     let mut masks: Vec<u64> = (0..rows.len())
         .map(|i| {
-            let key = (
-                rows.kind[i],
-                names.codes[i],
-                paths.map_or(0, |p| p.codes[i]),
-            );
-            *cache.entry(key).or_insert_with(|| {
-                mask_of(rows.kind[i], names.get(i), paths.and_then(|p| p.get(i)))
-            })
+            let compute = || mask_of(rows.kind[i], names.get(i), paths.and_then(|p| p.get(i)));
+            if paths.is_none() {
+                let code = if names.codes[i] == throughline_store::NO_VALUE {
+                    names.dict.len()
+                } else {
+                    names.codes[i] as usize
+                };
+                let slot = (rows.kind[i] as usize % 8) * (names.dict.len() + 1) + code;
+                *dense[slot].get_or_insert_with(compute)
+            } else {
+                let key = (
+                    rows.kind[i],
+                    names.codes[i],
+                    paths.map_or(0, |p| p.codes[i]),
+                );
+                *cache.entry(key).or_insert_with(compute)
+            }
         })
         .collect();
 
