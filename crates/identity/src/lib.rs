@@ -154,14 +154,16 @@ impl IdentityGraph {
     }
 
     /// Restores a graph from [`IdentityGraph::to_snapshot`] bytes.
-    pub fn from_snapshot(bytes: &[u8]) -> Result<IdentityGraph, serde_json::Error> {
-        let mut g: IdentityGraph = serde_json::from_slice(bytes)?;
+    pub fn from_snapshot(bytes: &[u8]) -> Result<IdentityGraph, SnapshotError> {
+        let mut g = snapshot::decode(bytes)?;
         g.rebuild_derived();
         Ok(g)
     }
 
+    /// A compact, checksummed binary snapshot: loading one is a linear read, so opening a
+    /// store for one query stays cheap as the graph grows.
     pub fn to_snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("identity graph serializes")
+        snapshot::encode(self)
     }
 
     fn index(&self) -> &Index {
@@ -416,6 +418,9 @@ impl Default for IdentityGraph {
         IdentityGraph::new(IdentityConfig::default())
     }
 }
+
+mod snapshot;
+pub use snapshot::SnapshotError;
 
 #[cfg(test)]
 mod tests;

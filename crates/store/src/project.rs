@@ -620,7 +620,8 @@ fn remove_unlisted(dir: &Path, seg_dir: &Path, m: &Manifest) -> Result<(), Store
             let name = entry.file_name().to_string_lossy().into_owned();
             let ours = name.ends_with(".seg")
                 || name.ends_with(".tmp")
-                || (name.starts_with("identity-") && name.ends_with(".json"));
+                || (name.starts_with("identity-")
+                    && (name.ends_with(".bin") || name.ends_with(".json")));
             if ours && !keep.contains(&name) {
                 let p = entry.path();
                 std::fs::remove_file(&p).map_err(|e| StoreError::io(&p, e))?;
@@ -839,7 +840,7 @@ impl Writer {
     /// Writes a new identity snapshot and the manifest naming it; the commit point of
     /// every structural change.
     fn publish(&self, state: &mut State, mut manifest: Manifest) -> Result<(), StoreError> {
-        let snap_name = format!("identity-{:08}.json", manifest.next_segment);
+        let snap_name = format!("identity-{:08}.bin", manifest.next_segment);
         let snap_path = self.dir.join(&snap_name);
         write_atomic(&snap_path, &state.identity.to_snapshot())
             .map_err(|e| StoreError::io(&snap_path, e))?;
