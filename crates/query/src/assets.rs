@@ -783,6 +783,7 @@ pub fn run(
                             || step_patterns.iter().any(|p| crate::spec::wildcard(p, n))
                     })
             })),
+            ..Default::default()
         },
     )?;
 

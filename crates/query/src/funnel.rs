@@ -212,6 +212,7 @@ pub fn run(
                             + Sync,
                     >
             }),
+            ..Default::default()
         },
     )?;
     // Masks per distinct (type, name, path): matching strings once, not once per row.

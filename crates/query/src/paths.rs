@@ -107,6 +107,25 @@ pub fn run(
     let mut persons = 0u64;
     match of.as_str() {
         "events" => {
+            // With an anchor event, a first narrow pass finds the persons who did it, so
+            // the full pass reads only their rows.
+            let anchor = start.as_ref().or(end.as_ref());
+            let with_anchor: Option<std::collections::HashSet<u32>> = match anchor {
+                None => None,
+                Some(a) => {
+                    let hits = load(
+                        snap,
+                        &Load {
+                            from,
+                            to,
+                            dims: vec![0, 1],
+                            keep: Some(Box::new(|kind, v| a.matches_event(kind, v[0], v[1]))),
+                            ..Default::default()
+                        },
+                    )?;
+                    Some(hits.person.into_iter().collect())
+                }
+            };
             let rows = load(
                 snap,
                 &Load {
@@ -114,6 +133,7 @@ pub fn run(
                     to,
                     dims: vec![0, 1],
                     keep: None,
+                    persons: with_anchor.as_ref(),
                 },
             )?;
             let (names, paths) = (rows.dim(0), rows.dim(1));
@@ -182,6 +202,7 @@ pub fn run(
                     to,
                     dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
                     keep: None,
+                    ..Default::default()
                 },
             )?;
             let (names, paths) = (rows.dim(0), rows.dim(1));

@@ -70,6 +70,7 @@ pub fn run(snap: &Snapshot, req: &RetentionRequest) -> Result<RetentionResponse,
             keep: Some(Box::new(|kind, v| {
                 start.matches_event(kind, v[0], v[1]) || ret.matches_event(kind, v[0], v[1])
             })),
+            ..Default::default()
         },
     )?;
     let names = rows.dim(0);

@@ -68,12 +68,15 @@ impl Rows {
 
 /// What to load: a time range `[from, to)`, the dimensions (indexes into `DIMS`), and an
 /// optional row filter seeing the event type and the requested dimensions' values.
+#[derive(Default)]
 pub struct Load<'a> {
     pub from: Option<Millis>,
     pub to: Option<Millis>,
     pub dims: Vec<usize>,
     #[allow(clippy::type_complexity)]
     pub keep: Option<Box<dyn Fn(u8, &[Option<&str>; DIM_COUNT]) -> bool + Send + Sync + 'a>>,
+    /// Only these persons' rows, when given (a second pass after a first found them).
+    pub persons: Option<&'a std::collections::HashSet<u32>>,
 }
 
 /// The rows one source (a segment, or the log) contributes, in (person, ts, seq) order,
@@ -180,7 +183,11 @@ pub fn load(snap: &Snapshot, req: &Load) -> Result<Rows, StoreError> {
     for row in snap.log_rows() {
         let seq = arrival;
         arrival += 1;
-        if !in_range(row.ts) {
+        if !in_range(row.ts)
+            || req
+                .persons
+                .is_some_and(|p| !p.contains(&table[row.node as usize]))
+        {
             continue;
         }
         let values: [Option<&str>; DIM_COUNT] = std::array::from_fn(|d| {
@@ -244,6 +251,12 @@ fn segment_run(
     };
     for i in 0..seg.rows() {
         if !in_range(ts[i]) {
+            continue;
+        }
+        if req
+            .persons
+            .is_some_and(|p| !p.contains(&table[nodes[i] as usize]))
+        {
             continue;
         }
         if let Some(keep) = &req.keep {

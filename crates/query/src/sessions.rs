@@ -154,6 +154,7 @@ pub fn first_touch(
             to,
             dims: TOUCH_DIMS.to_vec(),
             keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
+            ..Default::default()
         },
     )?;
     let mut attributor = Attributor::new(rules);
@@ -221,6 +222,7 @@ pub fn run(
             // Server-side events (an email sent, a ticket closed) happen to a person
             // without them visiting, so they neither start nor extend a session.
             keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
+            ..Default::default()
         },
     )?;
     let mut attributor = Attributor::new(rules);

@@ -129,6 +129,7 @@ pub fn run(
             keep: Some(Box::new(|kind, v| {
                 matchers.iter().any(|m| m.matches_event(kind, v[0], v[1]))
             })),
+            ..Default::default()
         },
     )?;
     let names = rows.dim(0);
