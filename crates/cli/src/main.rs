@@ -112,9 +112,22 @@ fn main() {
         .with_max_level(tracing::Level::INFO)
         .init();
     if let Err(e) = run(Cli::parse()) {
+        // `throughline export ... | head` closing the pipe early is the reader's choice,
+        // not a failure worth a message (the Unix convention).
+        if is_broken_pipe(&e) {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.to_string().contains("Broken pipe")
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -378,10 +378,21 @@ fn merge(runs: Vec<Run>, dims: &[usize]) -> Rows {
     for &r in &live {
         heap.push(std::cmp::Reverse((runs[r].key(0), r, 0usize)));
     }
-    while let Some(std::cmp::Reverse((_, r, i))) = heap.pop() {
-        push(&mut out, r, i);
-        if i + 1 < runs[r].ts.len() {
-            heap.push(std::cmp::Reverse((runs[r].key(i + 1), r, i + 1)));
+    while let Some(std::cmp::Reverse((_, r, mut i))) = heap.pop() {
+        // Copy from this run for as long as it stays below every other run's next key:
+        // a person's rows usually sit together, so most rows skip the heap.
+        let bound = heap.peek().map(|std::cmp::Reverse((k, _, _))| *k);
+        loop {
+            push(&mut out, r, i);
+            i += 1;
+            if i >= runs[r].ts.len() {
+                break;
+            }
+            let k = runs[r].key(i);
+            if bound.is_some_and(|b| k > b) {
+                heap.push(std::cmp::Reverse((k, r, i)));
+                break;
+            }
         }
     }
     out
