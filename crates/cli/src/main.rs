@@ -13,6 +13,11 @@ mod query;
 
 use std::path::PathBuf;
 
+/// Ingestion allocates and frees a JSON tree per message; glibc's malloc spent a quarter
+/// of the server's time there (perf, BENCHMARKS.md), mimalloc much less.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
