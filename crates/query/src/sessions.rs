@@ -69,6 +69,22 @@ pub struct SessionTouch {
     pub landing_page: Option<String>,
 }
 
+impl SessionTouch {
+    /// The value of one attribute: channel, source, medium, source_medium, campaign or
+    /// content (anything else reads as content).
+    pub fn value(&self, attribute: &str) -> String {
+        let or_not_set = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not set)".into());
+        match attribute {
+            "channel" => self.channel.clone(),
+            "source" => self.source.clone(),
+            "medium" => self.medium.clone(),
+            "source_medium" => format!("{} / {}", self.source, self.medium),
+            "campaign" => or_not_set(&self.campaign),
+            _ => or_not_set(&self.content),
+        }
+    }
+}
+
 /// Classifies a session by its first event, caching by the distinct combination of
 /// traffic parameters (there are few), so classification is not per session.
 pub struct Attributor<'r> {
@@ -165,15 +181,7 @@ pub fn first_touch(
             rows.dim(1).get(first).unwrap_or("(not set)").to_string()
         } else {
             let i = attributor.attribute(&rows, first);
-            let t = attributor.touch(i);
-            match attribute {
-                "channel" => t.channel.clone(),
-                "source" => t.source.clone(),
-                "medium" => t.medium.clone(),
-                "source_medium" => format!("{} / {}", t.source, t.medium),
-                "campaign" => t.campaign.clone().unwrap_or_else(|| "(not set)".into()),
-                _ => t.content.clone().unwrap_or_else(|| "(not set)".into()),
-            }
+            attributor.touch(i).value(attribute)
         };
         out.insert(rows.person[first], value);
     }
@@ -256,15 +264,7 @@ pub fn run(
                 "none" => "all".to_string(),
                 other => {
                     let i = attributor.attribute(&rows, a);
-                    let t = attributor.touch(i).clone();
-                    match other {
-                        "channel" => t.channel,
-                        "source" => t.source,
-                        "medium" => t.medium,
-                        "source_medium" => format!("{} / {}", t.source, t.medium),
-                        "campaign" => t.campaign.unwrap_or_else(|| "(not set)".into()),
-                        _ => t.content.unwrap_or_else(|| "(not set)".into()),
-                    }
+                    attributor.touch(i).value(other)
                 }
             };
             for acc in [groups.entry(key).or_default(), &mut total] {
