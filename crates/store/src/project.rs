@@ -602,10 +602,24 @@ fn pick_tier(segments: &[Arc<Segment>], min: usize, rows_max: usize) -> Option<V
     for s in small {
         tiers.entry(tier(s.rows())).or_default().push(s.clone());
     }
-    tiers.into_values().find(|t| t.len() >= min).map(|mut t| {
-        t.truncate(min);
-        t
-    })
+    // The merged segment stays within `rows_max`, which bounds compaction's memory and
+    // the time the writer spends on one merge.
+    tiers
+        .into_values()
+        .filter(|t| t.len() >= min)
+        .find_map(|mut t| {
+            t.sort_by_key(|s| s.rows());
+            let mut total = 0;
+            let picked: Vec<Arc<Segment>> = t
+                .into_iter()
+                .take(min)
+                .take_while(|s| {
+                    total += s.rows();
+                    total <= rows_max
+                })
+                .collect();
+            (picked.len() >= 2).then_some(picked)
+        })
 }
 
 /// Deletes segment and snapshot files the manifest does not name: leftovers of a crash

@@ -302,3 +302,24 @@ fn reopening_leaves_no_trail_of_empty_logs() {
     let logs = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
     assert_eq!(logs, 1, "only the current, empty log remains");
 }
+
+#[test]
+fn a_merge_never_grows_past_the_row_bound() {
+    let dir = TempDir::new("tier-bound");
+    let options = ProjectOptions {
+        compact_segments_min: 3,
+        compact_rows_max: 250,
+        ..ProjectOptions::default()
+    };
+    let p = ProjectStore::open("p", dir.path(), options).unwrap();
+    for round in 0..9u64 {
+        let batch: Vec<Event> = (0..100)
+            .map(|k| event(round * 100 + k, k % 5, k % 7, k as i64, false))
+            .collect();
+        p.append(encode(&batch)).unwrap();
+        p.flush().unwrap();
+    }
+    let rows: Vec<usize> = p.snapshot().segments().iter().map(|s| s.rows()).collect();
+    assert!(rows.iter().all(|&r| r <= 250), "{rows:?}");
+    assert_eq!(rows.iter().sum::<usize>(), 900);
+}
