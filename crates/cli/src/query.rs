@@ -219,9 +219,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     limit: persons_limit,
                 }),
             };
-            let store = crate::open_store(&target.data)?;
-            let project = store.project(&target.project)?;
-            let rules = throughline_query::sessions::project_rules(project.dir())?;
+            let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::funnel::run(&project.snapshot(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
@@ -280,9 +278,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 to,
                 by,
             };
-            let store = crate::open_store(&target.data)?;
-            let project = store.project(&target.project)?;
-            let rules = throughline_query::sessions::project_rules(project.dir())?;
+            let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::trends::run(&project.snapshot(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
@@ -317,9 +313,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
             };
-            let store = crate::open_store(&target.data)?;
-            let project = store.project(&target.project)?;
-            let rules = throughline_query::sessions::project_rules(project.dir())?;
+            let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::sessions::run(&project.snapshot(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
@@ -372,9 +366,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
             };
-            let store = crate::open_store(&target.data)?;
-            let project = store.project(&target.project)?;
-            let rules = throughline_query::sessions::project_rules(project.dir())?;
+            let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::paths::run(&project.snapshot(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
@@ -413,9 +405,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 to,
                 limit: Some(limit),
             };
-            let store = crate::open_store(&target.data)?;
-            let project = store.project(&target.project)?;
-            let rules = throughline_query::sessions::project_rules(project.dir())?;
+            let (_store, project, rules) = open_project(&target)?;
             let registry = throughline_query::assets::Registry::load(project.dir())?;
             let r = throughline_query::assets::run(&project.snapshot(), &rules, &registry, &req)?;
             match target.format {
@@ -527,6 +517,20 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             })
         }
     }
+}
+
+/// The store (kept open while the project is used), the project and its channel rules.
+fn open_project(
+    target: &Target,
+) -> Result<(
+    throughline_store::Store,
+    std::sync::Arc<throughline_store::ProjectStore>,
+    throughline_classify::Rules,
+)> {
+    let store = crate::open_store(&target.data)?;
+    let project = store.project(&target.project)?;
+    let rules = throughline_query::sessions::project_rules(project.dir())?;
+    Ok((store, project, rules))
 }
 
 fn with_snapshot(
