@@ -163,16 +163,7 @@ pub fn first_touch(
             valid.join(", ")
         )));
     }
-    let rows = load(
-        snap,
-        &Load {
-            from,
-            to,
-            dims: TOUCH_DIMS.to_vec(),
-            keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
-            ..Default::default()
-        },
-    )?;
+    let rows = load_visits(snap, from, to)?;
     let mut attributor = Attributor::new(rules);
     let mut out = HashMap::new();
     for r in rows.persons() {
@@ -186,6 +177,27 @@ pub fn first_touch(
         out.insert(rows.person[first], value);
     }
     Ok(out)
+}
+
+/// Every visit event in `[from, to)` with the dimensions a touch reads. Sessions are
+/// visits: page and screen views and events sent from a page. Server-side events (an
+/// email sent, a ticket closed) happen to a person without them visiting, so they neither
+/// start nor extend a session.
+fn load_visits(
+    snap: &Snapshot,
+    from: Option<Millis>,
+    to: Option<Millis>,
+) -> Result<Rows, QueryError> {
+    Ok(load(
+        snap,
+        &Load {
+            from,
+            to,
+            dims: TOUCH_DIMS.to_vec(),
+            keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
+            ..Default::default()
+        },
+    )?)
 }
 
 /// Whether an event is part of a visit: a page or screen view, or any event with a page.
@@ -220,19 +232,7 @@ pub fn run(
             valid.join(", ")
         )));
     }
-    let rows = load(
-        snap,
-        &Load {
-            from,
-            to,
-            dims: TOUCH_DIMS.to_vec(),
-            // Sessions are visits: page and screen views and events sent from a page.
-            // Server-side events (an email sent, a ticket closed) happen to a person
-            // without them visiting, so they neither start nor extend a session.
-            keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
-            ..Default::default()
-        },
-    )?;
+    let rows = load_visits(snap, from, to)?;
     let mut attributor = Attributor::new(rules);
     #[derive(Default)]
     struct Acc {
