@@ -190,13 +190,8 @@ pub fn load(snap: &Snapshot, req: &Load) -> Result<Rows, StoreError> {
         {
             continue;
         }
-        let values: [Option<&str>; DIM_COUNT] = std::array::from_fn(|d| {
-            if dims.contains(&d) {
-                row.dims[d].as_deref()
-            } else {
-                None
-            }
-        });
+        let values: [Option<&str>; DIM_COUNT] =
+            std::array::from_fn(|d| if dims.contains(&d) { row.dims[d] } else { None });
         if req.keep.as_ref().is_some_and(|k| !k(row.kind, &values)) {
             continue;
         }
@@ -402,7 +397,7 @@ fn merge(runs: Vec<Run>, dims: &[usize]) -> Rows {
 mod tests {
     use super::*;
     use throughline_model::Event;
-    use throughline_store::{Encoded, ProjectOptions, ProjectStore};
+    use throughline_store::{EventBatch, ProjectOptions, ProjectStore};
 
     fn event(i: u64, person: u64, ts: i64) -> Event {
         serde_json::from_value(serde_json::json!({
@@ -431,7 +426,7 @@ mod tests {
                     event(i, k % 17, ((k * 7919) % 50) as i64)
                 })
                 .collect();
-            p.append(batch.iter().map(Encoded::new).collect()).unwrap();
+            p.append(EventBatch::of(&batch)).unwrap();
             if round < 3 {
                 p.flush().unwrap();
             }

@@ -114,5 +114,30 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             p.metrics.flushes.load(Ordering::Relaxed)
         );
     }
+    let _ = writeln!(out, "# HELP throughline_compactions_total Segment merges.\n# TYPE throughline_compactions_total counter");
+    for p in &projects {
+        let _ = writeln!(
+            out,
+            "throughline_compactions_total{{project=\"{}\"}} {}",
+            p.name(),
+            p.metrics.compactions.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP throughline_flush_seconds Time to write and publish one segment from the log (background).\n# TYPE throughline_flush_seconds histogram");
+    for p in &projects {
+        p.metrics.flush_seconds.render(
+            &mut out,
+            "throughline_flush_seconds",
+            &format!("project=\"{}\"", p.name()),
+        );
+    }
+    let _ = writeln!(out, "# HELP throughline_compaction_seconds Time of one segment merge (background).\n# TYPE throughline_compaction_seconds histogram");
+    for p in &projects {
+        p.metrics.compaction_seconds.render(
+            &mut out,
+            "throughline_compaction_seconds",
+            &format!("project=\"{}\"", p.name()),
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

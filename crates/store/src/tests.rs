@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use throughline_model::{Event, EventType};
 
 use crate::testutil::{Rng, TempDir};
-use crate::{Encoded, ProjectOptions, ProjectStore};
+use crate::{EventBatch, ProjectOptions, ProjectStore};
 
-fn encode(events: &[Event]) -> Vec<Encoded> {
-    events.iter().map(Encoded::new).collect()
+fn encode(events: &[Event]) -> EventBatch {
+    EventBatch::of(events)
 }
 
 fn event(id: u64, user: u64, device: u64, ts: i64, identify: bool) -> Event {
@@ -279,7 +279,7 @@ fn compaction_merges_segments_of_one_size_tier_only() {
             .collect();
         id += n;
         p.append(encode(&batch)).unwrap();
-        p.flush().unwrap();
+        p.settle().unwrap();
     };
     // Two small segments and a big one: no tier holds three yet.
     flush_rows(&p, 1000);
@@ -317,7 +317,7 @@ fn a_merge_never_grows_past_the_row_bound() {
             .map(|k| event(round * 100 + k, k % 5, k % 7, k as i64, false))
             .collect();
         p.append(encode(&batch)).unwrap();
-        p.flush().unwrap();
+        p.settle().unwrap();
     }
     let rows: Vec<usize> = p.snapshot().segments().iter().map(|s| s.rows()).collect();
     assert!(rows.iter().all(|&r| r <= 250), "{rows:?}");
