@@ -24,13 +24,21 @@ use serde_json::Value;
 use throughline_collect::{normalize_json, Envelope, IdGen};
 use throughline_store::{AppendOutcome, EventBatch, ProjectStore, StoreError};
 
-/// Bytes of input per chunk: large enough to amortize the hand-offs, small enough that
-/// the chunks in flight stay a few tens of MiB.
-const CHUNK_BYTES: usize = 4 << 20;
+/// How input is cut: bytes per chunk (large enough to amortize the hand-offs, small
+/// enough that the chunks in flight stay a few tens of MiB) and bytes per line at most
+/// (past it the line is skipped and reported, not buffered).
+#[derive(Clone, Copy)]
+struct Limits {
+    chunk_bytes: usize,
+    line_bytes_max: usize,
+}
+
+const LIMITS: Limits = Limits {
+    chunk_bytes: 4 << 20,
+    line_bytes_max: throughline_formats::LINE_BYTES_MAX,
+};
 /// Messages per chunk at most (for sources of already-parsed messages).
 const CHUNK_MESSAGES: usize = 8192;
-/// One line at most; past it the line is skipped and reported, not buffered.
-const LINE_BYTES_MAX: usize = throughline_formats::LINE_BYTES_MAX;
 const IMPORT_FLUSH_BYTES: usize = 128 << 20;
 /// Files hold history: their timestamps are kept, not corrected against the import time.
 const HISTORICAL: Envelope = Envelope {
@@ -173,15 +181,22 @@ struct LineChunks {
     carry: Vec<u8>,
     /// Buffers the workers are done with, to read into again.
     spare: Receiver<Vec<u8>>,
-    /// Inside a line longer than [`LINE_BYTES_MAX`]: skip to its end.
+    limits: Limits,
+    /// Inside a line longer than `limits.line_bytes_max`: skip to its end.
     skipping: bool,
     at_start: bool,
     done: bool,
 }
 
 impl LineChunks {
-    fn new(input: Box<dyn Read + Send>, name: String, spare: Receiver<Vec<u8>>) -> LineChunks {
+    fn new(
+        input: Box<dyn Read + Send>,
+        name: String,
+        spare: Receiver<Vec<u8>>,
+        limits: Limits,
+    ) -> LineChunks {
         LineChunks {
+            limits,
             input,
             name,
             carry: Vec::new(),
@@ -198,14 +213,14 @@ impl LineChunks {
         let mut b = self
             .spare
             .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES + (64 << 10)));
+            .unwrap_or_else(|_| Vec::with_capacity(self.limits.chunk_bytes + (64 << 10)));
         b.clear();
         b.extend_from_slice(rest);
         b
     }
 
     fn next(&mut self) -> Result<Option<Chunk>> {
-        let mut want = CHUNK_BYTES;
+        let mut want = self.limits.chunk_bytes;
         loop {
             // Pipes hand out a little at a time: read until the chunk is full.
             while !self.done && self.carry.len() < want {
@@ -263,7 +278,7 @@ impl LineChunks {
                         too_long: false,
                     }));
                 }
-                None if self.carry.len() > LINE_BYTES_MAX => {
+                None if self.carry.len() > self.limits.line_bytes_max => {
                     self.carry.clear();
                     self.skipping = true;
                     return Ok(Some(Chunk::Lines {
@@ -272,7 +287,7 @@ impl LineChunks {
                     }));
                 }
                 // One line longer than a chunk: read on.
-                None => want = self.carry.len() + CHUNK_BYTES,
+                None => want = self.carry.len() + self.limits.chunk_bytes,
             }
         }
     }
@@ -289,11 +304,14 @@ struct Normalized {
 }
 
 fn work(
+    project: &ProjectStore,
     chunk: Chunk,
     received_at: i64,
     ids: &mut IdGen,
     spare: &SyncSender<Vec<u8>>,
+    line_bytes_max: usize,
 ) -> Normalized {
+    let too_long = format!("line longer than {line_bytes_max} bytes");
     let mut out = Normalized {
         events: EventBatch::new(),
         messages: 0,
@@ -313,12 +331,11 @@ fn work(
         Chunk::Lines { too_long: true, .. } => {
             out.lines = 1;
             out.messages = 1;
-            out.errors
-                .push((1, format!("line longer than {LINE_BYTES_MAX} bytes"), None));
+            out.errors.push((1, too_long, None));
         }
         Chunk::Lines { bytes, .. } => {
             // Stored records run about a fifth longer than the messages they come from.
-            out.events = EventBatch::with_capacity(bytes.len() / 512 + 1, bytes.len() / 4 * 5);
+            out.events = project.new_batch(bytes.len() / 512 + 1, bytes.len() / 4 * 5);
             let mut start = 0;
             let ends = memchr::memchr_iter(b'\n', &bytes)
                 .chain((bytes.last() != Some(&b'\n') && !bytes.is_empty()).then_some(bytes.len()));
@@ -330,6 +347,11 @@ fn work(
                     continue;
                 }
                 let line_no = out.lines;
+                if line.len() > line_bytes_max {
+                    out.messages += 1;
+                    out.errors.push((line_no, too_long.clone(), None));
+                    continue;
+                }
                 match std::str::from_utf8(line) {
                     Ok(text) => one(&mut out, line_no, text),
                     Err(e) => {
@@ -363,13 +385,23 @@ pub fn import(
     progress: &ProgressBar,
     summary: &mut Summary,
 ) -> Result<()> {
+    import_with(project, source, progress, summary, LIMITS)
+}
+
+fn import_with(
+    project: &ProjectStore,
+    source: Source,
+    progress: &ProgressBar,
+    summary: &mut Summary,
+    limits: Limits,
+) -> Result<()> {
     type NextChunk = Box<dyn FnMut() -> Result<Option<Chunk>>>;
     // Chunk buffers travel back from the workers to the reader.
     let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT + 8);
     let numbered_by_line = matches!(source, Source::Lines { .. });
     let (name, mut next_chunk): (String, NextChunk) = match source {
         Source::Lines { name, reader } => {
-            let mut lines = LineChunks::new(reader, name.clone(), spare_rx);
+            let mut lines = LineChunks::new(reader, name.clone(), spare_rx, limits);
             (name, Box::new(move || lines.next()))
         }
         Source::Values { name, mut iter } => (
@@ -398,7 +430,14 @@ pub fn import(
                 loop {
                     let next = rx.lock().expect("work queue lock").recv();
                     let Ok((seq, chunk)) = next else { return };
-                    let normalized = work(chunk, received_at, &mut ids, &spare);
+                    let normalized = work(
+                        project,
+                        chunk,
+                        received_at,
+                        &mut ids,
+                        &spare,
+                        limits.line_bytes_max,
+                    );
                     if tx.send((seq, normalized)).is_err() {
                         return;
                     }
@@ -496,4 +535,84 @@ fn append_in_order(
         take(&mut summary, answer)?;
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out a few bytes per call, as a pipe does.
+    struct Trickle(Vec<u8>, usize);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(5).min(self.0.len() - self.1);
+            buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    fn track(id: &str) -> String {
+        format!(
+            r#"{{"type":"track","userId":"u","event":"E","messageId":"{id}","timestamp":"2025-01-01T00:00:00Z"}}"#
+        )
+    }
+
+    /// Chunks cut lines anywhere and the reader trickles: every line keeps its number, and
+    /// each bad one is reported alone.
+    #[test]
+    fn lines_keep_their_numbers_across_chunks_and_bad_lines_stand_alone() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"\xef\xbb\xbf");
+        input.extend_from_slice(track("m1").as_bytes()); // line 1, after a byte order mark
+        input.extend_from_slice(b"\n   \n"); // line 2: blank
+        input.extend_from_slice(track("m3").as_bytes()); // line 3, CRLF
+        input.extend_from_slice(b"\r\n");
+        input.extend_from_slice(format!("{{\"pad\":\"{}\"}}\n", "x".repeat(300)).as_bytes()); // 4: too long
+        input.extend_from_slice(b"{\"type\":\"track\",\n"); // line 5: broken JSON
+        input.extend_from_slice(b"{\"event\":\"\xff\xfe\"}\n"); // line 6: not UTF-8
+        input.extend_from_slice(track("m7").as_bytes()); // line 7, long enough to span chunks
+        input.extend_from_slice(b"\n");
+        input.extend_from_slice(track("m8").as_bytes()); // line 8, no final newline
+        let dir = std::env::temp_dir().join(format!("tl-import-lines-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let project = ProjectStore::open("p", &dir, Default::default()).unwrap();
+        let mut summary = Summary::default();
+        let source = Source::Lines {
+            name: "t.jsonl".into(),
+            reader: Box::new(Trickle(input, 0)),
+        };
+        let limits = Limits {
+            chunk_bytes: 64,
+            line_bytes_max: 200,
+        };
+        import_with(
+            &project,
+            source,
+            &ProgressBar::hidden(),
+            &mut summary,
+            limits,
+        )
+        .unwrap();
+        project.settle().unwrap();
+        let lines: Vec<u64> = summary.errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [4, 5, 6], "{:?}", summary.errors);
+        assert!(summary.errors[0].error.contains("longer than 200"));
+        assert!(summary.errors[1].error.contains("invalid JSON"));
+        assert!(summary.errors[2].error.contains("UTF-8"));
+        assert_eq!((summary.imported, summary.rejected), (4, 3));
+        let mut ids = Vec::new();
+        project
+            .snapshot()
+            .for_each_event(|e, _| {
+                ids.push(e.message_id);
+                Ok(())
+            })
+            .unwrap();
+        ids.sort();
+        assert_eq!(ids, ["m1", "m3", "m7", "m8"]);
+        drop(project);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::json;
 use throughline_collect::{Batch, Rejection, BATCH_BYTES_MAX, MESSAGE_BYTES_MAX};
 use throughline_model::EventType;
-use throughline_store::{now_ms, AppendOutcome, EventBatch};
+use throughline_store::{now_ms, AppendOutcome};
 
 use crate::{AppError, AppState};
 
@@ -156,7 +156,7 @@ async fn handle(
     let total = batch.messages.len();
     // The log records are built here, on the request's thread, from the body's own bytes.
     // Stored records run about a fifth longer than the messages they come from.
-    let mut events = EventBatch::with_capacity(total, bytes.len() / 4 * 5);
+    let mut events = store.new_batch(total, bytes.len() / 4 * 5);
     let mut rejected = Vec::new();
     for (index, m) in batch.messages.into_iter().enumerate() {
         let stored = m.and_then(|e| {

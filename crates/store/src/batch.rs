@@ -8,6 +8,7 @@
 //! scan columns (ids, name, page, UTM...) sit in a second buffer the rows point into.
 
 use std::ops::Range;
+use std::sync::Mutex;
 
 use throughline_identity::IdRefs;
 use throughline_model::{Event, NewEvent, DIM_COUNT};
@@ -44,6 +45,42 @@ pub(crate) struct BatchRow {
     ids: [Span; 4],
 }
 
+/// Frame buffers of flushed tables, handed to new batches again: the in-memory table's
+/// memory is reused instead of going back to the allocator (and the OS) and being faulted
+/// in again, page by page, for the next table.
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    buffers: Mutex<(Vec<Vec<u8>>, usize)>,
+}
+
+/// Bytes of buffers a pool keeps at most.
+const POOL_BYTES_MAX: usize = 64 << 20;
+
+impl BufferPool {
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let found = {
+            let mut pool = self.buffers.lock().expect("buffer pool");
+            let b = pool.0.pop();
+            if let Some(b) = &b {
+                pool.1 -= b.capacity();
+            }
+            b
+        };
+        let mut b = found.unwrap_or_default();
+        b.clear();
+        b.reserve(capacity);
+        b
+    }
+
+    pub fn give(&self, b: Vec<u8>) {
+        let mut pool = self.buffers.lock().expect("buffer pool");
+        if pool.1 + b.capacity() <= POOL_BYTES_MAX {
+            pool.1 += b.capacity();
+            pool.0.push(b);
+        }
+    }
+}
+
 /// Events encoded for [`crate::ProjectStore::append`]; see the module documentation.
 #[derive(Default)]
 pub struct EventBatch {
@@ -64,6 +101,20 @@ impl EventBatch {
             strings: Vec::with_capacity(events * 64),
             rows: Vec::with_capacity(events),
         }
+    }
+
+    /// [`EventBatch::with_capacity`] with a frame buffer from `pool`.
+    pub(crate) fn from_pool(pool: &BufferPool, events: usize, record_bytes: usize) -> EventBatch {
+        EventBatch {
+            frames: pool.take(record_bytes + events * wal::HEADER_BYTES),
+            strings: Vec::with_capacity(events * 64),
+            rows: Vec::with_capacity(events),
+        }
+    }
+
+    /// The frame buffer, for reuse.
+    pub(crate) fn into_frames(self) -> Vec<u8> {
+        self.frames
     }
 
     /// A batch of owned events (tests, tools, events read back from the store).
@@ -218,7 +269,7 @@ mod tests {
             "properties": {"k": "ü"}
         }))
         .unwrap();
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             e.event_type = EventType::Alias;
             e.previous_id = Some("p".into());
         }

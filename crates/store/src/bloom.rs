@@ -83,7 +83,8 @@ impl BlockedBloom {
     /// Restores a filter from [`BlockedBloom::words`]; `None` if the length is not whole
     /// blocks.
     pub fn from_words(words: Vec<u64>) -> Option<BlockedBloom> {
-        (!words.is_empty() && words.len() % BLOCK_WORDS == 0).then_some(BlockedBloom { words })
+        (!words.is_empty() && words.len().is_multiple_of(BLOCK_WORDS))
+            .then_some(BlockedBloom { words })
     }
 
     pub fn words(&self) -> &[u64] {

@@ -7,10 +7,12 @@
 //! identity snapshot and where the log continues), so the flush runs on another thread
 //! while the writer fills a new table.
 
+use std::sync::Arc;
+
 use throughline_identity::NodeId;
 use throughline_model::DIM_COUNT;
 
-use crate::batch::EventBatch;
+use crate::batch::{BufferPool, EventBatch};
 use crate::idhash::HashSet128;
 
 #[derive(Default)]
@@ -20,6 +22,18 @@ pub(crate) struct MemTable {
     pub hashes: HashSet128,
     /// Memory held: the batches' buffers and the rows.
     pub bytes: usize,
+    /// Where the batches' buffers go when the table is dropped (after its flush).
+    pool: Option<Arc<BufferPool>>,
+}
+
+impl Drop for MemTable {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            for b in self.batches.drain(..) {
+                pool.give(b.into_frames());
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -32,6 +46,17 @@ pub(crate) struct MemRow {
 }
 
 impl MemTable {
+    /// An empty table sized for about `events` events, recycling into `pool`.
+    pub fn new(pool: Arc<BufferPool>, events: usize) -> MemTable {
+        MemTable {
+            rows: Vec::with_capacity(events),
+            hashes: HashSet128::with_capacity_and_hasher(events, Default::default()),
+            pool: Some(pool),
+            batches: Vec::new(),
+            bytes: 0,
+        }
+    }
+
     /// Adds a batch whose rows `stored` (with their nodes) are new; the other rows of the
     /// batch were duplicates and stay unreferenced.
     pub fn add(&mut self, batch: EventBatch, stored: impl IntoIterator<Item = (usize, NodeId)>) {

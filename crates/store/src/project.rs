@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use throughline_identity::{IdentityConfig, IdentityGraph, NodeId};
 use throughline_model::{Event, DIM_COUNT};
 
-use crate::batch::EventBatch;
+use crate::batch::{BufferPool, EventBatch};
 use crate::maintenance::{self, CompactState, FlushQueue};
 use crate::memtable::{Frozen, MemTable};
 use crate::metrics::StoreMetrics;
@@ -125,9 +125,16 @@ pub(crate) struct Shared {
     pub next_number: AtomicU64,
     /// Set by `close`: a compaction in progress abandons its output.
     pub closing: AtomicBool,
+    /// Frame buffers of flushed tables, for new batches.
+    pub pool: Arc<BufferPool>,
 }
 
 impl Shared {
+    /// A new, empty active table.
+    pub fn new_table(&self) -> MemTable {
+        MemTable::new(self.pool.clone(), events_per_table(&self.options))
+    }
+
     pub fn seg_dir(&self) -> PathBuf {
         self.dir.join("segments")
     }
@@ -135,6 +142,11 @@ impl Shared {
     pub fn wal_dir(&self) -> PathBuf {
         self.dir.join("wal")
     }
+}
+
+/// About how many events fill a table: what tables and their hash sets are sized for.
+fn events_per_table(options: &ProjectOptions) -> usize {
+    (options.flush_bytes / 1024).clamp(1024, 1 << 20)
 }
 
 pub struct ProjectStore {
@@ -193,11 +205,12 @@ impl ProjectStore {
             .collect::<Result<Vec<_>, _>>()?;
         remove_unlisted(dir, &seg_dir, &manifest)?;
 
+        let pool = Arc::new(BufferPool::default());
         let mut state = State {
             identity,
             segments,
             frozen: VecDeque::new(),
-            mem: MemTable::default(),
+            mem: MemTable::new(pool.clone(), events_per_table(&options)),
             manifest,
         };
         let last_seq = replay_log(&wal_dir, &mut state)?;
@@ -218,6 +231,7 @@ impl ProjectStore {
             compact: Mutex::new(CompactState::default()),
             compact_cv: Condvar::new(),
             closing: AtomicBool::new(false),
+            pool,
         });
         let (tx, rx) = mpsc::sync_channel(shared.options.queue_requests_max);
         let spawn = |role: &str, f: Box<dyn FnOnce() + Send>| {
@@ -251,6 +265,12 @@ impl ProjectStore {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// An empty batch for about `events` events whose records take about `record_bytes`,
+    /// reusing the memory of flushed tables.
+    pub fn new_batch(&self, events: usize, record_bytes: usize) -> EventBatch {
+        EventBatch::from_pool(&self.shared.pool, events, record_bytes)
     }
 
     pub fn dir(&self) -> &Path {

@@ -140,7 +140,7 @@ impl Writer {
         let frozen = {
             let mut state = shared.state.write().expect("state lock");
             let frozen = Arc::new(Frozen {
-                table: std::mem::take(&mut state.mem),
+                table: std::mem::replace(&mut state.mem, shared.new_table()),
                 identity,
                 wal_end: next,
                 number: shared.next_number.fetch_add(1, Ordering::Relaxed),
@@ -158,7 +158,8 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(group.len());
         // Per request: the rows that are new.
         let mut fresh: Vec<Vec<usize>> = Vec::with_capacity(group.len());
-        let mut seen = HashSet128::default();
+        let events: usize = group.iter().map(|(e, _, _)| e.len()).sum();
+        let mut seen = HashSet128::with_capacity_and_hasher(events, Default::default());
         let checked = {
             let state = self.shared.state.read().expect("state lock");
             let mut check = || -> Result<(), StoreError> {
@@ -300,8 +301,9 @@ impl Writer {
         };
         let mut erased = 0;
         for seg in affected {
-            let rewritten = maintenance::rewrite(shared, &[seg.clone()], &nodes, false)?
-                .expect("an erasure is never abandoned");
+            let rewritten =
+                maintenance::rewrite(shared, std::slice::from_ref(&seg), &nodes, false)?
+                    .expect("an erasure is never abandoned");
             erased += rewritten.dropped;
             maintenance::publish_merge(shared, &[seg], rewritten.output)?;
         }
