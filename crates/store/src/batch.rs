@@ -45,37 +45,37 @@ pub(crate) struct BatchRow {
     ids: [Span; 4],
 }
 
-/// Frame buffers of flushed tables, handed to new batches again: the in-memory table's
-/// memory is reused instead of going back to the allocator (and the OS) and being faulted
-/// in again, page by page, for the next table.
+/// Batches of flushed tables, emptied, handed out again: the in-memory table's memory is
+/// reused instead of going back to the allocator (and the OS) and being faulted in again,
+/// page by page, for the next table. Batches are built on the request threads and freed
+/// on the flusher's, a pattern thread-caching allocators handle poorly.
 #[derive(Default)]
 pub(crate) struct BufferPool {
-    buffers: Mutex<(Vec<Vec<u8>>, usize)>,
+    batches: Mutex<(Vec<EventBatch>, usize)>,
 }
 
 /// Bytes of buffers a pool keeps at most.
 const POOL_BYTES_MAX: usize = 64 << 20;
 
 impl BufferPool {
-    fn take(&self, capacity: usize) -> Vec<u8> {
-        let found = {
-            let mut pool = self.buffers.lock().expect("buffer pool");
-            let b = pool.0.pop();
-            if let Some(b) = &b {
-                pool.1 -= b.capacity();
+    fn take(&self) -> EventBatch {
+        let mut pool = self.batches.lock().expect("buffer pool");
+        match pool.0.pop() {
+            Some(b) => {
+                pool.1 -= b.bytes();
+                b
             }
-            b
-        };
-        let mut b = found.unwrap_or_default();
-        b.clear();
-        b.reserve(capacity);
-        b
+            None => EventBatch::default(),
+        }
     }
 
-    pub fn give(&self, b: Vec<u8>) {
-        let mut pool = self.buffers.lock().expect("buffer pool");
-        if pool.1 + b.capacity() <= POOL_BYTES_MAX {
-            pool.1 += b.capacity();
+    pub fn give(&self, mut b: EventBatch) {
+        b.frames.clear();
+        b.strings.clear();
+        b.rows.clear();
+        let mut pool = self.batches.lock().expect("buffer pool");
+        if pool.1 + b.bytes() <= POOL_BYTES_MAX {
+            pool.1 += b.bytes();
             pool.0.push(b);
         }
     }
@@ -103,18 +103,13 @@ impl EventBatch {
         }
     }
 
-    /// [`EventBatch::with_capacity`] with a frame buffer from `pool`.
+    /// [`EventBatch::with_capacity`], reusing a batch from `pool`.
     pub(crate) fn from_pool(pool: &BufferPool, events: usize, record_bytes: usize) -> EventBatch {
-        EventBatch {
-            frames: pool.take(record_bytes + events * wal::HEADER_BYTES),
-            strings: Vec::with_capacity(events * 64),
-            rows: Vec::with_capacity(events),
-        }
-    }
-
-    /// The frame buffer, for reuse.
-    pub(crate) fn into_frames(self) -> Vec<u8> {
-        self.frames
+        let mut b = pool.take();
+        b.frames.reserve(record_bytes + events * wal::HEADER_BYTES);
+        b.strings.reserve(events * 64);
+        b.rows.reserve(events);
+        b
     }
 
     /// A batch of owned events (tests, tools, events read back from the store).

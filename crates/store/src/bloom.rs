@@ -6,6 +6,7 @@
 //! a lookup costs one cache miss per segment instead of one per probe. Older segments
 //! carry the classic [`Bloom`], still read.
 
+#[cfg(test)]
 const BITS_PER_KEY: usize = 10;
 const PROBES: u64 = 7;
 
@@ -51,6 +52,9 @@ impl Bloom {
     }
 }
 
+/// Bits per key of the blocked filter: about 0.3% false positives (each one costs a read
+/// of the segment's hash column), at 1.75 bytes of memory per stored event.
+const BLOCKED_BITS_PER_KEY: usize = 14;
 /// Words per block: 8 x 64 bits, one cache line.
 const BLOCK_WORDS: usize = 8;
 /// Odd multipliers that spread one 64-bit hash over the 8 words of a block (as in
@@ -74,7 +78,9 @@ pub struct BlockedBloom {
 
 impl BlockedBloom {
     pub fn with_keys(keys: usize) -> BlockedBloom {
-        let blocks = (keys * BITS_PER_KEY).div_ceil(64 * BLOCK_WORDS).max(1);
+        let blocks = (keys * BLOCKED_BITS_PER_KEY)
+            .div_ceil(64 * BLOCK_WORDS)
+            .max(1);
         BlockedBloom {
             words: vec![0; blocks * BLOCK_WORDS],
         }
@@ -138,10 +144,13 @@ mod tests {
             .filter(|&i| classic.may_contain(other(i)))
             .count();
         assert!(fp < 300, "classic false positive rate too high: {fp}/10000");
-        let fp = (0..10_000u128)
+        let fp = (0..100_000u128)
             .filter(|&i| blocked.may_contain(other(i)))
             .count();
-        assert!(fp < 300, "blocked false positive rate too high: {fp}/10000");
+        assert!(
+            fp < 500,
+            "blocked false positive rate too high: {fp}/100000"
+        );
         let words = blocked.words().to_vec();
         let back = BlockedBloom::from_words(words).unwrap();
         assert!((0..10_000u128).all(|i| back.may_contain(inserted(i))));

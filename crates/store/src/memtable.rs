@@ -30,7 +30,7 @@ impl Drop for MemTable {
     fn drop(&mut self) {
         if let Some(pool) = &self.pool {
             for b in self.batches.drain(..) {
-                pool.give(b.into_frames());
+                pool.give(b);
             }
         }
     }

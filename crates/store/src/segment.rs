@@ -294,7 +294,14 @@ pub struct Segment {
     file: File,
     footer: Footer,
     filter: Filter,
+    /// Every [`HASH_GROUP`]-th message-id hash, built on the first dedupe lookup (read-only
+    /// opens never pay for it): a filter hit then costs one small read, not a binary
+    /// search over the file.
+    fences: std::sync::OnceLock<Vec<u128>>,
 }
+
+/// Sorted message-id hashes per fence: a group is one 4 KiB read.
+const HASH_GROUP: usize = 256;
 
 /// A segment's dedupe filter, in the format it was written with.
 #[derive(Debug)]
@@ -338,6 +345,7 @@ impl Segment {
             file,
             footer,
             filter: Filter::Classic(Bloom::from_words(Vec::new())),
+            fences: std::sync::OnceLock::new(),
         };
         seg.filter = if seg.footer.columns.iter().any(|c| c.name == BLOCKED_BLOOM) {
             let words = seg.read_column::<u64>(BLOCKED_BLOOM)?;
@@ -464,27 +472,35 @@ impl Segment {
     }
 
     /// Whether this segment stored a message with this id hash: the Bloom filter first,
-    /// then a binary search of the sorted hash column on disk.
+    /// then the group of the sorted hash column the in-memory fences point to.
     pub fn contains_hash(&self, hash: u128) -> Result<bool, StoreError> {
         if !self.may_contain(hash) {
             return Ok(false);
         }
-        let meta = self.meta("msg_hash")?;
-        let (mut lo, mut hi) = (0u64, meta.len / 16);
-        let mut buf = [0u8; 16];
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            self.file
-                .read_exact_at(&mut buf, meta.offset + mid * 16)
-                .map_err(|e| StoreError::io(&self.path, e))?;
-            let h = u128::from_le_bytes(buf);
-            match h.cmp(&hash) {
-                std::cmp::Ordering::Equal => return Ok(true),
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
+        let fences = match self.fences.get() {
+            Some(f) => f,
+            None => {
+                // Read once, checksum verified; concurrent first calls build it twice.
+                let all = self.hashes()?;
+                let f = all.iter().step_by(HASH_GROUP).copied().collect();
+                self.fences.get_or_init(|| f)
             }
-        }
-        Ok(false)
+        };
+        let Some(group) = fences.partition_point(|&f| f <= hash).checked_sub(1) else {
+            return Ok(false);
+        };
+        let meta = self.meta("msg_hash")?;
+        let total = (meta.len / 16) as usize;
+        let start = group * HASH_GROUP;
+        let len = HASH_GROUP.min(total.saturating_sub(start));
+        let mut buf = vec![0u128; len];
+        self.file
+            .read_exact_at(
+                bytemuck::cast_slice_mut(&mut buf),
+                meta.offset + (start * 16) as u64,
+            )
+            .map_err(|e| StoreError::io(&self.path, e))?;
+        Ok(buf.binary_search(&hash).is_ok())
     }
 
     /// The Bloom filter's answer alone: false means the hash is certainly not here.
@@ -618,5 +634,51 @@ impl<'s> PayloadReader<'s> {
             });
         }
         Ok(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns(hashes: Vec<u128>) -> Columns<'static> {
+        let rows = 3;
+        Columns {
+            persons: vec![0; rows],
+            nodes: vec![0; rows],
+            ts: vec![1, 2, 3],
+            kinds: vec![0; rows],
+            dims: (0..DIM_COUNT)
+                .map(|_| DimColumn {
+                    codes: vec![NO_VALUE; rows],
+                    dict: Vec::new(),
+                })
+                .collect(),
+            hashes,
+        }
+    }
+
+    /// Every stored hash is found, in the first, a middle and the last (partial) group of
+    /// the fence index, and hashes around them are not.
+    #[test]
+    fn stored_hashes_are_found_through_the_fences() {
+        let dir = crate::testutil::TempDir::new("fences");
+        let path = dir.path().join("1.seg");
+        let stored: Vec<u128> = (0..1000u128).map(|i| i * 10 + 5).collect();
+        write(&path, columns(stored.clone()), |_, out| {
+            out.extend_from_slice(b"{}");
+            Ok(())
+        })
+        .unwrap();
+        let seg = Segment::open(&path).unwrap();
+        for &h in &stored {
+            assert!(seg.contains_hash(h).unwrap(), "{h} not found");
+            for other in [h - 1, h + 1] {
+                // A filter false positive must still come back false.
+                assert!(!seg.contains_hash(other).unwrap(), "{other} found");
+            }
+        }
+        assert!(!seg.contains_hash(0).unwrap());
+        assert!(!seg.contains_hash(u128::MAX).unwrap());
     }
 }
