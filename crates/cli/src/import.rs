@@ -223,18 +223,15 @@ impl LineChunks {
         let mut want = self.limits.chunk_bytes;
         loop {
             // Pipes hand out a little at a time: read until the chunk is full.
-            while !self.done && self.carry.len() < want {
-                let old = self.carry.len();
-                self.carry.resize(want, 0);
-                let n = loop {
-                    match self.input.read(&mut self.carry[old..]) {
-                        Ok(n) => break n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e).with_context(|| format!("reading {}", self.name)),
-                    }
-                };
-                self.carry.truncate(old + n);
-                self.done = n == 0;
+            if !self.done && self.carry.len() < want {
+                // `read_to_end` fills spare capacity without zeroing it first.
+                let room = (want - self.carry.len()) as u64;
+                self.carry.reserve(want - self.carry.len());
+                let n = (&mut self.input)
+                    .take(room)
+                    .read_to_end(&mut self.carry)
+                    .with_context(|| format!("reading {}", self.name))?;
+                self.done = (n as u64) < room;
             }
             if self.at_start {
                 self.at_start = false;

@@ -394,28 +394,34 @@ fn normalize_parsed<'a>(
         .or_else(|| parsed.as_ref().map(|u| Cow::Owned(u.path.to_string())))
         .map(cut_query);
 
+    // The URL's query is read once for the UTM and click-id parameters.
+    let [utm_source, utm_medium, utm_campaign, utm_content, utm_term, gclid, gbraid, wbraid, dclid, msclkid, fbclid, ttclid, li_fat_id, twclid, yclid] =
+        match &parsed {
+            Some(u) => u.params(URL_PARAMS),
+            None => Default::default(),
+        };
     let campaign = &context_view.campaign;
-    let utm_field = |i: usize, param: &str| -> Option<Cow<'a, str>> {
+    let utm_field = |i: usize, from_url: Option<String>| -> Option<Cow<'a, str>> {
         campaign
             .object
             .then(|| str_of(&campaign.fields[i]))
             .flatten()
-            .or_else(|| parsed.as_ref().and_then(|u| u.param(param)).map(Cow::Owned))
+            .or_else(|| from_url.map(Cow::Owned))
             .filter(|s| !s.is_empty())
     };
     let utm = NewUtm {
-        source: utm_field(0, "utm_source"),
-        medium: utm_field(1, "utm_medium"),
-        campaign: utm_field(2, "utm_campaign"),
-        content: utm_field(3, "utm_content"),
-        term: utm_field(4, "utm_term"),
+        source: utm_field(0, utm_source),
+        medium: utm_field(1, utm_medium),
+        campaign: utm_field(2, utm_campaign),
+        content: utm_field(3, utm_content),
+        term: utm_field(4, utm_term),
     };
-    let click_id = parsed.as_ref().and_then(|u| {
-        CLICK_ID_PARAMS.iter().find_map(|p| {
-            u.param(p)
-                .filter(|v| !v.is_empty())
-                .map(|value| (Cow::Borrowed(*p), Cow::Owned(value)))
-        })
+    let click_values = [
+        gclid, gbraid, wbraid, dclid, msclkid, fbclid, ttclid, li_fat_id, twclid, yclid,
+    ];
+    let click_id = CLICK_ID_PARAMS.iter().zip(click_values).find_map(|(p, v)| {
+        v.filter(|v| !v.is_empty())
+            .map(|value| (Cow::Borrowed(*p), Cow::Owned(value)))
     });
     // `traits.email` when traits has the member at all, else `context.traits.email`.
     let email_field = match &traits.view.fields[0] {
@@ -450,6 +456,26 @@ fn normalize_parsed<'a>(
         traits: traits.text.unwrap_or_default(),
     })
 }
+
+/// The query parameters normalization reads: the UTM ones in `NewUtm` order, then
+/// [`CLICK_ID_PARAMS`] in order.
+const URL_PARAMS: [&str; 15] = [
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+    CLICK_ID_PARAMS[0],
+    CLICK_ID_PARAMS[1],
+    CLICK_ID_PARAMS[2],
+    CLICK_ID_PARAMS[3],
+    CLICK_ID_PARAMS[4],
+    CLICK_ID_PARAMS[5],
+    CLICK_ID_PARAMS[6],
+    CLICK_ID_PARAMS[7],
+    CLICK_ID_PARAMS[8],
+    CLICK_ID_PARAMS[9],
+];
 
 /// A context view read from text this function owns, made independent of it.
 fn own_context_view(v: message::ContextView<'_>) -> message::ContextView<'static> {

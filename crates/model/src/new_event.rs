@@ -236,6 +236,29 @@ fn is_empty_object(raw: &str) -> bool {
     t.is_empty() || (t.starts_with('{') && t[1..].trim_start() == "}")
 }
 
+/// Whether a JSON string needs escapes: a control character, a quote or a backslash.
+/// Eight bytes at a time (the classic "has byte less than / equal to" bit tricks).
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let less_than = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let x = u64::from_le_bytes(c.try_into().expect("chunks of eight"));
+        let hit = less_than(x, 0x20)
+            | zero(x ^ (ONES * u64::from(b'"')))
+            | zero(x ^ (ONES * u64::from(b'\\')));
+        if hit != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// Writes one JSON object's members.
 struct Obj<'o> {
     out: &'o mut Vec<u8>,
@@ -253,7 +276,14 @@ impl Obj<'_> {
 
     fn str(&mut self, key: &str, value: &str) {
         self.key(key);
-        serde_json::to_writer(&mut *self.out, value).expect("writing to a Vec cannot fail");
+        // Most strings need no escape at all: copied as they are, the rest as serde does.
+        if !needs_escape(value.as_bytes()) {
+            self.out.push(b'"');
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.push(b'"');
+        } else {
+            serde_json::to_writer(&mut *self.out, value).expect("writing to a Vec cannot fail");
+        }
     }
 
     fn opt(&mut self, key: &str, value: &Option<Cow<str>>) {
@@ -264,7 +294,8 @@ impl Obj<'_> {
 
     fn num(&mut self, key: &str, value: i64) {
         self.key(key);
-        self.out.extend_from_slice(value.to_string().as_bytes());
+        // serde_json writes integers with itoa, as `Display` does, without allocating.
+        serde_json::to_writer(&mut *self.out, &value).expect("writing to a Vec cannot fail");
     }
 }
 
@@ -277,7 +308,7 @@ mod tests {
         Event {
             message_id: "m-1 \"quoted\" ünï".into(),
             event_type: EventType::Page,
-            event: Some("Home\n".into()),
+            event: Some("Home\n\u{7f}\\ \u{1}".into()),
             user_id: Some("u1".into()),
             anonymous_id: Some("a1".into()),
             previous_id: None,
@@ -329,6 +360,22 @@ mod tests {
             // Byte for byte what serde writes for the owned event.
             assert_eq!(out, serde_json::to_vec(&e).unwrap());
         }
+    }
+
+    #[test]
+    fn escapes_are_found_in_any_position() {
+        let plain = "abcdefghijklmnopqrstuvwxyz0123456789-üé€😀";
+        assert!(!needs_escape(plain.as_bytes()));
+        for special in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+            for at in 0..plain.len() {
+                if !plain.is_char_boundary(at) {
+                    continue;
+                }
+                let s = format!("{}{special}{}", &plain[..at], &plain[at..]);
+                assert!(needs_escape(s.as_bytes()), "{s:?}");
+            }
+        }
+        assert!(!needs_escape("\u{7f} \u{20}".as_bytes()));
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl BufferPool {
 #[derive(Default)]
 pub struct EventBatch {
     frames: Vec<u8>,
-    strings: Vec<u8>,
+    strings: String,
     rows: Vec<BatchRow>,
 }
 
@@ -98,7 +98,7 @@ impl EventBatch {
     pub fn with_capacity(events: usize, record_bytes: usize) -> EventBatch {
         EventBatch {
             frames: Vec::with_capacity(record_bytes + events * wal::HEADER_BYTES),
-            strings: Vec::with_capacity(events * 64),
+            strings: String::with_capacity(events * 64),
             rows: Vec::with_capacity(events),
         }
     }
@@ -195,7 +195,7 @@ impl EventBatch {
             None => Span::NONE,
             Some(s) => {
                 let start = self.strings.len() as u32;
-                self.strings.extend_from_slice(s.as_bytes());
+                self.strings.push_str(s);
                 Span {
                     start,
                     len: s.len() as u32,
@@ -212,9 +212,8 @@ impl EventBatch {
         if s.start == u32::MAX {
             return None;
         }
-        let bytes = &self.strings[s.start as usize..(s.start + s.len) as usize];
-        // Written from `&str` by `string` above.
-        Some(std::str::from_utf8(bytes).expect("batch strings are UTF-8"))
+        // Whole strings were pushed, so the span falls on character boundaries.
+        Some(&self.strings[s.start as usize..(s.start + s.len) as usize])
     }
 
     pub(crate) fn dims(&self, row: usize) -> [Option<&str>; DIM_COUNT] {

@@ -209,8 +209,20 @@ fn flush_table(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
             .map(|r| state.identity.person_of(r.node))
             .collect()
     };
-    let mut order: Vec<u32> = (0..t.rows.len() as u32).collect();
-    order.sort_unstable_by_key(|&i| (persons[i as usize], t.rows[i as usize].ts, i));
+    // (person, time, arrival) packed in one integer: sorting those is a plain integer
+    // sort in cache, not indirect comparisons. Flipping the sign bit orders time as i64.
+    let mut keys: Vec<u128> = t
+        .rows
+        .iter()
+        .zip(&persons)
+        .enumerate()
+        .map(|(i, (r, &p))| {
+            let ts = (r.ts as u64) ^ (1 << 63);
+            (u128::from(p) << 96) | (u128::from(ts) << 32) | i as u128
+        })
+        .collect();
+    keys.sort_unstable();
+    let order: Vec<u32> = keys.into_iter().map(|k| k as u32).collect();
     let mut coders: Vec<_> = (0..DIM_COUNT).map(|_| DimColumn::coder()).collect();
     let mut columns = Columns {
         persons: Vec::with_capacity(order.len()),
