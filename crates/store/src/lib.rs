@@ -24,6 +24,7 @@ mod bloom;
 mod catalog;
 mod fsutil;
 mod idhash;
+mod idlog;
 mod lock;
 mod maintenance;
 mod memtable;

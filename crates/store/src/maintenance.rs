@@ -24,7 +24,7 @@ use throughline_identity::NodeId;
 use throughline_model::{DIMS, DIM_COUNT};
 
 use crate::fsutil::write_atomic;
-use crate::memtable::Frozen;
+use crate::memtable::{Frozen, IdentityUpdate};
 use crate::project::{Manifest, Reply, Shared, State};
 use crate::segment::{self, Columns, DimColumn, PayloadReader, Segment, StrHasher, NO_VALUE};
 use crate::wal;
@@ -250,15 +250,23 @@ fn flush_table(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
         Ok(())
     })?;
     let seg = Arc::new(Segment::open(&path)?);
-    let snap_name = format!("identity-{:08}.bin", frozen.number);
-    let snap_path = shared.dir.join(&snap_name);
-    write_atomic(&snap_path, &frozen.identity).map_err(|e| StoreError::io(&snap_path, e))?;
+    let (id_name, bytes, full) = match &frozen.identity {
+        IdentityUpdate::Snapshot(b) => (format!("identity-{:08}.bin", frozen.number), b, true),
+        IdentityUpdate::Log(b) => (format!("identity-log-{:08}.bin", frozen.number), b, false),
+    };
+    let id_path = shared.dir.join(&id_name);
+    write_atomic(&id_path, bytes).map_err(|e| StoreError::io(&id_path, e))?;
     publish(
         shared,
         |m| {
             m.segments.push(name);
             m.wal_start = frozen.wal_end;
-            m.identity = Some(snap_name);
+            if full {
+                m.identity = Some(id_name);
+                m.identity_logs.clear();
+            } else {
+                m.identity_logs.push(id_name);
+            }
         },
         |state| {
             let front = state.frozen.pop_front();
@@ -307,8 +315,11 @@ fn publish(
     for s in old.segments.iter().filter(|s| !new.segments.contains(s)) {
         let _ = std::fs::remove_file(shared.seg_dir().join(s));
     }
-    if let Some(o) = old.identity.filter(|o| new.identity.as_ref() != Some(o)) {
-        let _ = std::fs::remove_file(shared.dir.join(o));
+    let named: HashSet<&String> = new.identity.iter().chain(&new.identity_logs).collect();
+    for o in old.identity.iter().chain(&old.identity_logs) {
+        if !named.contains(o) {
+            let _ = std::fs::remove_file(shared.dir.join(o));
+        }
     }
     Ok(())
 }
@@ -352,7 +363,14 @@ pub(crate) fn publish_identity(
     let name = format!("identity-{number:08}.bin");
     let path = shared.dir.join(&name);
     write_atomic(&path, snapshot).map_err(|e| StoreError::io(&path, e))?;
-    publish(shared, |m| m.identity = Some(name), |_| {})
+    publish(
+        shared,
+        |m| {
+            m.identity = Some(name);
+            m.identity_logs.clear();
+        },
+        |_| {},
+    )
 }
 
 /// The compactor thread: after each flush, merges size tiers until none is due.

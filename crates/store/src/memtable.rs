@@ -14,6 +14,7 @@ use throughline_model::DIM_COUNT;
 
 use crate::batch::{BufferPool, EventBatch};
 use crate::idhash::HashSet128;
+use crate::idlog::IdentityLog;
 
 #[derive(Default)]
 pub(crate) struct MemTable {
@@ -22,6 +23,8 @@ pub(crate) struct MemTable {
     pub hashes: HashSet128,
     /// Memory held: the batches' buffers and the rows.
     pub bytes: usize,
+    /// The events of this table that changed the identity graph.
+    pub identity_log: IdentityLog,
     /// Where the batches' buffers go when the table is dropped (after its flush).
     pool: Option<Arc<BufferPool>>,
 }
@@ -54,6 +57,7 @@ impl MemTable {
             pool: Some(pool),
             batches: Vec::new(),
             bytes: 0,
+            identity_log: IdentityLog::default(),
         }
     }
 
@@ -100,11 +104,19 @@ impl MemTable {
     }
 }
 
+/// How a flushed table brings the identity graph on disk up to its last event.
+pub(crate) enum IdentityUpdate {
+    /// A full snapshot of the graph.
+    Snapshot(Vec<u8>),
+    /// The table's [`IdentityLog`], replayed after the snapshot and earlier logs.
+    Log(Vec<u8>),
+}
+
 /// A table the writer froze, waiting for (or in) its flush.
 pub(crate) struct Frozen {
     pub table: MemTable,
     /// The identity graph as of the table's last event, published with its segment.
-    pub identity: Vec<u8>,
+    pub identity: IdentityUpdate,
     /// The first log file after the table: every event of the table is in files before
     /// it, so publishing the segment retires them.
     pub wal_end: u64,

@@ -26,7 +26,7 @@ use crate::memtable::{Frozen, MemTable};
 use crate::metrics::StoreMetrics;
 use crate::segment::Segment;
 use crate::wal::{self, WalWriter};
-use crate::writer::{Request, Writer};
+use crate::writer::{IdentityOnDisk, Request, Writer};
 use crate::StoreError;
 
 #[derive(Clone, Debug)]
@@ -93,7 +93,10 @@ pub(crate) struct Manifest {
     pub next_segment: u64,
     /// First log file whose records are not in any segment.
     pub wal_start: u64,
+    /// The identity graph as of `wal_start`: this snapshot, then these change logs in order.
     pub identity: Option<String>,
+    #[serde(default)]
+    pub identity_logs: Vec<String>,
 }
 
 /// What readers see, changed only under the write lock.
@@ -184,10 +187,12 @@ impl ProjectStore {
             },
             Err(e) => return Err(StoreError::io(&manifest_path, e)),
         };
-        let identity = match &manifest.identity {
+        let mut snapshot_bytes = 0;
+        let mut identity = match &manifest.identity {
             Some(file) => {
                 let p = dir.join(file);
                 let bytes = std::fs::read(&p).map_err(|e| StoreError::io(&p, e))?;
+                snapshot_bytes = bytes.len();
                 let mut g =
                     IdentityGraph::from_snapshot(&bytes).map_err(|e| StoreError::Corrupt {
                         file: p.clone(),
@@ -198,6 +203,16 @@ impl ProjectStore {
             }
             None => IdentityGraph::new(options.identity.clone()),
         };
+        let mut log_bytes = 0;
+        for file in &manifest.identity_logs {
+            let p = dir.join(file);
+            let bytes = std::fs::read(&p).map_err(|e| StoreError::io(&p, e))?;
+            log_bytes += bytes.len();
+            crate::idlog::replay(&bytes, &mut identity).map_err(|why| StoreError::Corrupt {
+                file: p.clone(),
+                why,
+            })?;
+        }
         let segments = manifest
             .segments
             .iter()
@@ -251,7 +266,21 @@ impl ProjectStore {
             "compactor",
             Box::new(move || maintenance::compactor(&s)),
         )?);
-        let mut writer = Writer::new(shared.clone(), wal);
+        let mut writer = Writer::new(
+            shared.clone(),
+            wal,
+            IdentityOnDisk {
+                snapshot_bytes,
+                log_bytes,
+                logs: shared
+                    .state
+                    .read()
+                    .expect("state lock")
+                    .manifest
+                    .identity_logs
+                    .len(),
+            },
+        );
         threads.push(spawn("writer", Box::new(move || writer.run(rx)))?);
         Ok(ProjectStore {
             name: name.to_string(),
@@ -466,7 +495,11 @@ fn replay_log(wal_dir: &Path, state: &mut State) -> Result<u64, StoreError> {
             {
                 continue;
             }
-            stored.push((i, state.identity.observe_ids(batch.ids(i))));
+            let node = state
+                .mem
+                .identity_log
+                .observe(&mut state.identity, batch.ids(i));
+            stored.push((i, node));
         }
         state.mem.add(batch, stored);
     }
@@ -617,10 +650,8 @@ pub(crate) fn in_segments(segments: &[Arc<Segment>], hash: u128) -> Result<bool,
 /// Deletes segment and snapshot files the manifest does not name: leftovers of a crash
 /// between writing a file and publishing the manifest that would have named it.
 fn remove_unlisted(dir: &Path, seg_dir: &Path, m: &Manifest) -> Result<(), StoreError> {
-    for (d, keep) in [
-        (seg_dir, m.segments.clone()),
-        (dir, m.identity.iter().cloned().collect::<Vec<_>>()),
-    ] {
+    let identity: Vec<String> = m.identity.iter().chain(&m.identity_logs).cloned().collect();
+    for (d, keep) in [(seg_dir, m.segments.clone()), (dir, identity)] {
         for entry in std::fs::read_dir(d).map_err(|e| StoreError::io(d, e))? {
             let entry = entry.map_err(|e| StoreError::io(d, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -16,7 +16,7 @@ use std::time::Instant;
 use crate::batch::EventBatch;
 use crate::idhash::HashSet128;
 use crate::maintenance::{self, FlushJob};
-use crate::memtable::Frozen;
+use crate::memtable::{Frozen, IdentityUpdate};
 use crate::project::{in_segments, person_nodes, AppendOutcome, Reply, Shared};
 use crate::wal::WalWriter;
 use crate::StoreError;
@@ -45,14 +45,29 @@ pub(crate) struct Writer {
     /// Set when a commit failed and the file could not be cut back: the next commit
     /// starts a fresh file so no acknowledged record ever follows a torn one.
     wal_broken: bool,
+    identity: IdentityOnDisk,
 }
 
+/// What recovery would read for the identity graph (published or queued for the
+/// flusher): decides when a frozen table carries a full snapshot instead of a log.
+pub(crate) struct IdentityOnDisk {
+    /// Size of the last full snapshot.
+    pub snapshot_bytes: usize,
+    /// Size and number of the change logs after it.
+    pub log_bytes: usize,
+    pub logs: usize,
+}
+
+/// Change logs after one full snapshot at most (recovery replays them all).
+const IDENTITY_LOGS_MAX: usize = 64;
+
 impl Writer {
-    pub fn new(shared: Arc<Shared>, wal: WalWriter) -> Writer {
+    pub fn new(shared: Arc<Shared>, wal: WalWriter, identity: IdentityOnDisk) -> Writer {
         Writer {
             shared,
             wal,
             wal_broken: false,
+            identity,
         }
     }
 
@@ -130,13 +145,31 @@ impl Writer {
         let wal = WalWriter::create(&shared.wal_dir(), next)
             .map_err(|e| StoreError::io(&shared.wal_dir(), e))?;
         // Only this thread changes the graph and the active table, so what it reads under
-        // the read lock still holds when it takes the write lock below.
-        let identity = shared
-            .state
-            .read()
-            .expect("state lock")
-            .identity
-            .to_snapshot();
+        // the read lock still holds when it takes the write lock below. A full snapshot
+        // once the logs since the last one would outweigh half of it: recovery reads at
+        // most one and a half snapshots' worth, and snapshots cost O(changes) in all.
+        let identity = {
+            let state = shared.state.read().expect("state lock");
+            let log = &state.mem.identity_log;
+            let d = &mut self.identity;
+            if d.snapshot_bytes == 0
+                || d.logs >= IDENTITY_LOGS_MAX
+                || d.log_bytes + log.len_bytes() > d.snapshot_bytes / 2
+            {
+                let snapshot = state.identity.to_snapshot();
+                *d = IdentityOnDisk {
+                    snapshot_bytes: snapshot.len(),
+                    log_bytes: 0,
+                    logs: 0,
+                };
+                IdentityUpdate::Snapshot(snapshot)
+            } else {
+                let encoded = log.encode();
+                d.log_bytes += encoded.len();
+                d.logs += 1;
+                IdentityUpdate::Log(encoded)
+            }
+        };
         let frozen = {
             let mut state = shared.state.write().expect("state lock");
             let frozen = Arc::new(Frozen {
@@ -220,7 +253,10 @@ impl Writer {
             for ((events, _, reply), rows) in group.into_iter().zip(fresh) {
                 let nodes: Vec<(usize, u32)> = rows
                     .into_iter()
-                    .map(|i| (i, state.identity.observe_ids(events.ids(i))))
+                    .map(|i| {
+                        let ids = events.ids(i);
+                        (i, state.mem.identity_log.observe(&mut state.identity, ids))
+                    })
                     .collect();
                 state.mem.add(events, nodes);
                 replies.push(reply);
@@ -317,6 +353,11 @@ impl Writer {
         };
         let number = shared.next_number.fetch_add(1, Ordering::Relaxed);
         maintenance::publish_identity(shared, number, &snapshot)?;
+        self.identity = IdentityOnDisk {
+            snapshot_bytes: snapshot.len(),
+            log_bytes: 0,
+            logs: 0,
+        };
         Ok(erased)
     }
 }
