@@ -220,6 +220,10 @@ impl EventBatch {
         self.rows[row].dims.map(|s| self.text(s))
     }
 
+    pub(crate) fn dim(&self, row: usize, d: usize) -> Option<&str> {
+        self.text(self.rows[row].dims[d])
+    }
+
     /// The ids of one event, as the identity graph takes them.
     pub(crate) fn ids(&self, row: usize) -> IdRefs<'_> {
         let r = &self.rows[row];

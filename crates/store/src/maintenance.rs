@@ -13,6 +13,7 @@
 //! events it does not include. A compaction changes neither, and is abandoned when the
 //! store closes (its input segments stay, and a later flush retries).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::path::Path;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use throughline_identity::NodeId;
-use throughline_model::{DIMS, DIM_COUNT};
+use throughline_model::DIMS;
 
 use crate::fsutil::write_atomic;
 use crate::memtable::{Frozen, IdentityUpdate};
@@ -223,13 +224,11 @@ fn flush_table(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
         .collect();
     keys.sort_unstable();
     let order: Vec<u32> = keys.into_iter().map(|k| k as u32).collect();
-    let mut coders: Vec<_> = (0..DIM_COUNT).map(|_| DimColumn::coder()).collect();
     let mut columns = Columns {
         persons: Vec::with_capacity(order.len()),
         nodes: Vec::with_capacity(order.len()),
         ts: Vec::with_capacity(order.len()),
         kinds: Vec::with_capacity(order.len()),
-        dims: Vec::new(),
         hashes: t.rows.iter().map(|r| t.hash(r)).collect(),
     };
     for &i in &order {
@@ -238,17 +237,24 @@ fn flush_table(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
         columns.nodes.push(r.node);
         columns.ts.push(r.ts);
         columns.kinds.push(r.kind);
-        for (coder, value) in coders.iter_mut().zip(t.dims(r)) {
-            coder.push(value);
-        }
     }
-    columns.dims = coders.into_iter().map(|c| c.finish()).collect();
     let name = format!("{:08}.seg", frozen.number);
     let path = shared.seg_dir().join(&name);
-    segment::write(&path, columns, |i, out| {
-        out.extend_from_slice(t.record(&t.rows[order[i] as usize]));
-        Ok(())
-    })?;
+    segment::write(
+        &path,
+        columns,
+        |d| {
+            let mut coder = DimColumn::coder();
+            for &i in &order {
+                coder.push(t.dim(&t.rows[i as usize], d));
+            }
+            Ok(coder.finish())
+        },
+        |i, out| {
+            out.extend_from_slice(t.record(&t.rows[order[i] as usize]));
+            Ok(())
+        },
+    )?;
     let seg = Arc::new(Segment::open(&path)?);
     let (id_name, bytes, full) = match &frozen.identity {
         IdentityUpdate::Snapshot(b) => (format!("identity-{:08}.bin", frozen.number), b, true),
@@ -483,12 +489,11 @@ pub(crate) struct Rewritten {
     pub dropped: usize,
 }
 
-/// One input of a merge: its scan columns.
+/// One input of a merge: its scan columns (dimensions are read one at a time).
 struct Input {
     nodes: Vec<u32>,
     ts: Vec<i64>,
     kinds: Vec<u8>,
-    dims: Vec<(Vec<u32>, Vec<String>)>,
 }
 
 /// Not yet given an output code (distinct from [`NO_VALUE`]).
@@ -515,16 +520,11 @@ pub(crate) fn rewrite(
     let mut ins = Vec::with_capacity(inputs.len());
     let mut hashes: Vec<u128> = Vec::new();
     for seg in inputs {
-        let mut dims = Vec::with_capacity(DIM_COUNT);
-        for dim in DIMS {
-            dims.push(seg.dim(dim)?);
-        }
         hashes.extend(seg.hashes()?);
         ins.push(Input {
             nodes: seg.read_column::<u32>("node")?,
             ts: seg.read_column::<i64>("ts")?,
             kinds: seg.read_column::<u8>("type")?,
-            dims,
         });
     }
     let mut readers = inputs
@@ -551,37 +551,8 @@ pub(crate) fn rewrite(
         }
     }
     rows.sort_by_key(|r| (r.person, r.ts));
+    let rows_at: Vec<(u32, u32)> = rows.iter().map(|r| (r.input, r.row)).collect();
 
-    let mut dims = Vec::with_capacity(DIM_COUNT);
-    for d in 0..DIM_COUNT {
-        // Input codes map to output codes once per distinct (input, code), not per row.
-        let mut remap: Vec<Vec<u32>> = ins
-            .iter()
-            .map(|i| vec![UNCODED; i.dims[d].1.len()])
-            .collect();
-        let mut ids: HashMap<&str, u32, BuildHasherDefault<StrHasher>> = HashMap::default();
-        let mut dict: Vec<&str> = Vec::new();
-        let codes = rows
-            .iter()
-            .map(|r| {
-                let (codes, strings) = &ins[r.input as usize].dims[d];
-                let c = codes[r.row as usize];
-                if c == NO_VALUE {
-                    return NO_VALUE;
-                }
-                let slot = &mut remap[r.input as usize][c as usize];
-                if *slot == UNCODED {
-                    let s = strings[c as usize].as_str();
-                    *slot = *ids.entry(s).or_insert_with(|| {
-                        dict.push(s);
-                        (dict.len() - 1) as u32
-                    });
-                }
-                *slot
-            })
-            .collect();
-        dims.push(DimColumn { codes, dict });
-    }
     let columns = Columns {
         persons: rows.iter().map(|r| r.person).collect(),
         nodes: rows
@@ -593,18 +564,24 @@ pub(crate) fn rewrite(
             .iter()
             .map(|r| ins[r.input as usize].kinds[r.row as usize])
             .collect(),
-        dims,
         hashes,
     };
+    drop(ins);
     let number = shared.next_number.fetch_add(1, Ordering::Relaxed);
     let path = shared.seg_dir().join(format!("{number:08}.seg"));
-    let written = segment::write(&path, columns, |i, out| {
-        if abandonable && i % ABANDON_CHECK_ROWS == 0 && shared.closing.load(Ordering::Relaxed) {
-            return Err(StoreError::Closed);
-        }
-        let r = &rows[i];
-        readers[r.input as usize].append(r.row as usize, out)
-    });
+    let written = segment::write(
+        &path,
+        columns,
+        |d| merge_dim(inputs, &rows_at, d),
+        |i, out| {
+            if abandonable && i % ABANDON_CHECK_ROWS == 0 && shared.closing.load(Ordering::Relaxed)
+            {
+                return Err(StoreError::Closed);
+            }
+            let r = &rows[i];
+            readers[r.input as usize].append(r.row as usize, out)
+        },
+    );
     match written {
         Ok(()) => Ok(Some(Rewritten {
             output: Arc::new(Segment::open(&path)?),
@@ -618,6 +595,49 @@ pub(crate) fn rewrite(
             }
         }
     }
+}
+
+/// Output column `d` of a merge whose output rows are `rows_at` (input, row): input codes
+/// map to output codes once per distinct (input, code), not per row, and each string
+/// moves into the output dictionary the first time a row uses it (unused ones, of erased
+/// rows, are left out).
+fn merge_dim(
+    inputs: &[Arc<Segment>],
+    rows_at: &[(u32, u32)],
+    d: usize,
+) -> Result<DimColumn<'static>, StoreError> {
+    let mut ins: Vec<(Vec<u32>, Vec<String>)> = Vec::with_capacity(inputs.len());
+    for seg in inputs {
+        ins.push(seg.dim(DIMS[d])?);
+    }
+    let mut remap: Vec<Vec<u32>> = ins.iter().map(|i| vec![UNCODED; i.1.len()]).collect();
+    let mut ids: HashMap<String, u32, BuildHasherDefault<StrHasher>> = HashMap::default();
+    let mut dict: Vec<Cow<'static, str>> = Vec::new();
+    let codes = rows_at
+        .iter()
+        .map(|&(input, row)| {
+            let (codes, strings) = &mut ins[input as usize];
+            let c = codes[row as usize];
+            if c == NO_VALUE {
+                return NO_VALUE;
+            }
+            let slot = &mut remap[input as usize][c as usize];
+            if *slot == UNCODED {
+                let s = std::mem::take(&mut strings[c as usize]);
+                *slot = match ids.get(&s) {
+                    Some(&code) => code,
+                    None => {
+                        let code = dict.len() as u32;
+                        ids.insert(s.clone(), code);
+                        dict.push(Cow::Owned(s));
+                        code
+                    }
+                };
+            }
+            *slot
+        })
+        .collect();
+    Ok(DimColumn { codes, dict })
 }
 
 fn tmp_of(path: &Path) -> std::path::PathBuf {

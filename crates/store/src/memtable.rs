@@ -99,6 +99,11 @@ impl MemTable {
         self.batches[r.batch as usize].dims(r.row as usize)
     }
 
+    /// Dimension `d` of [`MemTable::dims`] alone.
+    pub fn dim(&self, r: &MemRow, d: usize) -> Option<&str> {
+        self.batches[r.batch as usize].dim(r.row as usize, d)
+    }
+
     pub fn hash(&self, r: &MemRow) -> u128 {
         self.batches[r.batch as usize].rows()[r.row as usize].hash
     }

@@ -7,6 +7,7 @@
 //! versions add columns without breaking older files. The full event travels in the
 //! `payload` column (the same JSON as the WAL record), which export and Parquet use.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::hash::BuildHasherDefault;
@@ -15,7 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use throughline_model::{DIMS, DIM_COUNT};
+use throughline_model::DIMS;
 
 use crate::bloom::{BlockedBloom, Bloom};
 use crate::fsutil::sync_dir;
@@ -52,23 +53,21 @@ struct Footer {
 }
 
 /// The scan columns of a segment to [`write`], rows in (person, timestamp) order.
-pub struct Columns<'a> {
+pub struct Columns {
     pub persons: Vec<u32>,
     pub nodes: Vec<u32>,
     pub ts: Vec<i64>,
     pub kinds: Vec<u8>,
-    /// One per [`throughline_model::DIMS`]: a code per row ([`NO_VALUE`] where absent)
-    /// into the dictionary beside it.
-    pub dims: Vec<DimColumn<'a>>,
     /// The message-id hashes the segment answers for in deduplication.
     pub hashes: Vec<u128>,
 }
 
-/// One dictionary-coded string column.
+/// One dictionary-coded string column: a code per row ([`NO_VALUE`] where absent) into
+/// the dictionary beside it.
 #[derive(Default)]
 pub struct DimColumn<'a> {
     pub codes: Vec<u32>,
-    pub dict: Vec<&'a str>,
+    pub dict: Vec<Cow<'a, str>>,
 }
 
 impl<'a> DimColumn<'a> {
@@ -92,7 +91,7 @@ impl<'a> DimCoder<'a> {
             Some(v) => {
                 let dict = &mut self.column.dict;
                 *self.ids.entry(v).or_insert_with(|| {
-                    dict.push(v);
+                    dict.push(Cow::Borrowed(v));
                     (dict.len() - 1) as u32
                 })
             }
@@ -120,19 +119,24 @@ impl std::hash::Hasher for StrHasher {
 }
 
 /// Writes a segment durably (temp file, fsync, rename, directory fsync).
-/// `payload(i, out)` appends row `i`'s event record to `out`: payloads stream from their
-/// source (the in-memory table, or input segments when compacting) so a segment of any
-/// size is written in bounded memory.
-pub fn write(
+/// `dim(d)` gives the column of [`DIMS`]`[d]`, asked for one at a time so only one is
+/// held at once; `payload(i, out)` appends row `i`'s event record to `out`: payloads
+/// stream from their source (the in-memory table, or input segments when compacting) so
+/// a segment of any size is written in bounded memory.
+pub fn write<'a>(
     path: &Path,
     columns: Columns,
+    mut dim: impl FnMut(usize) -> Result<DimColumn<'a>, StoreError>,
     mut payload: impl FnMut(usize, &mut Vec<u8>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    write_inner(path, columns, &mut payload).map_err(|e| match e {
+    write_inner(path, columns, &mut dim, &mut payload).map_err(|e| match e {
         WriteError::Io(e) => StoreError::io(path, e),
         WriteError::Source(e) => e,
     })
 }
+
+/// Gives one dimension column.
+type DimSource<'s, 'a> = dyn FnMut(usize) -> Result<DimColumn<'a>, StoreError> + 's;
 
 /// Appends one row's payload to the buffer.
 type PayloadSource<'a> = dyn FnMut(usize, &mut Vec<u8>) -> Result<(), StoreError> + 'a;
@@ -151,6 +155,7 @@ impl From<io::Error> for WriteError {
 fn write_inner(
     path: &Path,
     columns: Columns,
+    dim: &mut DimSource,
     payload: &mut PayloadSource,
 ) -> Result<(), WriteError> {
     let Columns {
@@ -158,12 +163,11 @@ fn write_inner(
         nodes,
         ts,
         kinds,
-        dims,
         mut hashes,
     } = columns;
     let rows = persons.len();
     assert!(
-        nodes.len() == rows && ts.len() == rows && kinds.len() == rows && dims.len() == DIM_COUNT,
+        nodes.len() == rows && ts.len() == rows && kinds.len() == rows,
         "segment columns of unequal length"
     );
     let tmp = path.with_extension("seg.tmp");
@@ -172,6 +176,7 @@ fn write_inner(
         out: BufWriter::with_capacity(1 << 20, file),
         pos: 0,
         columns: Vec::new(),
+        synced: 0,
     };
     w.raw(MAGIC)?;
 
@@ -186,11 +191,12 @@ fn write_inner(
     w.column("node", bytemuck::cast_slice(&nodes))?;
     w.column("ts", bytemuck::cast_slice(&ts))?;
     w.column("type", &kinds)?;
-    for (dim, col) in DIMS.iter().zip(&dims) {
+    for (d, name) in DIMS.iter().enumerate() {
+        let col = dim(d).map_err(WriteError::Source)?;
         assert_eq!(col.codes.len(), rows, "dimension column of unequal length");
-        w.column(&format!("dim:{dim}"), bytemuck::cast_slice(&col.codes))?;
+        w.column(&format!("dim:{name}"), bytemuck::cast_slice(&col.codes))?;
         w.column(
-            &format!("dict:{dim}"),
+            &format!("dict:{name}"),
             &serde_json::to_vec(&col.dict).expect("dictionary serializes"),
         )?;
     }
@@ -258,12 +264,25 @@ struct Writer {
     out: BufWriter<File>,
     pos: u64,
     columns: Vec<ColumnMeta>,
+    /// Where the file was last synced.
+    synced: u64,
 }
+
+/// A segment being written is synced every this many bytes. Background writes then never
+/// pile up gigabytes of dirty pages, which the log's next fsync would wait for (ext4
+/// commits them with the journal): the cost of a flush or a merge is not passed on to
+/// the latency of group commits.
+const SYNC_EVERY_BYTES: u64 = 16 << 20;
 
 impl Writer {
     fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         self.pos += bytes.len() as u64;
+        if self.pos - self.synced >= SYNC_EVERY_BYTES {
+            self.out.flush()?;
+            self.out.get_ref().sync_data()?;
+            self.synced = self.pos;
+        }
         Ok(())
     }
 
@@ -641,21 +660,22 @@ impl<'s> PayloadReader<'s> {
 mod tests {
     use super::*;
 
-    fn columns(hashes: Vec<u128>) -> Columns<'static> {
+    fn columns(hashes: Vec<u128>) -> Columns {
         let rows = 3;
         Columns {
             persons: vec![0; rows],
             nodes: vec![0; rows],
             ts: vec![1, 2, 3],
             kinds: vec![0; rows],
-            dims: (0..DIM_COUNT)
-                .map(|_| DimColumn {
-                    codes: vec![NO_VALUE; rows],
-                    dict: Vec::new(),
-                })
-                .collect(),
             hashes,
         }
+    }
+
+    fn no_dims(_: usize) -> Result<DimColumn<'static>, StoreError> {
+        Ok(DimColumn {
+            codes: vec![NO_VALUE; 3],
+            dict: Vec::new(),
+        })
     }
 
     /// Every stored hash is found, in the first, a middle and the last (partial) group of
@@ -665,7 +685,7 @@ mod tests {
         let dir = crate::testutil::TempDir::new("fences");
         let path = dir.path().join("1.seg");
         let stored: Vec<u128> = (0..1000u128).map(|i| i * 10 + 5).collect();
-        write(&path, columns(stored.clone()), |_, out| {
+        write(&path, columns(stored.clone()), no_dims, |_, out| {
             out.extend_from_slice(b"{}");
             Ok(())
         })
