@@ -39,12 +39,11 @@ const LIMITS: Limits = Limits {
 };
 /// Messages per chunk at most (for sources of already-parsed messages).
 const CHUNK_MESSAGES: usize = 8192;
-/// A bulk load uses bigger in-memory tables (fewer, larger segments) and merges a size
-/// tier only once it holds eight of them: with the default row bound, every imported
-/// event is rewritten at most once (eight 256 MiB tables make one full segment), and an
-/// import of a million events not at all. Memory: the active table and two frozen ones.
+/// A bulk load uses bigger in-memory tables (fewer, larger segments): with the default
+/// tier width (eight) and row bound, every imported event is rewritten at most once
+/// (eight 256 MiB tables make one full segment), and an import of a million events not
+/// at all. Memory: the active table and two frozen ones.
 const IMPORT_FLUSH_BYTES: usize = 256 << 20;
-const IMPORT_COMPACT_SEGMENTS_MIN: usize = 8;
 /// Files hold history: their timestamps are kept, not corrected against the import time.
 const HISTORICAL: Envelope = Envelope {
     kind: None,
@@ -95,7 +94,6 @@ pub struct RowError {
 pub fn run(args: ImportArgs) -> Result<()> {
     let options = throughline_store::ProjectOptions {
         flush_bytes: IMPORT_FLUSH_BYTES,
-        compact_segments_min: IMPORT_COMPACT_SEGMENTS_MIN,
         ..Default::default()
     };
     let store = crate::open_store_with(&args.data, options)?;

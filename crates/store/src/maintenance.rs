@@ -33,6 +33,10 @@ use crate::StoreError;
 
 /// Longest wait between retries of a failed flush.
 const FLUSH_RETRY_MS_MAX: u64 = 5_000;
+/// Segments still to be merged (below `compact_rows_max`) at most while the compactor is
+/// busy: beyond it the flusher waits for the compactor, frozen tables queue, and then the
+/// writer waits, so ingestion can never outrun merging for long.
+const COMPACTION_BACKLOG_SEGMENTS: usize = 32;
 /// Rows a compaction copies between checks for the store closing.
 const ABANDON_CHECK_ROWS: usize = 4096;
 
@@ -149,6 +153,7 @@ pub(crate) fn flusher(shared: &Shared) {
             }
             Ok(f) => f,
         };
+        wait_for_compactor(shared);
         let started = Instant::now();
         match flush_table(shared, &frozen) {
             Ok(()) => {
@@ -196,6 +201,33 @@ pub(crate) fn flusher(shared: &Shared) {
                 retry_ms = (retry_ms * 2).min(FLUSH_RETRY_MS_MAX);
             }
         }
+    }
+}
+
+/// Waits while [`COMPACTION_BACKLOG_SEGMENTS`] segments wait for a busy compactor.
+fn wait_for_compactor(shared: &Shared) {
+    loop {
+        let backlog = {
+            let state = shared.state.read().expect("state lock");
+            state
+                .segments
+                .iter()
+                .filter(|s| s.rows() < shared.options.compact_rows_max)
+                .count()
+        };
+        if backlog < COMPACTION_BACKLOG_SEGMENTS || shared.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        let c = shared.compact.lock().expect("compact state");
+        if !(c.wanted || c.running) {
+            return;
+        }
+        drop(
+            shared
+                .compact_cv
+                .wait_timeout(c, Duration::from_millis(200))
+                .expect("compact state"),
+        );
     }
 }
 
@@ -418,6 +450,7 @@ pub(crate) fn compactor(shared: &Shared) {
                         .metrics
                         .compaction_seconds
                         .observe(started.elapsed().as_secs_f64());
+                    shared.compact_cv.notify_all();
                 }
                 // Abandoned: the store is closing.
                 Ok(None) => break,

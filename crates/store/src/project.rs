@@ -40,7 +40,9 @@ pub struct ProjectOptions {
     pub queue_requests_max: usize,
     /// Events committed under one fsync at most.
     pub group_events_max: usize,
-    /// Compact once this many segments are below `compact_rows_max`.
+    /// Merge a size tier once it holds this many segments (below `compact_rows_max`): a
+    /// wider tier rewrites each event fewer times, and leaves more segments for reads
+    /// and deduplication to visit.
     pub compact_segments_min: usize,
     /// Compaction output rows at most, which bounds its memory.
     pub compact_rows_max: usize,
@@ -54,7 +56,7 @@ impl Default for ProjectOptions {
             frozen_tables_max: 2,
             queue_requests_max: 1024,
             group_events_max: 50_000,
-            compact_segments_min: 4,
+            compact_segments_min: 8,
             compact_rows_max: 2_000_000,
             identity: IdentityConfig::default(),
         }
