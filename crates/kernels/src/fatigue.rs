@@ -11,12 +11,14 @@
 //! **The response curve** groups windows by their touch count: per count, the share of
 //! windows with an opt-out and with a conversion.
 //!
-//! **The recommended cap.** With a conversion worth `value` and an opt-out costing `cost`
-//! (the future value a lost subscriber takes away), a window with `x` touches is worth
-//! `value·c(x) - cost·u(x)` on average. Both curves are first smoothed by isotonic
-//! regression (more touches never reduce opt-outs; a conversion rate that falls with
-//! frequency is flattened, which means "no marginal gain"), weighted by window counts, over
-//! the counts with at least `min_windows` windows. The cap is the smallest count where that
+//! **The recommended cap.** With a conversion worth `value`, an unsubscribe costing
+//! `unsubscribe_cost` and a complaint `complaint_cost` (the future value a lost subscriber
+//! takes away; a complaint also hurts deliverability), a window with `x` touches is worth
+//! `value·c(x) - k(x)` on average, `c` the conversion rate and `k` the expected opt-out cost.
+//! Both curves are first smoothed by isotonic regression (more touches never cost fewer
+//! opt-outs; a conversion rate that falls with frequency is flattened, which means "no
+//! marginal gain"), weighted by window counts, over the counts with at least `min_windows`
+//! windows. The cap is the smallest count where that
 //! net value peaks: past it, the marginal opt-outs cost more than the marginal conversions
 //! bring.
 //!
@@ -33,16 +35,21 @@ pub struct Window {
     pub start: Millis,
     pub touches: u32,
     pub engagements: u32,
+    /// An unsubscribe or a complaint in the window (the person's last window).
     pub opted_out: bool,
+    /// A complaint in the window.
+    pub complained: bool,
     pub converted: bool,
 }
 
 /// The windows of one person on one channel. Every slice is sorted; `end` is where the data
 /// ends (exclusive).
+#[allow(clippy::too_many_arguments)]
 pub fn windows(
     touches: &[Millis],
     engagements: &[Millis],
-    opt_outs: &[Millis],
+    unsubscribes: &[Millis],
+    complaints: &[Millis],
     conversions: &[Millis],
     end: Millis,
     window_ms: Millis,
@@ -51,8 +58,13 @@ pub fn windows(
     let Some(&first) = touches.first() else {
         return;
     };
-    let first_out = opt_outs.iter().copied().find(|&t| t >= first);
-    if opt_outs.iter().any(|&t| t < first) {
+    let first_out = unsubscribes
+        .iter()
+        .chain(complaints)
+        .copied()
+        .filter(|&t| t >= first)
+        .min();
+    if unsubscribes.iter().chain(complaints).any(|&t| t < first) {
         // Opted out before any recorded touch: not exposed to this channel's frequency.
         return;
     }
@@ -70,6 +82,7 @@ pub fn windows(
             touches: count(touches, start, stop),
             engagements: count(engagements, start, stop),
             opted_out: out,
+            complained: out && count(complaints, start, stop) > 0,
             converted: count(conversions, start, stop) > 0,
         });
         if out {
@@ -85,7 +98,9 @@ pub struct Bin {
     pub touches: u32,
     pub windows: u64,
     pub opted_out: u64,
+    pub complained: u64,
     pub converted: u64,
+    pub touches_total: u64,
     pub engagements: u64,
 }
 
@@ -113,6 +128,8 @@ impl Curve {
         let b = &mut self.bins[w.touches.min(TOUCHES_MAX) as usize];
         b.windows += 1;
         b.opted_out += u64::from(w.opted_out);
+        b.complained += u64::from(w.complained);
+        b.touches_total += w.touches as u64;
         b.converted += u64::from(w.converted);
         b.engagements += w.engagements as u64;
     }
@@ -124,14 +141,23 @@ pub struct Recommendation {
     /// Touch counts used (>= 1, with at least `min_windows` windows), ascending.
     pub touches: Vec<u32>,
     pub conversion_fit: Vec<f64>,
-    pub opt_out_fit: Vec<f64>,
-    /// `value·conversion_fit - cost·opt_out_fit` per window.
+    /// Expected opt-out cost per window, smoothed.
+    pub opt_out_cost_fit: Vec<f64>,
+    /// `value·conversion_fit - opt_out_cost_fit` per window.
     pub net_value: Vec<f64>,
     /// `None` when fewer than two touch counts had enough windows.
     pub cap: Option<u32>,
 }
 
-pub fn recommend(curve: &Curve, value: f64, cost: f64, min_windows: u64) -> Recommendation {
+/// What outcomes are worth: a conversion, an unsubscribe and a complaint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Values {
+    pub conversion: f64,
+    pub unsubscribe: f64,
+    pub complaint: f64,
+}
+
+pub fn recommend(curve: &Curve, values: Values, min_windows: u64) -> Recommendation {
     let used: Vec<&Bin> = curve
         .bins
         .iter()
@@ -144,11 +170,19 @@ pub fn recommend(curve: &Curve, value: f64, cost: f64, min_windows: u64) -> Reco
             .collect()
     };
     let conversion_fit = isotonic_increasing(&rate(|b| b.converted), &weights);
-    let opt_out_fit = isotonic_increasing(&rate(|b| b.opted_out), &weights);
+    let cost: Vec<f64> = used
+        .iter()
+        .map(|b| {
+            let unsubscribes = (b.opted_out - b.complained) as f64;
+            (values.unsubscribe * unsubscribes + values.complaint * b.complained as f64)
+                / b.windows as f64
+        })
+        .collect();
+    let opt_out_cost_fit = isotonic_increasing(&cost, &weights);
     let net_value: Vec<f64> = conversion_fit
         .iter()
-        .zip(&opt_out_fit)
-        .map(|(c, u)| value * c - cost * u)
+        .zip(&opt_out_cost_fit)
+        .map(|(c, k)| values.conversion * c - k)
         .collect();
     let cap = (used.len() >= 2)
         .then(|| {
@@ -163,7 +197,7 @@ pub fn recommend(curve: &Curve, value: f64, cost: f64, min_windows: u64) -> Reco
     Recommendation {
         touches: used.iter().map(|b| b.touches).collect(),
         conversion_fit,
-        opt_out_fit,
+        opt_out_cost_fit,
         net_value,
         cap,
     }
@@ -201,7 +235,7 @@ mod tests {
         end: Millis,
     ) -> Vec<Window> {
         let mut v = Vec::new();
-        windows(touches, engagements, outs, conv, end, W, |w| v.push(w));
+        windows(touches, engagements, outs, &[], conv, end, W, |w| v.push(w));
         v
     }
 
@@ -251,7 +285,12 @@ mod tests {
             b.converted = (conv(x as f64) * 1e6).round() as u64;
             b.opted_out = (out(x as f64) * 1e6).round() as u64;
         }
-        let r = recommend(&curve, 100.0, 30.0, 100);
+        let values = Values {
+            conversion: 100.0,
+            unsubscribe: 30.0,
+            complaint: 30.0,
+        };
+        let r = recommend(&curve, values, 100);
         let truth = (1..=10u32)
             .max_by(|&a, &b| {
                 let net = |x: u32| 100.0 * conv(x as f64) - 30.0 * out(x as f64);
@@ -261,7 +300,19 @@ mod tests {
         assert_eq!(r.cap, Some(truth));
         assert_eq!(r.touches, (1..=10).collect::<Vec<_>>());
         // Too little data: no recommendation.
-        let r = recommend(&curve, 100.0, 30.0, 2_000_000);
+        let r = recommend(&curve, values, 2_000_000);
+        assert_eq!(r.cap, None);
+        // Complaints cost more: a tenth of the opt-outs are complaints at 10x the cost.
+        for b in &mut curve.bins {
+            b.complained = b.opted_out / 10;
+        }
+        let dear = Values {
+            complaint: 300.0,
+            ..values
+        };
+        let r = recommend(&curve, dear, 100);
+        assert!(r.cap.unwrap() < truth, "{:?}", r.cap);
+        let r = recommend(&curve, values, 2_000_000);
         assert_eq!(r.cap, None);
     }
 }
