@@ -345,7 +345,7 @@ pub(crate) fn session(sim: &mut Sim, t0: i64, dev: u8, touch: Touch, purpose: Pu
     }
     if product.is_some() {
         sim.retarget = true;
-        if sim.rng.chance(0.02) {
+        if sim.rng.chance(0.05) {
             // An on-page "did this help?" pulse: better assets leave people happier.
             t = sim.after(t, 40.0);
             sim.survey(
@@ -882,11 +882,12 @@ fn support_visit(sim: &mut Sim, t0: i64, dev: u8, touch: Touch) -> i64 {
     let id = format!("tkt_{}", sim.rng.hex(10));
     let order = sim.hp.orders.last().map(|o| o.id.clone());
     let channel = *sim.rng.pick(&["chat", "email", "email", "phone"]);
+    let message = crate::text::support_message(topic.name(), sim.rng.below(64));
     sim.track(
         t,
         Via::Server,
         "Support Ticket Opened",
-        json!({"ticket_id": id, "topic": topic.name(), "channel": channel, "order_id": order, "priority": if topic == Topic::Defect { "high" } else { "normal" }}),
+        json!({"ticket_id": id, "topic": topic.name(), "channel": channel, "message": message, "order_id": order, "priority": if topic == Topic::Defect { "high" } else { "normal" }}),
     );
     sim.exp.support_contacts += 1;
     sim.hp.tickets.push((id, topic));
@@ -1024,7 +1025,7 @@ fn app_session(sim: &mut Sim, t0: i64, dev: u8) -> i64 {
             }
         }
     }
-    if sim.hp.app_sessions == 2 && sim.rng.chance(0.5) {
+    if sim.hp.app_sessions == 2 && sim.rng.chance(0.8) {
         // The in-app prompt reaches owners the review e-mail missed.
         t = sim.after(t, 20.0);
         sim.survey(t, Via::Device(dev), Survey::Nps, "post_purchase", 0.86);
