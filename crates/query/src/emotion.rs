@@ -139,10 +139,11 @@ pub struct Sentiment {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Term {
     pub term: String,
-    /// Negative texts with the term, and all texts with it.
+    /// The group's negative texts with the term, and all its texts with it.
     pub negative_texts: u64,
     pub texts: u64,
-    /// `P(negative | term) / P(negative)`: above 1 when the term comes with complaints.
+    /// `P(negative | term) / P(negative)` over all texts in range: above 1 when the term
+    /// comes with complaints.
     pub lift: f64,
     /// The term's own VADER valence, when the lexicon has one.
     pub valence: Option<f64>,
@@ -455,7 +456,17 @@ pub fn run(
         }
     }
 
-    let feel = |acc: &Acc| feelings(acc, &scored, confidence, min_responses, examples, n_terms, identity);
+    let corpus = TermCounts::of(&scored);
+    let ctx = Ctx {
+        scored: &scored,
+        corpus: &corpus,
+        confidence,
+        min_responses,
+        examples,
+        n_terms,
+        identity,
+    };
+    let feel = |acc: &Acc| feelings(acc, &ctx);
     let total_f = feel(&total);
     let mut stage_rows: Vec<StageRow> = stages
         .stages
@@ -712,15 +723,53 @@ fn status(e: &Estimate, min: u64) -> (&'static str, Option<Estimate>) {
     }
 }
 
-fn feelings(
-    acc: &Acc,
-    scored: &[Scored],
+/// In how many texts, and negative texts, each term occurs: over all texts in range.
+struct TermCounts<'s> {
+    counts: HashMap<&'s str, (u64, u64)>,
+    /// The share of negative texts.
+    base: f64,
+}
+
+impl<'s> TermCounts<'s> {
+    fn of(scored: &'s [Scored]) -> TermCounts<'s> {
+        let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut negatives = 0u64;
+        for s in scored {
+            let negative = s.compound <= vader::NEGATIVE_MAX;
+            negatives += u64::from(negative);
+            for t in &s.terms {
+                let c = counts.entry(t.as_str()).or_default();
+                c.0 += u64::from(negative);
+                c.1 += 1;
+            }
+        }
+        TermCounts {
+            counts,
+            base: negatives as f64 / scored.len().max(1) as f64,
+        }
+    }
+}
+
+/// What every group's summary reads.
+struct Ctx<'a> {
+    scored: &'a [Scored],
+    corpus: &'a TermCounts<'a>,
     confidence: f64,
     min_responses: u64,
     examples: usize,
     n_terms: usize,
-    identity: &throughline_identity::IdentityGraph,
-) -> Feelings {
+    identity: &'a throughline_identity::IdentityGraph,
+}
+
+fn feelings(acc: &Acc, ctx: &Ctx) -> Feelings {
+    let (scored, confidence, min_responses, examples, n_terms, identity) = (
+        ctx.scored,
+        ctx.confidence,
+        ctx.min_responses,
+        ctx.examples,
+        ctx.n_terms,
+        ctx.identity,
+    );
     let mut m = Moments::default();
     let (mut pos, mut neu, mut neg) = (0u64, 0u64, 0u64);
     for &t in &acc.texts {
@@ -785,16 +834,25 @@ fn feelings(
             neutral: neu,
             negative: neg,
             negative_share: (texts > 0).then(|| neg as f64 / texts as f64),
-            negative_terms: negative_terms(acc, scored, neg, n_terms),
+            negative_terms: negative_terms(acc, scored, ctx.corpus, neg, n_terms),
             most_negative,
             most_positive,
         },
     }
 }
 
-/// Terms in at least two negative texts whose share of negative texts beats the group's.
-fn negative_terms(acc: &Acc, scored: &[Scored], negatives: u64, max: usize) -> Vec<Term> {
-    if negatives == 0 || max == 0 {
+/// The terms of the group's negative texts (in two or more of them) that come with
+/// negative texts more often than texts in general do, over all texts in range: what the
+/// complaints of this group are about. Ranked by how many of the group's negative texts
+/// hold them.
+fn negative_terms(
+    acc: &Acc,
+    scored: &[Scored],
+    corpus: &TermCounts,
+    negatives: u64,
+    max: usize,
+) -> Vec<Term> {
+    if negatives == 0 || max == 0 || corpus.base == 0.0 {
         return Vec::new();
     }
     let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
@@ -806,16 +864,18 @@ fn negative_terms(acc: &Acc, scored: &[Scored], negatives: u64, max: usize) -> V
             c.0 += u64::from(negative);
         }
     }
-    let base = negatives as f64 / acc.texts.len() as f64;
     let mut out: Vec<Term> = counts
         .into_iter()
         .filter(|(_, (n, _))| *n >= 2)
-        .map(|(term, (n, all))| Term {
-            term: term.to_string(),
-            negative_texts: n,
-            texts: all,
-            lift: (n as f64 / all as f64) / base,
-            valence: vader::word_valence(term),
+        .filter_map(|(term, (n, all))| {
+            let (gn, gall) = corpus.counts.get(term).copied()?;
+            Some(Term {
+                term: term.to_string(),
+                negative_texts: n,
+                texts: all,
+                lift: (gn as f64 / gall as f64) / corpus.base,
+                valence: vader::word_valence(term),
+            })
         })
         .filter(|t| t.lift > 1.0)
         .collect();
