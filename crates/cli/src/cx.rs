@@ -170,7 +170,12 @@ pub struct SentimentArgs {
     pub texts: Vec<String>,
 }
 
-fn open(target: &Target) -> Result<(throughline_store::Store, std::sync::Arc<throughline_store::ProjectStore>)> {
+fn open(
+    target: &Target,
+) -> Result<(
+    throughline_store::Store,
+    std::sync::Arc<throughline_store::ProjectStore>,
+)> {
     let store = crate::open_store(&target.data)?;
     let project = store.project(&target.project)?;
     Ok((store, project))
@@ -202,9 +207,21 @@ pub fn emotion(a: EmotionArgs) -> Result<()> {
                 row.extend(extra);
                 row.extend([
                     score(f.nps.score, f.nps.ci_low, f.nps.ci_high, f.nps.responses, 0),
-                    score(f.csat.score.map(|v| v * 100.0), f.csat.ci_low.map(|v| v * 100.0), f.csat.ci_high.map(|v| v * 100.0), f.csat.responses, 0),
+                    score(
+                        f.csat.score.map(|v| v * 100.0),
+                        f.csat.ci_low.map(|v| v * 100.0),
+                        f.csat.ci_high.map(|v| v * 100.0),
+                        f.csat.responses,
+                        0,
+                    ),
                     score(f.ces.score, f.ces.ci_low, f.ces.ci_high, f.ces.responses, 2),
-                    score(f.sentiment.mean_compound, f.sentiment.ci_low, f.sentiment.ci_high, f.sentiment.texts, 2),
+                    score(
+                        f.sentiment.mean_compound,
+                        f.sentiment.ci_low,
+                        f.sentiment.ci_high,
+                        f.sentiment.texts,
+                        2,
+                    ),
                     f.sentiment
                         .negative_terms
                         .iter()
@@ -227,7 +244,8 @@ pub fn emotion(a: EmotionArgs) -> Result<()> {
                         &key,
                         vec![
                             s.persons.to_string(),
-                            s.drop_off.map_or("-".into(), |d| format!("{:.1}%", d * 100.0)),
+                            s.drop_off
+                                .map_or("-".into(), |d| format!("{:.1}%", d * 100.0)),
                         ],
                         &s.feelings,
                     )
@@ -236,16 +254,35 @@ pub fn emotion(a: EmotionArgs) -> Result<()> {
             rows.push(line("(no stage)", vec!["".into(), "".into()], &r.unstaged));
             rows.push(line("all", vec!["".into(), "".into()], &r.total));
             output::table(
-                &["stage", "persons", "drop-off", "NPS", "CSAT %", "CES", "sentiment", "negative terms"],
+                &[
+                    "stage",
+                    "persons",
+                    "drop-off",
+                    "NPS",
+                    "CSAT %",
+                    "CES",
+                    "sentiment",
+                    "negative terms",
+                ],
                 &rows,
             );
             if !r.groups.is_empty() {
                 println!();
-                let rows: Vec<Vec<String>> =
-                    r.groups.iter().map(|g| line(&g.key, vec![], &g.feelings)).collect();
+                let rows: Vec<Vec<String>> = r
+                    .groups
+                    .iter()
+                    .map(|g| line(&g.key, vec![], &g.feelings))
+                    .collect();
                 let by = r.by.clone().unwrap_or_default();
                 output::table(
-                    &[by.as_str(), "NPS", "CSAT %", "CES", "sentiment", "negative terms"],
+                    &[
+                        by.as_str(),
+                        "NPS",
+                        "CSAT %",
+                        "CES",
+                        "sentiment",
+                        "negative terms",
+                    ],
                     &rows,
                 );
             }
@@ -257,7 +294,9 @@ pub fn emotion(a: EmotionArgs) -> Result<()> {
 
 fn score(v: Option<f64>, lo: Option<f64>, hi: Option<f64>, n: u64, digits: usize) -> String {
     match (v, lo, hi) {
-        (Some(v), Some(lo), Some(hi)) => format!("{v:.digits$} [{lo:.digits$}, {hi:.digits$}] ({n})"),
+        (Some(v), Some(lo), Some(hi)) => {
+            format!("{v:.digits$} [{lo:.digits$}, {hi:.digits$}] ({n})")
+        }
         (Some(v), _, _) => format!("{v:.digits$} ({n})"),
         _ if n == 0 => "".into(),
         _ => format!("- ({n})"),
@@ -267,9 +306,9 @@ fn score(v: Option<f64>, lo: Option<f64>, hi: Option<f64>, n: u64, digits: usize
 pub fn fatigue(a: FatigueArgs) -> Result<()> {
     let mut caps = BTreeMap::new();
     for c in &a.configured_caps {
-        let (ch, n) = c
-            .rsplit_once('=')
-            .with_context(|| format!("--configured-cap {c:?}: use CHANNEL=TOUCHES, e.g. Email=3"))?;
+        let (ch, n) = c.rsplit_once('=').with_context(|| {
+            format!("--configured-cap {c:?}: use CHANNEL=TOUCHES, e.g. Email=3")
+        })?;
         let n: u32 = n
             .trim()
             .parse()
@@ -279,7 +318,8 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
     let channels: Option<Vec<ChannelEvents>> = match &a.channels {
         Some(p) => Some(
             serde_json::from_str(
-                &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+                &std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
             )
             .with_context(|| format!("{}: not a JSON list of channels", p.display()))?,
         ),
@@ -344,14 +384,27 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
                             p.windows.to_string(),
                             pct(p.opt_out.rate),
                             pct(p.conversion.rate),
-                            p.engagement_per_touch.map_or("-".into(), |v| format!("{v:.2}")),
+                            p.engagement_per_touch
+                                .map_or("-".into(), |v| format!("{v:.2}")),
                             p.net_value.map_or("-".into(), |v| format!("{v:.4}")),
-                            if Some(p.touches) == ch.recommended_cap { "<- cap".into() } else { String::new() },
+                            if Some(p.touches) == ch.recommended_cap {
+                                "<- cap".into()
+                            } else {
+                                String::new()
+                            },
                         ]
                     })
                     .collect();
                 output::table(
-                    &["touches", "windows", "opt-out", "conversion", "engaged/touch", "net value", ""],
+                    &[
+                        "touches",
+                        "windows",
+                        "opt-out",
+                        "conversion",
+                        "engaged/touch",
+                        "net value",
+                        "",
+                    ],
                     &rows,
                 );
                 println!();
@@ -380,7 +433,8 @@ fn human_window(s: f64) -> String {
 /// The audience as a suppression list: CSV (`person_id,user_id,email,channel,...`, the ids
 /// of several values joined by `;`) or JSON lines.
 fn write_audience(path: &Path, rows: &[throughline_query::fatigue::AudienceRow]) -> Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext {
@@ -415,7 +469,10 @@ fn write_audience(path: &Path, rows: &[throughline_query::fatigue::AudienceRow])
                 out.write_all(b"\n")?;
             }
         }
-        _ => bail!("--audience-out {}: use a .csv, .json or .jsonl file", path.display()),
+        _ => bail!(
+            "--audience-out {}: use a .csv, .json or .jsonl file",
+            path.display()
+        ),
     }
     out.flush()?;
     Ok(())
@@ -439,7 +496,9 @@ pub fn audit(a: AuditArgs) -> Result<()> {
         Format::Json => output::json(&serde_json::to_value(&r)?),
         Format::Table => {
             output::table(
-                &["kind", "severity", "subject", "sessions", "persons", "detail"],
+                &[
+                    "kind", "severity", "subject", "sessions", "persons", "detail",
+                ],
                 &r.findings
                     .iter()
                     .map(|f| {

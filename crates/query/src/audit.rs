@@ -276,10 +276,16 @@ pub fn run(
     let window = parse_duration(req.window.as_deref().unwrap_or("7d"))?;
     let similarity_min = req.similarity_min.unwrap_or(0.1);
     if !(0.0..=1.0).contains(&similarity_min) {
-        return Err(QueryError::invalid("similarity_min must be between 0 and 1"));
+        return Err(QueryError::invalid(
+            "similarity_min must be between 0 and 1",
+        ));
     }
     let errors = StepMatcher::parse(req.error_events.as_deref().unwrap_or(DEFAULT_ERROR_EVENTS))?;
-    let conversion = req.conversion.as_deref().map(StepMatcher::parse).transpose()?;
+    let conversion = req
+        .conversion
+        .as_deref()
+        .map(StepMatcher::parse)
+        .transpose()?;
     for m in std::iter::once(&errors).chain(conversion.as_ref()) {
         if !m.filters.is_empty() {
             return Err(QueryError::invalid(format!(
@@ -335,7 +341,9 @@ pub fn run(
                     let (k, n, p) = (rows.kind[i], rows.dim(0).get(i), rows.dim(1).get(i));
                     (
                         errors.matches_event(k, n, p),
-                        conversion.as_ref().is_some_and(|c| c.matches_event(k, n, p)),
+                        conversion
+                            .as_ref()
+                            .is_some_and(|c| c.matches_event(k, n, p)),
                     )
                 });
             is_error.push(err);
@@ -439,14 +447,12 @@ pub fn run(
             .into_values()
             .filter(|g| g.len() > 1)
             .map(|mut g| {
-                g.sort_by(|a, b| {
-                    b.1.sessions
-                        .cmp(&a.1.sessions)
-                        .then(a.0.cmp(b.0))
-                });
+                g.sort_by(|a, b| b.1.sessions.cmp(&a.1.sessions).then(a.0.cmp(b.0)));
                 let others: Vec<&(&String, &Count)> = g[1..].iter().collect();
-                let persons: HashSet<u32> =
-                    others.iter().flat_map(|(_, c)| c.persons.iter().copied()).collect();
+                let persons: HashSet<u32> = others
+                    .iter()
+                    .flat_map(|(_, c)| c.persons.iter().copied())
+                    .collect();
                 Spelling {
                     canonical: g[0].0.clone(),
                     variants: g
@@ -755,21 +761,24 @@ fn message_match(
         let (va, vp) = (corpus.vector(&text), corpus.vector(&landing_text));
         let similarity = va.cosine(&vp);
         let n = acc.count.sessions;
-        out.push((Pair {
-            asset: registry.assets[*i].id.clone(),
-            kind: registry.assets[*i].kind.clone(),
-            landing_page: path.clone(),
-            landing_text,
-            asset_text: text,
-            similarity,
-            shared_terms: va.shared_terms(&vp, 5),
-            matched: similarity >= similarity_min,
-            sessions: n,
-            persons: acc.count.persons.len() as u64,
-            bounce_rate: (n > 0).then(|| 1.0 - acc.engaged as f64 / n as f64),
-            conversion_rate: (landings.with_conversion && n > 0)
-                .then(|| acc.converted as f64 / n as f64),
-        }, acc));
+        out.push((
+            Pair {
+                asset: registry.assets[*i].id.clone(),
+                kind: registry.assets[*i].kind.clone(),
+                landing_page: path.clone(),
+                landing_text,
+                asset_text: text,
+                similarity,
+                shared_terms: va.shared_terms(&vp, 5),
+                matched: similarity >= similarity_min,
+                sessions: n,
+                persons: acc.count.persons.len() as u64,
+                bounce_rate: (n > 0).then(|| 1.0 - acc.engaged as f64 / n as f64),
+                conversion_rate: (landings.with_conversion && n > 0)
+                    .then(|| acc.converted as f64 / n as f64),
+            },
+            acc,
+        ));
     }
     out.sort_by(|(a, _), (b, _)| {
         a.similarity

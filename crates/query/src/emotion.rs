@@ -52,7 +52,9 @@ pub const GROUPS_MAX: usize = 500;
 pub const EXAMPLES_MAX: usize = 20;
 pub const TERMS_MAX: usize = 50;
 
-const BREAKDOWNS: [&str; 7] = ["stage", "channel", "asset", "campaign", "day", "week", "month"];
+const BREAKDOWNS: [&str; 7] = [
+    "stage", "channel", "asset", "campaign", "day", "week", "month",
+];
 const TEXT_PROPERTIES: [&str; 5] = ["message", "comment", "body", "text", "description"];
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -326,10 +328,14 @@ pub fn run(
         .clone()
         .unwrap_or_else(|| "Survey Responded".into());
     let text_events = req.text_events.clone().unwrap_or_else(|| {
-        vec!["Support Ticket Opened".into(), "Support Message Sent".into()]
+        vec![
+            "Support Ticket Opened".into(),
+            "Support Message Sent".into(),
+        ]
     });
     for e in std::iter::once(&survey_event).chain(&text_events) {
-        if e.trim().is_empty() || e.contains('|') || e.starts_with("page:") || e.contains(" where ") {
+        if e.trim().is_empty() || e.contains('|') || e.starts_with("page:") || e.contains(" where ")
+        {
             return Err(QueryError::invalid(format!(
                 "{e:?}: survey and text events are plain event names"
             )));
@@ -498,7 +504,13 @@ pub fn run(
     match by {
         Some("day" | "week" | "month") => group_list.sort_by(|a, b| a.0.cmp(&b.0)),
         Some("stage") => {
-            let order = |k: &str| stages.stages.iter().position(|s| s.name == k).unwrap_or(usize::MAX);
+            let order = |k: &str| {
+                stages
+                    .stages
+                    .iter()
+                    .position(|s| s.name == k)
+                    .unwrap_or(usize::MAX)
+            };
             group_list.sort_by(|a, b| order(&a.0).cmp(&order(&b.0)).then(a.0.cmp(&b.0)));
         }
         _ => group_list.sort_by(|a, b| {
@@ -682,11 +694,23 @@ fn score_of(
     let (estimate, promoters, passives, detractors, satisfied) = match survey {
         Survey::Nps => {
             let (p, m, d) = (count_in(9, 10), count_in(7, 8), count_in(0, 6));
-            (stats::nps(p, m, d, confidence), Some(p), Some(m), Some(d), None)
+            (
+                stats::nps(p, m, d, confidence),
+                Some(p),
+                Some(m),
+                Some(d),
+                None,
+            )
         }
         Survey::Csat => {
             let s = count_in(4, 5);
-            (stats::proportion(s, n, confidence), None, None, None, Some(s))
+            (
+                stats::proportion(s, n, confidence),
+                None,
+                None,
+                None,
+                Some(s),
+            )
         }
         Survey::Ces => {
             let mut m = Moments::default();

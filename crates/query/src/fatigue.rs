@@ -255,7 +255,12 @@ pub fn run(snap: &Snapshot, req: &FatigueRequest) -> Result<FatigueResponse, Que
     // Event name -> (channel, role): 0 touch, 1 engagement, 2 unsubscribe, 3 complaint.
     let mut role_of: HashMap<String, (usize, u8)> = HashMap::new();
     for (c, ch) in channels.iter().enumerate() {
-        let lists = [&ch.touches, &ch.engagements, &ch.unsubscribes, &ch.complaints];
+        let lists = [
+            &ch.touches,
+            &ch.engagements,
+            &ch.unsubscribes,
+            &ch.complaints,
+        ];
         if ch.touches.is_empty() {
             return Err(QueryError::invalid(format!(
                 "channel {:?} needs at least one touch event",
@@ -328,7 +333,12 @@ pub fn run(snap: &Snapshot, req: &FatigueRequest) -> Result<FatigueResponse, Que
         },
     )?;
     let data_end = to.unwrap_or_else(|| rows.ts.iter().copied().max().map_or(0, |t| t + 1));
-    let now = req.now.as_deref().map(parse_time_bound).transpose()?.unwrap_or(data_end);
+    let now = req
+        .now
+        .as_deref()
+        .map(parse_time_bound)
+        .transpose()?
+        .unwrap_or(data_end);
 
     // Per dictionary code of the name column: its (channel, role), or a conversion.
     let names = rows.dim(0);
@@ -341,8 +351,8 @@ pub fn run(snap: &Snapshot, req: &FatigueRequest) -> Result<FatigueResponse, Que
     let mut curves: Vec<Curve> = (0..n_ch).map(|_| Curve::default()).collect();
     let mut persons = vec![0u64; n_ch];
     let mut totals = vec![[0u64; 5]; n_ch]; // touches, engagements, unsubscribes, complaints, converted windows
-    // Per channel, what the audience needs of each person: (person, touches in the last
-    // window, engagements and touches recent and before, opted out by now).
+                                            // Per channel, what the audience needs of each person: (person, touches in the last
+                                            // window, engagements and touches recent and before, opted out by now).
     let mut now_state: Vec<Vec<(u32, u32, [u32; 4], bool)>> = vec![Vec::new(); n_ch];
 
     for r in rows.persons() {
@@ -401,11 +411,7 @@ pub fn run(snap: &Snapshot, req: &FatigueRequest) -> Result<FatigueResponse, Que
             let within = |s: &[Millis], a: Millis, b: Millis| {
                 (s.partition_point(|&x| x < b) - s.partition_point(|&x| x < a)) as u32
             };
-            let opted_out = t
-                .unsubscribes
-                .iter()
-                .chain(&t.complaints)
-                .any(|&x| x < now);
+            let opted_out = t.unsubscribes.iter().chain(&t.complaints).any(|&x| x < now);
             let last = within(&t.touches, now - window, now);
             let recent = (now - RECENT_MS, now);
             let before = (now - RECENT_MS - BEFORE_MS, now - RECENT_MS);

@@ -10,8 +10,8 @@
 pub mod assets;
 pub mod audit;
 pub mod emotion;
-pub mod fatigue;
 mod error;
+pub mod fatigue;
 pub mod funnel;
 pub mod links;
 pub mod paths;

@@ -107,7 +107,9 @@ impl Stages {
         for raw in file.stage {
             let name = raw.name.trim().to_string();
             if name.is_empty() {
-                return Err(QueryError::invalid(format!("{source}: a stage has no name")));
+                return Err(QueryError::invalid(format!(
+                    "{source}: a stage has no name"
+                )));
             }
             if stages.iter().any(|s| s.name == name) {
                 return Err(QueryError::invalid(format!(
@@ -121,8 +123,9 @@ impl Stages {
             }
             let mut matchers = Vec::with_capacity(raw.events.len());
             for e in &raw.events {
-                let m = StepMatcher::parse(e)
-                    .map_err(|err| QueryError::invalid(format!("{source}: stage {name:?}: {err}")))?;
+                let m = StepMatcher::parse(e).map_err(|err| {
+                    QueryError::invalid(format!("{source}: stage {name:?}: {err}"))
+                })?;
                 if !m.filters.is_empty() {
                     return Err(QueryError::invalid(format!(
                         "{source}: stage {name:?}: event {e:?}: stages match names and paths; `where` conditions are not supported"
@@ -182,17 +185,30 @@ mod tests {
         let names: Vec<&str> = s.stages.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["awareness", "consideration", "purchase", "onboarding", "support", "renewal"]
+            [
+                "awareness",
+                "consideration",
+                "purchase",
+                "onboarding",
+                "support",
+                "renewal"
+            ]
         );
         let page = EventType::Page.code();
         let track = EventType::Track.code();
         let at = |k, n, p| s.of_event(k, n, p).map(|i| s.stages[i].name.as_str());
         assert_eq!(at(page, Some("Home"), Some("/")), Some("awareness"));
         assert_eq!(at(page, None, Some("/pricing")), Some("consideration"));
-        assert_eq!(at(track, Some("Order Completed"), Some("/checkout")), Some("purchase"));
+        assert_eq!(
+            at(track, Some("Order Completed"), Some("/checkout")),
+            Some("purchase")
+        );
         // A track sent from a support page is not a page view of it.
         assert_eq!(at(track, Some("Clicked"), Some("/support")), None);
-        assert_eq!(at(track, Some("Support Ticket Opened"), None), Some("support"));
+        assert_eq!(
+            at(track, Some("Support Ticket Opened"), None),
+            Some("support")
+        );
         assert_eq!(s.of_survey_stage("post_purchase"), Some(3));
         assert_eq!(s.of_survey_stage("support"), Some(4));
         assert_eq!(s.of_survey_stage("nowhere"), None);
@@ -202,8 +218,14 @@ mod tests {
     fn bad_files_are_refused_with_the_reason() {
         for (text, want) in [
             ("", "1 to 32"),
-            ("[[stage]]\nname = \"a\"\nevents = [\"X where y > 1\"]\n", "where"),
-            ("[[stage]]\nname = \"a\"\n[[stage]]\nname = \"a\"\n", "twice"),
+            (
+                "[[stage]]\nname = \"a\"\nevents = [\"X where y > 1\"]\n",
+                "where",
+            ),
+            (
+                "[[stage]]\nname = \"a\"\n[[stage]]\nname = \"a\"\n",
+                "twice",
+            ),
             ("[[stage]]\nname = \"a\"\ncolour = 1\n", "colour"),
         ] {
             let err = Stages::from_toml(text, "s.toml").unwrap_err().to_string();

@@ -216,8 +216,12 @@ pub async fn answer(
     if let Some(s) = claims.data.get("stage") {
         properties["stage"] = json!(s);
     }
-    let mut context = json!({"library": {"name": "throughline-survey", "version": env!("CARGO_PKG_VERSION")}});
-    if let Some(ua) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+    let mut context =
+        json!({"library": {"name": "throughline-survey", "version": env!("CARGO_PKG_VERSION")}});
+    if let Some(ua) = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
         context["userAgent"] = json!(ua);
     }
     let message = json!({
@@ -235,7 +239,8 @@ pub async fn answer(
         .map_err(|r| crate::AppError::new(StatusCode::BAD_REQUEST, r.error).into_response())?;
     let mut events = Vec::new();
     for m in batch.messages {
-        let e = m.map_err(|r| crate::AppError::new(StatusCode::BAD_REQUEST, r.error).into_response())?;
+        let e =
+            m.map_err(|r| crate::AppError::new(StatusCode::BAD_REQUEST, r.error).into_response())?;
         events.push(Encoded::new(&e));
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -247,8 +252,11 @@ pub async fn answer(
     let outcome = rx
         .await
         .map_err(|_| {
-            crate::AppError::new(StatusCode::SERVICE_UNAVAILABLE, "the store is shutting down")
-                .into_response()
+            crate::AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is shutting down",
+            )
+            .into_response()
         })?
         .map_err(|e| crate::AppError::from(e).into_response())?;
     Ok(thanks(outcome.duplicates() > 0).into_response())
@@ -269,7 +277,10 @@ fn thanks(already: bool) -> Html<String> {
             "<p>You have already answered this survey. Thank you!</p>",
         )
     } else {
-        page("Thank you", "<p>Thank you! Your answer has been recorded.</p>")
+        page(
+            "Thank you",
+            "<p>Thank you! Your answer has been recorded.</p>",
+        )
     }
 }
 
@@ -327,4 +338,96 @@ fn escape(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::{to_bytes, Body};
+    use axum::http::{Request, StatusCode};
+    use throughline_store::{Catalog, Store};
+    use tower::ServiceExt;
+
+    use crate::{router, AppState, Config};
+
+    async fn call(state: &std::sync::Arc<AppState>, req: Request<Body>) -> (StatusCode, String) {
+        let resp = router(state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn post(token: &str, form: &str) -> Request<Body> {
+        Request::post(format!("/s/{token}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(form.to_string()))
+            .unwrap()
+    }
+
+    fn answers(state: &AppState) -> Vec<throughline_model::Event> {
+        let mut out = Vec::new();
+        let p = state.store.project("shop").unwrap();
+        p.snapshot()
+            .for_each_event(|e, _| {
+                out.push(e);
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    /// A forged or altered token records nothing; a genuine one records one answer, once.
+    #[tokio::test]
+    async fn only_genuine_tokens_record_and_only_once() {
+        let dir = std::env::temp_dir().join(format!("tl-survey-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Catalog::create_project(&dir, "shop").unwrap();
+        let store = Store::open(&dir, Default::default()).unwrap();
+        let state = AppState::new(std::sync::Arc::new(store), Config::default());
+        let pdir = dir.join("projects").join("shop");
+        let secret = throughline_token::Secret::load_or_create(&pdir).unwrap();
+        let mut claims = throughline_token::Claims::new("survey", "shop", "ann", 0);
+        claims.data.insert("survey".into(), "csat".into());
+        let token = throughline_token::sign(&secret, &claims).unwrap();
+        let mut wrong_kind = claims.clone();
+        wrong_kind.kind = "unsubscribe".into();
+        let other_secret = throughline_token::Secret::from_bytes([9; 32]);
+        let forged = [
+            throughline_token::sign(&other_secret, &claims).unwrap(),
+            throughline_token::sign(&secret, &wrong_kind).unwrap(),
+            format!("{token}A"),
+            token.replacen('e', "f", 1),
+        ];
+        for f in &forged {
+            let (s, _) = call(&state, post(f, "score=5")).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{f}");
+            let (s, _) = call(
+                &state,
+                Request::get(format!("/s/{f}")).body(Body::empty()).unwrap(),
+            )
+            .await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{f}");
+        }
+        assert!(answers(&state).is_empty());
+        let (s, page) = call(
+            &state,
+            Request::get(format!("/s/{token}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(page.matches("type=radio").count(), 5);
+        let (s, page) = call(&state, post(&token, "score=4&comment=Fine+%26+fast")).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let (s, page) = call(&state, post(&token, "score=1")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(page.contains("already answered"), "{page}");
+        let stored = answers(&state);
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].user_id.as_deref(), Some("ann"));
+        assert_eq!(stored[0].properties["score"], 4);
+        assert_eq!(stored[0].properties["comment"], "Fine & fast");
+        state.store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
