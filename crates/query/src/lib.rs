@@ -1,4 +1,5 @@
-//! The query engine: funnels, trends, retention and sessions over one project's store.
+//! The query engine: funnels, trends, retention, sessions, paths, assets and attribution
+//! over one project's store.
 //!
 //! Every query follows the same shape: [`rows::load`] reads the few columns it needs from
 //! the segments and the log, maps each event's identity node to today's person, and sorts
@@ -6,14 +7,17 @@
 //! answers are serde types, identical for the CLI and the HTTP API.
 
 pub mod assets;
+pub mod attribution;
 mod error;
 pub mod funnel;
 pub mod paths;
 pub mod profile;
+mod project_file;
 pub mod retention;
 pub mod rows;
 pub mod sessions;
 pub mod spec;
+pub mod spend;
 pub mod trends;
 
 pub use error::QueryError;
