@@ -352,16 +352,18 @@ impl Journeys {
         paths_limit: Option<usize>,
     ) -> Result<AttributionResponse, QueryError> {
         let n = self.labels.len();
-        let table: Vec<Path> = self
+        // In key order, so sums (and their last bits) do not depend on hash order.
+        let mut table: Vec<Path> = self
             .paths
-            .iter()
-            .map(|(t, &(c, v, nulls))| Path {
-                touches: t.clone(),
+            .into_iter()
+            .map(|(touches, (c, v, nulls))| Path {
+                touches,
                 conversions: c,
                 value: v,
                 nulls,
             })
             .collect();
+        table.sort_unstable_by(|a, b| a.touches.cmp(&b.touches));
         let total_conversions: f64 = table.iter().map(|p| p.conversions).sum();
         let total_value: f64 = table.iter().map(|p| p.value).sum();
         let mut heuristic = models.heuristics.iter().zip(self.heuristic);
