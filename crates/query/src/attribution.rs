@@ -19,10 +19,12 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use chrono::{DateTime, NaiveDate};
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
-use throughline_kernels::attribution::{self as kernel, Credit, Heuristic, Path, Touch};
+use throughline_kernels::attribution::{self as kernel, Credit, Heuristic, PathTable, Touch};
 use throughline_kernels::sessions;
 use throughline_model::Millis;
 use throughline_store::{Snapshot, NO_VALUE};
@@ -270,8 +272,11 @@ impl Models {
 /// heuristic credits, which need each journey's own touch times and Direct flags.
 struct Journeys {
     labels: Vec<String>,
-    ids: HashMap<String, Touch>,
-    paths: HashMap<Vec<Touch>, (f64, f64, f64)>,
+    ids: FxHashMap<String, Touch>,
+    /// The paths in first-seen order (deterministic: the scan's order).
+    table: PathTable,
+    /// Journeys from events are merged by path; a path table's rows are kept as read.
+    merge: bool,
     heuristic: Vec<Credit>,
     journeys: u64,
     null_journeys: u64,
@@ -284,8 +289,9 @@ impl Journeys {
     fn new(models: &Models) -> Journeys {
         Journeys {
             labels: Vec::new(),
-            ids: HashMap::new(),
-            paths: HashMap::new(),
+            ids: FxHashMap::default(),
+            table: PathTable::default(),
+            merge: true,
             heuristic: vec![Credit::new(0); models.heuristics.len()],
             journeys: 0,
             null_journeys: 0,
@@ -314,8 +320,10 @@ impl Journeys {
         Ok(t)
     }
 
-    /// One journey that ended in `conversions` conversions worth `value`.
-    fn convert(
+    /// One journey (or a path table row of several) that ended in `conversions`
+    /// conversions worth `value`, and in `nulls` non-conversions.
+    #[allow(clippy::too_many_arguments)]
+    fn journey(
         &mut self,
         models: &Models,
         touches: &[Touch],
@@ -323,22 +331,25 @@ impl Journeys {
         ages: Option<&[Millis]>,
         conversions: f64,
         value: f64,
+        nulls: f64,
     ) -> Result<(), QueryError> {
-        for (h, credit) in models.heuristics.iter().zip(&mut self.heuristic) {
-            h.weights(touches.len(), direct, ages, &mut self.weights)
-                .map_err(|e| QueryError::invalid(e.to_string()))?;
-            credit.add(touches, &self.weights, conversions, value);
+        if conversions > 0.0 || value > 0.0 {
+            for (h, credit) in models.heuristics.iter().zip(&mut self.heuristic) {
+                h.weights(touches.len(), direct, ages, &mut self.weights)
+                    .map_err(|e| QueryError::invalid(e.to_string()))?;
+                credit.add(touches, &self.weights, conversions, value);
+            }
+            self.journeys += 1;
         }
-        let p = self.paths.entry(touches.to_vec()).or_default();
-        p.0 += conversions;
-        p.1 += value;
-        self.journeys += 1;
+        if nulls > 0.0 {
+            self.null_journeys += 1;
+        }
+        if self.merge {
+            self.table.add(touches, conversions, value, nulls);
+        } else {
+            self.table.push(touches, conversions, value, nulls);
+        }
         Ok(())
-    }
-
-    fn null(&mut self, touches: &[Touch], nulls: f64) {
-        self.paths.entry(touches.to_vec()).or_default().2 += nulls;
-        self.null_journeys += 1;
     }
 
     /// Runs the models and shapes the answer.
@@ -352,18 +363,7 @@ impl Journeys {
         paths_limit: Option<usize>,
     ) -> Result<AttributionResponse, QueryError> {
         let n = self.labels.len();
-        // In key order, so sums (and their last bits) do not depend on hash order.
-        let mut table: Vec<Path> = self
-            .paths
-            .into_iter()
-            .map(|(touches, (c, v, nulls))| Path {
-                touches,
-                conversions: c,
-                value: v,
-                nulls,
-            })
-            .collect();
-        table.sort_unstable_by(|a, b| a.touches.cmp(&b.touches));
+        let table = self.table;
         let total_conversions: f64 = table.iter().map(|p| p.conversions).sum();
         let total_value: f64 = table.iter().map(|p| p.value).sum();
         let mut heuristic = models.heuristics.iter().zip(self.heuristic);
@@ -430,22 +430,31 @@ impl Journeys {
             });
         }
         let paths = paths_limit.map(|limit| {
-            let mut rows: Vec<PathTableRow> = table
-                .iter()
-                .map(|p| PathTableRow {
-                    path: p
-                        .touches
-                        .iter()
-                        .map(|&t| self.labels[t as usize].clone())
-                        .collect(),
-                    conversions: p.conversions,
-                    value: p.value,
-                    nulls: p.nulls,
+            // Rank indexes, and name only the rows returned.
+            let labels = &self.labels;
+            let names = |i: usize| table.path(i).iter().map(|&t| labels[t as usize].as_str());
+            let rank = |a: &usize, b: &usize| {
+                table.conversions[*b]
+                    .total_cmp(&table.conversions[*a])
+                    .then(table.nulls[*b].total_cmp(&table.nulls[*a]))
+                    .then_with(|| names(*a).cmp(names(*b)))
+            };
+            let mut order: Vec<usize> = (0..table.len()).collect();
+            let keep = limit.min(PATHS_MAX).min(order.len());
+            if keep < order.len() && keep > 0 {
+                order.select_nth_unstable_by(keep - 1, rank);
+            }
+            order.truncate(keep);
+            order.sort_unstable_by(rank);
+            order
+                .into_iter()
+                .map(|i| PathTableRow {
+                    path: names(i).map(str::to_string).collect(),
+                    conversions: table.conversions[i],
+                    value: table.value[i],
+                    nulls: table.nulls[i],
                 })
-                .collect();
-            sort_path_rows(&mut rows);
-            rows.truncate(limit.min(PATHS_MAX));
-            rows
+                .collect::<Vec<_>>()
         });
         let single = (!models.all).then(|| answers.pop().expect("one model"));
         Ok(AttributionResponse {
@@ -466,15 +475,6 @@ impl Journeys {
             paths,
         })
     }
-}
-
-fn sort_path_rows(rows: &mut [PathTableRow]) {
-    rows.sort_by(|a, b| {
-        b.conversions
-            .total_cmp(&a.conversions)
-            .then(b.nulls.total_cmp(&a.nulls))
-            .then_with(|| a.path.cmp(&b.path))
-    });
 }
 
 /// A session as a touch: when it started, its label, whether its channel is Direct.
@@ -681,7 +681,15 @@ pub fn run(
                 direct_buf.push(s.direct);
                 age_buf.push(t - s.start);
             }
-            journeys.convert(&models, &touch_buf, &direct_buf, Some(&age_buf), 1.0, value)?;
+            journeys.journey(
+                &models,
+                &touch_buf,
+                &direct_buf,
+                Some(&age_buf),
+                1.0,
+                value,
+                0.0,
+            )?;
         }
         // What led nowhere: everything of a person without a counted conversion, or with
         // `all`, what came after their last one; within the lookback of its last session.
@@ -706,7 +714,7 @@ pub fn run(
             let keep = rest.len().saturating_sub(JOURNEY_TOUCHES_MAX);
             touch_buf.clear();
             touch_buf.extend(rest[keep..].iter().map(|s| s.label));
-            journeys.null(&touch_buf, 1.0);
+            journeys.journey(&models, &touch_buf, &[], None, 0.0, 0.0, 1.0)?;
         }
     }
 
@@ -724,7 +732,7 @@ pub fn run(
 /// `path` (touches separated by `>`), `total_conversions`, and optionally
 /// `total_conversion_value` and `total_null`, under a header naming them.
 pub fn run_table(
-    text: &str,
+    input: impl std::io::Read,
     source: &str,
     model: Option<&str>,
     order: Option<usize>,
@@ -733,15 +741,21 @@ pub fn run_table(
 ) -> Result<AttributionResponse, QueryError> {
     let models = Models::parse(model, order, None, position, true)?;
     let mut journeys = Journeys::new(&models);
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let delimiter = match text.lines().next() {
-        Some(h) if h.contains(';') => b';',
-        _ => b',',
-    };
+    journeys.merge = false;
+    // The header line decides the delimiter: ChannelAttribution's files use `;`.
+    let mut input = std::io::BufReader::with_capacity(1 << 20, input);
+    let mut first = Vec::new();
+    std::io::BufRead::read_until(&mut input, b'\n', &mut first)
+        .map_err(|e| QueryError::invalid(format!("{source}: {e}")))?;
+    let first = first
+        .strip_prefix("\u{feff}".as_bytes())
+        .unwrap_or(&first)
+        .to_vec();
+    let delimiter = if first.contains(&b';') { b';' } else { b',' };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
+        .from_reader(std::io::Read::chain(first.as_slice(), input));
     let header = reader
         .headers()
         .map_err(|e| QueryError::invalid(format!("{source}: {e}")))?
@@ -797,12 +811,7 @@ pub fn run_table(
         }
         let keep = touches.len().saturating_sub(JOURNEY_TOUCHES_MAX);
         let (t, d) = (&touches[keep..], &direct[keep..]);
-        if conversions > 0.0 || value > 0.0 {
-            journeys.convert(&models, t, d, None, conversions, value)?;
-        }
-        if nulls > 0.0 {
-            journeys.null(t, nulls);
-        }
+        journeys.journey(&models, t, d, None, conversions, value, nulls)?;
     }
     journeys.answer(&models, "path", "table", None, None, paths)
 }
@@ -850,6 +859,17 @@ mod tests {
         c;0;0;5\n\
         a > a > c;1;1;1\n";
 
+    fn run_text(
+        text: &str,
+        source: &str,
+        model: Option<&str>,
+        order: Option<usize>,
+        position: Option<&[f64]>,
+        paths: Option<usize>,
+    ) -> Result<AttributionResponse, QueryError> {
+        run_table(text.as_bytes(), source, model, order, position, paths)
+    }
+
     fn model<'a>(r: &'a AttributionResponse, name: &str) -> &'a ModelAnswer {
         r.models
             .as_ref()
@@ -868,7 +888,7 @@ mod tests {
 
     #[test]
     fn a_path_table_answers_every_model_but_time_decay() {
-        let r = run_table(TABLE, "t", None, None, None, Some(10)).unwrap();
+        let r = run_text(TABLE, "t", None, None, None, Some(10)).unwrap();
         let names: Vec<&str> = r
             .models
             .as_ref()
@@ -922,9 +942,9 @@ mod tests {
 
     #[test]
     fn the_table_round_trips_through_channelattribution_csv() {
-        let r = run_table(TABLE, "t", Some("linear"), None, None, Some(100)).unwrap();
+        let r = run_text(TABLE, "t", Some("linear"), None, None, Some(100)).unwrap();
         let csv = channelattribution_csv(r.paths.as_ref().unwrap());
-        let again = run_table(&csv, "t2", Some("linear"), None, None, Some(100)).unwrap();
+        let again = run_text(&csv, "t2", Some("linear"), None, None, Some(100)).unwrap();
         assert_eq!(r.rows, again.rows);
         assert!(
             csv.starts_with(
@@ -937,8 +957,8 @@ mod tests {
     #[test]
     fn bad_tables_and_settings_get_clear_errors() {
         let err = |r: Result<AttributionResponse, QueryError>| r.unwrap_err().to_string();
-        assert!(err(run_table("p;q\n", "t", None, None, None, None)).contains("must name `path`"));
-        assert!(err(run_table(
+        assert!(err(run_text("p;q\n", "t", None, None, None, None)).contains("must name `path`"));
+        assert!(err(run_text(
             "path;total_conversions\na;x\n",
             "t",
             None,
@@ -948,14 +968,14 @@ mod tests {
         ))
         .contains("t:2"));
         assert!(
-            err(run_table(TABLE, "t", Some("time_decay"), None, None, None))
+            err(run_text(TABLE, "t", Some("time_decay"), None, None, None))
                 .contains("time of every touch")
         );
         assert!(
-            err(run_table(TABLE, "t", Some("magic"), None, None, None)).contains("unknown model")
+            err(run_text(TABLE, "t", Some("magic"), None, None, None)).contains("unknown model")
         );
-        assert!(err(run_table(TABLE, "t", Some("markov"), Some(7), None, None)).contains("order"));
-        assert!(err(run_table(
+        assert!(err(run_text(TABLE, "t", Some("markov"), Some(7), None, None)).contains("order"));
+        assert!(err(run_text(
             TABLE,
             "t",
             Some("position_based"),
@@ -968,7 +988,7 @@ mod tests {
 
     #[test]
     fn position_shares_are_configurable() {
-        let r = run_table(
+        let r = run_text(
             "path;total_conversions\na > b > c;10\n",
             "t",
             Some("position_based"),
@@ -986,7 +1006,7 @@ mod tests {
 
     #[test]
     fn last_non_direct_reads_direct_labels_in_a_table() {
-        let r = run_table(
+        let r = run_text(
             "path;total_conversions\nEmail > Direct;2\nDirect;1\n",
             "t",
             Some("last_non_direct"),
