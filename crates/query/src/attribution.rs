@@ -70,7 +70,8 @@ pub const PATH_TABLE_ROWS_MAX: usize = 20_000_000;
 pub struct AttributionRequest {
     /// The conversion event: a name, `A|B`, `page:/path`, optionally `where` conditions.
     pub conversion: String,
-    /// One of [`MODELS`], or `all` (the default) for every model side by side.
+    /// One of [`MODELS`], a comma-separated list of them, or `all` (the default) for
+    /// every model side by side.
     #[serde(default)]
     pub model: Option<String>,
     /// One of [`BY`] (default `channel`).
@@ -185,7 +186,10 @@ pub struct Models {
     pub shapley: bool,
     /// The names in answer order.
     pub names: Vec<&'static str>,
-    pub all: bool,
+    /// `all` or a list: the answer has one entry per model under `models`.
+    pub several: bool,
+    /// The request's `model`, echoed in the answer.
+    pub label: String,
 }
 
 impl Models {
@@ -225,21 +229,27 @@ impl Models {
                 kernel::ORDER_MAX
             )));
         }
-        let names: Vec<&'static str> = match model {
-            "all" => MODELS
+        let names: Vec<&'static str> = if model == "all" {
+            MODELS
                 .iter()
                 .copied()
                 .filter(|m| !(table && *m == "time_decay"))
-                .collect(),
-            m => match MODELS.iter().find(|x| **x == m) {
-                Some(x) => vec![*x],
-                None => {
-                    return Err(QueryError::invalid(format!(
-                        "unknown model {m:?}: use one of {} or all",
-                        MODELS.join(", ")
-                    )))
+                .collect()
+        } else {
+            let mut names = Vec::new();
+            for m in model.split(',').map(str::trim) {
+                match MODELS.iter().find(|x| **x == m) {
+                    Some(x) if !names.contains(x) => names.push(*x),
+                    Some(_) => {}
+                    None => {
+                        return Err(QueryError::invalid(format!(
+                            "unknown model {m:?}: use one of {}, a comma-separated list of them, or all",
+                            MODELS.join(", ")
+                        )))
+                    }
                 }
-            },
+            }
+            names
         };
         if table && names.contains(&"time_decay") {
             return Err(QueryError::invalid(
@@ -262,7 +272,8 @@ impl Models {
             heuristics,
             markov_order: names.contains(&"markov").then_some(order),
             shapley: names.contains(&"shapley"),
-            all: model == "all",
+            several: names.len() > 1 || model == "all",
+            label: model.to_string(),
             names,
         })
     }
@@ -456,14 +467,14 @@ impl Journeys {
                 })
                 .collect::<Vec<_>>()
         });
-        let single = (!models.all).then(|| answers.pop().expect("one model"));
+        let single = (!models.several).then(|| answers.pop().expect("one model"));
         Ok(AttributionResponse {
-            model: single.as_ref().map_or("all".into(), |a| a.model.clone()),
+            model: models.label.clone(),
             by: by.to_string(),
             total_conversions,
             total_value,
             rows: single.map(|a| a.rows),
-            models: models.all.then_some(answers),
+            models: models.several.then_some(answers),
             conversions: counting.to_string(),
             lookback_seconds: lookback.map(|l| l as f64 / 1000.0),
             unattributed_conversions: self.unattributed.0,
@@ -527,6 +538,17 @@ pub fn run(
     let value_path = req.value.as_deref().map(property_path).transpose()?;
     let in_range = |t: Millis| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t < e);
 
+    // The columns a touch needs: its channel's (UTM, referrer, click id) only when the
+    // label or GA4's last-non-direct rule reads the channel.
+    let classify =
+        !matches!(by, "landing_page" | "asset") || models.names.contains(&"last_non_direct");
+    let dims: Vec<usize> = if classify {
+        vec![0, 1, 2, 3, 4, 5, 7, 8]
+    } else if by == "asset" {
+        vec![0, 1, 4, 5]
+    } else {
+        vec![0, 1]
+    };
     // Sessions up to a lookback before the range, so the range's first conversions keep
     // their history.
     let touches_from = from.map(|f| f.saturating_sub(lookback));
@@ -535,7 +557,7 @@ pub fn run(
         &Load {
             from: touches_from,
             to,
-            dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
+            dims: dims.clone(),
             keep: Some(Box::new(|kind, v| {
                 is_visit(kind, v[1].is_some()) || conversion.matches_event(kind, v[0], v[1])
             })),
@@ -563,8 +585,8 @@ pub fn run(
                         attributor: &mut Attributor,
                         row: usize|
      -> Result<(Touch, bool), QueryError> {
-        let t = attributor.attribute(&rows, row);
-        let direct = attributor.touch(t).channel == "Direct";
+        let t = classify.then(|| attributor.attribute(&rows, row));
+        let direct = t.is_some_and(|t| attributor.touch(t).channel == "Direct");
         let label = match by {
             "landing_page" => {
                 let code = paths.codes[row];
@@ -598,14 +620,17 @@ pub fn run(
                     }
                 }
             }
-            other => match by_touch.get(&t) {
-                Some(&l) => l,
-                None => {
-                    let l = journeys.intern(&attributor.touch(t).value(other))?;
-                    by_touch.insert(t, l);
-                    l
+            other => {
+                let t = t.expect("labels by channel attributes classify");
+                match by_touch.get(&t) {
+                    Some(&l) => l,
+                    None => {
+                        let l = journeys.intern(&attributor.touch(t).value(other))?;
+                        by_touch.insert(t, l);
+                        l
+                    }
                 }
-            },
+            }
         };
         Ok((label, direct))
     };
@@ -984,6 +1009,23 @@ mod tests {
             None
         ))
         .contains("adding up to 100"));
+    }
+
+    #[test]
+    fn a_list_of_models_answers_each_in_the_order_given() {
+        let r = run_text(TABLE, "t", Some("markov, linear,markov"), None, None, None).unwrap();
+        assert_eq!(r.model, "markov, linear,markov");
+        let names: Vec<&str> = r
+            .models
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.model.as_str())
+            .collect();
+        assert_eq!(names, ["markov", "linear"]);
+        assert!(r.rows.is_none());
+        let err = run_text(TABLE, "t", Some("linear,nope"), None, None, None).unwrap_err();
+        assert!(err.to_string().contains("unknown model \"nope\""), "{err}");
     }
 
     #[test]
