@@ -86,6 +86,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         )?;
         progress.finish_and_clear();
         project.flush()?;
+        // What the marketing cost, so attribution shows cost per conversion and ROAS.
+        let spend = throughline_query::spend::Spend::from_csv(
+            &throughline_demo::spend_csv(&cfg),
+            "demo spend",
+        )?;
+        spend.save(project.dir())?;
         answers.push(headlines(&project, &summary)?);
     }
     println!(
@@ -193,6 +199,9 @@ pub struct GenerateArgs {
     pub out_of_order: bool,
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write the marketing spend of the same run as CSV (for `throughline spend import`)
+    #[arg(long)]
+    pub spend: Option<PathBuf>,
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
@@ -215,5 +224,10 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     out.flush()?;
     progress.finish_and_clear();
     eprintln!("wrote {n} messages to {}", args.out.display());
+    if let Some(path) = &args.spend {
+        std::fs::write(path, throughline_demo::spend_csv(&cfg))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote the spend to {}", path.display());
+    }
     Ok(())
 }

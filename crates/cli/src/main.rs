@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module; this file only declares the command line.
 
 mod assets;
+mod attribution;
 mod bench;
 mod cx;
 mod demo;
@@ -11,6 +12,7 @@ mod output;
 mod people;
 mod projects;
 mod query;
+mod spend;
 
 use std::path::PathBuf;
 
@@ -87,10 +89,17 @@ enum Command {
         after_help = "Example:\n  throughline generate --brand headphones --persons 20000 --seed 7 --out events.jsonl"
     )]
     Generate(demo::GenerateArgs),
-    /// Ask questions: funnels, trends, retention
+    /// Ask questions: funnels, trends, retention, sessions, paths, assets, attribution
     Query {
         #[command(subcommand)]
         command: query::QueryCommand,
+    },
+    /// Attribution models over a path table in ChannelAttribution's format
+    Attribution(attribution::TableArgs),
+    /// Marketing cost per day and channel, source, campaign or asset, for cost per conversion and ROAS
+    Spend {
+        #[command(subcommand)]
+        command: spend::SpendCommand,
     },
     /// The asset registry: the ads, creatives, emails, campaigns, pages and posts touches come through
     Assets {
@@ -168,6 +177,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Stats(args) => people::stats(args),
         Command::Query { command } => query::run(command),
         Command::Assets { command } => assets::run(command),
+        Command::Attribution(args) => attribution::table(args),
+        Command::Spend { command } => spend::run(command),
         Command::Bench { command } => bench::run(command),
         Command::Audit { command } => cx::audit_command(command),
         Command::Survey { command } => cx::survey_command(command),

@@ -27,7 +27,6 @@
 //! This module never writes anything but the registry file.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -396,11 +395,12 @@ impl Registry {
 
     /// The registry of a project: `assets.toml` in its directory, or an empty one.
     pub fn load(project_dir: &Path) -> Result<Registry, QueryError> {
-        let path = project_dir.join(REGISTRY_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Registry::from_toml(&text, &path.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
-            Err(e) => Err(QueryError::Store(StoreError::io(&path, e))),
+        match crate::project_file::read(project_dir, REGISTRY_FILE)? {
+            Some(text) => Registry::from_toml(
+                &text,
+                &project_dir.join(REGISTRY_FILE).display().to_string(),
+            ),
+            None => Ok(Registry::default()),
         }
     }
 
@@ -408,23 +408,7 @@ impl Registry {
     /// crash leaves the old registry or the new one, never a mix (and the store removes a
     /// leftover `.tmp` at its next open).
     pub fn save(&self, project_dir: &Path) -> Result<PathBuf, QueryError> {
-        let path = project_dir.join(REGISTRY_FILE);
-        let tmp = project_dir.join(format!(".{REGISTRY_FILE}.{}.tmp", std::process::id()));
-        let io = |p: &Path, e: std::io::Error| QueryError::Store(StoreError::io(p, e));
-        let write = || -> Result<(), QueryError> {
-            let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-            f.write_all(self.to_toml().as_bytes())
-                .map_err(|e| io(&tmp, e))?;
-            f.sync_all().map_err(|e| io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-            std::fs::File::open(project_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io(project_dir, e))
-        };
-        write().inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })?;
-        Ok(path)
+        crate::project_file::write(project_dir, REGISTRY_FILE, self.to_toml().as_bytes())
     }
 }
 
@@ -1088,7 +1072,7 @@ fn asset_funnels(
 /// number, with their value (0 when missing or not a number). Decodes the payloads of
 /// events named like the conversion and no others, and only when a value or a condition
 /// needs them: otherwise the map is empty.
-fn read_conversions(
+pub(crate) fn read_conversions(
     snap: &Snapshot,
     conversion: &StepMatcher,
     value: Option<&[String]>,
@@ -1152,7 +1136,7 @@ fn funnel_steps(steps: &[StepMatcher], reached: &[u64], entered: u64) -> Vec<Ass
 }
 
 /// `revenue`, `order.total` (both in `properties`), `context.x`, `traits.y`.
-fn property_path(text: &str) -> Result<Vec<String>, QueryError> {
+pub(crate) fn property_path(text: &str) -> Result<Vec<String>, QueryError> {
     let t = text.trim();
     if t.is_empty() || t.split('.').any(str::is_empty) {
         return Err(QueryError::invalid(format!(

@@ -129,6 +129,21 @@ pub async fn run(
                         &parse(&body)?,
                     ))
                 }
+                "attribution" => {
+                    let rules = throughline_query::sessions::project_rules(store.dir())
+                        .map_err(query_error)?;
+                    let registry = throughline_query::assets::Registry::load(store.dir())
+                        .map_err(query_error)?;
+                    let spend = throughline_query::spend::Spend::load(store.dir())
+                        .map_err(query_error)?;
+                    to_json(throughline_query::attribution::run(
+                        &snap,
+                        &rules,
+                        &registry,
+                        &spend,
+                        &parse(&body)?,
+                    ))
+                }
                 "emotion" => {
                     let dir = store.dir();
                     let rules = throughline_query::sessions::project_rules(dir).map_err(query_error)?;
@@ -146,7 +161,7 @@ pub async fn run(
                 other => return Err(AppError::new(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "unknown query kind {other:?}: use funnel, trends, retention, sessions, paths, assets, emotion, fatigue or audit"
+                        "unknown query kind {other:?}: use funnel, trends, retention, sessions, paths, assets, attribution, emotion, fatigue or audit"
                     ),
                 )),
             }?;
