@@ -230,6 +230,11 @@ pub struct FatigueResponse {
     pub audience: Audience,
 }
 
+/// What the audience needs of one person on one channel: (person, touches in the last
+/// window, [engagements, touches] over the recent span then the span before, opted out by
+/// now).
+type NowState = (u32, u32, [u32; 4], bool);
+
 /// Per person and channel, the sorted times of each kind of event.
 #[derive(Default)]
 struct Times {
@@ -350,10 +355,9 @@ pub fn run(snap: &Snapshot, req: &FatigueRequest) -> Result<FatigueResponse, Que
     let n_ch = channels.len();
     let mut curves: Vec<Curve> = (0..n_ch).map(|_| Curve::default()).collect();
     let mut persons = vec![0u64; n_ch];
-    let mut totals = vec![[0u64; 5]; n_ch]; // touches, engagements, unsubscribes, complaints, converted windows
-                                            // Per channel, what the audience needs of each person: (person, touches in the last
-                                            // window, engagements and touches recent and before, opted out by now).
-    let mut now_state: Vec<Vec<(u32, u32, [u32; 4], bool)>> = vec![Vec::new(); n_ch];
+    // Per channel: touches, engagements, unsubscribes, complaints, converted windows.
+    let mut totals = vec![[0u64; 5]; n_ch];
+    let mut now_state: Vec<Vec<NowState>> = vec![Vec::new(); n_ch];
 
     for r in rows.persons() {
         let person = rows.person[r.start];

@@ -388,6 +388,7 @@ async fn the_openapi_document_describes_every_route() {
         "sessions",
         "paths",
         "assets",
+        "attribution",
         "emotion",
         "fatigue",
         "audit",
