@@ -761,6 +761,13 @@ pub(crate) fn job(sim: &mut Sim, t: i64, job: Job) {
                     let at = t + sim.rng.range_i(DAY_MS, 6 * DAY_MS);
                     sim.schedule(at, SimJob::Hp(Job::Ticket(Topic::Defect)));
                 }
+            } else if sim.rng.chance(0.08) {
+                // Owners with a question: how to pair, when the rest ships, how returns work.
+                let topic = *sim
+                    .rng
+                    .pick(&[Topic::Pairing, Topic::WhereIsMyOrder, Topic::Return]);
+                let at = t + sim.rng.range_i(HOUR_MS, 5 * DAY_MS);
+                sim.schedule(at, SimJob::Hp(Job::Ticket(topic)));
             }
             let p_return = 0.05 + if late { 0.12 } else { 0.0 } + if defect { 0.5 } else { 0.0 };
             if sim.rng.chance(p_return) && sim.hp.pending_return.is_none() {
