@@ -23,7 +23,9 @@ ORIGIN = "https://www.sonora-audio.example"
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory, throughline_bin):
     d = tmp_path_factory.mktemp("audit") / "demo"
-    run_cli(throughline_bin, "demo", "--data", str(d), "--no-serve", "--persons", "1500", timeout=300)
+    # The demo's default size: every registered creative gets traffic (at 1500 persons the rarest
+    # cross-sell e-mail may get none, a true "asset without traffic").
+    run_cli(throughline_bin, "demo", "--data", str(d), "--no-serve", "--persons", "3000", timeout=300)
     return d
 
 
