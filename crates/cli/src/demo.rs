@@ -58,6 +58,16 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut answers = Vec::new();
     for brand in [Brand::Headphones, Brand::Subscription] {
         let project = store.project(brand.name())?;
+        // What the brand's marketer configured: the asset registry and offline channels.
+        throughline_query::assets::Registry::from_csv(
+            &throughline_demo::registry_csv(brand),
+            "demo registry",
+        )?
+        .save(project.dir())?;
+        std::fs::write(
+            project.dir().join("channels.toml"),
+            throughline_demo::channels_toml(brand),
+        )?;
         let cfg = DemoConfig::new(brand, args.persons, args.seed);
         let progress = import::progress_bar(false);
         progress.set_message(format!("loading {}", brand.name()));
@@ -76,6 +86,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         )?;
         progress.finish_and_clear();
         project.flush()?;
+        // What the marketing cost, so attribution shows cost per conversion and ROAS.
+        let spend = throughline_query::spend::Spend::from_csv(
+            &throughline_demo::spend_csv(&cfg),
+            "demo spend",
+        )?;
+        spend.save(project.dir())?;
         answers.push(headlines(&project, &summary)?);
     }
     println!(
@@ -183,6 +199,9 @@ pub struct GenerateArgs {
     pub out_of_order: bool,
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write the marketing spend of the same run as CSV (for `throughline spend import`)
+    #[arg(long)]
+    pub spend: Option<PathBuf>,
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
@@ -205,5 +224,10 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     out.flush()?;
     progress.finish_and_clear();
     eprintln!("wrote {n} messages to {}", args.out.display());
+    if let Some(path) = &args.spend {
+        std::fs::write(path, throughline_demo::spend_csv(&cfg))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote the spend to {}", path.display());
+    }
     Ok(())
 }

@@ -3,13 +3,16 @@
 //! Each subcommand lives in its own module; this file only declares the command line.
 
 mod assets;
+mod attribution;
 mod bench;
+mod cx;
 mod demo;
 mod import;
 mod output;
 mod people;
 mod projects;
 mod query;
+mod spend;
 
 use std::path::PathBuf;
 
@@ -86,10 +89,17 @@ enum Command {
         after_help = "Example:\n  throughline generate --brand headphones --persons 20000 --seed 7 --out events.jsonl"
     )]
     Generate(demo::GenerateArgs),
-    /// Ask questions: funnels, trends, retention
+    /// Ask questions: funnels, trends, retention, sessions, paths, assets, attribution
     Query {
         #[command(subcommand)]
         command: query::QueryCommand,
+    },
+    /// Attribution models over a path table in ChannelAttribution's format
+    Attribution(attribution::TableArgs),
+    /// Marketing cost per day and channel, source, campaign or asset, for cost per conversion and ROAS
+    Spend {
+        #[command(subcommand)]
+        command: spend::SpendCommand,
     },
     /// The asset registry: the ads, creatives, emails, campaigns, pages and posts touches come through
     Assets {
@@ -99,6 +109,21 @@ enum Command {
     /// Counts of a project's store: events, segments, events still in the log, ids
     #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
     Stats(people::StatsArgs),
+    /// Checks beyond the store: registered destination URLs over HTTP (`audit links`)
+    Audit {
+        #[command(subcommand)]
+        command: cx::AuditCommand,
+    },
+    /// Hosted survey links: a signed link to the one-question survey page
+    Survey {
+        #[command(subcommand)]
+        command: cx::SurveyCommand,
+    },
+    /// VADER sentiment of texts (arguments, else each line of stdin), as `query emotion` scores them
+    #[command(
+        after_help = "Example:\n  throughline sentiment 'Delivery was late and nobody told me.'\n  cut -f2 comments.tsv | throughline sentiment > scores.jsonl"
+    )]
+    Sentiment(cx::SentimentArgs),
     /// Measure ingest speed: an HTTP load generator and this disk's fsync baseline
     #[command(
         after_help = "Examples:\n  throughline bench http --url http://127.0.0.1:8080 --write-key wk_... --clients 16 --batch 100 --file events.jsonl\n  throughline bench disk --dir /tmp --chunk-bytes 65536\n  bash scripts/bench               # the whole benchmark, written to bench-out/ingest.md"
@@ -152,7 +177,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Stats(args) => people::stats(args),
         Command::Query { command } => query::run(command),
         Command::Assets { command } => assets::run(command),
+        Command::Attribution(args) => attribution::table(args),
+        Command::Spend { command } => spend::run(command),
         Command::Bench { command } => bench::run(command),
+        Command::Audit { command } => cx::audit_command(command),
+        Command::Survey { command } => cx::survey_command(command),
+        Command::Sentiment(args) => cx::sentiment(args),
     }
 }
 

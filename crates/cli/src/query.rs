@@ -14,6 +14,15 @@ use throughline_query::trends::{Interval, TrendsRequest};
 
 use crate::output::{self, Format};
 
+/// `query paths --format`: the usual two, and ChannelAttribution's path table.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum PathsFormat {
+    #[default]
+    Json,
+    Table,
+    Channelattribution,
+}
+
 #[derive(Args)]
 pub struct Target {
     #[arg(long)]
@@ -111,8 +120,14 @@ pub enum QueryCommand {
         after_help = "Examples:\n  throughline query paths --data ./data --project shop --start 'page:/' --depth 4 --format table\n  throughline query paths --data ./data --project shop --end 'Order Completed' --depth 5\n  throughline query paths --data ./data --project shop --of channels --conversion 'Order Completed'"
     )]
     Paths {
-        #[command(flatten)]
-        target: Target,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        project: String,
+        /// json, table, or channelattribution (with --of channels: the whole path table as
+        /// ChannelAttribution's CSV, the input of `throughline attribution --paths`)
+        #[arg(long, value_enum, default_value_t)]
+        format: PathsFormat,
         /// events (event names, page views as page:/path) or channels (session channels up to a conversion)
         #[arg(long, default_value = "events")]
         of: String,
@@ -128,6 +143,12 @@ pub enum QueryCommand {
         /// Paths listed
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// With --format channelattribution: the conversions' property summed as value
+        #[arg(long)]
+        value: Option<String>,
+        /// With --format channelattribution: how far before a conversion touches count
+        #[arg(long, default_value = "90d")]
+        lookback: String,
         #[arg(long)]
         from: Option<String>,
         #[arg(long)]
@@ -160,6 +181,24 @@ pub enum QueryCommand {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
+    /// Credit for conversions by channel, source, campaign or asset under every attribution model
+    #[command(after_help = format!("{}\n\n{}", crate::attribution::QUERY_AFTER_HELP, "See `throughline attribution --help` for the models."))]
+    Attribution(crate::attribution::QueryArgs),
+    /// How people feel per journey stage: NPS, CSAT, CES with intervals, comment sentiment, moments of truth
+    #[command(
+        after_help = "Examples:\n  throughline query emotion --data ./data --project shop --format table\n  throughline query emotion --data ./data --project shop --by channel\n  throughline query emotion --data ./data --project shop --by week --min-responses 50\n\nJourney stages come from DIR/projects/NAME/stages.toml (see README), else the defaults."
+    )]
+    Emotion(crate::cx::EmotionArgs),
+    /// Touch frequency against unsubscribes, complaints and conversions, with a recommended cap per channel
+    #[command(
+        after_help = "Examples:\n  throughline query fatigue --data ./data --project shop --conversion 'Order Completed' --conversion-value 40 --unsubscribe-cost 15 --format table\n  throughline query fatigue ... --configured-cap Email=3 --audience-out fatigued.csv   # a suppression list"
+    )]
+    Fatigue(crate::cx::FatigueArgs),
+    /// Consistency audit: UTM spellings, Unassigned traffic, campaigns and assets without each other, message match, error landings
+    #[command(
+        after_help = "Examples:\n  throughline query audit --data ./data --project shop --format table\n  throughline query audit --data ./data --project shop --conversion 'Order Completed' --similarity-min 0.15\n\nRegistered destination URLs are checked over HTTP by `throughline audit links`."
+    )]
+    Audit(crate::cx::AuditArgs),
     /// Cohorts by first start event and the share returning in each period
     #[command(
         after_help = "Example:\n  throughline query retention --data ./data --project shop --start 'Signed Up' --return 'Order Completed' --period week --periods 8"
@@ -185,6 +224,9 @@ pub enum QueryCommand {
 
 pub fn run(cmd: QueryCommand) -> Result<()> {
     match cmd {
+        QueryCommand::Emotion(a) => crate::cx::emotion(a),
+        QueryCommand::Fatigue(a) => crate::cx::fatigue(a),
+        QueryCommand::Audit(a) => crate::cx::audit(a),
         QueryCommand::Funnel {
             target,
             steps,
@@ -345,16 +387,68 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             Ok(())
         }
         QueryCommand::Paths {
-            target,
+            data,
+            project,
+            format,
             of,
             start,
             end,
             conversion,
             depth,
             limit,
+            value,
+            lookback,
             from,
             to,
         } => {
+            let target = Target {
+                data,
+                project,
+                format: match format {
+                    PathsFormat::Table => Format::Table,
+                    _ => Format::Json,
+                },
+            };
+            if let PathsFormat::Channelattribution = format {
+                if of != "channels" {
+                    anyhow::bail!("--format channelattribution needs --of channels");
+                }
+                let conversion = conversion
+                    .ok_or_else(|| anyhow::anyhow!("--of channels needs --conversion EVENT"))?;
+                let req = throughline_query::attribution::AttributionRequest {
+                    conversion,
+                    model: Some("first_touch".into()),
+                    value,
+                    lookback: Some(lookback),
+                    from,
+                    to,
+                    paths: Some(throughline_query::attribution::PATHS_MAX),
+                    ..Default::default()
+                };
+                let (_store, project, rules) = open_project(&target)?;
+                let registry = throughline_query::assets::Registry::load(project.dir())?;
+                let r = throughline_query::attribution::run(
+                    &project.snapshot(),
+                    &rules,
+                    &registry,
+                    &Default::default(),
+                    &req,
+                )?;
+                if r.distinct_paths as usize > throughline_query::attribution::PATHS_MAX {
+                    eprintln!(
+                        "{} distinct paths: the {} with the most conversions are written",
+                        r.distinct_paths,
+                        throughline_query::attribution::PATHS_MAX
+                    );
+                }
+                print!(
+                    "{}",
+                    throughline_query::attribution::channelattribution_csv(
+                        r.paths.as_deref().unwrap_or_default()
+                    )
+                );
+                return Ok(());
+            }
             let req = PathsRequest {
                 of: Some(of),
                 start,
@@ -475,6 +569,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             }
             Ok(())
         }
+        QueryCommand::Attribution(args) => crate::attribution::query(args),
         QueryCommand::Retention {
             target,
             start,
@@ -520,7 +615,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
 }
 
 /// The store (kept open while the project is used), the project and its channel rules.
-fn open_project(
+pub(crate) fn open_project(
     target: &Target,
 ) -> Result<(
     throughline_store::Store,

@@ -27,7 +27,6 @@
 //! This module never writes anything but the registry file.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +106,13 @@ pub struct Asset {
     /// `page:/path/*`), measured from each person's first session on the asset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub funnel: Vec<String>,
+    /// The headline an ad or email shows: what `query audit` compares with the landing
+    /// page its clicks reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headline: Option<String>,
+    /// The asset's body copy, compared like the headline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<String>,
 }
 
 /// A project's assets, in registry order.
@@ -222,7 +228,8 @@ impl Registry {
     }
 
     /// Parses a CSV registry: a header naming `id`, `kind` and any of `name`,
-    /// `destination_url`, `campaign`, `funnel` (steps as `A > B > C` or a JSON array).
+    /// `destination_url`, `campaign`, `funnel` (steps as `A > B > C` or a JSON array),
+    /// `headline`, `copy`.
     /// `source` names the file in errors.
     pub fn from_csv(text: &str, source: &str) -> Result<Registry, QueryError> {
         check_text(text, source)?;
@@ -235,15 +242,17 @@ impl Registry {
             .headers()
             .map_err(|e| QueryError::invalid(format!("{source} line 1: {e}")))?
             .clone();
-        const COLUMNS: [&str; 6] = [
+        const COLUMNS: [&str; 8] = [
             "id",
             "kind",
             "name",
             "destination_url",
             "campaign",
             "funnel",
+            "headline",
+            "copy",
         ];
-        let mut at = [None::<usize>; 6];
+        let mut at = [None::<usize>; 8];
         for (i, h) in headers.iter().enumerate() {
             let h = h.to_ascii_lowercase();
             let Some(c) = COLUMNS.iter().position(|&c| c == h) else {
@@ -260,7 +269,7 @@ impl Registry {
         }
         if at[0].is_none() || at[1].is_none() {
             return Err(QueryError::invalid(format!(
-                "{source} line 1: the header needs at least the columns id and kind (id,kind,name,destination_url,campaign[,funnel])"
+                "{source} line 1: the header needs at least the columns id and kind (id,kind,name,destination_url,campaign[,funnel,headline,copy])"
             )));
         }
         let mut errors = Errors::new(source);
@@ -294,6 +303,8 @@ impl Registry {
                 destination_url: Some(cell(3).to_string()),
                 campaign: Some(cell(4).to_string()),
                 funnel,
+                headline: Some(cell(6).to_string()),
+                copy: Some(cell(7).to_string()),
             };
             match validate(raw) {
                 Ok(a) => parsed.push((line, a)),
@@ -304,7 +315,7 @@ impl Registry {
     }
 
     /// Parses a TOML registry: `[[asset]]` tables with `id`, `kind` and optionally `name`,
-    /// `destination_url`, `campaign` and `funnel = ["Step A", "Step B"]`.
+    /// `destination_url`, `campaign`, `funnel = ["Step A", "Step B"]`, `headline`, `copy`.
     pub fn from_toml(text: &str, source: &str) -> Result<Registry, QueryError> {
         check_text(text, source)?;
         #[derive(Deserialize)]
@@ -384,11 +395,12 @@ impl Registry {
 
     /// The registry of a project: `assets.toml` in its directory, or an empty one.
     pub fn load(project_dir: &Path) -> Result<Registry, QueryError> {
-        let path = project_dir.join(REGISTRY_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Registry::from_toml(&text, &path.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
-            Err(e) => Err(QueryError::Store(StoreError::io(&path, e))),
+        match crate::project_file::read(project_dir, REGISTRY_FILE)? {
+            Some(text) => Registry::from_toml(
+                &text,
+                &project_dir.join(REGISTRY_FILE).display().to_string(),
+            ),
+            None => Ok(Registry::default()),
         }
     }
 
@@ -396,23 +408,7 @@ impl Registry {
     /// crash leaves the old registry or the new one, never a mix (and the store removes a
     /// leftover `.tmp` at its next open).
     pub fn save(&self, project_dir: &Path) -> Result<PathBuf, QueryError> {
-        let path = project_dir.join(REGISTRY_FILE);
-        let tmp = project_dir.join(format!(".{REGISTRY_FILE}.{}.tmp", std::process::id()));
-        let io = |p: &Path, e: std::io::Error| QueryError::Store(StoreError::io(p, e));
-        let write = || -> Result<(), QueryError> {
-            let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-            f.write_all(self.to_toml().as_bytes())
-                .map_err(|e| io(&tmp, e))?;
-            f.sync_all().map_err(|e| io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-            std::fs::File::open(project_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io(project_dir, e))
-        };
-        write().inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })?;
-        Ok(path)
+        crate::project_file::write(project_dir, REGISTRY_FILE, self.to_toml().as_bytes())
     }
 }
 
@@ -517,6 +513,8 @@ fn validate(raw: Asset) -> Result<Asset, String> {
         destination_url,
         campaign: opt("campaign", raw.campaign)?,
         funnel,
+        headline: opt("headline", raw.headline)?,
+        copy: opt("copy", raw.copy)?,
     })
 }
 
@@ -1074,7 +1072,7 @@ fn asset_funnels(
 /// number, with their value (0 when missing or not a number). Decodes the payloads of
 /// events named like the conversion and no others, and only when a value or a condition
 /// needs them: otherwise the map is empty.
-fn read_conversions(
+pub(crate) fn read_conversions(
     snap: &Snapshot,
     conversion: &StepMatcher,
     value: Option<&[String]>,
@@ -1138,7 +1136,7 @@ fn funnel_steps(steps: &[StepMatcher], reached: &[u64], entered: u64) -> Vec<Ass
 }
 
 /// `revenue`, `order.total` (both in `properties`), `context.x`, `traits.y`.
-fn property_path(text: &str) -> Result<Vec<String>, QueryError> {
+pub(crate) fn property_path(text: &str) -> Result<Vec<String>, QueryError> {
     let t = text.trim();
     if t.is_empty() || t.split('.').any(str::is_empty) {
         return Err(QueryError::invalid(format!(
@@ -1285,6 +1283,7 @@ kind = "page"
                 destination_url: Some("https://shop.example/sale?utm_content=banner-a".into()),
                 campaign: Some("spring".into()),
                 funnel: vec!["Product Viewed".into(), "Order Completed".into()],
+                ..Asset::default()
             }
         );
         assert_eq!(reg.assets[1].id, "welcome-1");
