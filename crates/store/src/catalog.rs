@@ -214,16 +214,25 @@ mod tests {
         let issued = Catalog::create_project(&dir, "shop").unwrap();
         let other = Catalog::create_project(&dir, "other").unwrap();
         let text = std::fs::read_to_string(dir.join("catalog.json")).unwrap();
-        assert!(!text.contains(&issued.api_key), "the key itself is never written");
+        assert!(
+            !text.contains(&issued.api_key),
+            "the key itself is never written"
+        );
         assert!(text.contains(&api_key_hash(&issued.api_key)));
         let c = Catalog::load(&dir).unwrap();
         assert_eq!(c.by_api_key(&issued.api_key).unwrap().name, "shop");
         assert_eq!(c.by_api_key(&other.api_key).unwrap().name, "other");
         assert!(c.by_api_key("tl_guess").is_none());
-        assert!(c.by_api_key(&api_key_hash(&issued.api_key)).is_none(), "the hash is not a key");
+        assert!(
+            c.by_api_key(&api_key_hash(&issued.api_key)).is_none(),
+            "the hash is not a key"
+        );
         let rotated = Catalog::rotate_keys(&dir, "shop").unwrap();
         let c = Catalog::load(&dir).unwrap();
-        assert!(c.by_api_key(&issued.api_key).is_none(), "the old key stops working");
+        assert!(
+            c.by_api_key(&issued.api_key).is_none(),
+            "the old key stops working"
+        );
         assert_eq!(c.by_api_key(&rotated.api_key).unwrap().name, "shop");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -243,7 +252,14 @@ mod tests {
         Catalog::create_project(&dir, "next").unwrap();
         let text = std::fs::read_to_string(dir.join("catalog.json")).unwrap();
         assert!(!text.contains("tl_old"), "{text}");
-        assert_eq!(Catalog::load(&dir).unwrap().by_api_key("tl_old").unwrap().name, "shop");
+        assert_eq!(
+            Catalog::load(&dir)
+                .unwrap()
+                .by_api_key("tl_old")
+                .unwrap()
+                .name,
+            "shop"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
