@@ -31,6 +31,29 @@ pub struct Target {
     pub project: String,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// Only persons whose first touch in the range is in this channel, e.g. 'Paid Search'
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Only persons whose first touch in the range is from this campaign
+    #[arg(long)]
+    pub campaign: Option<String>,
+}
+
+impl Target {
+    /// The `filter` of the request, from `--channel` and `--campaign`.
+    pub fn filter(&self) -> Option<throughline_query::filter::Filter> {
+        filter(&self.channel, &self.campaign)
+    }
+}
+
+fn filter(
+    channel: &Option<String>,
+    campaign: &Option<String>,
+) -> Option<throughline_query::filter::Filter> {
+    (channel.is_some() || campaign.is_some()).then(|| throughline_query::filter::Filter {
+        channel: channel.clone(),
+        campaign: campaign.clone(),
+    })
 }
 
 #[derive(Subcommand)]
@@ -153,6 +176,12 @@ pub enum QueryCommand {
         from: Option<String>,
         #[arg(long)]
         to: Option<String>,
+        /// Only persons whose first touch in the range is in this channel
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only persons whose first touch in the range is from this campaign
+        #[arg(long)]
+        campaign: Option<String>,
     },
     /// One scorecard row per asset: reach, sessions, bounce, engaged time, conversions, revenue, funnel drop-off
     #[command(
@@ -242,6 +271,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     offset: persons_offset,
                     limit: persons_limit,
                 }),
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::funnel::run(&project.snapshot(), &rules, &req)?;
@@ -301,6 +331,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
                 by,
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::trends::run(&project.snapshot(), &rules, &req)?;
@@ -336,6 +367,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 timeout: Some(timeout),
                 from,
                 to,
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::sessions::run(&project.snapshot(), &rules, &req)?;
@@ -382,6 +414,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             lookback,
             from,
             to,
+            channel,
+            campaign,
         } => {
             let target = Target {
                 data,
@@ -390,6 +424,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     PathsFormat::Table => Format::Table,
                     _ => Format::Json,
                 },
+                channel,
+                campaign,
             };
             if let PathsFormat::Channelattribution = format {
                 if of != "channels" {
@@ -405,6 +441,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     from,
                     to,
                     paths: Some(throughline_query::attribution::PATHS_MAX),
+                    filter: target.filter(),
                     ..Default::default()
                 };
                 let (_store, project, rules) = open_project(&target)?;
@@ -441,6 +478,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 timeout: None,
                 from,
                 to,
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::paths::run(&project.snapshot(), &rules, &req)?;
@@ -480,6 +518,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
                 limit: Some(limit),
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let registry = throughline_query::assets::Registry::load(project.dir())?;
@@ -568,9 +607,11 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 periods,
                 from,
                 to,
+                filter: target.filter(),
             };
-            with_snapshot(&target, |snap| {
-                let r = throughline_query::retention::run(snap, &req)?;
+            let (_store, project, rules) = open_project(&target)?;
+            {
+                let r = throughline_query::retention::run(&project.snapshot(), &rules, &req)?;
                 match target.format {
                     Format::Json => output::json(&serde_json::to_value(&r)?),
                     Format::Table => {
@@ -591,7 +632,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     }
                 }
                 Ok(())
-            })
+            }
         }
     }
 }
@@ -608,16 +649,6 @@ pub(crate) fn open_project(
     let project = store.project(&target.project)?;
     let rules = throughline_query::sessions::project_rules(project.dir())?;
     Ok((store, project, rules))
-}
-
-fn with_snapshot(
-    target: &Target,
-    f: impl FnOnce(&throughline_store::Snapshot) -> Result<()>,
-) -> Result<()> {
-    let store = crate::open_store(&target.data)?;
-    let project = store.project(&target.project)?;
-    let snap = project.snapshot();
-    f(&snap)
 }
 
 fn pct(v: Option<f64>) -> String {

@@ -584,6 +584,9 @@ pub struct AssetsRequest {
     /// Rows returned, most sessions first (default 1000, at most 10000).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 fn default_window() -> String {
@@ -753,6 +756,7 @@ pub fn run(
             }
         }
     }
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
@@ -767,7 +771,7 @@ pub fn run(
                             || step_patterns.iter().any(|p| crate::spec::wildcard(p, n))
                     })
             })),
-            ..Default::default()
+            persons: only.as_ref(),
         },
     )?;
 

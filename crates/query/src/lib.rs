@@ -9,9 +9,11 @@
 pub mod assets;
 pub mod attribution;
 mod error;
+pub mod filter;
 pub mod funnel;
 pub mod paths;
 pub mod profile;
+pub mod recent;
 mod project_file;
 pub mod retention;
 pub mod rows;
