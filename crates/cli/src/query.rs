@@ -209,6 +209,9 @@ pub enum QueryCommand {
         /// Rows listed, most sessions first (the rest are summed as omitted)
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// Also count each asset's conversions per day, week or month (JSON output)
+        #[arg(long)]
+        interval: Option<String>,
     },
     /// Credit for conversions by channel, source, campaign or asset under every attribution model
     #[command(after_help = format!("{}\n\n{}", crate::attribution::QUERY_AFTER_HELP, "See `throughline attribution --help` for the models."))]
@@ -509,6 +512,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             from,
             to,
             limit,
+            interval,
         } => {
             let req = AssetsRequest {
                 conversion,
@@ -519,6 +523,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 to,
                 limit: Some(limit),
                 filter: target.filter(),
+                interval: interval.as_deref().map(Interval::parse).transpose()?,
             };
             let (_store, project, rules) = open_project(&target)?;
             let registry = throughline_query::assets::Registry::load(project.dir())?;

@@ -1,6 +1,7 @@
-//! The newest events of a project, for a live feed: who did what, where, from which
-//! channel. Reads only the newest events' payloads ([`Snapshot::newest_events`]), so a
-//! dashboard can poll it on any store size.
+//! What a project's events are, cheaply, for a dashboard: the newest events (a live feed
+//! of who did what, where, from which channel) and the event names in use (for step
+//! pickers). Reads only the newest events' payloads ([`Snapshot::newest_events`]) and
+//! the segments' name dictionaries, so a dashboard can poll it on any store size.
 
 use serde::{Deserialize, Serialize};
 use throughline_classify::{Rules, Touch};
@@ -53,6 +54,35 @@ pub struct RecentResponse {
     pub events: Vec<RecentEvent>,
 }
 
+/// Distinct event names returned at most.
+pub const NAMES_MAX: usize = 5000;
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct NamesResponse {
+    /// Every distinct event name (a track's `event`, a page's or screen's `name`),
+    /// sorted, at most [`NAMES_MAX`].
+    pub names: Vec<String>,
+    /// Whether there were more.
+    pub truncated: bool,
+}
+
+/// The event names in use, from the segments' dictionaries and the log.
+pub fn names(snap: &Snapshot) -> Result<NamesResponse, QueryError> {
+    let mut all: std::collections::BTreeSet<String> = Default::default();
+    for seg in snap.segments() {
+        all.extend(seg.dictionary(throughline_model::DIMS[0])?);
+    }
+    all.extend(
+        snap.log_rows()
+            .filter_map(|r| r.dims[0].as_deref().map(str::to_string)),
+    );
+    let truncated = all.len() > NAMES_MAX;
+    Ok(NamesResponse {
+        names: all.into_iter().take(NAMES_MAX).collect(),
+        truncated,
+    })
+}
+
 pub fn run(
     snap: &Snapshot,
     rules: &Rules,
@@ -82,9 +112,7 @@ pub fn run(
                 timestamp: format_ms(e.timestamp),
                 received_at: format_ms(e.received_at),
                 event_type: e.event_type,
-                person_id: identity
-                    .canonical_id(identity.person_of(node))
-                    .to_string(),
+                person_id: identity.canonical_id(identity.person_of(node)).to_string(),
                 sent_as: e.distinct_id().to_string(),
                 event: e.event,
                 path: e.page_path,

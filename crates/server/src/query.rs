@@ -146,12 +146,20 @@ pub async fn recent(
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, &headers)?;
     let mut req = throughline_query::recent::RecentRequest::default();
-    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         match pair.split_once('=') {
             Some(("limit", n)) => {
                 req.limit = Some(n.parse().map_err(|_| {
-                    AppError::new(StatusCode::BAD_REQUEST, format!("limit {n:?} is not a number"))
-                        .field(Some("limit"))
+                    AppError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit {n:?} is not a number"),
+                    )
+                    .field(Some("limit"))
                 })?)
             }
             _ => {
@@ -166,6 +174,26 @@ pub async fn recent(
         let snap = store.snapshot();
         let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
         to_json(throughline_query::recent::run(&snap, &rules, &req))
+    })
+    .await
+    .map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}"),
+        )
+    })??;
+    Ok(Json(answer))
+}
+
+/// `GET /api/v1/projects/{project}/events/names`: the event names in use.
+pub async fn names(
+    State(state): State<Arc<AppState>>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    let store = authorize(&state, &project, &headers)?;
+    let answer = tokio::task::spawn_blocking(move || {
+        to_json(throughline_query::recent::names(&store.snapshot()))
     })
     .await
     .map_err(|e| {

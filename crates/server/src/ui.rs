@@ -38,7 +38,10 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     let hash = file.metadata.sha256_hash();
     let etag = format!(
         "\"{}\"",
-        hash[..12].iter().map(|b| format!("{b:02x}")).collect::<String>()
+        hash[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     );
     let fresh = headers
         .get(header::IF_NONE_MATCH)
@@ -50,18 +53,30 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
         (StatusCode::OK, file.data.into_owned()).into_response()
     };
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(path)));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(path)),
+    );
     // Revalidate every time (a cheap 304): after an upgrade the browser never mixes old
     // and new modules.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex is a valid header"));
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("hex is a valid header"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     resp
 }
 

@@ -591,7 +591,10 @@ impl Snapshot<'_> {
         order.sort_by_key(|&k| Reverse(segments[k].time_range().1));
         for k in order {
             let floor = (best.len() == limit).then(|| best.peek().map(|Reverse(b)| b.0));
-            if floor.flatten().is_some_and(|f| segments[k].time_range().1 < f) {
+            if floor
+                .flatten()
+                .is_some_and(|f| segments[k].time_range().1 < f)
+            {
                 break;
             }
             let ts = segments[k].read_column::<i64>("ts")?;
