@@ -1,14 +1,12 @@
 //! What a project's events are, cheaply, for a dashboard: the newest events (a live feed
-//! of who did what, where, from which channel) and the event names in use (for step
+//! of who did what, on which page, from which source) and the event names in use (for step
 //! pickers). Reads only the newest events' payloads ([`Snapshot::newest_events`]) and
 //! the segments' name dictionaries, so a dashboard can poll it on any store size.
 
 use serde::{Deserialize, Serialize};
-use throughline_classify::{Rules, Touch};
 use throughline_model::{format_ms, EventType};
 use throughline_store::Snapshot;
 
-use crate::sessions::is_visit;
 use crate::QueryError;
 
 /// Events returned at most.
@@ -36,9 +34,6 @@ pub struct RecentEvent {
     /// The id the event was sent under: which device or login.
     pub sent_as: String,
     pub path: Option<String>,
-    /// The channel of the event's touch, for visit events (page and screen views and
-    /// events sent from a page); server-side events have none.
-    pub channel: Option<String>,
     pub utm_source: Option<String>,
     pub utm_medium: Option<String>,
     pub utm_campaign: Option<String>,
@@ -83,11 +78,7 @@ pub fn names(snap: &Snapshot) -> Result<NamesResponse, QueryError> {
     })
 }
 
-pub fn run(
-    snap: &Snapshot,
-    rules: &Rules,
-    req: &RecentRequest,
-) -> Result<RecentResponse, QueryError> {
+pub fn run(snap: &Snapshot, req: &RecentRequest) -> Result<RecentResponse, QueryError> {
     let limit = req.limit.unwrap_or(RECENT_DEFAULT);
     if limit == 0 || limit > RECENT_MAX {
         return Err(QueryError::invalid(format!(
@@ -98,17 +89,7 @@ pub fn run(
     let events = snap
         .newest_events(limit)?
         .into_iter()
-        .map(|(node, e)| {
-            let visit = is_visit(e.event_type.code(), e.page_path.is_some());
-            // Classified as a session's first event is (the landing URL plays no part).
-            let channel = visit.then(|| {
-                let touch = Touch {
-                    page_url: None,
-                    ..Touch::from_event(&e)
-                };
-                rules.classify(&touch).channel
-            });
-            RecentEvent {
+        .map(|(node, e)| RecentEvent {
                 timestamp: format_ms(e.timestamp),
                 received_at: format_ms(e.received_at),
                 event_type: e.event_type,
@@ -116,13 +97,11 @@ pub fn run(
                 sent_as: e.distinct_id().to_string(),
                 event: e.event,
                 path: e.page_path,
-                channel,
                 utm_source: e.utm.source,
                 utm_medium: e.utm.medium,
                 utm_campaign: e.utm.campaign,
                 referrer: e.referrer,
                 message_id: e.message_id,
-            }
         })
         .collect();
     Ok(RecentResponse {

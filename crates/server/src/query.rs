@@ -26,7 +26,8 @@ pub async fn person(
     let store = authorize(&state, &project, &headers)?;
     let answer = tokio::task::spawn_blocking(move || {
         let snap = store.snapshot();
-        match throughline_query::profile::run(&snap, &id, 100) {
+        let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
+        match throughline_query::profile::run(&snap, &rules, &id, 100) {
             Ok(Some(p)) => Ok(serde_json::to_value(p).expect("profiles serialize")),
             Ok(None) => Err(AppError::new(
                 StatusCode::NOT_FOUND,
@@ -171,9 +172,7 @@ pub async fn recent(
         }
     }
     let answer = tokio::task::spawn_blocking(move || {
-        let snap = store.snapshot();
-        let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
-        to_json(throughline_query::recent::run(&snap, &rules, &req))
+        to_json(throughline_query::recent::run(&store.snapshot(), &req))
     })
     .await
     .map_err(|e| {
