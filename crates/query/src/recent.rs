@@ -90,18 +90,18 @@ pub fn run(snap: &Snapshot, req: &RecentRequest) -> Result<RecentResponse, Query
         .newest_events(limit)?
         .into_iter()
         .map(|(node, e)| RecentEvent {
-                timestamp: format_ms(e.timestamp),
-                received_at: format_ms(e.received_at),
-                event_type: e.event_type,
-                person_id: identity.canonical_id(identity.person_of(node)).to_string(),
-                sent_as: e.distinct_id().to_string(),
-                event: e.event,
-                path: e.page_path,
-                utm_source: e.utm.source,
-                utm_medium: e.utm.medium,
-                utm_campaign: e.utm.campaign,
-                referrer: e.referrer,
-                message_id: e.message_id,
+            timestamp: format_ms(e.timestamp),
+            received_at: format_ms(e.received_at),
+            event_type: e.event_type,
+            person_id: identity.canonical_id(identity.person_of(node)).to_string(),
+            sent_as: e.distinct_id().to_string(),
+            event: e.event,
+            path: e.page_path,
+            utm_source: e.utm.source,
+            utm_medium: e.utm.medium,
+            utm_campaign: e.utm.campaign,
+            referrer: e.referrer,
+            message_id: e.message_id,
         })
         .collect();
     Ok(RecentResponse {
