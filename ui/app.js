@@ -20,23 +20,25 @@ let leaving = [];
 let rendered = "";
 
 async function boot() {
-  // `#key=...` (the demo prints such a link): read once, then removed from the address
-  // bar and the history entry, so the key stays out of history and is never sent.
-  const m = location.hash.match(/^#key=([^&]+)/);
-  if (m) {
-    const key = decodeURIComponent(m[1]);
-    history.replaceState(null, "", `${location.pathname}#/`);
-    try {
-      const { project } = await whoami(key);
-      remember(project, key);
-      history.replaceState(null, "", href(project, "overview"));
-    } catch (e) {
-      renderSignIn({ error: signInError(e) });
-      return wire();
-    }
-  }
   wire();
   render();
+}
+
+/**
+ * `#key=...` (the demo prints such a link): read once, then removed from the address bar
+ * and the history entry, so the key stays out of history and is never sent in a URL.
+ */
+async function signInFromFragment() {
+  const key = decodeURIComponent(location.hash.slice("#key=".length).split("&")[0]);
+  history.replaceState(null, "", `${location.pathname}#/`);
+  try {
+    const { project } = await whoami(key);
+    remember(project, key);
+    history.replaceState(null, "", href(project, "overview"));
+    render();
+  } catch (e) {
+    renderSignIn({ error: signInError(e) });
+  }
 }
 
 function wire() {
@@ -66,6 +68,7 @@ function carried(params) {
 }
 
 async function render() {
+  if (location.hash.startsWith("#key=")) return signInFromFragment();
   const route = parse();
   const signedIn = projects();
   if (route.view === "signin" || signedIn.length === 0) {
@@ -80,6 +83,7 @@ async function render() {
     return renderSignIn({ wanted: route.project, then: location.hash });
   }
   const focusId = document.activeElement?.id;
+  const firstView = rendered === "";
   const sameView = rendered === `${route.project}/${route.view}`;
   rendered = `${route.project}/${route.view}`;
   leave();
@@ -111,7 +115,9 @@ async function render() {
   }
   const again = focusId && sameView && document.getElementById(focusId);
   if (again) again.focus();
-  else if (!sameView) main.querySelector("h1")?.focus();
+  // Moving to another view puts focus on its heading (not on the first page load, where
+  // the first Tab should reach the skip link).
+  else if (!sameView && !firstView) main.querySelector("h1")?.focus();
 }
 
 function leave() {
