@@ -69,13 +69,13 @@ export function recent(project, limit) {
   return call("GET", `${base(project)}/events/recent?limit=${limit}`, key(project));
 }
 
-const namesCache = new Map();
-/** The project's event names (for step pickers), fetched once per page load. */
-export function eventNames(project) {
-  if (!namesCache.has(project)) {
-    const p = call("GET", `${base(project)}/events/names`, key(project)).then((r) => r.names);
-    p.catch(() => namesCache.delete(project));
-    namesCache.set(project, p);
+const catalogs = new Map();
+/** The project's event names, campaigns and channels, fetched once per page load. */
+export function catalog(project) {
+  if (!catalogs.has(project)) {
+    const p = call("GET", `${base(project)}/catalog`, key(project));
+    p.catch(() => catalogs.delete(project));
+    catalogs.set(project, p);
   }
-  return namesCache.get(project);
+  return catalogs.get(project);
 }

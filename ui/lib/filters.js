@@ -3,7 +3,7 @@
 // chart's definition shows exactly what was asked.
 
 import { h, field, select } from "./dom.js";
-import { query } from "./api.js";
+import { catalog } from "./api.js";
 
 /** The parameters these controls own; the navigation carries them from view to view. */
 export const COMMON = ["from", "to", "channel", "campaign"];
@@ -25,16 +25,9 @@ export function common(params) {
   return out;
 }
 
-const choices = new Map();
-/** Channel and campaign values, from the sessions query, once per project. */
+/** Channel and campaign values, from the project's catalog (no scan). */
 function values(project) {
-  if (!choices.has(project)) {
-    const by = (b) => query(project, "sessions", { by: b }).then((r) => r.rows.map((x) => x.key));
-    const p = Promise.all([by("channel"), by("campaign")]);
-    p.catch(() => choices.delete(project));
-    choices.set(project, p);
-  }
-  return choices.get(project);
+  return catalog(project).then((c) => [c.channels, ["(not set)", ...c.campaigns]]);
 }
 
 /** The shared fields, to put in a view's form. */

@@ -1,9 +1,11 @@
 //! What a project's events are, cheaply, for a dashboard: the newest events (a live feed
-//! of who did what, on which page, from which source) and the event names in use (for step
-//! pickers). Reads only the newest events' payloads ([`Snapshot::newest_events`]) and
-//! the segments' name dictionaries, so a dashboard can poll it on any store size.
+//! of who did what, on which page, from which source) and the catalog of event names,
+//! campaigns and channels (for step pickers and filters). Reads only the newest events'
+//! payloads ([`Snapshot::newest_events`]) and the segments' dictionaries, never a column
+//! of every row, so a dashboard can ask on any store size.
 
 use serde::{Deserialize, Serialize};
+use throughline_classify::Rules;
 use throughline_model::{format_ms, EventType};
 use throughline_store::Snapshot;
 
@@ -49,31 +51,51 @@ pub struct RecentResponse {
     pub events: Vec<RecentEvent>,
 }
 
-/// Distinct event names returned at most.
-pub const NAMES_MAX: usize = 5000;
+/// Distinct values of each list returned at most.
+pub const CATALOG_VALUES_MAX: usize = 5000;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct NamesResponse {
-    /// Every distinct event name (a track's `event`, a page's or screen's `name`),
-    /// sorted, at most [`NAMES_MAX`].
+pub struct CatalogResponse {
+    /// Every distinct event name (a track's `event`, a page's or screen's `name`), sorted.
     pub names: Vec<String>,
-    /// Whether there were more.
+    /// Every distinct `utm_campaign`, sorted.
+    pub campaigns: Vec<String>,
+    /// The channel names of the project's rules, in rule order (channels a session can
+    /// get, whether or not one has).
+    pub channels: Vec<String>,
+    /// Whether a list was cut at [`CATALOG_VALUES_MAX`].
     pub truncated: bool,
 }
 
-/// The event names in use, from the segments' dictionaries and the log.
-pub fn names(snap: &Snapshot) -> Result<NamesResponse, QueryError> {
-    let mut all: std::collections::BTreeSet<String> = Default::default();
-    for seg in snap.segments() {
-        all.extend(seg.dictionary(throughline_model::DIMS[0])?);
+/// The event names and campaigns in use (the segments' dictionaries and the log) and the
+/// channels the rules name.
+pub fn catalog(snap: &Snapshot, rules: &Rules) -> Result<CatalogResponse, QueryError> {
+    let distinct = |d: usize| -> Result<Vec<String>, QueryError> {
+        let mut all: std::collections::BTreeSet<String> = Default::default();
+        for seg in snap.segments() {
+            all.extend(seg.dictionary(throughline_model::DIMS[d])?);
+        }
+        all.extend(
+            snap.log_rows()
+                .filter_map(|r| r.dims[d].as_deref().map(str::to_string)),
+        );
+        Ok(all.into_iter().collect())
+    };
+    let mut names = distinct(0)?;
+    let mut campaigns = distinct(4)?;
+    let mut channels: Vec<String> = Vec::new();
+    for c in rules.channel_names() {
+        if !channels.iter().any(|x| x == c) {
+            channels.push(c.to_string());
+        }
     }
-    all.extend(
-        snap.log_rows()
-            .filter_map(|r| r.dims[0].as_deref().map(str::to_string)),
-    );
-    let truncated = all.len() > NAMES_MAX;
-    Ok(NamesResponse {
-        names: all.into_iter().take(NAMES_MAX).collect(),
+    let truncated = names.len() > CATALOG_VALUES_MAX || campaigns.len() > CATALOG_VALUES_MAX;
+    names.truncate(CATALOG_VALUES_MAX);
+    campaigns.truncate(CATALOG_VALUES_MAX);
+    Ok(CatalogResponse {
+        names,
+        campaigns,
+        channels,
         truncated,
     })
 }

@@ -87,7 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/projects/{project}/events/recent",
             get(query::recent),
         )
-        .route("/api/v1/projects/{project}/events/names", get(query::names))
+        .route("/api/v1/projects/{project}/catalog", get(query::catalog))
         .route("/api/v1/projects/{project}/query/{kind}", post(query::run))
         .route(
             "/api/v1/projects/{project}/persons/{id}",

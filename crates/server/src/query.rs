@@ -184,15 +184,19 @@ pub async fn recent(
     Ok(Json(answer))
 }
 
-/// `GET /api/v1/projects/{project}/events/names`: the event names in use.
-pub async fn names(
+/// `GET /api/v1/projects/{project}/catalog`: the event names, campaigns and channels.
+pub async fn catalog(
     State(state): State<Arc<AppState>>,
     Path(project): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, &headers)?;
     let answer = tokio::task::spawn_blocking(move || {
-        to_json(throughline_query::recent::names(&store.snapshot()))
+        let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
+        to_json(throughline_query::recent::catalog(
+            &store.snapshot(),
+            &rules,
+        ))
     })
     .await
     .map_err(|e| {

@@ -552,10 +552,10 @@ async fn json_of(resp: axum::response::Response) -> (StatusCode, Value) {
     )
 }
 
-/// `whoami` names the key's project; the newest events and the event names answer with
+/// `whoami` names the key's project; the newest events and the catalog answer with
 /// that key only, newest first and bounded.
 #[tokio::test]
-async fn whoami_recent_events_and_names_answer_with_the_api_key() {
+async fn whoami_recent_events_and_the_catalog_answer_with_the_api_key() {
     let f = fixture("recent");
     let api_key = f.state.store.catalog().get("shop").unwrap().api_key.clone();
     let bearer = format!("Bearer {api_key}");
@@ -610,15 +610,24 @@ async fn whoami_recent_events_and_names_answer_with_the_api_key() {
     let (s, v) = json_of(
         get(
             &f,
-            "/api/v1/projects/shop/events/names",
+            "/api/v1/projects/shop/catalog",
             &[("authorization", &bearer)],
         )
         .await,
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(
-        v,
-        json!({"names": ["Bought", "Home", "Viewed"], "truncated": false})
-    );
+    assert_eq!(v["names"], json!(["Bought", "Home", "Viewed"]));
+    assert_eq!(v["campaigns"], json!([]));
+    assert_eq!(v["truncated"], false);
+    let channels = v["channels"].as_array().unwrap();
+    for c in [
+        "Paid Search",
+        "Organic Search",
+        "Direct",
+        "Email",
+        "Unassigned",
+    ] {
+        assert!(channels.contains(&json!(c)), "{c} in {v}");
+    }
 }
