@@ -135,11 +135,11 @@ pub fn table(args: TableArgs) -> Result<()> {
             args.paths.display()
         );
     }
-    let text = std::fs::read_to_string(&args.paths)
-        .with_context(|| format!("{}", args.paths.display()))?;
+    let file =
+        std::fs::File::open(&args.paths).with_context(|| format!("{}", args.paths.display()))?;
     let position = args.settings.position()?;
     let r = throughline_query::attribution::run_table(
-        &text,
+        file,
         &args.paths.display().to_string(),
         Some(&args.model),
         Some(args.settings.order),

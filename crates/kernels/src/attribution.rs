@@ -150,11 +150,102 @@ impl Credit {
     }
 }
 
-/// A distinct journey and how many persons (or conversions) followed it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Path {
-    pub touches: Vec<Touch>,
+/// Journeys and how many conversions, how much value and how many null journeys (persons
+/// who did not convert) followed each, stored flat: a million journeys are a few arrays,
+/// not a million allocations.
+#[derive(Clone, Debug, Default)]
+pub struct PathTable {
+    touches: Vec<Touch>,
+    /// `touches[ends[i - 1]..ends[i]]` is path `i`.
+    ends: Vec<usize>,
+    pub conversions: Vec<f64>,
+    pub value: Vec<f64>,
+    pub nulls: Vec<f64>,
+    /// Path indexes by content, for [`PathTable::add`]; hashes are of the touches.
+    index: hashbrown::HashTable<usize>,
+}
+
+impl PathTable {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn path(&self, i: usize) -> &[Touch] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.touches[start..self.ends[i]]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = PathRef<'_>> + '_ {
+        (0..self.len()).map(|i| PathRef {
+            touches: self.path(i),
+            conversions: self.conversions[i],
+            value: self.value[i],
+            nulls: self.nulls[i],
+        })
+    }
+
+    /// Appends a path as a new row, even if an equal one exists (a path table read from a
+    /// file keeps its rows; every model gives the same answer either way).
+    pub fn push(&mut self, touches: &[Touch], conversions: f64, value: f64, nulls: f64) {
+        self.touches.extend_from_slice(touches);
+        self.ends.push(self.touches.len());
+        self.conversions.push(conversions);
+        self.value.push(value);
+        self.nulls.push(nulls);
+    }
+
+    /// Adds to the row of `touches`, creating it the first time; rows keep first-seen
+    /// order. Mixing with [`PathTable::push`] is not meant: pushed rows are not indexed.
+    pub fn add(&mut self, touches: &[Touch], conversions: f64, value: f64, nulls: f64) {
+        let hash = hash_path(touches);
+        let PathTable {
+            touches: all,
+            ends,
+            index,
+            ..
+        } = self;
+        let slice = |i: usize| {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            &all[start..ends[i]]
+        };
+        match index.find(hash, |&i| slice(i) == touches) {
+            Some(&i) => {
+                self.conversions[i] += conversions;
+                self.value[i] += value;
+                self.nulls[i] += nulls;
+            }
+            None => {
+                let i = self.ends.len();
+                self.push(touches, conversions, value, nulls);
+                let PathTable {
+                    touches: all,
+                    ends,
+                    index,
+                    ..
+                } = self;
+                index.insert_unique(hash, i, |&j| {
+                    let start = if j == 0 { 0 } else { ends[j - 1] };
+                    hash_path(&all[start..ends[j]])
+                });
+            }
+        }
+    }
+}
+
+/// One row of a [`PathTable`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PathRef<'a> {
+    pub touches: &'a [Touch],
     pub conversions: f64,
     pub value: f64,
     pub nulls: f64,
+}
+
+fn hash_path(touches: &[Touch]) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(touches)
 }

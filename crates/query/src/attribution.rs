@@ -19,10 +19,12 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use chrono::{DateTime, NaiveDate};
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
-use throughline_kernels::attribution::{self as kernel, Credit, Heuristic, Path, Touch};
+use throughline_kernels::attribution::{self as kernel, Credit, Heuristic, PathTable, Touch};
 use throughline_kernels::sessions;
 use throughline_model::Millis;
 use throughline_store::{Snapshot, NO_VALUE};
@@ -68,7 +70,8 @@ pub const PATH_TABLE_ROWS_MAX: usize = 20_000_000;
 pub struct AttributionRequest {
     /// The conversion event: a name, `A|B`, `page:/path`, optionally `where` conditions.
     pub conversion: String,
-    /// One of [`MODELS`], or `all` (the default) for every model side by side.
+    /// One of [`MODELS`], a comma-separated list of them, or `all` (the default) for
+    /// every model side by side.
     #[serde(default)]
     pub model: Option<String>,
     /// One of [`BY`] (default `channel`).
@@ -186,7 +189,10 @@ pub struct Models {
     pub shapley: bool,
     /// The names in answer order.
     pub names: Vec<&'static str>,
-    pub all: bool,
+    /// `all` or a list: the answer has one entry per model under `models`.
+    pub several: bool,
+    /// The request's `model`, echoed in the answer.
+    pub label: String,
 }
 
 impl Models {
@@ -226,21 +232,27 @@ impl Models {
                 kernel::ORDER_MAX
             )));
         }
-        let names: Vec<&'static str> = match model {
-            "all" => MODELS
+        let names: Vec<&'static str> = if model == "all" {
+            MODELS
                 .iter()
                 .copied()
                 .filter(|m| !(table && *m == "time_decay"))
-                .collect(),
-            m => match MODELS.iter().find(|x| **x == m) {
-                Some(x) => vec![*x],
-                None => {
-                    return Err(QueryError::invalid(format!(
-                        "unknown model {m:?}: use one of {} or all",
-                        MODELS.join(", ")
-                    )))
+                .collect()
+        } else {
+            let mut names = Vec::new();
+            for m in model.split(',').map(str::trim) {
+                match MODELS.iter().find(|x| **x == m) {
+                    Some(x) if !names.contains(x) => names.push(*x),
+                    Some(_) => {}
+                    None => {
+                        return Err(QueryError::invalid(format!(
+                            "unknown model {m:?}: use one of {}, a comma-separated list of them, or all",
+                            MODELS.join(", ")
+                        )))
+                    }
                 }
-            },
+            }
+            names
         };
         if table && names.contains(&"time_decay") {
             return Err(QueryError::invalid(
@@ -263,7 +275,8 @@ impl Models {
             heuristics,
             markov_order: names.contains(&"markov").then_some(order),
             shapley: names.contains(&"shapley"),
-            all: model == "all",
+            several: names.len() > 1 || model == "all",
+            label: model.to_string(),
             names,
         })
     }
@@ -273,8 +286,11 @@ impl Models {
 /// heuristic credits, which need each journey's own touch times and Direct flags.
 struct Journeys {
     labels: Vec<String>,
-    ids: HashMap<String, Touch>,
-    paths: HashMap<Vec<Touch>, (f64, f64, f64)>,
+    ids: FxHashMap<String, Touch>,
+    /// The paths in first-seen order (deterministic: the scan's order).
+    table: PathTable,
+    /// Journeys from events are merged by path; a path table's rows are kept as read.
+    merge: bool,
     heuristic: Vec<Credit>,
     journeys: u64,
     null_journeys: u64,
@@ -287,8 +303,9 @@ impl Journeys {
     fn new(models: &Models) -> Journeys {
         Journeys {
             labels: Vec::new(),
-            ids: HashMap::new(),
-            paths: HashMap::new(),
+            ids: FxHashMap::default(),
+            table: PathTable::default(),
+            merge: true,
             heuristic: vec![Credit::new(0); models.heuristics.len()],
             journeys: 0,
             null_journeys: 0,
@@ -317,8 +334,10 @@ impl Journeys {
         Ok(t)
     }
 
-    /// One journey that ended in `conversions` conversions worth `value`.
-    fn convert(
+    /// One journey (or a path table row of several) that ended in `conversions`
+    /// conversions worth `value`, and in `nulls` non-conversions.
+    #[allow(clippy::too_many_arguments)]
+    fn journey(
         &mut self,
         models: &Models,
         touches: &[Touch],
@@ -326,22 +345,25 @@ impl Journeys {
         ages: Option<&[Millis]>,
         conversions: f64,
         value: f64,
+        nulls: f64,
     ) -> Result<(), QueryError> {
-        for (h, credit) in models.heuristics.iter().zip(&mut self.heuristic) {
-            h.weights(touches.len(), direct, ages, &mut self.weights)
-                .map_err(|e| QueryError::invalid(e.to_string()))?;
-            credit.add(touches, &self.weights, conversions, value);
+        if conversions > 0.0 || value > 0.0 {
+            for (h, credit) in models.heuristics.iter().zip(&mut self.heuristic) {
+                h.weights(touches.len(), direct, ages, &mut self.weights)
+                    .map_err(|e| QueryError::invalid(e.to_string()))?;
+                credit.add(touches, &self.weights, conversions, value);
+            }
+            self.journeys += 1;
         }
-        let p = self.paths.entry(touches.to_vec()).or_default();
-        p.0 += conversions;
-        p.1 += value;
-        self.journeys += 1;
+        if nulls > 0.0 {
+            self.null_journeys += 1;
+        }
+        if self.merge {
+            self.table.add(touches, conversions, value, nulls);
+        } else {
+            self.table.push(touches, conversions, value, nulls);
+        }
         Ok(())
-    }
-
-    fn null(&mut self, touches: &[Touch], nulls: f64) {
-        self.paths.entry(touches.to_vec()).or_default().2 += nulls;
-        self.null_journeys += 1;
     }
 
     /// Runs the models and shapes the answer.
@@ -355,16 +377,7 @@ impl Journeys {
         paths_limit: Option<usize>,
     ) -> Result<AttributionResponse, QueryError> {
         let n = self.labels.len();
-        let table: Vec<Path> = self
-            .paths
-            .iter()
-            .map(|(t, &(c, v, nulls))| Path {
-                touches: t.clone(),
-                conversions: c,
-                value: v,
-                nulls,
-            })
-            .collect();
+        let table = self.table;
         let total_conversions: f64 = table.iter().map(|p| p.conversions).sum();
         let total_value: f64 = table.iter().map(|p| p.value).sum();
         let mut heuristic = models.heuristics.iter().zip(self.heuristic);
@@ -431,31 +444,40 @@ impl Journeys {
             });
         }
         let paths = paths_limit.map(|limit| {
-            let mut rows: Vec<PathTableRow> = table
-                .iter()
-                .map(|p| PathTableRow {
-                    path: p
-                        .touches
-                        .iter()
-                        .map(|&t| self.labels[t as usize].clone())
-                        .collect(),
-                    conversions: p.conversions,
-                    value: p.value,
-                    nulls: p.nulls,
+            // Rank indexes, and name only the rows returned.
+            let labels = &self.labels;
+            let names = |i: usize| table.path(i).iter().map(|&t| labels[t as usize].as_str());
+            let rank = |a: &usize, b: &usize| {
+                table.conversions[*b]
+                    .total_cmp(&table.conversions[*a])
+                    .then(table.nulls[*b].total_cmp(&table.nulls[*a]))
+                    .then_with(|| names(*a).cmp(names(*b)))
+            };
+            let mut order: Vec<usize> = (0..table.len()).collect();
+            let keep = limit.min(PATHS_MAX).min(order.len());
+            if keep < order.len() && keep > 0 {
+                order.select_nth_unstable_by(keep - 1, rank);
+            }
+            order.truncate(keep);
+            order.sort_unstable_by(rank);
+            order
+                .into_iter()
+                .map(|i| PathTableRow {
+                    path: names(i).map(str::to_string).collect(),
+                    conversions: table.conversions[i],
+                    value: table.value[i],
+                    nulls: table.nulls[i],
                 })
-                .collect();
-            sort_path_rows(&mut rows);
-            rows.truncate(limit.min(PATHS_MAX));
-            rows
+                .collect::<Vec<_>>()
         });
-        let single = (!models.all).then(|| answers.pop().expect("one model"));
+        let single = (!models.several).then(|| answers.pop().expect("one model"));
         Ok(AttributionResponse {
-            model: single.as_ref().map_or("all".into(), |a| a.model.clone()),
+            model: models.label.clone(),
             by: by.to_string(),
             total_conversions,
             total_value,
             rows: single.map(|a| a.rows),
-            models: models.all.then_some(answers),
+            models: models.several.then_some(answers),
             conversions: counting.to_string(),
             lookback_seconds: lookback.map(|l| l as f64 / 1000.0),
             unattributed_conversions: self.unattributed.0,
@@ -467,15 +489,6 @@ impl Journeys {
             paths,
         })
     }
-}
-
-fn sort_path_rows(rows: &mut [PathTableRow]) {
-    rows.sort_by(|a, b| {
-        b.conversions
-            .total_cmp(&a.conversions)
-            .then(b.nulls.total_cmp(&a.nulls))
-            .then_with(|| a.path.cmp(&b.path))
-    });
 }
 
 /// A session as a touch: when it started, its label, whether its channel is Direct.
@@ -528,6 +541,17 @@ pub fn run(
     let value_path = req.value.as_deref().map(property_path).transpose()?;
     let in_range = |t: Millis| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t < e);
 
+    // The columns a touch needs: its channel's (UTM, referrer, click id) only when the
+    // label or GA4's last-non-direct rule reads the channel.
+    let classify =
+        !matches!(by, "landing_page" | "asset") || models.names.contains(&"last_non_direct");
+    let dims: Vec<usize> = if classify {
+        vec![0, 1, 2, 3, 4, 5, 7, 8]
+    } else if by == "asset" {
+        vec![0, 1, 4, 5]
+    } else {
+        vec![0, 1]
+    };
     // Sessions up to a lookback before the range, so the range's first conversions keep
     // their history.
     let touches_from = from.map(|f| f.saturating_sub(lookback));
@@ -537,7 +561,7 @@ pub fn run(
         &Load {
             from: touches_from,
             to,
-            dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
+            dims: dims.clone(),
             keep: Some(Box::new(|kind, v| {
                 is_visit(kind, v[1].is_some()) || conversion.matches_event(kind, v[0], v[1])
             })),
@@ -565,8 +589,8 @@ pub fn run(
                         attributor: &mut Attributor,
                         row: usize|
      -> Result<(Touch, bool), QueryError> {
-        let t = attributor.attribute(&rows, row);
-        let direct = attributor.touch(t).channel == "Direct";
+        let t = classify.then(|| attributor.attribute(&rows, row));
+        let direct = t.is_some_and(|t| attributor.touch(t).channel == "Direct");
         let label = match by {
             "landing_page" => {
                 let code = paths.codes[row];
@@ -600,14 +624,17 @@ pub fn run(
                     }
                 }
             }
-            other => match by_touch.get(&t) {
-                Some(&l) => l,
-                None => {
-                    let l = journeys.intern(&attributor.touch(t).value(other))?;
-                    by_touch.insert(t, l);
-                    l
+            other => {
+                let t = t.expect("labels by channel attributes classify");
+                match by_touch.get(&t) {
+                    Some(&l) => l,
+                    None => {
+                        let l = journeys.intern(&attributor.touch(t).value(other))?;
+                        by_touch.insert(t, l);
+                        l
+                    }
                 }
-            },
+            }
         };
         Ok((label, direct))
     };
@@ -683,7 +710,15 @@ pub fn run(
                 direct_buf.push(s.direct);
                 age_buf.push(t - s.start);
             }
-            journeys.convert(&models, &touch_buf, &direct_buf, Some(&age_buf), 1.0, value)?;
+            journeys.journey(
+                &models,
+                &touch_buf,
+                &direct_buf,
+                Some(&age_buf),
+                1.0,
+                value,
+                0.0,
+            )?;
         }
         // What led nowhere: everything of a person without a counted conversion, or with
         // `all`, what came after their last one; within the lookback of its last session.
@@ -708,7 +743,7 @@ pub fn run(
             let keep = rest.len().saturating_sub(JOURNEY_TOUCHES_MAX);
             touch_buf.clear();
             touch_buf.extend(rest[keep..].iter().map(|s| s.label));
-            journeys.null(&touch_buf, 1.0);
+            journeys.journey(&models, &touch_buf, &[], None, 0.0, 0.0, 1.0)?;
         }
     }
 
@@ -726,7 +761,7 @@ pub fn run(
 /// `path` (touches separated by `>`), `total_conversions`, and optionally
 /// `total_conversion_value` and `total_null`, under a header naming them.
 pub fn run_table(
-    text: &str,
+    input: impl std::io::Read,
     source: &str,
     model: Option<&str>,
     order: Option<usize>,
@@ -735,15 +770,21 @@ pub fn run_table(
 ) -> Result<AttributionResponse, QueryError> {
     let models = Models::parse(model, order, None, position, true)?;
     let mut journeys = Journeys::new(&models);
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let delimiter = match text.lines().next() {
-        Some(h) if h.contains(';') => b';',
-        _ => b',',
-    };
+    journeys.merge = false;
+    // The header line decides the delimiter: ChannelAttribution's files use `;`.
+    let mut input = std::io::BufReader::with_capacity(1 << 20, input);
+    let mut first = Vec::new();
+    std::io::BufRead::read_until(&mut input, b'\n', &mut first)
+        .map_err(|e| QueryError::invalid(format!("{source}: {e}")))?;
+    let first = first
+        .strip_prefix("\u{feff}".as_bytes())
+        .unwrap_or(&first)
+        .to_vec();
+    let delimiter = if first.contains(&b';') { b';' } else { b',' };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
+        .from_reader(std::io::Read::chain(first.as_slice(), input));
     let header = reader
         .headers()
         .map_err(|e| QueryError::invalid(format!("{source}: {e}")))?
@@ -799,12 +840,7 @@ pub fn run_table(
         }
         let keep = touches.len().saturating_sub(JOURNEY_TOUCHES_MAX);
         let (t, d) = (&touches[keep..], &direct[keep..]);
-        if conversions > 0.0 || value > 0.0 {
-            journeys.convert(&models, t, d, None, conversions, value)?;
-        }
-        if nulls > 0.0 {
-            journeys.null(t, nulls);
-        }
+        journeys.journey(&models, t, d, None, conversions, value, nulls)?;
     }
     journeys.answer(&models, "path", "table", None, None, paths)
 }
@@ -852,6 +888,17 @@ mod tests {
         c;0;0;5\n\
         a > a > c;1;1;1\n";
 
+    fn run_text(
+        text: &str,
+        source: &str,
+        model: Option<&str>,
+        order: Option<usize>,
+        position: Option<&[f64]>,
+        paths: Option<usize>,
+    ) -> Result<AttributionResponse, QueryError> {
+        run_table(text.as_bytes(), source, model, order, position, paths)
+    }
+
     fn model<'a>(r: &'a AttributionResponse, name: &str) -> &'a ModelAnswer {
         r.models
             .as_ref()
@@ -870,7 +917,7 @@ mod tests {
 
     #[test]
     fn a_path_table_answers_every_model_but_time_decay() {
-        let r = run_table(TABLE, "t", None, None, None, Some(10)).unwrap();
+        let r = run_text(TABLE, "t", None, None, None, Some(10)).unwrap();
         let names: Vec<&str> = r
             .models
             .as_ref()
@@ -924,9 +971,9 @@ mod tests {
 
     #[test]
     fn the_table_round_trips_through_channelattribution_csv() {
-        let r = run_table(TABLE, "t", Some("linear"), None, None, Some(100)).unwrap();
+        let r = run_text(TABLE, "t", Some("linear"), None, None, Some(100)).unwrap();
         let csv = channelattribution_csv(r.paths.as_ref().unwrap());
-        let again = run_table(&csv, "t2", Some("linear"), None, None, Some(100)).unwrap();
+        let again = run_text(&csv, "t2", Some("linear"), None, None, Some(100)).unwrap();
         assert_eq!(r.rows, again.rows);
         assert!(
             csv.starts_with(
@@ -939,8 +986,8 @@ mod tests {
     #[test]
     fn bad_tables_and_settings_get_clear_errors() {
         let err = |r: Result<AttributionResponse, QueryError>| r.unwrap_err().to_string();
-        assert!(err(run_table("p;q\n", "t", None, None, None, None)).contains("must name `path`"));
-        assert!(err(run_table(
+        assert!(err(run_text("p;q\n", "t", None, None, None, None)).contains("must name `path`"));
+        assert!(err(run_text(
             "path;total_conversions\na;x\n",
             "t",
             None,
@@ -950,14 +997,14 @@ mod tests {
         ))
         .contains("t:2"));
         assert!(
-            err(run_table(TABLE, "t", Some("time_decay"), None, None, None))
+            err(run_text(TABLE, "t", Some("time_decay"), None, None, None))
                 .contains("time of every touch")
         );
         assert!(
-            err(run_table(TABLE, "t", Some("magic"), None, None, None)).contains("unknown model")
+            err(run_text(TABLE, "t", Some("magic"), None, None, None)).contains("unknown model")
         );
-        assert!(err(run_table(TABLE, "t", Some("markov"), Some(7), None, None)).contains("order"));
-        assert!(err(run_table(
+        assert!(err(run_text(TABLE, "t", Some("markov"), Some(7), None, None)).contains("order"));
+        assert!(err(run_text(
             TABLE,
             "t",
             Some("position_based"),
@@ -969,8 +1016,25 @@ mod tests {
     }
 
     #[test]
+    fn a_list_of_models_answers_each_in_the_order_given() {
+        let r = run_text(TABLE, "t", Some("markov, linear,markov"), None, None, None).unwrap();
+        assert_eq!(r.model, "markov, linear,markov");
+        let names: Vec<&str> = r
+            .models
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.model.as_str())
+            .collect();
+        assert_eq!(names, ["markov", "linear"]);
+        assert!(r.rows.is_none());
+        let err = run_text(TABLE, "t", Some("linear,nope"), None, None, None).unwrap_err();
+        assert!(err.to_string().contains("unknown model \"nope\""), "{err}");
+    }
+
+    #[test]
     fn position_shares_are_configurable() {
-        let r = run_table(
+        let r = run_text(
             "path;total_conversions\na > b > c;10\n",
             "t",
             Some("position_based"),
@@ -988,7 +1052,7 @@ mod tests {
 
     #[test]
     fn last_non_direct_reads_direct_labels_in_a_table() {
-        let r = run_table(
+        let r = run_text(
             "path;total_conversions\nEmail > Direct;2\nDirect;1\n",
             "t",
             Some("last_non_direct"),

@@ -119,10 +119,16 @@ pub async fn run(
                     &parse(&body)?,
                 ))
             }
+            "emotion" => {
+                let stages = q::stages::Stages::load(store.dir()).map_err(query_error)?;
+                to_json(q::emotion::run(&snap, &rules, &registry()?, &stages, &parse(&body)?))
+            }
+            "fatigue" => to_json(q::fatigue::run(&snap, &parse(&body)?)),
+            "audit" => to_json(q::audit::run(&snap, &rules, &registry()?, &parse(&body)?)),
             other => Err(AppError::new(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "unknown query kind {other:?}: use funnel, trends, retention, sessions, paths, assets or attribution"
+                    "unknown query kind {other:?}: use funnel, trends, retention, sessions, paths, assets, attribution, emotion, fatigue or audit"
                 ),
             )),
         }

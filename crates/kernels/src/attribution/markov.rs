@@ -12,10 +12,9 @@
 //! Value: a conversion from a state is worth the mean value of the conversions that ended
 //! there, and the value's removal effect comes from the same chain with those rewards.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use rustc_hash::FxHashMap;
 
-use super::{AttributionError, Credit, Path, Touch, LABELS_MAX};
+use super::{AttributionError, Credit, PathTable, Touch, LABELS_MAX};
 
 /// Highest order: four 16-bit labels fill a 64-bit state key.
 pub const ORDER_MAX: usize = 4;
@@ -40,7 +39,7 @@ pub struct MarkovAnswer {
 
 /// Credits `paths` (labels below `labels`) with an order-`order` Markov chain.
 pub fn markov(
-    paths: &[Path],
+    paths: &PathTable,
     labels: usize,
     order: usize,
 ) -> Result<MarkovAnswer, AttributionError> {
@@ -126,28 +125,6 @@ fn unpack(key: Key) -> impl Iterator<Item = Touch> {
         .map(|v| v - 1)
 }
 
-/// A multiplicative hash: keys are small integers, and SipHash's strength buys nothing.
-#[derive(Default)]
-struct MulHasher(u64);
-
-impl Hasher for MulHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29);
-    }
-}
-
-type Fast<K, V> = HashMap<K, V, BuildHasherDefault<MulHasher>>;
-
 /// The chain as weighted edges in compressed rows; state 0 is the start.
 struct Chain {
     keys: Vec<Key>,
@@ -166,21 +143,21 @@ struct Chain {
 }
 
 impl Chain {
-    fn build(paths: &[Path], order: usize) -> Result<Chain, AttributionError> {
-        let mut ids: Fast<Key, u32> = Fast::default();
+    fn build(paths: &PathTable, order: usize) -> Result<Chain, AttributionError> {
+        let mut ids: FxHashMap<Key, u32> = FxHashMap::default();
         ids.insert(0, 0);
         let mut keys: Vec<Key> = vec![0];
-        let mut weights: Fast<u64, f64> = Fast::default();
+        let mut weights: FxHashMap<u64, f64> = FxHashMap::default();
         let mut conversions = vec![0.0];
         let mut value = vec![0.0];
         let mut nulls = vec![0.0];
-        for p in paths {
+        for p in paths.iter() {
             let w = p.conversions + p.nulls;
             if p.touches.is_empty() || w <= 0.0 {
                 continue;
             }
             let (mut key, mut prev) = (0, 0u32);
-            for &t in &p.touches {
+            for &t in p.touches {
                 if t as usize >= LABELS_MAX {
                     return Err(AttributionError::TooManyLabels);
                 }

@@ -5,9 +5,9 @@
 //! journeys instead of exponential in the labels. Null journeys add nothing to any
 //! coalition's worth, so they earn nothing; a label seen only on them gets zero.
 
-use super::{Credit, Path};
+use super::{Credit, PathTable};
 
-pub fn shapley(paths: &[Path], labels: usize) -> Credit {
+pub fn shapley(paths: &PathTable, labels: usize) -> Credit {
     let mut credit = Credit::new(labels);
     let mut distinct: Vec<u32> = Vec::new();
     for p in paths
@@ -15,7 +15,7 @@ pub fn shapley(paths: &[Path], labels: usize) -> Credit {
         .filter(|p| p.conversions > 0.0 || p.value > 0.0)
     {
         distinct.clear();
-        distinct.extend_from_slice(&p.touches);
+        distinct.extend_from_slice(p.touches);
         distinct.sort_unstable();
         distinct.dedup();
         if distinct.is_empty() {

@@ -2,13 +2,19 @@
 
 use super::*;
 
-fn path(touches: &[u32], conversions: f64, value: f64, nulls: f64) -> Path {
-    Path {
-        touches: touches.to_vec(),
-        conversions,
-        value,
-        nulls,
+/// A journey row: touches, conversions, value, nulls.
+type Row<'a> = (&'a [u32], f64, f64, f64);
+
+fn path(touches: &[u32], conversions: f64, value: f64, nulls: f64) -> Row<'_> {
+    (touches, conversions, value, nulls)
+}
+
+fn table(rows: &[Row]) -> PathTable {
+    let mut t = PathTable::default();
+    for &(touches, c, v, n) in rows {
+        t.push(touches, c, v, n);
     }
+    t
 }
 
 fn heuristic(model: Heuristic, n: usize, direct: &[bool], ages: Option<&[i64]>) -> Vec<f64> {
@@ -101,12 +107,8 @@ fn markov_order_one_by_hand() {
     // a > b converts once, b alone fails once. From the start: P = 1/2 * 1/2 + 1/2 * 1/2
     // = 1/2. Without a: 1/4 (removal effect 1/2); without b: 0 (removal effect 1).
     // Credits 1 conversion as 1/3 : 2/3.
-    let m = markov(
-        &[path(&[0, 1], 1.0, 30.0, 0.0), path(&[1], 0.0, 0.0, 1.0)],
-        2,
-        1,
-    )
-    .unwrap();
+    let paths = table(&[path(&[0, 1], 1.0, 30.0, 0.0), path(&[1], 0.0, 0.0, 1.0)]);
+    let m = markov(&paths, 2, 1).unwrap();
     assert!((m.conversion_probability - 0.5).abs() < 1e-12);
     close(&m.removal_effects, &[0.5, 1.0]);
     close(&m.credit.conversions, &[1.0 / 3.0, 2.0 / 3.0]);
@@ -118,7 +120,7 @@ fn markov_order_one_by_hand() {
 fn markov_order_two_keeps_history_in_the_state() {
     // At order 2, a > c and b > c reach different states (a,c) and (b,c), so c's
     // conversions after a and its failures after b stay apart; at order 1 they pool.
-    let paths = [path(&[0, 2], 2.0, 0.0, 0.0), path(&[1, 2], 0.0, 0.0, 2.0)];
+    let paths = table(&[path(&[0, 2], 2.0, 0.0, 0.0), path(&[1, 2], 0.0, 0.0, 2.0)]);
     let one = markov(&paths, 3, 1).unwrap();
     let two = markov(&paths, 3, 2).unwrap();
     // Order 1: c converts half its walks, so P(start) = 1/2; removing a or b halves it.
@@ -131,11 +133,11 @@ fn markov_order_two_keeps_history_in_the_state() {
 #[test]
 fn markov_handles_repeats_and_cycles_exactly() {
     // a > a > b, b > a > b, a: loops of a on itself and b back to a.
-    let paths = [
+    let paths = table(&[
         path(&[0, 0, 1], 3.0, 3.0, 1.0),
         path(&[1, 0, 1], 1.0, 1.0, 2.0),
         path(&[0], 0.0, 0.0, 4.0),
-    ];
+    ]);
     for order in 1..=ORDER_MAX {
         let got = markov(&paths, 2, order).unwrap();
         let want = dense_markov(&paths, 2, order);
@@ -156,19 +158,19 @@ fn markov_equals_a_dense_solve_on_random_tables() {
     };
     for _ in 0..40 {
         let labels = 1 + (next() % 5) as usize;
-        let paths: Vec<Path> = (0..1 + next() % 12)
-            .map(|_| {
-                let len = 1 + (next() % 5) as usize;
-                let touches: Vec<u32> = (0..len).map(|_| (next() % labels as u64) as u32).collect();
-                let conversions = (next() % 4) as f64;
-                path(
-                    &touches,
-                    conversions,
-                    conversions * (next() % 50) as f64,
-                    (next() % 4) as f64,
-                )
-            })
-            .collect();
+        let mut paths = PathTable::default();
+        for _ in 0..1 + next() % 12 {
+            let len = 1 + (next() % 5) as usize;
+            let touches: Vec<u32> = (0..len).map(|_| (next() % labels as u64) as u32).collect();
+            let conversions = (next() % 4) as f64;
+            let value = conversions * (next() % 50) as f64;
+            // `add` merges equal paths, `push` keeps them apart: the chain is the same.
+            if next() % 2 == 0 {
+                paths.add(&touches, conversions, value, (next() % 4) as f64);
+            } else {
+                paths.push(&touches, conversions, value, (next() % 4) as f64);
+            }
+        }
         for order in 1..=3 {
             let got = markov(&paths, labels, order).unwrap();
             let want = dense_markov(&paths, labels, order);
@@ -179,22 +181,26 @@ fn markov_equals_a_dense_solve_on_random_tables() {
 
 #[test]
 fn markov_rejects_bad_orders_and_credits_nothing_without_conversions() {
-    assert_eq!(markov(&[], 1, 0), Err(AttributionError::Order));
-    assert_eq!(markov(&[], 1, ORDER_MAX + 1), Err(AttributionError::Order));
-    let m = markov(&[path(&[0], 0.0, 0.0, 3.0)], 1, 1).unwrap();
+    let empty = PathTable::default();
+    assert_eq!(markov(&empty, 1, 0), Err(AttributionError::Order));
+    assert_eq!(
+        markov(&empty, 1, ORDER_MAX + 1),
+        Err(AttributionError::Order)
+    );
+    let m = markov(&table(&[path(&[0], 0.0, 0.0, 3.0)]), 1, 1).unwrap();
     close(&m.credit.conversions, &[0.0]);
     assert_eq!(m.conversion_probability, 0.0);
 }
 
 #[test]
 fn shapley_equals_brute_force_over_coalitions() {
-    let paths = [
+    let paths = table(&[
         path(&[0, 1], 4.0, 40.0, 1.0),
         path(&[1, 1, 2], 3.0, 9.0, 0.0),
         path(&[2], 2.0, 2.0, 5.0),
         path(&[0, 2, 1, 0], 1.0, 7.0, 0.0),
         path(&[3], 0.0, 0.0, 9.0),
-    ];
+    ]);
     let got = shapley(&paths, 4);
     let (conv, value) = brute_force_shapley(&paths, 4);
     close(&got.conversions, &conv);
@@ -208,12 +214,12 @@ fn shapley_equals_brute_force_over_coalitions() {
 
 /// Shapley by definition: the average over every order of the labels of each label's
 /// marginal worth, v(S) being the conversions of journeys whose labels all lie in S.
-fn brute_force_shapley(paths: &[Path], labels: usize) -> (Vec<f64>, Vec<f64>) {
-    let worth = |set: u32, f: &dyn Fn(&Path) -> f64| -> f64 {
+fn brute_force_shapley(paths: &PathTable, labels: usize) -> (Vec<f64>, Vec<f64>) {
+    let worth = |set: u32, f: &dyn Fn(&PathRef) -> f64| -> f64 {
         paths
             .iter()
             .filter(|p| !p.touches.is_empty() && p.touches.iter().all(|&t| set & (1 << t) != 0))
-            .map(f)
+            .map(|p| f(&p))
             .sum()
     };
     let mut conv = vec![0.0; labels];
@@ -249,7 +255,7 @@ fn permutations(v: &mut Vec<usize>, k: usize, f: &mut dyn FnMut(&[usize])) {
 
 /// Removal effects from the absorbing chain solved by Gaussian elimination on a dense
 /// matrix: the textbook method, independent of the sparse iterative solver.
-fn dense_markov(paths: &[Path], labels: usize, order: usize) -> Vec<f64> {
+fn dense_markov(paths: &PathTable, labels: usize, order: usize) -> Vec<f64> {
     use std::collections::HashMap;
     let mut ids: HashMap<Vec<u32>, usize> = HashMap::new();
     ids.insert(Vec::new(), 0);
@@ -325,4 +331,28 @@ fn dense_markov(paths: &[Path], labels: usize, order: usize) -> Vec<f64> {
             }
         })
         .collect()
+}
+
+#[test]
+fn a_path_table_merges_equal_paths_in_first_seen_order() {
+    let mut t = PathTable::default();
+    t.add(&[2, 1], 1.0, 10.0, 0.0);
+    t.add(&[1], 0.0, 0.0, 1.0);
+    t.add(&[2, 1], 2.0, 5.0, 3.0);
+    t.add(&[2], 1.0, 1.0, 0.0);
+    t.add(&[], 0.0, 0.0, 1.0);
+    t.add(&[1], 0.0, 0.0, 1.0);
+    let rows: Vec<(Vec<u32>, f64, f64, f64)> = t
+        .iter()
+        .map(|p| (p.touches.to_vec(), p.conversions, p.value, p.nulls))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (vec![2, 1], 3.0, 15.0, 3.0),
+            (vec![1], 0.0, 0.0, 2.0),
+            (vec![2], 1.0, 1.0, 0.0),
+            (vec![], 0.0, 0.0, 1.0),
+        ]
+    );
 }
