@@ -151,7 +151,9 @@ export async function render(ctx) {
     }
 
     if (!r.breakdown) {
-      byCard.set({ definitions: defs, json: null, content: h("p.sub", "No breakdown chosen.") });
+      const params = new URLSearchParams(ctx.params);
+      params.set("by", "channel");
+      byCard.set({ definitions: defs, json: null, content: h("p.sub", "No breakdown chosen. ", h("a", { href: `#/${encodeURIComponent(ctx.project)}/funnel?${params}` }, "Break down by channel")) });
       return;
     }
     const rows = r.breakdown.slice(0, BREAKDOWN_BARS_MAX);
