@@ -991,24 +991,23 @@ pub fn run(
         Some(iv) => {
             let lo = from.map(|f| iv.index(f)).or(span.map(|s| s.0));
             let hi = to.map(|t| iv.index(t - 1)).or(span.map(|s| s.1));
-            let range = match (lo, hi) {
-                (Some(lo), Some(hi)) if lo <= hi => lo..=hi,
-                _ => 1..=0,
+            let (lo, hi) = match (lo, hi) {
+                (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+                _ => (0, -1),
             };
-            if range.clone().count() > INTERVALS_MAX {
+            if i64::from(hi) - i64::from(lo) + 1 > INTERVALS_MAX as i64 {
                 return Err(QueryError::invalid(format!(
                     "the range holds more than {INTERVALS_MAX} periods of {}: narrow it or use a longer interval",
                     serde_json::to_value(iv).unwrap_or_default().as_str().unwrap_or("")
                 )));
             }
-            Some((iv, range))
+            Some((iv, (lo..=hi).collect::<Vec<i32>>()))
         }
     };
     let series = |acc: &Acc| {
-        periods.as_ref().map(|(_, range)| {
-            range
-                .clone()
-                .map(|k| acc.by_interval.get(&k).copied().unwrap_or(0))
+        periods.as_ref().map(|(_, ks)| {
+            ks.iter()
+                .map(|k| acc.by_interval.get(k).copied().unwrap_or(0))
                 .collect()
         })
     };
@@ -1091,7 +1090,7 @@ pub fn run(
         rows: out,
         omitted_rows: omitted.len() as u64,
         omitted_sessions: omitted.iter().map(|r| r.scores.sessions).sum(),
-        intervals: periods.map(|(iv, range)| range.map(|k| iv.label(k)).collect()),
+        intervals: periods.map(|(iv, ks)| ks.into_iter().map(|k| iv.label(k)).collect()),
     })
 }
 

@@ -1,6 +1,7 @@
 //! The channel/campaign `filter` of every query kind: a query with a filter answers as
 //! the same query over only the persons whose first touch in range matches, which here
-//! is checked against the same query on a store holding only those persons' events.
+//! is checked against the same query on a store holding only those persons' events. Also
+//! the assets' per-period conversions (`interval`), the dashboard's sparklines.
 
 use serde_json::{json, Value};
 use throughline_classify::Rules;
@@ -353,4 +354,78 @@ fn unknown_filter_fields_are_rejected() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("unknown field `chanel`"), "{e}");
+}
+
+#[test]
+fn assets_count_each_rows_conversions_per_period() {
+    use throughline_query::assets::{run, AssetsRequest};
+    use throughline_query::trends::Interval;
+    let all = store("interval", &["ann", "bob", "cy", "dee"]);
+    let snap = all.project.snapshot();
+    let req = |from: Option<&str>, to: Option<&str>| AssetsRequest {
+        conversion: "Order Completed".into(),
+        window: "30d".into(),
+        interval: Some(Interval::Day),
+        from: from.map(str::to_string),
+        to: to.map(str::to_string),
+        ..Default::default()
+    };
+    let r = run(
+        &snap,
+        &Rules::ga4_default(),
+        &Default::default(),
+        &req(Some("2026-03-01"), Some("2026-04-01")),
+    )
+    .unwrap();
+    let days = r.intervals.clone().unwrap();
+    assert_eq!(days.len(), 31);
+    assert_eq!(
+        (days[0].as_str(), days[30].as_str()),
+        ("2026-03-01", "2026-03-31")
+    );
+    let mut by_day = vec![0u64; 31];
+    for row in &r.rows {
+        let series = row.conversions_by_interval.as_ref().unwrap();
+        assert_eq!(series.len(), 31);
+        assert_eq!(
+            series.iter().sum::<u64>(),
+            row.scores.conversions,
+            "{}",
+            row.asset
+        );
+        for (d, n) in series.iter().enumerate() {
+            by_day[d] += n;
+        }
+    }
+    // Purchases on March 3 (bob), 5 (ann) and 9 (cy).
+    let days_with: Vec<&str> = (0..31)
+        .filter(|&d| by_day[d] > 0)
+        .map(|d| days[d].as_str())
+        .collect();
+    assert_eq!(days_with, ["2026-03-03", "2026-03-05", "2026-03-09"]);
+    // Without a range, the periods span the conversions.
+    let r = run(
+        &snap,
+        &Rules::ga4_default(),
+        &Default::default(),
+        &req(None, None),
+    )
+    .unwrap();
+    let days = r.intervals.unwrap();
+    assert_eq!(
+        (
+            days.first().unwrap().as_str(),
+            days.last().unwrap().as_str()
+        ),
+        ("2026-03-03", "2026-03-09")
+    );
+    // A range of more periods than the bound is refused, not allocated.
+    let e = run(
+        &snap,
+        &Rules::ga4_default(),
+        &Default::default(),
+        &req(Some("1900-01-01"), Some("2026-04-01")),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("periods"), "{e}");
 }
