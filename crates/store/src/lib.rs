@@ -31,7 +31,7 @@ mod testutil;
 
 use std::path::{Path, PathBuf};
 
-pub use catalog::{now_ms, random_seed, Catalog, ProjectInfo};
+pub use catalog::{api_key_hash, now_ms, random_seed, Catalog, IssuedKeys, ProjectInfo};
 pub use lock::DirLock;
 pub use project::{
     AppendOutcome, Encoded, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats,
