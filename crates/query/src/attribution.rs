@@ -373,7 +373,7 @@ impl Journeys {
         by: &str,
         counting: &str,
         lookback: Option<Millis>,
-        cost: Option<(HashMap<String, f64>, f64)>,
+        cost: Option<(std::collections::BTreeMap<String, f64>, f64)>,
         paths_limit: Option<usize>,
     ) -> Result<AttributionResponse, QueryError> {
         let n = self.labels.len();
