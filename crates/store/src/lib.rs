@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! DIR/LOCK                      held (flock) by the one process that writes DIR
-//! DIR/catalog.json              projects and their keys
+//! DIR/catalog.json              projects and their keys (api keys as SHA-256)
+//! DIR/audit.jsonl               who created, re-keyed or erased what, when, from where
 //! DIR/projects/NAME/wal/        numbered, checksummed logs: what is acknowledged
 //! DIR/projects/NAME/segments/   immutable sorted column files
 //! DIR/projects/NAME/MANIFEST    which segments and identity snapshot are live, and
@@ -19,6 +20,7 @@
 //! never interprets events beyond ids, time and name: channels, sessions and funnels live
 //! in the query layer.
 
+pub mod audit;
 mod batch;
 mod bloom;
 mod catalog;
