@@ -882,6 +882,26 @@ impl Machine {
 
     fn convert(&mut self, id: u64, now: Millis, fx: &mut Vec<Effect>) {
         let i = self.st.instances[&id].clone();
+        if let At::Retry { key, .. } = &i.at {
+            // The send waiting for its retry is given up: the goal made it moot.
+            if let Some(f) = self.st.in_flight.remove(key) {
+                let j = i.journey as usize;
+                if let Some(s) = i.step {
+                    self.st.journeys[j].stats.steps[s as usize].failed += 1;
+                }
+                let fail = match i.step.map(|s| &self.compiled[j].steps[s as usize].kind) {
+                    Some(StepKind::Action { action, .. }) => action.event_names().1,
+                    _ => "Message Failed",
+                };
+                let mut p = Map::new();
+                p.insert("journey".into(), json!(f.delivery.journey));
+                p.insert("step".into(), json!(f.delivery.step));
+                p.insert("idempotency_key".into(), json!(f.delivery.key));
+                p.insert("error".into(), json!("the person reached the goal before the retry"));
+                let mid = format!("tl-{}-failed", &f.delivery.id[4..]);
+                self.record(&i.person, fail, mid, now, p, fx);
+            }
+        }
         let holdout = i.holdout;
         let st = self.stats(i.journey);
         st.converted += 1;
@@ -1191,29 +1211,24 @@ impl Machine {
         props.insert("attempts".into(), json!(attempt));
         let at = journey_idx.zip(step_idx);
         match outcome {
-            Outcome::Failed { retryable: true, error } if (attempt as usize) <= self.policy.retry_ms.len() => {
+            Outcome::Failed { retryable: true, .. }
+                if (attempt as usize) <= self.policy.retry_ms.len()
+                    && inst.as_ref().is_some_and(|i| matches!(&i.at, At::Deliver { key: k } if k == key)) =>
+            {
                 let delay = self.policy.retry_ms[attempt as usize - 1];
                 if let Some(st) = self.step_stats(at) {
                     st.retries += 1;
                 }
-                match inst {
-                    Some(i) if matches!(&i.at, At::Deliver { key: k } if k == key) => {
-                        self.place(
-                            f.instance,
-                            i.step,
-                            At::Retry {
-                                due: now + delay,
-                                key: key.to_string(),
-                            },
-                            now,
-                        );
-                    }
-                    _ => {
-                        // The person left (archived journey): give up quietly.
-                        self.st.in_flight.remove(key);
-                        let _ = error;
-                    }
-                }
+                let step = inst.as_ref().and_then(|i| i.step);
+                self.place(
+                    f.instance,
+                    step,
+                    At::Retry {
+                        due: now + delay,
+                        key: key.to_string(),
+                    },
+                    now,
+                );
             }
             Outcome::Failed { error, .. } => {
                 self.st.in_flight.remove(key);
