@@ -24,6 +24,7 @@ mod lock;
 pub mod metrics;
 mod project;
 mod segment;
+mod tail;
 mod wal;
 
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub use project::{
 };
 pub use segment::{Segment, NO_VALUE};
 pub use store::Store;
+pub use tail::{Tail, TailFilter};
 
 mod store;
 

@@ -205,6 +205,7 @@ pub struct ProjectStore {
     state: Arc<RwLock<State>>,
     pub metrics: Arc<StoreMetrics>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    tails: Arc<Mutex<Vec<std::sync::Weak<crate::tail::TailInner>>>>,
 }
 
 impl ProjectStore {
@@ -321,6 +322,7 @@ impl ProjectStore {
             state,
             metrics,
             writer: Mutex::new(Some(handle)),
+            tails: Arc::default(),
         })
     }
 
@@ -352,14 +354,81 @@ impl ProjectStore {
         events: Vec<Encoded>,
         done: impl FnOnce(Result<AppendOutcome, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
+        let done = self.tailed(&events, done);
         self.send(
             Request::Append {
                 events,
                 logged: true,
-                reply: Box::new(done),
+                reply: done,
             },
             false,
         )
+    }
+
+    /// A tail of the events stored from now on that `filter` wants, at most `events_max`
+    /// queued (see [`crate::Tail`]).
+    pub fn tail(&self, filter: crate::TailFilter, events_max: usize) -> crate::Tail {
+        let t = crate::Tail::new(filter, events_max);
+        let mut tails = self.tails.lock().expect("tails");
+        tails.retain(|w| w.strong_count() > 0);
+        tails.push(Arc::downgrade(&t.inner));
+        t
+    }
+
+    /// Wraps an append's reply so that, once durable, the wanted records of its stored
+    /// (non-duplicate) events go to the tails.
+    fn tailed(
+        &self,
+        events: &[Encoded],
+        done: impl FnOnce(Result<AppendOutcome, StoreError>) + Send + 'static,
+    ) -> Reply<AppendOutcome> {
+        let tails: Vec<Arc<crate::tail::TailInner>> = {
+            let t = self.tails.lock().expect("tails");
+            t.iter().filter_map(|w| w.upgrade()).collect()
+        };
+        if tails.is_empty() {
+            return Box::new(done);
+        }
+        // Copy what each tail wants now, on the caller's thread.
+        let wanted: Vec<(usize, Vec<usize>)> = tails
+            .iter()
+            .enumerate()
+            .map(|(ti, t)| {
+                let idx = events
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| t.wants(e.kind, e.dims[0].as_deref()))
+                    .map(|(i, _)| i)
+                    .collect();
+                (ti, idx)
+            })
+            .filter(|(_, idx): &(usize, Vec<usize>)| !idx.is_empty())
+            .collect();
+        if wanted.is_empty() {
+            return Box::new(done);
+        }
+        let copies: Vec<(Arc<crate::tail::TailInner>, Vec<(usize, Vec<u8>)>)> = wanted
+            .into_iter()
+            .map(|(ti, idx)| {
+                (
+                    tails[ti].clone(),
+                    idx.into_iter().map(|i| (i, events[i].payload.clone())).collect(),
+                )
+            })
+            .collect();
+        Box::new(move |r: Result<AppendOutcome, StoreError>| {
+            if let Ok(outcome) = &r {
+                for (tail, records) in copies {
+                    let fresh = records
+                        .into_iter()
+                        .filter(|(i, _)| !outcome.duplicate.get(*i).copied().unwrap_or(true))
+                        .map(|(_, p)| p)
+                        .collect();
+                    tail.push(fresh);
+                }
+            }
+            done(r)
+        })
     }
 
     /// Appends events and blocks until they are durable.
@@ -381,13 +450,14 @@ impl ProjectStore {
         logged: bool,
     ) -> Result<AppendOutcome, StoreError> {
         let (tx, rx) = mpsc::channel();
+        let reply = self.tailed(&events, move |r| {
+            let _ = tx.send(r);
+        });
         self.send(
             Request::Append {
                 events,
                 logged,
-                reply: Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
+                reply,
             },
             true,
         )?;
