@@ -7,6 +7,7 @@ mod attribution;
 mod bench;
 mod demo;
 mod import;
+mod journeys;
 mod output;
 mod people;
 mod projects;
@@ -105,6 +106,16 @@ enum Command {
         #[command(subcommand)]
         command: assets::AssetsCommand,
     },
+    /// Follow-up journeys: validate, create, list, show, pause, resume, archive, backtest
+    Journeys {
+        #[command(subcommand)]
+        command: journeys::JourneysCommand,
+    },
+    /// The global suppression list of journeys: import (CSV of ids or emails), list
+    Suppressions {
+        #[command(subcommand)]
+        command: journeys::SuppressionsCommand,
+    },
     /// Counts of a project's store: events, segments, events still in the log, ids
     #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
     Stats(people::StatsArgs),
@@ -164,10 +175,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Attribution(args) => attribution::table(args),
         Command::Spend { command } => spend::run(command),
         Command::Bench { command } => bench::run(command),
+        Command::Journeys { command } => journeys::run(command),
+        Command::Suppressions { command } => journeys::suppressions(command),
     }
 }
 
-fn load_config(path: Option<PathBuf>) -> Result<throughline_server::Config> {
+pub fn load_config(path: Option<PathBuf>) -> Result<throughline_server::Config> {
     Ok(match path {
         Some(p) => throughline_server::Config::load(&p)?,
         None => throughline_server::Config::default(),

@@ -119,6 +119,8 @@ pub struct Delivery {
     pub channel: String,
     pub facts: Facts,
     pub trigger: Value,
+    /// When the machine decided to send it (the first attempt).
+    pub at: Millis,
 }
 
 /// An event to store for a person, through the store's normal write path.
@@ -1174,6 +1176,7 @@ impl Machine {
             channel: action.channel.clone(),
             facts: facts.clone(),
             trigger: serde_json::from_str(&inst.trigger).unwrap_or(json!({})),
+            at: now,
         };
         self.st.in_flight.insert(
             key.clone(),

@@ -114,5 +114,8 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             p.metrics.flushes.load(Ordering::Relaxed)
         );
     }
+    if let Some(o) = state.orchestrator.get() {
+        out.push_str(&crate::orchestrate::api::metrics(o));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
