@@ -301,7 +301,8 @@ def test_backtest_and_suppression_list_import(make_server, data_dir, tmp_path, t
     r = json.loads(run_cli(throughline_bin, "journeys", "backtest", str(jf), "--from", "2025-06-01", "--to", "2025-07-01", "--data", str(data_dir), "--project", "shop").stdout)
     assert r["entries"] == 40 and r["persons"] == 40
     assert r["holdout"]["persons"] + r["steps"][1]["reached"] == 40
-    assert r["suppressed"] == sum(1 for n in (1, 2) if True) - (1 if r["holdout"]["persons"] and False else 0) or r["suppressed"] <= 2
+    # u1 and u2 are suppressed unless the split held them out first.
+    assert r["suppressed"] <= 2 and r["sends"] + r["suppressed"] == r["steps"][1]["reached"]
     assert r["touched"]["persons"] + r["not_touched"]["persons"] == 40
     assert r["touched"]["converted"] + r["not_touched"]["converted"] == 10
     assert r["sends"] == r["touched"]["persons"]
