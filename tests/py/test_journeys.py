@@ -2,7 +2,8 @@
 that verifies Standard Webhooks signatures with the reference `standardwebhooks` package.
 
 The orchestrator runs on a test clock (`orchestrate.test_clock`) the tests move, so waits
-of days take milliseconds; events carry timestamps on that clock.
+of days take milliseconds; events carry timestamps on that clock. It only moves forward,
+from the real time on, so the tests live in 2027.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import requests
 from harness import create_project, export_events, run_cli
 from journeys_kit import Api, SmtpSink, WebhookSink, iso, wait_for, write_config
 
-T0 = datetime(2026, 1, 15, 15, 0, tzinfo=timezone.utc)
+T0 = datetime(2027, 1, 15, 15, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
@@ -70,6 +71,7 @@ url = "{hook}/nudge"
 
 def test_email_webhook_links_and_suppression_end_to_end(make_server, data_dir, tmp_path, throughline_bin, smtp, hooks):
     project = create_project(throughline_bin, data_dir, "shop")
+    (data_dir / "projects" / "shop").mkdir(parents=True, exist_ok=True)
     (data_dir / "projects" / "shop" / "links.toml").write_text(
         'destinations = ["https://shop.example/"]\n[[vanity]]\nslug = "radio-spring"\ndestination = "https://shop.example/spring"\nutm_source = "radio"\n'
     )
@@ -240,10 +242,10 @@ def test_quiet_hours_follow_each_timezone_across_the_dst_change(make_server, dat
     quiet = 'quiet_hours = { start = "21:00", end = "08:00", default_timezone = "Europe/London" }'
     server = start(make_server, data_dir, tmp_path, smtp.port, quiet)
     api = Api(server, project)
-    # 04:00 UTC on 2026-03-08: 23:00 on the 7th in New York (EST), 13:00 in Tokyo, 04:00
+    # 04:00 UTC on 2027-03-14: 23:00 on the 13th in New York (EST), 13:00 in Tokyo, 04:00
     # in London. New York switches to EDT at 02:00 that night: 08:00 EDT is 12:00 UTC,
     # an hour earlier than 08:00 EST would be.
-    night = datetime(2026, 3, 8, 4, 0, tzinfo=timezone.utc)
+    night = datetime(2027, 3, 14, 4, 0, tzinfo=timezone.utc)
     api.set_clock(night)
     api.create('name = "q"\ntrigger = { event = "Signed Up" }\n[[steps]]\nid = "m"\ntype = "email"\nsubject = "hi {{ person.id }}"\ntext = "x"\n')
     people = {"ny": "America/New_York", "tokyo": "Asia/Tokyo", "london": None}

@@ -339,7 +339,8 @@ impl ProjectRuntime {
             stats: RuntimeStats::default(),
         };
         if live {
-            rt.load_profiles()?;
+            let keys = rt.with_machine(|m| m.journeys().flat_map(|(_, j)| j.trait_keys()).collect());
+            rt.load_profiles(keys)?;
         }
         Ok(rt)
     }
@@ -373,10 +374,10 @@ impl ProjectRuntime {
         {
             let mut p = self.profiles.lock().expect("profiles");
             let new_keys = !keys.is_subset(&p.keys);
-            p.keys = keys;
+            p.keys = keys.clone();
             if new_keys && self.tail.is_some() {
                 drop(p);
-                if let Err(e) = self.load_profiles() {
+                if let Err(e) = self.load_profiles(keys) {
                     tracing::warn!(project = %self.name, error = %e, "reloading profiles failed");
                 }
             }
@@ -389,15 +390,7 @@ impl ProjectRuntime {
     }
 
     /// The traits journeys read, for every person, from identify events in the store.
-    fn load_profiles(&self) -> Result<(), RuntimeError> {
-        let keys = {
-            let d = self.driver.lock().expect("driver");
-            let mut keys = HashSet::new();
-            for (_, j) in d.machine.journeys() {
-                keys.extend(j.trait_keys());
-            }
-            keys
-        };
+    fn load_profiles(&self, keys: HashSet<String>) -> Result<(), RuntimeError> {
         let snap = self.store.snapshot();
         let identity = snap.identity();
         let mut p = Profiles {
