@@ -99,10 +99,13 @@ class WebhookSink:
                     if wid not in sink.acted:
                         sink.acted[wid] = json.loads(body)
                         sink.bodies[wid] = body
-                self.send_response(200)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                try:
+                    self.send_response(200)
+                    self.send_header("content-length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:
+                    pass  # the sender died (kill -9) before reading the answer
 
         self.port = free_port()
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
