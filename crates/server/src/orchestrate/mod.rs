@@ -750,15 +750,16 @@ impl Orchestrator {
         drop(projects);
         if live {
             // What was acknowledged but not journaled before a crash, and what is owed.
-            let caught = rt.catch_up()?;
+            // The pool must know the project first, or outcomes would find no one.
             let pool = self.pool.clone().expect("live");
+            pool.register(rt.clone());
+            let caught = rt.catch_up()?;
             rt.submit(caught, self.clock.now(), Some(&pool), &self.ctx)?;
             let owed = rt.with_machine(|m| m.pending());
             if !owed.is_empty() {
                 tracing::info!(project = name, effects = owed.len(), "handing out effects owed since the last run");
             }
             rt.carry_out(owed, Some(&pool), &self.ctx)?;
-            pool.register(rt.clone());
             let (me, rt2) = (self.clone(), rt.clone());
             let h = std::thread::Builder::new()
                 .name(format!("orchestrate-{name}"))
