@@ -49,7 +49,9 @@ pub enum JourneysCommand {
         target: Target,
     },
     /// Every journey with its status and counts
-    #[command(after_help = "Example:\n  throughline journeys list --data ./data --project shop --format table")]
+    #[command(
+        after_help = "Example:\n  throughline journeys list --data ./data --project shop --format table"
+    )]
     List {
         #[command(flatten)]
         target: Target,
@@ -127,7 +129,11 @@ fn read(file: &Path) -> Result<String> {
 }
 
 fn problems_text(problems: &[throughline_orchestrate::Problem]) -> String {
-    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A connection to either kind of target.
@@ -147,14 +153,24 @@ impl Conn {
     fn open(t: &Target) -> Result<Conn> {
         if let Some(server) = &t.server {
             let key = t.api_key.clone().context("--server needs --api-key")?;
-            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
             return Ok(Conn::Remote {
-                base: format!("{}/api/v1/projects/{}", server.trim_end_matches('/'), t.project),
+                base: format!(
+                    "{}/api/v1/projects/{}",
+                    server.trim_end_matches('/'),
+                    t.project
+                ),
                 key,
                 agent,
             });
         }
-        let data = t.data.as_ref().context("give --data DIR, or --server URL --api-key KEY")?;
+        let data = t
+            .data
+            .as_ref()
+            .context("give --data DIR, or --server URL --api-key KEY")?;
         let config = crate::load_config(t.config.clone())?;
         let store = Arc::new(crate::open_store(data)?);
         let o = throughline_server::orchestrate::Orchestrator::offline(store, config.orchestrate);
@@ -186,8 +202,16 @@ impl Conn {
                 let lines: Vec<String> = p
                     .iter()
                     .map(|x| match x.get("step").and_then(Value::as_str) {
-                        Some(s) => format!("  step {s:?}, field {}: {}", x["field"], x["error"].as_str().unwrap_or("")),
-                        None => format!("  field {}: {}", x["field"], x["error"].as_str().unwrap_or("")),
+                        Some(s) => format!(
+                            "  step {s:?}, field {}: {}",
+                            x["field"],
+                            x["error"].as_str().unwrap_or("")
+                        ),
+                        None => format!(
+                            "  field {}: {}",
+                            x["field"],
+                            x["error"].as_str().unwrap_or("")
+                        ),
                     })
                     .collect();
                 bail!("invalid journey:\n{}", lines.join("\n"));
@@ -204,28 +228,53 @@ pub fn run(cmd: JourneysCommand) -> Result<()> {
             let text = read(&file)?;
             match throughline_orchestrate::validate(&text) {
                 Ok((f, j)) => {
-                    output::json(&json!({"valid": true, "name": j.name, "steps": throughline_orchestrate::journey::outline(&f)}));
+                    output::json(
+                        &json!({"valid": true, "name": j.name, "steps": throughline_orchestrate::journey::outline(&f)}),
+                    );
                     Ok(())
                 }
-                Err(p) => bail!("{} is not a valid journey:\n{}", file.display(), problems_text(&p)),
+                Err(p) => bail!(
+                    "{} is not a valid journey:\n{}",
+                    file.display(),
+                    problems_text(&p)
+                ),
             }
         }
         JourneysCommand::Create { file, target } => {
             let text = read(&file)?;
-            let f = throughline_orchestrate::parse_file(&text)
-                .map_err(|p| anyhow::anyhow!("{} is not a valid journey:\n{}", file.display(), problems_text(&p)))?;
+            let f = throughline_orchestrate::parse_file(&text).map_err(|p| {
+                anyhow::anyhow!(
+                    "{} is not a valid journey:\n{}",
+                    file.display(),
+                    problems_text(&p)
+                )
+            })?;
             match Conn::open(&target)? {
                 Conn::Local { o, rt } => {
-                    rt.with_machine(|m| m.check_create(&f))
-                        .map_err(|p| anyhow::anyhow!("{} is not a valid journey:\n{}", file.display(), problems_text(&p)))?;
+                    rt.with_machine(|m| m.check_create(&f)).map_err(|p| {
+                        anyhow::anyhow!(
+                            "{} is not a valid journey:\n{}",
+                            file.display(),
+                            problems_text(&p)
+                        )
+                    })?;
                     let name = f.name.clone();
                     throughline_server::orchestrate::api::register_assets(&rt, &f);
-                    o.submit(&rt, vec![throughline_orchestrate::Input::Create { file: f }])?;
-                    let v = rt.with_machine(|m| throughline_server::orchestrate::api::describe(m, &name, false));
+                    o.submit(
+                        &rt,
+                        vec![throughline_orchestrate::Input::Create { file: f }],
+                    )?;
+                    let v = rt.with_machine(|m| {
+                        throughline_server::orchestrate::api::describe(m, &name, false)
+                    });
                     output::json(&v.unwrap_or(Value::Null));
                 }
                 c @ Conn::Remote { .. } => {
-                    let v = c.call("POST", "/journeys", Some(("application/toml", text.into_bytes())))?;
+                    let v = c.call(
+                        "POST",
+                        "/journeys",
+                        Some(("application/toml", text.into_bytes())),
+                    )?;
                     output::json(&v);
                 }
             }
@@ -233,7 +282,9 @@ pub fn run(cmd: JourneysCommand) -> Result<()> {
         }
         JourneysCommand::List { target } => {
             let v = match Conn::open(&target)? {
-                Conn::Local { rt, .. } => rt.with_machine(throughline_server::orchestrate::api::list),
+                Conn::Local { rt, .. } => {
+                    rt.with_machine(throughline_server::orchestrate::api::list)
+                }
                 c => c.call("GET", "/journeys", None)?,
             };
             match target.format {
@@ -244,28 +295,62 @@ pub fn run(cmd: JourneysCommand) -> Result<()> {
                         .into_iter()
                         .flatten()
                         .map(|j| {
-                            ["name", "status", "entered", "active", "sends", "capped", "suppressed", "converted"]
-                                .iter()
-                                .map(|k| cell(&j[*k]))
-                                .collect()
+                            [
+                                "name",
+                                "status",
+                                "entered",
+                                "active",
+                                "sends",
+                                "capped",
+                                "suppressed",
+                                "converted",
+                            ]
+                            .iter()
+                            .map(|k| cell(&j[*k]))
+                            .collect()
                         })
                         .collect();
-                    output::table(&["journey", "status", "entered", "active", "sends", "capped", "suppressed", "converted"], &rows);
+                    output::table(
+                        &[
+                            "journey",
+                            "status",
+                            "entered",
+                            "active",
+                            "sends",
+                            "capped",
+                            "suppressed",
+                            "converted",
+                        ],
+                        &rows,
+                    );
                 }
             }
             Ok(())
         }
-        JourneysCommand::Show { name, step, limit, target } => {
+        JourneysCommand::Show {
+            name,
+            step,
+            limit,
+            target,
+        } => {
             let conn = Conn::open(&target)?;
             let v = match (&conn, &step) {
                 (Conn::Local { rt, .. }, None) => rt
-                    .with_machine(|m| throughline_server::orchestrate::api::describe(m, &name, false))
+                    .with_machine(|m| {
+                        throughline_server::orchestrate::api::describe(m, &name, false)
+                    })
                     .with_context(|| format!("no journey named {name:?}"))?,
                 (Conn::Local { rt, .. }, Some(s)) => rt
-                    .with_machine(|m| throughline_server::orchestrate::api::persons(m, &name, Some(s), limit))
+                    .with_machine(|m| {
+                        throughline_server::orchestrate::api::persons(m, &name, Some(s), limit)
+                    })
                     .map_err(anyhow::Error::msg)?,
                 (c, None) => c.call("GET", &format!("/journeys/{name}"), None)?,
-                (c, Some(s)) => c.call("GET", &format!("/journeys/{name}/persons?step={s}&limit={limit}"), None)?,
+                (c, Some(s)) => c.call(
+                    "GET",
+                    &format!("/journeys/{name}/persons?step={s}&limit={limit}"),
+                    None,
+                )?,
             };
             match (target.format, step) {
                 (Format::Table, None) => {
@@ -284,14 +369,36 @@ pub fn run(cmd: JourneysCommand) -> Result<()> {
                         .into_iter()
                         .flatten()
                         .map(|s| {
-                            ["id", "type", "persons_waiting", "reached", "sends", "delivered", "capped", "suppressed", "quiet_delayed", "goal_exits"]
-                                .iter()
-                                .map(|k| cell(&s[*k]))
-                                .collect()
+                            [
+                                "id",
+                                "type",
+                                "persons_waiting",
+                                "reached",
+                                "sends",
+                                "delivered",
+                                "capped",
+                                "suppressed",
+                                "quiet_delayed",
+                                "goal_exits",
+                            ]
+                            .iter()
+                            .map(|k| cell(&s[*k]))
+                            .collect()
                         })
                         .collect();
                     output::table(
-                        &["step", "type", "waiting", "reached", "sends", "delivered", "capped", "suppressed", "quiet", "goal exits"],
+                        &[
+                            "step",
+                            "type",
+                            "waiting",
+                            "reached",
+                            "sends",
+                            "delivered",
+                            "capped",
+                            "suppressed",
+                            "quiet",
+                            "goal exits",
+                        ],
                         &rows,
                     );
                 }
@@ -300,7 +407,12 @@ pub fn run(cmd: JourneysCommand) -> Result<()> {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .map(|p| ["person", "entry", "state", "since", "due"].iter().map(|k| cell(&p[*k])).collect())
+                        .map(|p| {
+                            ["person", "entry", "state", "since", "due"]
+                                .iter()
+                                .map(|k| cell(&p[*k]))
+                                .collect()
+                        })
                         .collect();
                     output::table(&["person", "entry", "state", "since", "due"], &rows);
                 }
@@ -311,25 +423,48 @@ pub fn run(cmd: JourneysCommand) -> Result<()> {
         JourneysCommand::Pause { name, target } => status(&name, "pause", &target),
         JourneysCommand::Resume { name, target } => status(&name, "resume", &target),
         JourneysCommand::Archive { name, target } => status(&name, "archive", &target),
-        JourneysCommand::Backtest { file, from, to, target } => {
+        JourneysCommand::Backtest {
+            file,
+            from,
+            to,
+            target,
+        } => {
             let text = read(&file)?;
             let f = throughline_orchestrate::parse_file(&text)
                 .and_then(|f| throughline_orchestrate::compile(&f).map(|_| f))
-                .map_err(|p| anyhow::anyhow!("{} is not a valid journey:\n{}", file.display(), problems_text(&p)))?;
+                .map_err(|p| {
+                    anyhow::anyhow!(
+                        "{} is not a valid journey:\n{}",
+                        file.display(),
+                        problems_text(&p)
+                    )
+                })?;
             let v = match Conn::open(&target)? {
                 Conn::Local { o, rt } => {
-                    let bound = |t: &str| throughline_query::parse_time_bound(t).map_err(anyhow::Error::msg);
+                    let bound = |t: &str| {
+                        throughline_query::parse_time_bound(t).map_err(anyhow::Error::msg)
+                    };
                     let (from, to) = (bound(&from)?, bound(&to)?);
                     let suppressed = rt.with_machine(|m| m.suppressed().keys().cloned().collect());
                     let store = o.store().project(&target.project)?;
-                    let r = throughline_server::orchestrate::api::backtest(&store.snapshot(), &f, &o.config.policy(), suppressed, from, to)
-                        .map_err(anyhow::Error::msg)?;
+                    let r = throughline_server::orchestrate::api::backtest(
+                        &store.snapshot(),
+                        &f,
+                        &o.config.policy(),
+                        suppressed,
+                        from,
+                        to,
+                    )
+                    .map_err(anyhow::Error::msg)?;
                     serde_json::to_value(r)?
                 }
                 c => c.call(
                     "POST",
                     "/journeys/backtest",
-                    Some(("application/json", serde_json::to_vec(&json!({"journey": text, "from": from, "to": to}))?)),
+                    Some((
+                        "application/json",
+                        serde_json::to_vec(&json!({"journey": text, "from": from, "to": to}))?,
+                    )),
                 )?,
             };
             output::json(&v);
@@ -364,11 +499,20 @@ fn status(name: &str, action: &str, target: &Target) -> Result<()> {
             let current = rt.with_machine(|m| m.journey(name).map(|(s, _)| s.status));
             match current {
                 None => bail!("no journey named {name:?}"),
-                Some(throughline_orchestrate::Status::Archived) if action != "archive" => bail!("journey {name:?} is archived"),
+                Some(throughline_orchestrate::Status::Archived) if action != "archive" => {
+                    bail!("journey {name:?} is archived")
+                }
                 _ => {}
             }
-            o.submit(&rt, vec![throughline_orchestrate::Input::SetStatus { journey: name.to_string(), status }])?;
-            rt.with_machine(|m| throughline_server::orchestrate::api::describe(m, name, false)).unwrap_or(Value::Null)
+            o.submit(
+                &rt,
+                vec![throughline_orchestrate::Input::SetStatus {
+                    journey: name.to_string(),
+                    status,
+                }],
+            )?;
+            rt.with_machine(|m| throughline_server::orchestrate::api::describe(m, name, false))
+                .unwrap_or(Value::Null)
         }
         c => c.call("POST", &format!("/journeys/{name}/{action}"), None)?,
     };
@@ -382,19 +526,32 @@ pub fn suppressions(cmd: SuppressionsCommand) -> Result<()> {
             let text = read(&file)?;
             let v = match Conn::open(&target)? {
                 Conn::Local { o, rt } => {
-                    let ids = throughline_server::orchestrate::api::suppression_ids(&text).map_err(anyhow::Error::msg)?;
+                    let ids = throughline_server::orchestrate::api::suppression_ids(&text)
+                        .map_err(anyhow::Error::msg)?;
                     let n = ids.len();
-                    o.submit(&rt, vec![throughline_orchestrate::Input::Suppress { ids, reason: "suppression list".into() }])?;
+                    o.submit(
+                        &rt,
+                        vec![throughline_orchestrate::Input::Suppress {
+                            ids,
+                            reason: "suppression list".into(),
+                        }],
+                    )?;
                     json!({"imported": n, "suppressed": rt.with_machine(|m| m.suppressed().len())})
                 }
-                c => c.call("POST", "/suppressions", Some(("text/csv", text.into_bytes())))?,
+                c => c.call(
+                    "POST",
+                    "/suppressions",
+                    Some(("text/csv", text.into_bytes())),
+                )?,
             };
             output::json(&v);
             Ok(())
         }
         SuppressionsCommand::List { target } => {
             let v = match Conn::open(&target)? {
-                Conn::Local { rt, .. } => rt.with_machine(throughline_server::orchestrate::api::suppression_list),
+                Conn::Local { rt, .. } => {
+                    rt.with_machine(throughline_server::orchestrate::api::suppression_list)
+                }
                 c => c.call("GET", "/suppressions", None)?,
             };
             output::json(&v);

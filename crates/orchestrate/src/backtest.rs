@@ -24,7 +24,11 @@ const TICK_MAX: usize = 10_000;
 /// One history item, in time order: an event of a person, or new traits of a person.
 pub enum Item {
     Event(Observed),
-    Traits { person: String, at: Millis, facts: Facts },
+    Traits {
+        person: String,
+        at: Millis,
+        facts: Facts,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -80,7 +84,12 @@ pub fn run(
     let journey = crate::journey::compile(file).map_err(OrchestrateError::Invalid)?;
     let mut m = Machine::new();
     let mut effects = Vec::new();
-    m.step(Input::SetPolicy { policy: policy.clone() }, from);
+    m.step(
+        Input::SetPolicy {
+            policy: policy.clone(),
+        },
+        from,
+    );
     if !suppressed.is_empty() {
         m.step(
             Input::Suppress {
@@ -109,7 +118,9 @@ pub fn run(
                     Input::Delivered {
                         key: d.key.clone(),
                         attempt: d.attempt,
-                        outcome: Outcome::Delivered { detail: String::new() },
+                        outcome: Outcome::Delivered {
+                            detail: String::new(),
+                        },
                     },
                     now,
                 );
@@ -118,7 +129,10 @@ pub fn run(
             effects.push(e);
         }
     };
-    let tick_to = |m: &mut Machine, t: Millis, facts: &HashMap<String, Facts>, effects: &mut Vec<Effect>| loop {
+    let tick_to = |m: &mut Machine,
+                   t: Millis,
+                   facts: &HashMap<String, Facts>,
+                   effects: &mut Vec<Effect>| loop {
         let Some(due) = m.next_due() else { break };
         if due > t {
             break;
@@ -132,7 +146,13 @@ pub fn run(
                 (p, x)
             })
             .collect();
-        let fx = m.step(Input::Tick { max: TICK_MAX as u32, facts: f }, now);
+        let fx = m.step(
+            Input::Tick {
+                max: TICK_MAX as u32,
+                facts: f,
+            },
+            now,
+        );
         settle(m, now, fx, effects);
     };
     for item in history {
@@ -145,7 +165,9 @@ pub fn run(
         }
         tick_to(&mut m, at, &facts, &mut effects);
         match item {
-            Item::Traits { person, facts: f, .. } => {
+            Item::Traits {
+                person, facts: f, ..
+            } => {
                 let e = facts.entry(person).or_default();
                 e.ids = f.ids;
                 e.traits.extend(f.traits);
@@ -153,7 +175,11 @@ pub fn run(
             Item::Event(mut o) => {
                 if at < from {
                     // Before the range: only for audiences' memory and suppression.
-                    if !m.wants(o.event.event_type.code(), o.event.event.as_deref(), o.event.page_path.as_deref()) {
+                    if !m.wants(
+                        o.event.event_type.code(),
+                        o.event.event.as_deref(),
+                        o.event.page_path.as_deref(),
+                    ) {
                         continue;
                     }
                 }
@@ -168,7 +194,12 @@ pub fn run(
                 if at < from {
                     continue;
                 }
-                let fx = m.step(Input::Event { observed: Box::new(o) }, now);
+                let fx = m.step(
+                    Input::Event {
+                        observed: Box::new(o),
+                    },
+                    now,
+                );
                 settle(&mut m, now, fx, &mut effects);
             }
         }
@@ -176,14 +207,20 @@ pub fn run(
     tick_to(&mut m, to, &facts, &mut effects);
     for e in &effects {
         let Effect::Record(r) = e else { continue };
-        let entry = r.properties.get("entry").and_then(|v| v.as_u64()).unwrap_or(0);
+        let entry = r
+            .properties
+            .get("entry")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
         let k = (r.person.clone(), entry);
         match r.name.as_str() {
             "Journey Entered" => {
                 persons.insert(r.person.clone());
                 entries.entry(k).or_default();
             }
-            "Email Sent" | "Webhook Delivered" | "Audience Exported" => entries.entry(k).or_default().0 = true,
+            "Email Sent" | "Webhook Delivered" | "Audience Exported" => {
+                entries.entry(k).or_default().0 = true
+            }
             "Journey Converted" => {
                 let x = entries.entry(k).or_default();
                 x.1 = true;
@@ -284,7 +321,11 @@ text = "y"
         )
         .unwrap();
         let policy = Policy {
-            caps: vec![crate::policy::Cap { channel: "email".into(), count: 1, per: "7d".into() }],
+            caps: vec![crate::policy::Cap {
+                channel: "email".into(),
+                count: 1,
+                per: "7d".into(),
+            }],
             ..Policy::default()
         };
         let d = 86_400_000;
@@ -301,7 +342,10 @@ text = "y"
             ev("c", "Order Completed", t0 + 2 * d),
         ];
         let r = run(&file, &policy, vec!["c".into()], history, t0, t0 + 20 * d).unwrap();
-        assert_eq!((r.entries, r.persons, r.sends, r.capped, r.suppressed), (4, 3, 2, 1, 1));
+        assert_eq!(
+            (r.entries, r.persons, r.sends, r.capped, r.suppressed),
+            (4, 3, 2, 1, 1)
+        );
         assert_eq!((r.touched.persons, r.touched.converted), (2, 1));
         assert_eq!((r.not_touched.persons, r.not_touched.converted), (2, 1));
         assert_eq!(r.conversion_lift, Some(0.0));

@@ -34,7 +34,11 @@ pub struct Driver<J: Journal> {
 
 impl<J: Journal> Driver<J> {
     pub fn new(machine: Machine, journal: J, seq: u64) -> Driver<J> {
-        Driver { machine, journal, seq }
+        Driver {
+            machine,
+            journal,
+            seq,
+        }
     }
 
     /// Recovers a machine from a snapshot (taken after entry `snapshot_seq`) and the
@@ -61,11 +65,19 @@ impl<J: Journal> Driver<J> {
             let _ = machine.step(e.input, e.now);
             seq = e.seq;
         }
-        Ok(Driver { machine, journal, seq })
+        Ok(Driver {
+            machine,
+            journal,
+            seq,
+        })
     }
 
     /// Journals the inputs, commits, then applies them in order.
-    pub fn submit(&mut self, inputs: Vec<Input>, now: Millis) -> Result<Vec<Effect>, OrchestrateError> {
+    pub fn submit(
+        &mut self,
+        inputs: Vec<Input>,
+        now: Millis,
+    ) -> Result<Vec<Effect>, OrchestrateError> {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }

@@ -366,7 +366,9 @@ impl Action {
     /// The variant names in order (one, `default`, for actions without variants).
     pub fn variant_names(&self) -> Vec<&str> {
         match &self.what {
-            ActionKind::Email { variants, .. } => variants.iter().map(|v| v.name.as_str()).collect(),
+            ActionKind::Email { variants, .. } => {
+                variants.iter().map(|v| v.name.as_str()).collect()
+            }
             _ => vec!["default"],
         }
     }
@@ -478,7 +480,8 @@ pub fn parse_file(text: &str) -> Result<JourneyFile, Vec<Problem>> {
         )]);
     }
     let value: Value = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| vec![problem(None, "", format!("invalid JSON: {e}"))])?
+        serde_json::from_str(text)
+            .map_err(|e| vec![problem(None, "", format!("invalid JSON: {e}"))])?
     } else {
         let t: toml::Value = toml::from_str(text)
             .map_err(|e| vec![problem(None, "", format!("invalid TOML: {}", e.message()))])?;
@@ -613,11 +616,15 @@ pub fn compile(file: &JourneyFile) -> Result<Journey, Vec<Problem>> {
             None
         }
     };
-    let trigger_max_age_ms = dur(file.trigger.max_age.as_deref().unwrap_or(TRIGGER_MAX_AGE_DEFAULT))
-        .unwrap_or_else(|e| {
-            errs.push(top("trigger.max_age", e));
-            0
-        });
+    let trigger_max_age_ms = dur(file
+        .trigger
+        .max_age
+        .as_deref()
+        .unwrap_or(TRIGGER_MAX_AGE_DEFAULT))
+    .unwrap_or_else(|e| {
+        errs.push(top("trigger.max_age", e));
+        0
+    });
     let reentry = match file.reentry.as_deref().unwrap_or("once") {
         "once" => Reentry::Once,
         "always" => Reentry::Always,
@@ -653,7 +660,10 @@ pub fn compile(file: &JourneyFile) -> Result<Journey, Vec<Problem>> {
             errs.push(top(field, "must be at least 1".into()));
         }
     }
-    let utm_source = file.utm_source.clone().unwrap_or_else(|| "throughline".into());
+    let utm_source = file
+        .utm_source
+        .clone()
+        .unwrap_or_else(|| "throughline".into());
     if utm_source.is_empty() || utm_source.len() > 64 {
         errs.push(top("utm_source", "use 1-64 characters".into()));
     }
@@ -673,7 +683,9 @@ pub fn compile(file: &JourneyFile) -> Result<Journey, Vec<Problem>> {
             Some(id)
                 if !id.is_empty()
                     && id.len() <= 64
-                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
             {
                 if ids.iter().any(|x| x == id) {
                     errs.push(problem(Some(id.into()), "id", "two steps have this id"));
@@ -690,13 +702,21 @@ pub fn compile(file: &JourneyFile) -> Result<Journey, Vec<Problem>> {
             }
         }
     }
-    let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i))
+        .collect();
     let mut steps = Vec::new();
     for (i, raw) in file.steps.iter().enumerate() {
         let id = ids[i].clone();
         let mut local = Vec::new();
         let kind = compile_step(raw, i, &ids, &index, &mut local);
-        errs.extend(local.into_iter().map(|(field, e)| problem(Some(id.clone()), &field, e)));
+        errs.extend(
+            local
+                .into_iter()
+                .map(|(field, e)| problem(Some(id.clone()), &field, e)),
+        );
         steps.push(Step {
             id,
             kind: kind.unwrap_or(StepKind::Exit),
@@ -735,8 +755,7 @@ pub fn trait_filters(text: &str) -> Result<Vec<Filter>, String> {
     if m.filters.is_empty() {
         return Err(format!("{text:?} is no condition: use e.g. `plan = 'pro'`"));
     }
-    Ok(m
-        .filters
+    Ok(m.filters
         .into_iter()
         .map(|mut f| {
             // Conditions read one flat map of traits, whichever prefix was written.
@@ -764,7 +783,8 @@ fn compile_step(
     let Some(kind) = obj.get("type").and_then(Value::as_str) else {
         errs.push((
             "type".into(),
-            "missing: use wait, wait_for_event, branch, split, email, webhook, export or exit".into(),
+            "missing: use wait, wait_for_event, branch, split, email, webhook, export or exit"
+                .into(),
         ));
         return None;
     };
@@ -802,7 +822,10 @@ fn compile_step(
                 }
                 Some(&i) => Some(i),
                 None => {
-                    errs.push((field.into(), format!("no step has the id {id:?} (or use \"end\")")));
+                    errs.push((
+                        field.into(),
+                        format!("no step has the id {id:?} (or use \"end\")"),
+                    ));
                     None
                 }
             },
@@ -828,7 +851,10 @@ fn compile_step(
     };
     let check_template = |field: &str, text: &str, kind: template::Kind, errs: &mut Local| {
         if text.len() > TEMPLATE_BYTES_MAX {
-            errs.push((field.into(), format!("longer than {TEMPLATE_BYTES_MAX} bytes")));
+            errs.push((
+                field.into(),
+                format!("longer than {TEMPLATE_BYTES_MAX} bytes"),
+            ));
         } else if let Err(e) = template::check(text, kind) {
             errs.push((field.into(), e));
         }
@@ -860,7 +886,10 @@ fn compile_step(
             let condition = match (&f.trait_, &f.event) {
                 (Some(t), None) => {
                     if f.within.is_some() {
-                        errs.push(("within".into(), "only an event branch takes `within`".into()));
+                        errs.push((
+                            "within".into(),
+                            "only an event branch takes `within`".into(),
+                        ));
                     }
                     trait_filters(t)
                         .map_err(|e| errs.push(("trait".into(), e)))
@@ -872,7 +901,10 @@ fn compile_step(
                     matcher("event", e, errs).map(|matcher| Condition::Event { matcher, within_ms })
                 }
                 _ => {
-                    errs.push(("trait".into(), "give exactly one of `trait` and `event`".into()));
+                    errs.push((
+                        "trait".into(),
+                        "give exactly one of `trait` and `event`".into(),
+                    ));
                     None
                 }
             };
@@ -887,7 +919,10 @@ fn compile_step(
         "split" => {
             let f: SplitFile = read(rest, errs)?;
             if f.variants.len() < 2 || f.variants.len() > VARIANTS_MAX {
-                errs.push(("variants".into(), format!("a split needs 2 to {VARIANTS_MAX} variants")));
+                errs.push((
+                    "variants".into(),
+                    format!("a split needs 2 to {VARIANTS_MAX} variants"),
+                ));
             }
             let mut names = HashSet::new();
             let mut variants = Vec::new();
@@ -929,7 +964,10 @@ fn compile_step(
                 }
             } else {
                 if f.variants.len() > VARIANTS_MAX {
-                    errs.push(("variants".into(), format!("at most {VARIANTS_MAX} variants")));
+                    errs.push((
+                        "variants".into(),
+                        format!("at most {VARIANTS_MAX} variants"),
+                    ));
                 }
                 let mut names = HashSet::new();
                 for (i, v) in f.variants.iter().enumerate() {
@@ -946,10 +984,16 @@ fn compile_step(
                     let html = v.html.clone().or_else(|| f.html.clone());
                     let text = v.text.clone().or_else(|| f.text.clone());
                     if subject.is_none() {
-                        errs.push((format!("variants[{i}].subject"), "an email needs a subject".into()));
+                        errs.push((
+                            format!("variants[{i}].subject"),
+                            "an email needs a subject".into(),
+                        ));
                     }
                     if html.is_none() && text.is_none() {
-                        errs.push((format!("variants[{i}].html"), "an email needs `html` or `text`".into()));
+                        errs.push((
+                            format!("variants[{i}].html"),
+                            "an email needs `html` or `text`".into(),
+                        ));
                     }
                     variants.push(EmailVariant {
                         name: v.name.clone(),
@@ -985,7 +1029,10 @@ fn compile_step(
             }
             if let Some(from) = &f.from {
                 if !from.contains('@') {
-                    errs.push(("from".into(), "an email address, e.g. \"Shop <hello@shop.example>\"".into()));
+                    errs.push((
+                        "from".into(),
+                        "an email address, e.g. \"Shop <hello@shop.example>\"".into(),
+                    ));
                 }
             }
             Some(StepKind::Action {
@@ -1017,7 +1064,10 @@ fn compile_step(
             }
             let channel = f.channel.clone().unwrap_or_else(|| "webhook".into());
             if !valid_label(&channel) {
-                errs.push(("channel".into(), "use 1-64 characters a-z, A-Z, 0-9, '-' or '_'".into()));
+                errs.push((
+                    "channel".into(),
+                    "use 1-64 characters a-z, A-Z, 0-9, '-' or '_'".into(),
+                ));
             }
             Some(StepKind::Action {
                 action: Action {
@@ -1035,7 +1085,10 @@ fn compile_step(
         "export" => {
             let f: ExportFile = read(rest, errs)?;
             if !valid_label(&f.audience) {
-                errs.push(("audience".into(), "use 1-64 characters a-z, A-Z, 0-9, '-' or '_'".into()));
+                errs.push((
+                    "audience".into(),
+                    "use 1-64 characters a-z, A-Z, 0-9, '-' or '_'".into(),
+                ));
             }
             if let Some(u) = &f.url {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -1075,7 +1128,10 @@ fn compile_step(
 }
 
 fn valid_label(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The successors of a step.
@@ -1083,9 +1139,13 @@ pub fn successors(kind: &StepKind) -> Vec<usize> {
     let nexts: Vec<Next> = match kind {
         StepKind::Wait { next, .. } | StepKind::Action { next, .. } => vec![*next],
         StepKind::WaitForEvent {
-            on_event, on_timeout, ..
+            on_event,
+            on_timeout,
+            ..
         } => vec![*on_event, *on_timeout],
-        StepKind::Branch { then, otherwise, .. } => vec![*then, *otherwise],
+        StepKind::Branch {
+            then, otherwise, ..
+        } => vec![*then, *otherwise],
         StepKind::Split { variants } => variants.iter().map(|v| v.next).collect(),
         StepKind::Exit => vec![],
     };
@@ -1111,7 +1171,13 @@ fn cycle(steps: &[Step]) -> Option<usize> {
         mark[i] = 2;
         None
     }
-    (0..steps.len()).find_map(|i| if mark[i] == 0 { visit(i, steps, &mut mark) } else { None })
+    (0..steps.len()).find_map(|i| {
+        if mark[i] == 0 {
+            visit(i, steps, &mut mark)
+        } else {
+            None
+        }
+    })
 }
 
 /// Reads and validates in one go: what `journeys validate` runs.
@@ -1127,8 +1193,20 @@ pub fn outline(file: &JourneyFile) -> Vec<BTreeMap<&'static str, String>> {
         .iter()
         .map(|s| {
             let mut m = BTreeMap::new();
-            m.insert("id", s.get("id").and_then(Value::as_str).unwrap_or("").to_string());
-            m.insert("type", s.get("type").and_then(Value::as_str).unwrap_or("").to_string());
+            m.insert(
+                "id",
+                s.get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            );
+            m.insert(
+                "type",
+                s.get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            );
             m
         })
         .collect()

@@ -28,7 +28,9 @@ pub mod webhook;
 
 pub use driver::{Driver, Entry, Journal};
 pub use journey::{compile, parse_file, validate, Journey, JourneyFile, Problem};
-pub use machine::{Delivery, Effect, Facts, Input, Machine, Observed, Outcome, Record, State, Status};
+pub use machine::{
+    Delivery, Effect, Facts, Input, Machine, Observed, Outcome, Record, State, Status,
+};
 pub use policy::Policy;
 
 #[derive(Debug, thiserror::Error)]

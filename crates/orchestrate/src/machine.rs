@@ -91,17 +91,40 @@ impl Status {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "input", rename_all = "snake_case")]
 pub enum Input {
-    SetPolicy { policy: Policy },
-    Create { file: JourneyFile },
-    SetStatus { journey: String, status: Status },
-    Event { observed: Box<Observed> },
+    SetPolicy {
+        policy: Policy,
+    },
+    Create {
+        file: JourneyFile,
+    },
+    SetStatus {
+        journey: String,
+        status: Status,
+    },
+    Event {
+        observed: Box<Observed>,
+    },
     /// Fire at most `max` timers due by now; `facts` for the persons they belong to.
-    Tick { max: u32, facts: Vec<(String, Facts)> },
-    Delivered { key: String, attempt: u32, outcome: Outcome },
+    Tick {
+        max: u32,
+        facts: Vec<(String, Facts)>,
+    },
+    Delivered {
+        key: String,
+        attempt: u32,
+        outcome: Outcome,
+    },
     /// Recorded events up to this sequence number are durable in the store.
-    Recorded { upto: u64 },
-    Suppress { ids: Vec<String>, reason: String },
-    Unsuppress { ids: Vec<String> },
+    Recorded {
+        upto: u64,
+    },
+    Suppress {
+        ids: Vec<String>,
+        reason: String,
+    },
+    Unsuppress {
+        ids: Vec<String>,
+    },
 }
 
 /// A message to deliver. `id` is the idempotency key as receivers see it (`webhook-id`,
@@ -163,9 +186,11 @@ pub enum At {
 impl At {
     pub fn due(&self) -> Option<Millis> {
         match self {
-            At::Wait { due } | At::WaitEvent { due } | At::Hold { due } | At::Retry { due, .. } | At::Watch { due } => {
-                Some(*due)
-            }
+            At::Wait { due }
+            | At::WaitEvent { due }
+            | At::Hold { due }
+            | At::Retry { due, .. }
+            | At::Watch { due } => Some(*due),
             At::Deliver { .. } | At::Parked => None,
         }
     }
@@ -341,8 +366,11 @@ fn traits_event(facts: &Facts) -> Event {
 }
 
 fn matches(m: &throughline_query::StepMatcher, e: &Event) -> bool {
-    m.matches_event(e.event_type.code(), e.event.as_deref(), e.page_path.as_deref())
-        && m.filters.iter().all(|f| f.holds(e))
+    m.matches_event(
+        e.event_type.code(),
+        e.event.as_deref(),
+        e.page_path.as_deref(),
+    ) && m.filters.iter().all(|f| f.holds(e))
 }
 
 impl Default for Machine {
@@ -370,7 +398,8 @@ impl Machine {
             at_step: Vec::new(),
         };
         for (i, j) in m.st.journeys.iter().enumerate() {
-            let c = journey::compile(&j.file).map_err(|p| format!("journey {}: {}", j.file.name, p[0]))?;
+            let c = journey::compile(&j.file)
+                .map_err(|p| format!("journey {}: {}", j.file.name, p[0]))?;
             m.at_step.push(vec![0; c.steps.len()]);
             m.by_name.insert(c.name.clone(), i as u32);
             m.compiled.push(c);
@@ -397,7 +426,9 @@ impl Machine {
 
     /// Persons at each step of a journey now.
     pub fn at_steps(&self, name: &str) -> Option<&[u64]> {
-        self.by_name.get(name).map(|&i| self.at_step[i as usize].as_slice())
+        self.by_name
+            .get(name)
+            .map(|&i| self.at_step[i as usize].as_slice())
     }
 
     /// Persons of a journey at a step (or past the last step with `None`), with where they
@@ -434,18 +465,27 @@ impl Machine {
     pub fn instances_of(&self, person: &str) -> Vec<&Instance> {
         self.by_person
             .get(person)
-            .map(|ids| ids.iter().filter_map(|id| self.st.instances.get(id)).collect())
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| self.st.instances.get(id))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Whether an event could matter to some journey or to suppression: what the runtime
     /// feeds in.
     pub fn wants(&self, kind: u8, name: Option<&str>, path: Option<&str>) -> bool {
-        if kind == EventType::Track.code() && name.is_some_and(|n| self.policy.suppress_on.iter().any(|s| s == n)) {
+        if kind == EventType::Track.code()
+            && name.is_some_and(|n| self.policy.suppress_on.iter().any(|s| s == n))
+        {
             return true;
         }
         self.st.journeys.iter().zip(&self.compiled).any(|(s, j)| {
-            s.status != Status::Archived && j.matchers().iter().any(|m| m.matches_event(kind, name, path))
+            s.status != Status::Archived
+                && j.matchers()
+                    .iter()
+                    .any(|m| m.matches_event(kind, name, path))
         })
     }
 
@@ -471,18 +511,17 @@ impl Machine {
     /// The effects still owed after a restart: every send in flight (not waiting for a
     /// retry) and every record not yet acknowledged.
     pub fn pending(&self) -> Vec<Effect> {
-        let mut out: Vec<Effect> = self
-            .st
-            .in_flight
-            .values()
-            .filter(|f| {
-                self.st
-                    .instances
-                    .get(&f.instance)
-                    .is_none_or(|i| matches!(&i.at, At::Deliver { key } if *key == f.delivery.key))
-            })
-            .map(|f| Effect::Deliver(f.delivery.clone()))
-            .collect();
+        let mut out: Vec<Effect> =
+            self.st
+                .in_flight
+                .values()
+                .filter(|f| {
+                    self.st.instances.get(&f.instance).is_none_or(
+                        |i| matches!(&i.at, At::Deliver { key } if *key == f.delivery.key),
+                    )
+                })
+                .map(|f| Effect::Deliver(f.delivery.clone()))
+                .collect();
         out.extend(self.st.outbox.values().cloned().map(Effect::Record));
         out
     }
@@ -532,7 +571,11 @@ impl Machine {
             Input::SetStatus { journey, status } => self.set_status(&journey, status, now),
             Input::Event { observed } => self.observe(*observed, now, &mut fx),
             Input::Tick { max, facts } => self.tick(max as usize, facts, now, &mut fx),
-            Input::Delivered { key, attempt, outcome } => self.delivered(&key, attempt, outcome, now, &mut fx),
+            Input::Delivered {
+                key,
+                attempt,
+                outcome,
+            } => self.delivered(&key, attempt, outcome, now, &mut fx),
             Input::Recorded { upto } => {
                 let keep = self.st.outbox.split_off(&(upto + 1));
                 self.st.outbox = keep;
@@ -557,7 +600,9 @@ impl Machine {
     // ------------------------------------------------------------ bookkeeping
 
     fn index(&mut self, id: u64) {
-        let Some(i) = self.st.instances.get(&id) else { return };
+        let Some(i) = self.st.instances.get(&id) else {
+            return;
+        };
         self.active.insert((i.journey, i.person.clone()), id);
         self.by_person.entry(i.person.clone()).or_default().push(id);
         if let Some(s) = i.step {
@@ -570,7 +615,9 @@ impl Machine {
     }
 
     fn unindex(&mut self, id: u64) {
-        let Some(i) = self.st.instances.get(&id) else { return };
+        let Some(i) = self.st.instances.get(&id) else {
+            return;
+        };
         if let Some(s) = i.step {
             self.at_step[i.journey as usize][s as usize] -= 1;
         }
@@ -589,7 +636,10 @@ impl Machine {
         }
         i.step = step;
         i.at = at;
-        let (j, p) = (i.journey as usize, self.compiled[i.journey as usize].priority);
+        let (j, p) = (
+            i.journey as usize,
+            self.compiled[i.journey as usize].priority,
+        );
         if let Some(s) = step {
             self.at_step[j][s as usize] += 1;
         }
@@ -611,7 +661,15 @@ impl Machine {
         }
     }
 
-    fn record(&mut self, person: &str, name: &str, message_id: String, now: Millis, properties: Map<String, Value>, fx: &mut Vec<Effect>) {
+    fn record(
+        &mut self,
+        person: &str,
+        name: &str,
+        message_id: String,
+        now: Millis,
+        properties: Map<String, Value>,
+        fx: &mut Vec<Effect>,
+    ) {
         self.st.next_record += 1;
         let r = Record {
             seq: self.st.next_record,
@@ -632,7 +690,9 @@ impl Machine {
     // ------------------------------------------------------------ inputs
 
     fn set_status(&mut self, name: &str, status: Status, now: Millis) {
-        let Some(&j) = self.by_name.get(name) else { return };
+        let Some(&j) = self.by_name.get(name) else {
+            return;
+        };
         let old = self.st.journeys[j as usize].status;
         if old == Status::Archived || old == status {
             return;
@@ -674,12 +734,20 @@ impl Machine {
         self.prune_seen();
         let e = &o.event;
         if e.event_type == EventType::Track
-            && e.event.as_deref().is_some_and(|n| self.policy.suppress_on.iter().any(|s| s == n))
+            && e.event
+                .as_deref()
+                .is_some_and(|n| self.policy.suppress_on.iter().any(|s| s == n))
         {
             let mut ids = o.facts.ids.clone();
             ids.push(o.person.clone());
             ids.extend(e.email.clone());
-            ids.extend(o.facts.traits.get("email").and_then(Value::as_str).map(str::to_string));
+            ids.extend(
+                o.facts
+                    .traits
+                    .get("email")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            );
             ids.truncate(IDS_MAX);
             let reason = e.event.clone().unwrap_or_default();
             for id in ids {
@@ -692,7 +760,9 @@ impl Machine {
         // Persons already in journeys: goals, waits, event branches.
         let ids: Vec<u64> = self.by_person.get(&o.person).cloned().unwrap_or_default();
         for id in ids {
-            let Some(inst) = self.st.instances.get(&id) else { continue };
+            let Some(inst) = self.st.instances.get(&id) else {
+                continue;
+            };
             let j = inst.journey as usize;
             let journey = &self.compiled[j];
             if journey.goal.as_ref().is_some_and(|g| matches(g, e)) {
@@ -713,7 +783,9 @@ impl Machine {
             }
             let waiting_match = match (inst.step, &inst.at) {
                 (Some(s), At::WaitEvent { .. }) => match &journey.steps[s as usize].kind {
-                    StepKind::WaitForEvent { matcher, on_event, .. } if matches(matcher, e) => Some(*on_event),
+                    StepKind::WaitForEvent {
+                        matcher, on_event, ..
+                    } if matches(matcher, e) => Some(*on_event),
                     _ => None,
                 },
                 _ => None,
@@ -738,7 +810,8 @@ impl Machine {
             }
             let enter = match &self.compiled[j as usize].trigger {
                 Trigger::Event(m) => {
-                    matches(m, e) && e.timestamp >= now - self.compiled[j as usize].trigger_max_age_ms
+                    matches(m, e)
+                        && e.timestamp >= now - self.compiled[j as usize].trigger_max_age_ms
                 }
                 Trigger::Audience(a) => {
                     let a = a.clone();
@@ -769,7 +842,13 @@ impl Machine {
     }
 
     /// Whether the person just became a member of an audience.
-    fn audience_update(&mut self, j: u32, a: &journey::Audience, o: &Observed, now: Millis) -> bool {
+    fn audience_update(
+        &mut self,
+        j: u32,
+        a: &journey::Audience,
+        o: &Observed,
+        now: Millis,
+    ) -> bool {
         let e = &o.event;
         let n = a.did.len() + a.not_did.len();
         let hit: Vec<usize> = a
@@ -784,12 +863,18 @@ impl Machine {
         if hit.is_empty() && !map.contains_key(&o.person) {
             return false;
         }
-        let entry = map.entry(o.person.clone()).or_insert_with(|| (vec![None; n], false));
+        let entry = map
+            .entry(o.person.clone())
+            .or_insert_with(|| (vec![None; n], false));
         for i in hit {
             entry.0[i] = Some(e.timestamp.min(now));
         }
         let floor = now - a.within_ms;
-        let did = a.did.iter().enumerate().all(|(i, _)| entry.0[i].is_some_and(|t| t >= floor));
+        let did = a
+            .did
+            .iter()
+            .enumerate()
+            .all(|(i, _)| entry.0[i].is_some_and(|t| t >= floor));
         let not = (0..a.not_did.len()).all(|k| entry.0[a.did.len() + k].is_none_or(|t| t < floor));
         let te = traits_event(&o.facts);
         let traits = a.traits.iter().all(|f| f.holds(&te));
@@ -798,7 +883,15 @@ impl Machine {
         member && !was
     }
 
-    fn try_enter(&mut self, j: u32, person: &str, facts: &Facts, props: &Map<String, Value>, now: Millis, fx: &mut Vec<Effect>) {
+    fn try_enter(
+        &mut self,
+        j: u32,
+        person: &str,
+        facts: &Facts,
+        props: &Map<String, Value>,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) {
         let journey = &self.compiled[j as usize];
         let reentry = journey.reentry;
         if let Some(&id) = self.active.get(&(j, person.to_string())) {
@@ -870,13 +963,19 @@ impl Machine {
             },
         );
         self.active.insert((j, person.to_string()), id);
-        self.by_person.entry(person.to_string()).or_default().push(id);
+        self.by_person
+            .entry(person.to_string())
+            .or_default()
+            .push(id);
         self.stats(j).entered += 1;
         let name = self.compiled[j as usize].name.clone();
         let mut p = Map::new();
         p.insert("journey".into(), json!(name));
         p.insert("entry".into(), json!(entry));
-        let mid = format!("tl-{}-entered", &key_id(&format!("{name}/{person}/{entry}"))[4..]);
+        let mid = format!(
+            "tl-{}-entered",
+            &key_id(&format!("{name}/{person}/{entry}"))[4..]
+        );
         self.record(person, "Journey Entered", mid, now, p, fx);
         let first = (!self.compiled[j as usize].steps.is_empty()).then_some(0);
         self.goto(id, first, now, facts, fx);
@@ -899,7 +998,10 @@ impl Machine {
                 p.insert("journey".into(), json!(f.delivery.journey));
                 p.insert("step".into(), json!(f.delivery.step));
                 p.insert("idempotency_key".into(), json!(f.delivery.key));
-                p.insert("error".into(), json!("the person reached the goal before the retry"));
+                p.insert(
+                    "error".into(),
+                    json!("the person reached the goal before the retry"),
+                );
                 let mid = format!("tl-{}-failed", &f.delivery.id[4..]);
                 self.record(&i.person, fail, mid, now, p, fx);
             }
@@ -918,11 +1020,20 @@ impl Machine {
         let mut p = Map::new();
         p.insert("journey".into(), json!(name));
         p.insert("entry".into(), json!(i.entry));
-        p.insert("group".into(), json!(if holdout { "holdout" } else { "treatment" }));
+        p.insert(
+            "group".into(),
+            json!(if holdout { "holdout" } else { "treatment" }),
+        );
         if let Some(s) = i.step {
-            p.insert("step".into(), json!(self.compiled[i.journey as usize].steps[s as usize].id));
+            p.insert(
+                "step".into(),
+                json!(self.compiled[i.journey as usize].steps[s as usize].id),
+            );
         }
-        let mid = format!("tl-{}-converted", &key_id(&format!("{name}/{}/{}", i.person, i.entry))[4..]);
+        let mid = format!(
+            "tl-{}-converted",
+            &key_id(&format!("{name}/{}/{}", i.person, i.entry))[4..]
+        );
         self.record(&i.person, "Journey Converted", mid, now, p, fx);
         self.remove(id);
     }
@@ -931,7 +1042,9 @@ impl Machine {
         let facts: HashMap<String, Facts> = facts.into_iter().collect();
         let empty = Facts::default();
         for _ in 0..max {
-            let Some(&t) = self.timers.iter().next() else { break };
+            let Some(&t) = self.timers.iter().next() else {
+                break;
+            };
             if t.0 > now {
                 break;
             }
@@ -988,7 +1101,10 @@ impl Machine {
     }
 
     fn next_of(&self, inst: &Instance) -> Next {
-        match inst.step.map(|s| &self.compiled[inst.journey as usize].steps[s as usize].kind) {
+        match inst
+            .step
+            .map(|s| &self.compiled[inst.journey as usize].steps[s as usize].kind)
+        {
             Some(StepKind::Action { next, .. }) => *next,
             _ => None,
         }
@@ -1026,9 +1142,14 @@ impl Machine {
         let step = self.compiled[j].steps[s as usize].clone();
         match &step.kind {
             StepKind::Wait { ms, .. } => self.place(id, Some(s), At::Wait { due: now + ms }, now),
-            StepKind::WaitForEvent { timeout_ms, .. } => {
-                self.place(id, Some(s), At::WaitEvent { due: now + timeout_ms }, now)
-            }
+            StepKind::WaitForEvent { timeout_ms, .. } => self.place(
+                id,
+                Some(s),
+                At::WaitEvent {
+                    due: now + timeout_ms,
+                },
+                now,
+            ),
             StepKind::Branch {
                 condition,
                 then,
@@ -1072,7 +1193,9 @@ impl Machine {
                     self.remove(id);
                 }
             }
-            StepKind::Action { action, next } => self.send(id, &inst, s, action, *next, now, facts, fx),
+            StepKind::Action { action, next } => {
+                self.send(id, &inst, s, action, *next, now, facts, fx)
+            }
         }
     }
 
@@ -1135,14 +1258,21 @@ impl Machine {
         hist.retain(|h| h.1 > floor_all);
         let hit = self.policy.caps.iter().find(|(ch, count, per)| {
             *ch == action.channel
-                && hist.iter().filter(|h| h.0 == action.channel && h.1 > now - per).count() >= *count as usize
+                && hist
+                    .iter()
+                    .filter(|h| h.0 == action.channel && h.1 > now - per)
+                    .count()
+                    >= *count as usize
         });
         if let Some((ch, count, per)) = hit.cloned() {
             if hist.is_empty() {
                 self.st.history.remove(&inst.person);
             }
             self.st.journeys[j].stats.steps[s as usize].capped += 1;
-            props.insert("cap".into(), json!(format!("{count} per {}", human_ms(per))));
+            props.insert(
+                "cap".into(),
+                json!(format!("{count} per {}", human_ms(per))),
+            );
             props.insert("cap_channel".into(), json!(ch));
             let mid = format!("tl-{}-capped", &key_id(&key)[4..]);
             self.record(&inst.person, "Message Capped", mid, now, props, fx);
@@ -1190,20 +1320,34 @@ impl Machine {
         fx.push(Effect::Deliver(delivery));
     }
 
-    fn delivered(&mut self, key: &str, attempt: u32, outcome: Outcome, now: Millis, fx: &mut Vec<Effect>) {
-        let Some(f) = self.st.in_flight.get(key) else { return };
+    fn delivered(
+        &mut self,
+        key: &str,
+        attempt: u32,
+        outcome: Outcome,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(f) = self.st.in_flight.get(key) else {
+            return;
+        };
         if f.attempt != attempt {
             return;
         }
         let f = f.clone();
         let inst = self.st.instances.get(&f.instance).cloned();
         let journey_idx = self.by_name.get(&f.delivery.journey).copied();
-        let step_idx = journey_idx.and_then(|j| self.compiled[j as usize].step_index(&f.delivery.step));
-        let action = journey_idx.zip(step_idx).and_then(|(j, s)| match &self.compiled[j as usize].steps[s].kind {
-            StepKind::Action { action, next } => Some((action.clone(), *next)),
-            _ => None,
+        let step_idx =
+            journey_idx.and_then(|j| self.compiled[j as usize].step_index(&f.delivery.step));
+        let action = journey_idx.zip(step_idx).and_then(|(j, s)| {
+            match &self.compiled[j as usize].steps[s].kind {
+                StepKind::Action { action, next } => Some((action.clone(), *next)),
+                _ => None,
+            }
         });
-        let (ok_name, fail_name) = action.as_ref().map_or(("Message Sent", "Message Failed"), |a| a.0.event_names());
+        let (ok_name, fail_name) = action
+            .as_ref()
+            .map_or(("Message Sent", "Message Failed"), |a| a.0.event_names());
         let mut props = Map::new();
         props.insert("journey".into(), json!(f.delivery.journey));
         props.insert("step".into(), json!(f.delivery.step));
@@ -1214,9 +1358,12 @@ impl Machine {
         props.insert("attempts".into(), json!(attempt));
         let at = journey_idx.zip(step_idx);
         match outcome {
-            Outcome::Failed { retryable: true, .. }
-                if (attempt as usize) <= self.policy.retry_ms.len()
-                    && inst.as_ref().is_some_and(|i| matches!(&i.at, At::Deliver { key: k } if k == key)) =>
+            Outcome::Failed {
+                retryable: true, ..
+            } if (attempt as usize) <= self.policy.retry_ms.len()
+                && inst
+                    .as_ref()
+                    .is_some_and(|i| matches!(&i.at, At::Deliver { key: k } if k == key)) =>
             {
                 let delay = self.policy.retry_ms[attempt as usize - 1];
                 if let Some(st) = self.step_stats(at) {
@@ -1241,7 +1388,14 @@ impl Machine {
                 props.insert("error".into(), json!(error));
                 let mid = format!("tl-{}-failed", &f.delivery.id[4..]);
                 self.record(&f.delivery.person, fail_name, mid, now, props, fx);
-                self.after_send(f.instance, key, action.and_then(|a| a.1), now, &f.delivery.facts, fx);
+                self.after_send(
+                    f.instance,
+                    key,
+                    action.and_then(|a| a.1),
+                    now,
+                    &f.delivery.facts,
+                    fx,
+                );
             }
             Outcome::Delivered { detail } => {
                 self.st.in_flight.remove(key);
@@ -1256,7 +1410,14 @@ impl Machine {
                 }
                 let mid = format!("tl-{}-sent", &f.delivery.id[4..]);
                 self.record(&f.delivery.person, ok_name, mid, now, props, fx);
-                self.after_send(f.instance, key, action.and_then(|a| a.1), now, &f.delivery.facts, fx);
+                self.after_send(
+                    f.instance,
+                    key,
+                    action.and_then(|a| a.1),
+                    now,
+                    &f.delivery.facts,
+                    fx,
+                );
             }
         }
     }
@@ -1265,8 +1426,18 @@ impl Machine {
         at.map(|(j, s)| &mut self.st.journeys[j as usize].stats.steps[s])
     }
 
-    fn after_send(&mut self, id: u64, key: &str, next: Next, now: Millis, facts: &Facts, fx: &mut Vec<Effect>) {
-        let Some(i) = self.st.instances.get(&id) else { return };
+    fn after_send(
+        &mut self,
+        id: u64,
+        key: &str,
+        next: Next,
+        now: Millis,
+        facts: &Facts,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(i) = self.st.instances.get(&id) else {
+            return;
+        };
         if !matches!(&i.at, At::Deliver { key: k } if k == key) {
             return;
         }

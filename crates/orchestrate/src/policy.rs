@@ -60,7 +60,9 @@ fn suppress_on_default() -> Vec<String> {
 }
 
 fn retry_default() -> Vec<String> {
-    ["10s", "1m", "5m", "30m", "2h", "8h"].map(String::from).to_vec()
+    ["10s", "1m", "5m", "30m", "2h", "8h"]
+        .map(String::from)
+        .to_vec()
 }
 
 impl Default for Policy {
@@ -95,7 +97,9 @@ impl Policy {
             let ms = throughline_query::parse_duration(&c.per)
                 .map_err(|e| format!("caps[{i}].per: {e}"))?;
             if c.channel.is_empty() {
-                return Err(format!("caps[{i}].channel: name a channel (email, webhook, sms...)"));
+                return Err(format!(
+                    "caps[{i}].channel: name a channel (email, webhook, sms...)"
+                ));
             }
             caps.push((c.channel.clone(), c.count, ms));
         }
@@ -103,7 +107,8 @@ impl Policy {
             None => None,
             Some(q) => {
                 let w = Window {
-                    start: quiet::parse_time(&q.start).map_err(|e| format!("quiet_hours.start: {e}"))?,
+                    start: quiet::parse_time(&q.start)
+                        .map_err(|e| format!("quiet_hours.start: {e}"))?,
                     end: quiet::parse_time(&q.end).map_err(|e| format!("quiet_hours.end: {e}"))?,
                 };
                 let tz = quiet::parse_tz(&q.default_timezone).ok_or_else(|| {
@@ -122,7 +127,9 @@ impl Policy {
             .retry
             .iter()
             .enumerate()
-            .map(|(i, r)| throughline_query::parse_duration(r).map_err(|e| format!("retry[{i}]: {e}")))
+            .map(|(i, r)| {
+                throughline_query::parse_duration(r).map_err(|e| format!("retry[{i}]: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let history_ms = caps.iter().map(|c| c.2).max().unwrap_or(0);
         Ok(Compiled {

@@ -66,11 +66,14 @@ fn first_instant_at_or_after(tz: Tz, date: NaiveDate, time: NaiveTime) -> Millis
             chrono::LocalResult::Ambiguous(a, _) => return a.timestamp_millis(),
             chrono::LocalResult::None => {
                 // Inside a gap: step a minute forward, to the minute.
-                naive = (naive + Duration::minutes(1)).with_second(0).unwrap_or(naive);
+                naive = (naive + Duration::minutes(1))
+                    .with_second(0)
+                    .unwrap_or(naive);
             }
         }
     }
-    Utc.from_utc_datetime(&date.and_time(time)).timestamp_millis()
+    Utc.from_utc_datetime(&date.and_time(time))
+        .timestamp_millis()
 }
 
 #[cfg(test)]
@@ -78,11 +81,15 @@ mod tests {
     use super::*;
 
     fn ms(s: &str) -> Millis {
-        chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .timestamp_millis()
     }
 
     fn iso(m: Millis) -> String {
-        Utc.timestamp_millis_opt(m).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        Utc.timestamp_millis_opt(m)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 
     #[test]
@@ -94,25 +101,43 @@ mod tests {
         let ny: Tz = "America/New_York".parse().unwrap();
         let tokyo: Tz = "Asia/Tokyo".parse().unwrap();
         // 03:00 UTC is 22:00 in New York (EST, UTC-5): wait for 08:00 EST = 13:00 UTC.
-        assert_eq!(iso(w.next_allowed(ms("2026-01-15T03:00:00Z"), ny)), "2026-01-15T13:00:00Z");
+        assert_eq!(
+            iso(w.next_allowed(ms("2026-01-15T03:00:00Z"), ny)),
+            "2026-01-15T13:00:00Z"
+        );
         // ... and 12:00 in Tokyo: send now.
-        assert_eq!(w.next_allowed(ms("2026-01-15T03:00:00Z"), tokyo), ms("2026-01-15T03:00:00Z"));
+        assert_eq!(
+            w.next_allowed(ms("2026-01-15T03:00:00Z"), tokyo),
+            ms("2026-01-15T03:00:00Z")
+        );
         // US DST starts 2026-03-08 at 02:00 EST: the night before, 08:00 EDT is 12:00 UTC.
-        assert_eq!(iso(w.next_allowed(ms("2026-03-08T04:00:00Z"), ny)), "2026-03-08T12:00:00Z");
+        assert_eq!(
+            iso(w.next_allowed(ms("2026-03-08T04:00:00Z"), ny)),
+            "2026-03-08T12:00:00Z"
+        );
         // It ends 2026-11-01: 08:00 EST is 13:00 UTC again.
-        assert_eq!(iso(w.next_allowed(ms("2026-11-01T04:00:00Z"), ny)), "2026-11-01T13:00:00Z");
+        assert_eq!(
+            iso(w.next_allowed(ms("2026-11-01T04:00:00Z"), ny)),
+            "2026-11-01T13:00:00Z"
+        );
         // A window ending inside the gap (02:30 does not exist that night) opens at 03:00 EDT.
         let gap = Window {
             start: parse_time("01:00").unwrap(),
             end: parse_time("02:30").unwrap(),
         };
-        assert_eq!(iso(gap.next_allowed(ms("2026-03-08T06:30:00Z"), ny)), "2026-03-08T07:00:00Z");
+        assert_eq!(
+            iso(gap.next_allowed(ms("2026-03-08T06:30:00Z"), ny)),
+            "2026-03-08T07:00:00Z"
+        );
         // Outside the window nothing waits; a same-day window works too.
         let lunch = Window {
             start: parse_time("12:00").unwrap(),
             end: parse_time("13:00").unwrap(),
         };
-        assert_eq!(iso(lunch.next_allowed(ms("2026-01-15T12:30:00Z"), Tz::UTC)), "2026-01-15T13:00:00Z");
+        assert_eq!(
+            iso(lunch.next_allowed(ms("2026-01-15T12:30:00Z"), Tz::UTC)),
+            "2026-01-15T13:00:00Z"
+        );
         assert!(!lunch.contains(ms("2026-01-15T13:00:00Z"), Tz::UTC));
     }
 }

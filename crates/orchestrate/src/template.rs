@@ -53,7 +53,10 @@ pub fn check(text: &str, kind: Kind) -> Result<(), String> {
 
 fn describe(e: &minijinja::Error) -> String {
     match e.line() {
-        Some(l) => format!("template error on line {l}: {}", e.detail().unwrap_or(&e.to_string())),
+        Some(l) => format!(
+            "template error on line {l}: {}",
+            e.detail().unwrap_or(&e.to_string())
+        ),
         None => format!("template error: {}", e.detail().unwrap_or(&e.to_string())),
     }
 }
@@ -66,7 +69,10 @@ pub fn trait_keys(text: &str) -> HashSet<String> {
     };
     t.undeclared_variables(true)
         .into_iter()
-        .filter_map(|v| v.strip_prefix("traits.").map(|k| k.split('.').next().unwrap_or(k).to_string()))
+        .filter_map(|v| {
+            v.strip_prefix("traits.")
+                .map(|k| k.split('.').next().unwrap_or(k).to_string())
+        })
         .collect()
 }
 
@@ -76,7 +82,9 @@ pub fn render(text: &str, kind: Kind, ctx: &Value) -> Result<String, String> {
     let t = env.template_from_str(text).map_err(|e| describe(&e))?;
     let out = t.render(ctx).map_err(|e| describe(&e))?;
     if out.len() > RENDERED_BYTES_MAX {
-        return Err(format!("the rendered template is longer than {RENDERED_BYTES_MAX} bytes"));
+        return Err(format!(
+            "the rendered template is longer than {RENDERED_BYTES_MAX} bytes"
+        ));
     }
     Ok(out)
 }
@@ -147,7 +155,11 @@ pub struct Rewritten {
 }
 
 /// Rewrites the `href` links of an HTML body.
-pub fn rewrite_html(html: &str, utm: &Utm, track: &mut dyn FnMut(&str) -> Option<String>) -> Rewritten {
+pub fn rewrite_html(
+    html: &str,
+    utm: &Utm,
+    track: &mut dyn FnMut(&str) -> Option<String>,
+) -> Rewritten {
     let mut out = Rewritten::default();
     let mut rest = html;
     let mut text = String::with_capacity(html.len() + 256);
@@ -223,7 +235,11 @@ fn find_href(s: &str) -> Option<Href> {
 }
 
 /// Rewrites the bare `http(s)://` URLs of a text body.
-pub fn rewrite_text(text: &str, utm: &Utm, track: &mut dyn FnMut(&str) -> Option<String>) -> Rewritten {
+pub fn rewrite_text(
+    text: &str,
+    utm: &Utm,
+    track: &mut dyn FnMut(&str) -> Option<String>,
+) -> Rewritten {
     let mut out = Rewritten::default();
     let mut result = String::with_capacity(text.len() + 256);
     let mut rest = text;
@@ -242,7 +258,12 @@ pub fn rewrite_text(text: &str, utm: &Utm, track: &mut dyn FnMut(&str) -> Option
             .find(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"' | '\'' | ')' | ']'))
             .unwrap_or(tail.len());
         // A sentence's full stop or comma is no part of the URL.
-        while end > 0 && matches!(tail.as_bytes()[end - 1], b'.' | b',' | b';' | b':' | b'!' | b'?') {
+        while end > 0
+            && matches!(
+                tail.as_bytes()[end - 1],
+                b'.' | b',' | b';' | b':' | b'!' | b'?'
+            )
+        {
             end -= 1;
         }
         let url = &tail[..end];
@@ -326,16 +347,33 @@ mod tests {
             render("Hi {{ traits.name }}", Kind::Html, &ctx).unwrap(),
             "Hi &lt;b&gt;Ann &amp; &quot;Bo&quot;&lt;&#x2f;b&gt;"
         );
-        assert_eq!(render("Hi {{ traits.name }}", Kind::Text, &ctx).unwrap(), "Hi <b>Ann & \"Bo\"</b>");
-        let body = render("{\"name\": {{ traits.name }}, \"x\": {{ traits.missing }}}", Kind::Json, &ctx).unwrap();
+        assert_eq!(
+            render("Hi {{ traits.name }}", Kind::Text, &ctx).unwrap(),
+            "Hi <b>Ann & \"Bo\"</b>"
+        );
+        let body = render(
+            "{\"name\": {{ traits.name }}, \"x\": {{ traits.missing }}}",
+            Kind::Json,
+            &ctx,
+        )
+        .unwrap();
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["name"], "<b>Ann & \"Bo\"</b>");
         // Missing values render empty rather than failing the send.
-        assert_eq!(render("[{{ traits.nope }}]", Kind::Text, &ctx).unwrap(), "[]");
-        assert!(check("{% if %}", Kind::Html).unwrap_err().contains("line 1"));
         assert_eq!(
-            trait_keys("{{ traits.first_name }} {{ event.x }} {% if traits.plan == 'pro' %}{% endif %}"),
-            ["first_name".to_string(), "plan".to_string()].into_iter().collect()
+            render("[{{ traits.nope }}]", Kind::Text, &ctx).unwrap(),
+            "[]"
+        );
+        assert!(check("{% if %}", Kind::Html)
+            .unwrap_err()
+            .contains("line 1"));
+        assert_eq!(
+            trait_keys(
+                "{{ traits.first_name }} {{ event.x }} {% if traits.plan == 'pro' %}{% endif %}"
+            ),
+            ["first_name".to_string(), "plan".to_string()]
+                .into_iter()
+                .collect()
         );
     }
 
@@ -345,7 +383,8 @@ mod tests {
         let mut seen = Vec::new();
         let r = rewrite_html(html, &utm(), &mut |u| {
             seen.push(u.to_string());
-            u.starts_with("https://shop.example/").then(|| format!("https://t.example/r/{}", seen.len()))
+            u.starts_with("https://shop.example/")
+                .then(|| format!("https://t.example/r/{}", seen.len()))
         });
         assert_eq!(
             seen,
@@ -356,12 +395,21 @@ mod tests {
         );
         assert_eq!(r.tracked, 1);
         assert_eq!(r.untracked, ["https://evil.example/"]);
-        assert!(r.text.starts_with(r#"<a class="x" href="https://t.example/r/1">A</a>"#), "{}", r.text);
-        assert!(r.text.contains("href=\"mailto:x@y\"") && r.text.contains("data-href=\"https://no\""));
+        assert!(
+            r.text
+                .starts_with(r#"<a class="x" href="https://t.example/r/1">A</a>"#),
+            "{}",
+            r.text
+        );
+        assert!(
+            r.text.contains("href=\"mailto:x@y\"") && r.text.contains("data-href=\"https://no\"")
+        );
 
-        let t = rewrite_text("See https://shop.example/a?utm_source=news. Or (https://shop.example/b)", &utm(), &mut |u| {
-            Some(format!("<{u}>"))
-        });
+        let t = rewrite_text(
+            "See https://shop.example/a?utm_source=news. Or (https://shop.example/b)",
+            &utm(),
+            &mut |u| Some(format!("<{u}>")),
+        );
         assert_eq!(
             t.text,
             "See <https://shop.example/a?utm_source=news&utm_medium=email&utm_campaign=welcome&utm_content=welcome/hello/a>. Or (<https://shop.example/b?utm_source=throughline&utm_medium=email&utm_campaign=welcome&utm_content=welcome/hello/a>)"

@@ -19,7 +19,9 @@ pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
         .decode(b64)
         .map_err(|_| "the part after whsec_ is not base64".to_string())?;
     if key.len() < SECRET_BYTES_MIN {
-        return Err(format!("the secret must have at least {SECRET_BYTES_MIN} bytes"));
+        return Err(format!(
+            "the secret must have at least {SECRET_BYTES_MIN} bytes"
+        ));
     }
     Ok(key)
 }

@@ -144,9 +144,21 @@ text = "Come back"
 fn policy() -> Policy {
     Policy {
         caps: vec![
-            Cap { channel: "email".into(), count: 1, per: "1d".into() },
-            Cap { channel: "email".into(), count: 3, per: "7d".into() },
-            Cap { channel: "sms".into(), count: 1, per: "2d".into() },
+            Cap {
+                channel: "email".into(),
+                count: 1,
+                per: "1d".into(),
+            },
+            Cap {
+                channel: "email".into(),
+                count: 3,
+                per: "7d".into(),
+            },
+            Cap {
+                channel: "sms".into(),
+                count: 1,
+                per: "2d".into(),
+            },
         ],
         quiet_hours: Some(QuietHours {
             start: "21:00".into(),
@@ -186,9 +198,13 @@ impl World {
             .map(|n| {
                 let mut f = Facts::default();
                 f.ids = vec![format!("p{n}"), format!("p{n}@example.com")];
-                f.traits.insert("email".into(), json!(format!("p{n}@example.com")));
+                f.traits
+                    .insert("email".into(), json!(format!("p{n}@example.com")));
                 f.traits.insert("first_name".into(), json!(format!("P{n}")));
-                f.traits.insert("timezone".into(), json!(TZS[rng.below(TZS.len() as u64) as usize]));
+                f.traits.insert(
+                    "timezone".into(),
+                    json!(TZS[rng.below(TZS.len() as u64) as usize]),
+                );
                 f
             })
             .collect();
@@ -235,9 +251,11 @@ impl World {
             match e {
                 Effect::Deliver(d) => {
                     let person = self.person_of(&d.key);
-                    self.dispatched
-                        .entry(d.key.clone())
-                        .or_insert((format!("p{person}"), d.channel.clone(), self.now));
+                    self.dispatched.entry(d.key.clone()).or_insert((
+                        format!("p{person}"),
+                        d.channel.clone(),
+                        self.now,
+                    ));
                     self.wire.push(d);
                 }
                 Effect::Record(r) => self.unacked.push(r.seq),
@@ -264,7 +282,9 @@ impl World {
         // Now and then the same event arrives twice (an SDK retry).
         let dup = self.rng.chance(5);
         if name == "Unsubscribed" {
-            self.suppressed_at.entry(format!("p{person}")).or_insert(self.now);
+            self.suppressed_at
+                .entry(format!("p{person}"))
+                .or_insert(self.now);
         }
         e.properties.insert("n".into(), json!(self.event_seq));
         let input = Input::Event {
@@ -307,20 +327,33 @@ impl World {
             if reached {
                 *self.raw.entry(d.id.clone()).or_default() += 1;
                 let person = self.person_of(&d.key);
-                self.acted
-                    .entry(d.id.clone())
-                    .or_insert((format!("p{person}"), d.channel.clone(), self.now));
+                self.acted.entry(d.id.clone()).or_insert((
+                    format!("p{person}"),
+                    d.channel.clone(),
+                    self.now,
+                ));
             }
             let outcome = if roll < 75 {
-                Outcome::Delivered { detail: "202".into() }
+                Outcome::Delivered {
+                    detail: "202".into(),
+                }
             } else if roll < 85 {
                 // Acted on, but the answer was lost: the sender sees a timeout.
                 self.excused.insert(d.id.clone());
-                Outcome::Failed { retryable: true, error: "timeout".into() }
+                Outcome::Failed {
+                    retryable: true,
+                    error: "timeout".into(),
+                }
             } else if roll < 97 {
-                Outcome::Failed { retryable: true, error: "503".into() }
+                Outcome::Failed {
+                    retryable: true,
+                    error: "503".into(),
+                }
             } else {
-                Outcome::Failed { retryable: false, error: "410".into() }
+                Outcome::Failed {
+                    retryable: false,
+                    error: "410".into(),
+                }
             };
             results.push(Input::Delivered {
                 key: d.key,
@@ -335,7 +368,10 @@ impl World {
             let ids: Vec<String> = results
                 .iter()
                 .filter_map(|r| match r {
-                    Input::Delivered { key, .. } => Some(format!("msg_{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes()))),
+                    Input::Delivered { key, .. } => Some(format!(
+                        "msg_{:032x}",
+                        xxhash_rust::xxh3::xxh3_128(key.as_bytes())
+                    )),
                     _ => None,
                 })
                 .collect();
@@ -369,9 +405,11 @@ impl World {
             if self.rng.chance(50) {
                 *self.raw.entry(d.id.clone()).or_default() += 1;
                 let person = self.person_of(&d.key);
-                self.acted
-                    .entry(d.id.clone())
-                    .or_insert((format!("p{person}"), d.channel.clone(), self.now));
+                self.acted.entry(d.id.clone()).or_insert((
+                    format!("p{person}"),
+                    d.channel.clone(),
+                    self.now,
+                ));
             }
         }
         self.unacked.clear();
@@ -382,7 +420,11 @@ impl World {
         let entries = journal.durable.clone();
         let driver = Driver::recover(self.snapshot.clone(), entries, journal).expect("recovery");
         if clean_commit || durable_seq == self.driver.seq {
-            assert_eq!(driver.machine.state(), &before, "replay must rebuild the state exactly");
+            assert_eq!(
+                driver.machine.state(),
+                &before,
+                "replay must rebuild the state exactly"
+            );
         }
         self.driver = driver;
         let owed = self.driver.machine.pending();
@@ -428,22 +470,35 @@ impl World {
             self.now += 6 * H;
             self.tick_all();
             let m = &self.driver.machine;
-            if m.instance_count() == 0 && m.in_flight_count() == 0 && self.wire.is_empty() && m.outbox_len() == 0 {
+            if m.instance_count() == 0
+                && m.in_flight_count() == 0
+                && self.wire.is_empty()
+                && m.outbox_len() == 0
+            {
                 return;
             }
         }
-        panic!("journeys did not finish: {} persons, {} in flight", self.driver.machine.instance_count(), self.driver.machine.in_flight_count());
+        panic!(
+            "journeys did not finish: {} persons, {} in flight",
+            self.driver.machine.instance_count(),
+            self.driver.machine.in_flight_count()
+        );
     }
 
     fn check(&self, seed: u64) {
         // Acted on once each; raw repeats only where excused.
         for (id, &n) in &self.raw {
-            assert!(n == 1 || self.excused.contains(id), "seed {seed}: {id} delivered {n} times without a crash or lost answer");
+            assert!(
+                n == 1 || self.excused.contains(id),
+                "seed {seed}: {id} delivered {n} times without a crash or lost answer"
+            );
         }
         // Caps over the times the machine decided to send.
         let mut by: HashMap<(String, String), Vec<Millis>> = HashMap::new();
         for (person, channel, t) in self.dispatched.values() {
-            by.entry((person.clone(), channel.clone())).or_default().push(*t);
+            by.entry((person.clone(), channel.clone()))
+                .or_default()
+                .push(*t);
         }
         for ((person, channel), mut times) in by {
             times.sort_unstable();
@@ -454,17 +509,30 @@ impl World {
                 let per = throughline_query::parse_duration(&cap.per).unwrap();
                 for (i, &t) in times.iter().enumerate() {
                     let within = times[..=i].iter().filter(|&&s| s > t - per).count();
-                    assert!(within <= cap.count as usize, "seed {seed}: {person} got {within} {channel} within {} at {t}", cap.per);
+                    assert!(
+                        within <= cap.count as usize,
+                        "seed {seed}: {person} got {within} {channel} within {} at {t}",
+                        cap.per
+                    );
                 }
             }
             // Quiet hours in the person's timezone; nothing after suppression.
             let n: usize = person[1..].parse().unwrap();
             let tz = parse_tz(self.persons[n].traits["timezone"].as_str().unwrap()).unwrap();
-            let w = Window { start: parse_time("21:00").unwrap(), end: parse_time("08:00").unwrap() };
+            let w = Window {
+                start: parse_time("21:00").unwrap(),
+                end: parse_time("08:00").unwrap(),
+            };
             for &t in &times {
-                assert!(!w.contains(t, tz), "seed {seed}: {person} ({tz}) got {channel} at {t}, in quiet hours");
+                assert!(
+                    !w.contains(t, tz),
+                    "seed {seed}: {person} ({tz}) got {channel} at {t}, in quiet hours"
+                );
                 if let Some(&s) = self.suppressed_at.get(&person) {
-                    assert!(t <= s, "seed {seed}: {person} got {channel} at {t} after unsubscribing at {s}");
+                    assert!(
+                        t <= s,
+                        "seed {seed}: {person} got {channel} at {t} after unsubscribing at {s}"
+                    );
                 }
             }
         }
@@ -475,18 +543,33 @@ impl World {
             for (si, s) in j.steps.iter().enumerate() {
                 let st = &js.stats.steps[si];
                 if let throughline_orchestrate::journey::StepKind::Action { .. } = s.kind {
-                    assert_eq!(st.sends, st.delivered + st.failed, "seed {seed}: {}/{} sends unresolved", j.name, s.id);
+                    assert_eq!(
+                        st.sends,
+                        st.delivered + st.failed,
+                        "seed {seed}: {}/{} sends unresolved",
+                        j.name,
+                        s.id
+                    );
                     // Arrivals end in a send, a cap or a suppression, or the person reached
                     // the goal while the send waited for quiet hours to end.
                     let ended = st.sends + st.capped + st.suppressed;
-                    assert!(st.reached >= ended && st.reached - ended <= st.goal_exits, "seed {seed}: {}/{} arrivals unaccounted: {st:?}", j.name, s.id);
+                    assert!(
+                        st.reached >= ended && st.reached - ended <= st.goal_exits,
+                        "seed {seed}: {}/{} arrivals unaccounted: {st:?}",
+                        j.name,
+                        s.id
+                    );
                     delivered += st.delivered;
                 }
             }
         }
         // What the machine counts as delivered, the receiver acted on (plus those whose
         // answer was lost and whose retries then failed for good).
-        assert!(self.acted.len() as u64 >= delivered, "seed {seed}: receiver acted on {} < {delivered} delivered", self.acted.len());
+        assert!(
+            self.acted.len() as u64 >= delivered,
+            "seed {seed}: receiver acted on {} < {delivered} delivered",
+            self.acted.len()
+        );
         assert!(m.pending().is_empty(), "seed {seed}: effects still owed");
     }
 }
@@ -522,7 +605,10 @@ fn random_runs_with_crashes_keep_every_invariant() {
         }
     }
     // The runs did exercise what they check.
-    assert!(crashes > 50 && acted > 200 && repeats > 0, "crashes {crashes}, acted {acted}, raw repeats {repeats}");
+    assert!(
+        crashes > 50 && acted > 200 && repeats > 0,
+        "crashes {crashes}, acted {acted}, raw repeats {repeats}"
+    );
     eprintln!("simulated {crashes} crashes, {acted} keys acted on, {repeats} raw re-deliveries");
 }
 

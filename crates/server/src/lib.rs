@@ -9,6 +9,7 @@ mod ingest;
 mod metrics;
 pub mod orchestrate;
 mod query;
+mod survey;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,7 +55,10 @@ impl AppState {
     /// Starts the journeys' runtime over this state's store (once).
     pub fn start_orchestrator(&self) -> Result<(), orchestrate::RuntimeError> {
         if self.config.orchestrate.enabled && self.orchestrator.get().is_none() {
-            let o = orchestrate::Orchestrator::start(self.store.clone(), self.config.orchestrate.clone())?;
+            let o = orchestrate::Orchestrator::start(
+                self.store.clone(),
+                self.config.orchestrate.clone(),
+            )?;
             let _ = self.orchestrator.set(o);
         }
         Ok(())
@@ -97,6 +101,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/projects/{project}/persons/{id}",
             get(query::person),
         )
+        .route("/s/{token}", get(survey::show).post(survey::answer))
         .merge(journey_routes())
         .fallback(not_found)
         .with_state(state)
@@ -106,17 +111,38 @@ pub fn router(state: Arc<AppState>) -> Router {
 fn journey_routes() -> Router<Arc<AppState>> {
     use orchestrate::{api, links};
     Router::new()
-        .route("/api/v1/projects/{project}/journeys", get(api::list_journeys).post(api::create))
-        .route("/api/v1/projects/{project}/journeys/validate", post(api::validate))
-        .route("/api/v1/projects/{project}/journeys/backtest", post(api::run_backtest))
+        .route(
+            "/api/v1/projects/{project}/journeys",
+            get(api::list_journeys).post(api::create),
+        )
+        .route(
+            "/api/v1/projects/{project}/journeys/validate",
+            post(api::validate),
+        )
+        .route(
+            "/api/v1/projects/{project}/journeys/backtest",
+            post(api::run_backtest),
+        )
         .route("/api/v1/projects/{project}/journeys/{name}", get(api::show))
-        .route("/api/v1/projects/{project}/journeys/{name}/persons", get(api::persons_at))
-        .route("/api/v1/projects/{project}/journeys/{name}/{action}", post(api::set_status))
-        .route("/api/v1/projects/{project}/suppressions", get(api::suppressions).post(api::suppress))
+        .route(
+            "/api/v1/projects/{project}/journeys/{name}/persons",
+            get(api::persons_at),
+        )
+        .route(
+            "/api/v1/projects/{project}/journeys/{name}/{action}",
+            post(api::set_status),
+        )
+        .route(
+            "/api/v1/projects/{project}/suppressions",
+            get(api::suppressions).post(api::suppress),
+        )
         .route("/api/v1/admin/clock", get(api::clock).post(api::clock))
         .route("/r/{token}", get(links::click))
         .route("/o/{file}", get(links::pixel))
-        .route("/u/{token}", get(links::unsubscribe_get).post(links::unsubscribe_post))
+        .route(
+            "/u/{token}",
+            get(links::unsubscribe_get).post(links::unsubscribe_post),
+        )
 }
 
 /// The OpenAPI 3.1 document of every endpoint, kept beside the router it describes.
@@ -159,8 +185,8 @@ pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> std::io::Result<
         }
         store.close()
     })
-        .await
-        .ok();
+    .await
+    .ok();
     Ok(())
 }
 

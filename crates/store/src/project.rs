@@ -412,7 +412,9 @@ impl ProjectStore {
             .map(|(ti, idx)| {
                 (
                     tails[ti].clone(),
-                    idx.into_iter().map(|i| (i, events[i].payload.clone())).collect(),
+                    idx.into_iter()
+                        .map(|i| (i, events[i].payload.clone()))
+                        .collect(),
                 )
             })
             .collect();

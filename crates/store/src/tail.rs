@@ -68,7 +68,12 @@ impl Tail {
     pub fn poll(&self, max: usize, wait: Duration) -> Vec<Vec<u8>> {
         let mut q = self.inner.queue.lock().expect("tail queue");
         if q.is_empty() && !wait.is_zero() {
-            q = self.inner.ready.wait_timeout(q, wait).expect("tail queue").0;
+            q = self
+                .inner
+                .ready
+                .wait_timeout(q, wait)
+                .expect("tail queue")
+                .0;
         }
         let n = q.len().min(max);
         q.drain(..n).collect()

@@ -330,10 +330,14 @@ fn a_tail_sees_wanted_stored_events_once_in_commit_order_and_is_bounded() {
     let p = ProjectStore::open("p", dir.path(), options()).unwrap();
     // Only identify events (no name) and tracks named like `Crash`: none here.
     let tail = p.tail(
-        std::sync::Arc::new(|kind, name: Option<&str>| kind == EventType::Identify.code() || name == Some("x")),
+        std::sync::Arc::new(|kind, name: Option<&str>| {
+            kind == EventType::Identify.code() || name == Some("x")
+        }),
         3,
     );
-    let evs: Vec<Event> = (0..4).map(|i| event(i, i, i, 1000 + i as i64, i % 2 == 0)).collect();
+    let evs: Vec<Event> = (0..4)
+        .map(|i| event(i, i, i, 1000 + i as i64, i % 2 == 0))
+        .collect();
     p.append(encode(&evs)).unwrap();
     // Duplicates are stored once and not tailed again.
     p.append(encode(&evs)).unwrap();
@@ -350,7 +354,9 @@ fn a_tail_sees_wanted_stored_events_once_in_commit_order_and_is_bounded() {
     assert_eq!(ids, want);
     assert!(!tail.take_lagged());
     // Past its bound the tail drops and says so.
-    let more: Vec<Event> = (10..20).map(|i| event(i, i, i, 2000 + i as i64, true)).collect();
+    let more: Vec<Event> = (10..20)
+        .map(|i| event(i, i, i, 2000 + i as i64, true))
+        .collect();
     p.append(encode(&more)).unwrap();
     assert_eq!(tail.poll(100, std::time::Duration::ZERO).len(), 3);
     assert!(tail.take_lagged());

@@ -71,7 +71,9 @@ fn records(fx: &[Effect]) -> Vec<String> {
 }
 
 fn ok() -> Outcome {
-    Outcome::Delivered { detail: String::new() }
+    Outcome::Delivered {
+        detail: String::new(),
+    }
 }
 
 const DRIP: &str = r#"
@@ -107,14 +109,31 @@ fn a_person_goes_through_waits_and_sends_once_each() {
     // A second trigger while in the journey, and the same event again, enter nobody.
     assert!(deliveries(&m.step(event("ann", "Signed Up", T0 + 1, &f), T0 + 1)).is_empty());
     assert!(deliveries(&m.step(event("ann", "Signed Up", T0, &f), T0 + 2)).is_empty());
-    let fx = m.step(Input::Delivered { key: d[0].key.clone(), attempt: 1, outcome: ok() }, T0 + 10);
+    let fx = m.step(
+        Input::Delivered {
+            key: d[0].key.clone(),
+            attempt: 1,
+            outcome: ok(),
+        },
+        T0 + 10,
+    );
     assert_eq!(records(&fx), ["Email Sent"]);
     assert_eq!(m.at_steps("drip").unwrap(), [0, 1, 0]);
     // Nothing before the wait is over; the reminder right after.
     assert!(tick(&mut m, T0 + 2 * D - 1, &f).is_empty());
     let d = deliveries(&tick(&mut m, T0 + 2 * D + 10, &f));
-    assert_eq!(d.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(), ["drip/ann/reminder/1"]);
-    m.step(Input::Delivered { key: d[0].key.clone(), attempt: 1, outcome: ok() }, T0 + 2 * D + 20);
+    assert_eq!(
+        d.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
+        ["drip/ann/reminder/1"]
+    );
+    m.step(
+        Input::Delivered {
+            key: d[0].key.clone(),
+            attempt: 1,
+            outcome: ok(),
+        },
+        T0 + 2 * D + 20,
+    );
     // Past the last step the person is watched for the goal, which converts them.
     assert_eq!(m.persons_at("drip", None, 10).len(), 1);
     let fx = m.step(event("ann", "Order Completed", T0 + 3 * D, &f), T0 + 3 * D);
@@ -131,15 +150,50 @@ fn failed_deliveries_are_retried_with_backoff_then_recorded() {
     let f = facts(None);
     let mut m = machine(&[DRIP], Policy::default());
     let d = deliveries(&m.step(event("bo", "Signed Up", T0, &f), T0)).remove(0);
-    let fail = |retryable| Outcome::Failed { retryable, error: "503".into() };
-    assert!(m.step(Input::Delivered { key: d.key.clone(), attempt: 1, outcome: fail(true) }, T0).is_empty());
+    let fail = |retryable| Outcome::Failed {
+        retryable,
+        error: "503".into(),
+    };
+    assert!(m
+        .step(
+            Input::Delivered {
+                key: d.key.clone(),
+                attempt: 1,
+                outcome: fail(true)
+            },
+            T0
+        )
+        .is_empty());
     // The first retry comes 10 s later with the same key and the next attempt number.
     assert!(tick(&mut m, T0 + 9_999, &f).is_empty());
     let again = deliveries(&tick(&mut m, T0 + 10_000, &f));
-    assert_eq!((again[0].key.as_str(), again[0].attempt, again[0].id.as_str()), (d.key.as_str(), 2, d.id.as_str()));
+    assert_eq!(
+        (
+            again[0].key.as_str(),
+            again[0].attempt,
+            again[0].id.as_str()
+        ),
+        (d.key.as_str(), 2, d.id.as_str())
+    );
     // A stale outcome of attempt 1 changes nothing; a permanent failure moves on.
-    assert!(m.step(Input::Delivered { key: d.key.clone(), attempt: 1, outcome: ok() }, T0 + 10_001).is_empty());
-    let fx = m.step(Input::Delivered { key: d.key.clone(), attempt: 2, outcome: fail(false) }, T0 + 10_002);
+    assert!(m
+        .step(
+            Input::Delivered {
+                key: d.key.clone(),
+                attempt: 1,
+                outcome: ok()
+            },
+            T0 + 10_001
+        )
+        .is_empty());
+    let fx = m.step(
+        Input::Delivered {
+            key: d.key.clone(),
+            attempt: 2,
+            outcome: fail(false),
+        },
+        T0 + 10_002,
+    );
     assert_eq!(records(&fx), ["Email Failed"]);
     assert_eq!(m.at_steps("drip").unwrap(), [0, 1, 0]);
     assert_eq!(m.in_flight_count(), 0);
@@ -153,8 +207,16 @@ fn three_journeys_compete_for_one_cap_and_priority_decides() {
     let (a, b, c) = (j("low", 1), j("high", 9), j("mid", 5));
     let policy = Policy {
         caps: vec![
-            Cap { channel: "email".into(), count: 1, per: "1d".into() },
-            Cap { channel: "email".into(), count: 2, per: "7d".into() },
+            Cap {
+                channel: "email".into(),
+                count: 1,
+                per: "1d".into(),
+            },
+            Cap {
+                channel: "email".into(),
+                count: 2,
+                per: "7d".into(),
+            },
         ],
         ..Policy::default()
     };
@@ -162,8 +224,17 @@ fn three_journeys_compete_for_one_cap_and_priority_decides() {
     let f = facts(None);
     let fx = m.step(event("cy", "Signed Up", T0, &f), T0);
     let d = deliveries(&fx);
-    assert_eq!(d.iter().map(|d| d.journey.as_str()).collect::<Vec<_>>(), ["high"]);
-    assert_eq!(records(&fx).iter().filter(|r| *r == "Message Capped").count(), 2);
+    assert_eq!(
+        d.iter().map(|d| d.journey.as_str()).collect::<Vec<_>>(),
+        ["high"]
+    );
+    assert_eq!(
+        records(&fx)
+            .iter()
+            .filter(|r| *r == "Message Capped")
+            .count(),
+        2
+    );
     for name in ["low", "mid"] {
         assert_eq!(m.journey(name).unwrap().0.stats.steps[0].capped, 1);
     }
@@ -176,8 +247,16 @@ fn caps_count_across_journeys_over_sliding_windows() {
     };
     let policy = Policy {
         caps: vec![
-            Cap { channel: "email".into(), count: 1, per: "1d".into() },
-            Cap { channel: "email".into(), count: 3, per: "7d".into() },
+            Cap {
+                channel: "email".into(),
+                count: 1,
+                per: "1d".into(),
+            },
+            Cap {
+                channel: "email".into(),
+                count: 3,
+                per: "7d".into(),
+            },
         ],
         ..Policy::default()
     };
@@ -190,13 +269,26 @@ fn caps_count_across_journeys_over_sliding_windows() {
             let now = T0 + day * D + hour * H;
             for d in deliveries(&m.step(event("dee", "Ping", now, &f), now)) {
                 sent.push(now);
-                m.step(Input::Delivered { key: d.key, attempt: 1, outcome: ok() }, now);
+                m.step(
+                    Input::Delivered {
+                        key: d.key,
+                        attempt: 1,
+                        outcome: ok(),
+                    },
+                    now,
+                );
             }
         }
     }
     for (i, &t) in sent.iter().enumerate() {
-        assert!(sent[..i].iter().filter(|&&s| s > t - D).count() < 1, "two within a day at {i}");
-        assert!(sent[..i].iter().filter(|&&s| s > t - 7 * D).count() < 3, "four within a week at {i}");
+        assert!(
+            sent[..i].iter().filter(|&&s| s > t - D).count() < 1,
+            "two within a day at {i}"
+        );
+        assert!(
+            sent[..i].iter().filter(|&&s| s > t - 7 * D).count() < 3,
+            "four within a week at {i}"
+        );
     }
     // Days 0, 1, 2 send; 3..6 are capped by the week; 7, 8, 9 send again.
     assert_eq!(sent.len(), 6, "{sent:?}");
@@ -224,14 +316,23 @@ fn quiet_hours_hold_a_send_until_local_morning() {
     // Tokyo is at noon: sent at once.
     let tokyo = facts(Some("Asia/Tokyo"));
     let next_night = T0 + D + 3 * H;
-    assert_eq!(deliveries(&m.step(event("fu", "Signed Up", next_night, &tokyo), next_night)).len(), 1);
+    assert_eq!(
+        deliveries(&m.step(event("fu", "Signed Up", next_night, &tokyo), next_night)).len(),
+        1
+    );
 }
 
 #[test]
 fn suppressed_persons_get_nothing_and_it_is_recorded() {
     let mut m = machine(&[DRIP], Policy::default());
     let f = facts(None);
-    m.step(Input::Suppress { ids: vec!["ann@example.com".into()], reason: "list".into() }, T0);
+    m.step(
+        Input::Suppress {
+            ids: vec!["ann@example.com".into()],
+            reason: "list".into(),
+        },
+        T0,
+    );
     let fx = m.step(event("gus", "Signed Up", T0, &f), T0);
     assert!(deliveries(&fx).is_empty());
     assert_eq!(records(&fx), ["Journey Entered", "Message Suppressed"]);
@@ -240,7 +341,14 @@ fn suppressed_persons_get_nothing_and_it_is_recorded() {
     g.traits.insert("email".into(), json!("hal@example.com"));
     let d = deliveries(&m.step(event("hal", "Signed Up", T0, &g), T0)).remove(0);
     m.step(event("hal", "Unsubscribed", T0 + 1, &g), T0 + 1);
-    m.step(Input::Delivered { key: d.key, attempt: 1, outcome: ok() }, T0 + 2);
+    m.step(
+        Input::Delivered {
+            key: d.key,
+            attempt: 1,
+            outcome: ok(),
+        },
+        T0 + 2,
+    );
     let fx = tick(&mut m, T0 + 3 * D, &g);
     // Both reminders (gus's and hal's) are suppressed.
     assert!(deliveries(&fx).is_empty());
@@ -252,15 +360,40 @@ fn pause_parks_at_step_boundaries_and_resume_continues() {
     let mut m = machine(&[DRIP], Policy::default());
     let f = facts(None);
     let d = deliveries(&m.step(event("ivy", "Signed Up", T0, &f), T0)).remove(0);
-    m.step(Input::Delivered { key: d.key, attempt: 1, outcome: ok() }, T0);
-    m.step(Input::SetStatus { journey: "drip".into(), status: Status::Paused }, T0 + D);
+    m.step(
+        Input::Delivered {
+            key: d.key,
+            attempt: 1,
+            outcome: ok(),
+        },
+        T0,
+    );
+    m.step(
+        Input::SetStatus {
+            journey: "drip".into(),
+            status: Status::Paused,
+        },
+        T0 + D,
+    );
     // Paused: no entries, and the wait ends into a parked reminder.
     assert!(records(&m.step(event("jo", "Signed Up", T0 + D, &f), T0 + D)).is_empty());
     assert!(deliveries(&tick(&mut m, T0 + 3 * D, &f)).is_empty());
     assert_eq!(m.persons_at("drip", Some(2), 10)[0].at, At::Parked);
-    m.step(Input::SetStatus { journey: "drip".into(), status: Status::Active }, T0 + 4 * D);
+    m.step(
+        Input::SetStatus {
+            journey: "drip".into(),
+            status: Status::Active,
+        },
+        T0 + 4 * D,
+    );
     assert_eq!(deliveries(&tick(&mut m, T0 + 4 * D, &f)).len(), 1);
-    m.step(Input::SetStatus { journey: "drip".into(), status: Status::Archived }, T0 + 5 * D);
+    m.step(
+        Input::SetStatus {
+            journey: "drip".into(),
+            status: Status::Archived,
+        },
+        T0 + 5 * D,
+    );
     assert_eq!(m.instance_count(), 0);
 }
 
@@ -321,7 +454,14 @@ url = "https://hooks.example/x"
                 .into_iter()
                 .map(|p| {
                     let n: usize = p[1..].parse().unwrap();
-                    (p, if n % 2 == 0 { pro.clone() } else { free.clone() })
+                    (
+                        p,
+                        if n % 2 == 0 {
+                            pro.clone()
+                        } else {
+                            free.clone()
+                        },
+                    )
                 })
                 .collect(),
         },
@@ -335,12 +475,17 @@ url = "https://hooks.example/x"
             continue;
         }
         let expect_hook = n % 3 == 0 || n % 2 == 0;
-        let got = inst.first().is_some_and(|i| matches!(i.at, At::Deliver { .. }));
+        let got = inst
+            .first()
+            .is_some_and(|i| matches!(i.at, At::Deliver { .. }));
         assert_eq!(got, expect_hook, "person {p}: {inst:?}");
         hooked += got as usize;
     }
     assert!((70..130).contains(&holdout), "{holdout} of 200 held out");
-    assert_eq!(deliveries(&fx).len() + m.in_flight_count() - deliveries(&fx).len(), hooked);
+    assert_eq!(
+        deliveries(&fx).len() + m.in_flight_count() - deliveries(&fx).len(),
+        hooked
+    );
     let st = &m.journey("cart").unwrap().0.stats;
     assert_eq!(st.holdout_entered, holdout as u64);
 }
@@ -365,14 +510,28 @@ audience = "retarget"
     let fx = m.step(event("kim", "Pricing Viewed", T0 + H, &f), T0 + H);
     assert_eq!(records(&fx), ["Journey Entered"]);
     let d = deliveries(&fx).remove(0);
-    m.step(Input::Delivered { key: d.key, attempt: 1, outcome: ok() }, T0 + H);
+    m.step(
+        Input::Delivered {
+            key: d.key,
+            attempt: 1,
+            outcome: ok(),
+        },
+        T0 + H,
+    );
     // Still a member: no second entry; a purchase leaves, then views qualify again later.
-    assert!(records(&m.step(event("kim", "Pricing Viewed", T0 + 2 * H, &f), T0 + 2 * H)).is_empty());
+    assert!(
+        records(&m.step(event("kim", "Pricing Viewed", T0 + 2 * H, &f), T0 + 2 * H)).is_empty()
+    );
     m.step(event("kim", "Order Completed", T0 + 3 * H, &f), T0 + 3 * H);
-    assert!(records(&m.step(event("kim", "Product Viewed", T0 + 4 * H, &f), T0 + 4 * H)).is_empty());
+    assert!(
+        records(&m.step(event("kim", "Product Viewed", T0 + 4 * H, &f), T0 + 4 * H)).is_empty()
+    );
     let later = T0 + 8 * D;
     m.step(event("kim", "Product Viewed", later, &f), later);
-    assert!(records(&m.step(event("kim", "Pricing Viewed", later + 1, &f), later + 1)).contains(&"Journey Entered".to_string()));
+    assert!(
+        records(&m.step(event("kim", "Pricing Viewed", later + 1, &f), later + 1))
+            .contains(&"Journey Entered".to_string())
+    );
 }
 
 #[test]
@@ -387,5 +546,9 @@ fn snapshots_rebuild_the_same_machine() {
     assert_eq!(back.state(), m.state());
     assert_eq!(back.pending(), m.pending());
     assert_eq!(back.at_steps("drip"), m.at_steps("drip"));
-    assert_eq!(back.pending().len(), 100, "50 sends in flight and 50 records owed");
+    assert_eq!(
+        back.pending().len(),
+        100,
+        "50 sends in flight and 50 records owed"
+    );
 }

@@ -151,7 +151,12 @@ fn work(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
         };
         let Ok(job) = job else { return };
         let outcome = match &job.what {
-            What::Webhook { url, id, body, secret } => webhook(&shared.agent, url, id, body, secret),
+            What::Webhook {
+                url,
+                id,
+                body,
+                secret,
+            } => webhook(&shared.agent, url, id, body, secret),
             What::Email(e) => match &shared.smtp {
                 Some(cfg) => smtp(cfg, e),
                 None => Outcome::Failed {
@@ -159,7 +164,12 @@ fn work(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
                     error: "no [orchestrate.smtp] server is configured".into(),
                 },
             },
-            What::Csv { path, header, line, key } => csv(shared, path, header, line, key),
+            What::Csv {
+                path,
+                header,
+                line,
+                key,
+            } => csv(shared, path, header, line, key),
         };
         let rt = shared
             .projects
@@ -197,7 +207,10 @@ pub fn webhook(agent: &ureq::Agent, url: &str, id: &str, body: &[u8], secret: &[
     let r = agent
         .post(url)
         .header("content-type", "application/json")
-        .header("user-agent", concat!("throughline/", env!("CARGO_PKG_VERSION")))
+        .header(
+            "user-agent",
+            concat!("throughline/", env!("CARGO_PKG_VERSION")),
+        )
         .header("webhook-id", id)
         .header("webhook-timestamp", ts.to_string())
         .header("webhook-signature", sig)
@@ -274,7 +287,9 @@ fn smtp(cfg: &SmtpConfig, e: &Email) -> Outcome {
         _ => SmtpTransport::starttls_relay(&cfg.host),
     };
     let mut builder = match builder {
-        Ok(b) => b.port(cfg.port).timeout(Some(Duration::from_millis(cfg.timeout_ms))),
+        Ok(b) => b
+            .port(cfg.port)
+            .timeout(Some(Duration::from_millis(cfg.timeout_ms))),
         Err(err) => return fail(true, err.to_string()),
     };
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
@@ -282,7 +297,11 @@ fn smtp(cfg: &SmtpConfig, e: &Email) -> Outcome {
     }
     match builder.build().send(&msg) {
         Ok(resp) => Outcome::Delivered {
-            detail: clip(&format!("{} {}", resp.code(), resp.message().collect::<Vec<_>>().join(" "))),
+            detail: clip(&format!(
+                "{} {}",
+                resp.code(),
+                resp.message().collect::<Vec<_>>().join(" ")
+            )),
         },
         Err(err) => fail(!err.is_permanent(), err.to_string()),
     }

@@ -39,7 +39,10 @@ fn journal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
     for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
         let e = e.map_err(|e| io(dir, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_prefix("journal-").and_then(|n| n.strip_suffix(".log")) {
+        if let Some(n) = name
+            .strip_prefix("journal-")
+            .and_then(|n| n.strip_suffix(".log"))
+        {
             if let Ok(seq) = n.parse::<u64>() {
                 out.push((seq, e.path()));
             }
@@ -50,7 +53,9 @@ fn journal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), String> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
 }
 
 /// What recovery found: the snapshot, the entries after it, and cut bytes.
@@ -88,7 +93,8 @@ pub fn recover(dir: &Path) -> Result<Recovered, String> {
             if crc32fast::hash(body) != crc {
                 break;
             }
-            let e: Entry = serde_json::from_slice(body).map_err(|e| format!("{}: entry: {e}", path.display()))?;
+            let e: Entry = serde_json::from_slice(body)
+                .map_err(|e| format!("{}: entry: {e}", path.display()))?;
             if e.seq > base {
                 entries.push(e);
             }
@@ -102,7 +108,10 @@ pub fn recover(dir: &Path) -> Result<Recovered, String> {
                 ));
             }
             torn_bytes = (bytes.len() - at) as u64;
-            let f = OpenOptions::new().write(true).open(path).map_err(|e| io(path, e))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| io(path, e))?;
             f.set_len(at as u64).map_err(|e| io(path, e))?;
             f.sync_all().map_err(|e| io(path, e))?;
         }
@@ -116,11 +125,17 @@ pub fn recover(dir: &Path) -> Result<Recovered, String> {
 
 fn read_snapshot(path: &Path, bytes: &[u8]) -> Result<(u64, State), String> {
     let corrupt = |why: &str| format!("{} is corrupt: {why}", path.display());
-    let nl = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| corrupt("no header"))?;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[..nl]).map_err(|_| corrupt("bad header"))?;
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| corrupt("no header"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[..nl]).map_err(|_| corrupt("bad header"))?;
     let body = &bytes[nl + 1..];
     let len = header["len"].as_u64().ok_or_else(|| corrupt("no length"))?;
-    let crc = header["crc"].as_u64().ok_or_else(|| corrupt("no checksum"))?;
+    let crc = header["crc"]
+        .as_u64()
+        .ok_or_else(|| corrupt("no checksum"))?;
     let seq = header["seq"].as_u64().ok_or_else(|| corrupt("no seq"))?;
     if body.len() as u64 != len || crc32fast::hash(body) as u64 != crc {
         return Err(corrupt("checksum or length mismatch"));
@@ -153,12 +168,14 @@ impl FileJournal {
     /// and removes the ones the snapshot covers.
     pub fn snapshot(&mut self, seq: u64, state: &State) -> Result<(), String> {
         let body = serde_json::to_vec(state).map_err(|e| e.to_string())?;
-        let header = serde_json::json!({"seq": seq, "len": body.len(), "crc": crc32fast::hash(&body)});
+        let header =
+            serde_json::json!({"seq": seq, "len": body.len(), "crc": crc32fast::hash(&body)});
         let tmp = self.dir.join("snapshot.json.tmp");
         let path = self.dir.join(SNAPSHOT);
         {
             let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-            f.write_all(header.to_string().as_bytes()).map_err(|e| io(&tmp, e))?;
+            f.write_all(header.to_string().as_bytes())
+                .map_err(|e| io(&tmp, e))?;
             f.write_all(b"\n").map_err(|e| io(&tmp, e))?;
             f.write_all(&body).map_err(|e| io(&tmp, e))?;
             f.sync_all().map_err(|e| io(&tmp, e))?;
@@ -180,10 +197,15 @@ impl Journal for FileJournal {
     fn append(&mut self, e: &Entry) -> Result<(), String> {
         let body = serde_json::to_vec(e).map_err(|e| e.to_string())?;
         if body.len() > FRAME_BYTES_MAX {
-            return Err(format!("a journal entry of {} bytes is over the limit", body.len()));
+            return Err(format!(
+                "a journal entry of {} bytes is over the limit",
+                body.len()
+            ));
         }
-        self.buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(body.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         self.buf.extend_from_slice(&body);
         Ok(())
     }

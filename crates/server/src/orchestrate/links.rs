@@ -66,12 +66,16 @@ impl LinksFile {
         let path = project_dir.join(LINKS_FILE);
         match std::fs::metadata(&path) {
             Ok(m) if m.len() > LINKS_FILE_BYTES_MAX => {
-                return Err(format!("{} is larger than {LINKS_FILE_BYTES_MAX} bytes", path.display()))
+                return Err(format!(
+                    "{} is larger than {LINKS_FILE_BYTES_MAX} bytes",
+                    path.display()
+                ))
             }
             Ok(_) => {}
             Err(_) => return Ok(LinksFile::default()),
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let f: LinksFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if f.destinations.len() + f.vanity.len() > LINKS_MAX {
             return Err(format!("{}: more than {LINKS_MAX} entries", path.display()));
@@ -92,7 +96,12 @@ fn bare(url: &str) -> String {
     match u.split_once("://") {
         Some((scheme, rest)) => {
             let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            format!("{}://{}{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase(), if path.is_empty() { "/" } else { path })
+            format!(
+                "{}://{}{}",
+                scheme.to_ascii_lowercase(),
+                host.to_ascii_lowercase(),
+                if path.is_empty() { "/" } else { path }
+            )
         }
         None => u.to_string(),
     }
@@ -106,7 +115,13 @@ impl Registered {
         });
         let mut exact: Vec<String> = links.vanity.iter().map(|v| bare(&v.destination)).collect();
         if let Ok(reg) = throughline_query::assets::Registry::load(project_dir) {
-            exact.extend(reg.assets.iter().filter_map(|a| a.destination_url.as_deref()).filter(|u| u.contains("://")).map(bare));
+            exact.extend(
+                reg.assets
+                    .iter()
+                    .filter_map(|a| a.destination_url.as_deref())
+                    .filter(|u| u.contains("://"))
+                    .map(bare),
+            );
         }
         Registered {
             prefixes: links.destinations.iter().map(|p| bare(p)).collect(),
@@ -123,7 +138,8 @@ impl Registered {
         // does not allow `https://shop.example.evil/`.
         self.exact.iter().any(|e| *e == b)
             || self.prefixes.iter().any(|p| {
-                b.starts_with(p.as_str()) && (p.ends_with('/') || b.len() == p.len() || b[p.len()..].starts_with('/'))
+                b.starts_with(p.as_str())
+                    && (p.ends_with('/') || b.len() == p.len() || b[p.len()..].starts_with('/'))
             })
     }
 }
@@ -141,18 +157,31 @@ fn open(state: &AppState, token: &str, kind: &str) -> Option<(Arc<ProjectStore>,
 }
 
 fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Html("<!doctype html><title>Not found</title><p>This link is not valid.</p>")).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Html("<!doctype html><title>Not found</title><p>This link is not valid.</p>"),
+    )
+        .into_response()
 }
 
 /// Stores one track event through the project's writer; answers once it is durable.
-async fn record(state: &AppState, store: &ProjectStore, message: serde_json::Value) -> Result<bool, Response> {
+async fn record(
+    state: &AppState,
+    store: &ProjectStore,
+    message: serde_json::Value,
+) -> Result<bool, Response> {
     let bytes = serde_json::to_vec(&message).expect("a message serializes");
     let mut ids = state.id_generator();
-    let batch = throughline_collect::Batch::parse_single(&bytes, EventType::Track, now_ms(), &mut ids)
-        .map_err(|r| crate::AppError::new(StatusCode::INTERNAL_SERVER_ERROR, r.error).into_response())?;
+    let batch =
+        throughline_collect::Batch::parse_single(&bytes, EventType::Track, now_ms(), &mut ids)
+            .map_err(|r| {
+                crate::AppError::new(StatusCode::INTERNAL_SERVER_ERROR, r.error).into_response()
+            })?;
     let mut events = Vec::new();
     for m in batch.messages {
-        let e = m.map_err(|r| crate::AppError::new(StatusCode::INTERNAL_SERVER_ERROR, r.error).into_response())?;
+        let e = m.map_err(|r| {
+            crate::AppError::new(StatusCode::INTERNAL_SERVER_ERROR, r.error).into_response()
+        })?;
         events.push(Encoded::new(&e));
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -163,14 +192,24 @@ async fn record(state: &AppState, store: &ProjectStore, message: serde_json::Val
         .map_err(|e| crate::AppError::from(e).into_response())?;
     let outcome = rx
         .await
-        .map_err(|_| crate::AppError::new(StatusCode::SERVICE_UNAVAILABLE, "the store is shutting down").into_response())?
+        .map_err(|_| {
+            crate::AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is shutting down",
+            )
+            .into_response()
+        })?
         .map_err(|e| crate::AppError::from(e).into_response())?;
     Ok(outcome.duplicates() == 0)
 }
 
 fn person_field(store: &ProjectStore, person: &str) -> &'static str {
     let snap = store.snapshot();
-    if snap.identity().lookup(throughline_identity::IdKind::User, person).is_some() {
+    if snap
+        .identity()
+        .lookup(throughline_identity::IdKind::User, person)
+        .is_some()
+    {
         "userId"
     } else {
         "anonymousId"
@@ -179,7 +218,12 @@ fn person_field(store: &ProjectStore, person: &str) -> &'static str {
 
 fn message_props(c: &Claims) -> serde_json::Map<String, serde_json::Value> {
     let mut p = serde_json::Map::new();
-    for (k, name) in [("j", "journey"), ("s", "step"), ("v", "variant"), ("c", "channel")] {
+    for (k, name) in [
+        ("j", "journey"),
+        ("s", "step"),
+        ("v", "variant"),
+        ("c", "channel"),
+    ] {
         if let Some(v) = c.data.get(k) {
             p.insert(name.into(), json!(v));
         }
@@ -203,7 +247,11 @@ fn utm_of(url: &str) -> serde_json::Map<String, serde_json::Value> {
     m
 }
 
-pub async fn click(State(state): State<Arc<AppState>>, Path(token): Path<String>, headers: HeaderMap) -> Response {
+pub async fn click(
+    State(state): State<Arc<AppState>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if !token.contains('.') {
         return vanity(&state, &token, &headers).await;
     }
@@ -219,7 +267,10 @@ pub async fn click(State(state): State<Arc<AppState>>, Path(token): Path<String>
     let mut props = message_props(&claims);
     props.insert("url".into(), json!(dest));
     let mut context = json!({"library": {"name": "throughline-links"}, "campaign": utm_of(&dest), "page": {"url": dest}});
-    if let Some(ua) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+    if let Some(ua) = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
         context["userAgent"] = json!(ua);
     }
     let now = now_ms();
@@ -236,7 +287,14 @@ pub async fn click(State(state): State<Arc<AppState>>, Path(token): Path<String>
 }
 
 fn redirect(dest: &str) -> Response {
-    (StatusCode::FOUND, [(header::LOCATION, dest.to_string()), (header::CACHE_CONTROL, "no-store".to_string())]).into_response()
+    (
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, dest.to_string()),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+    )
+        .into_response()
 }
 
 async fn vanity(state: &AppState, slug: &str, headers: &HeaderMap) -> Response {
@@ -247,8 +305,12 @@ async fn vanity(state: &AppState, slug: &str, headers: &HeaderMap) -> Response {
     let mut projects = state.store.projects();
     projects.sort_by(|a, b| a.name().cmp(b.name()));
     for store in projects {
-        let Ok(links) = LinksFile::load(store.dir()) else { continue };
-        let Some(v) = links.vanity.iter().find(|v| v.slug == slug) else { continue };
+        let Ok(links) = LinksFile::load(store.dir()) else {
+            continue;
+        };
+        let Some(v) = links.vanity.iter().find(|v| v.slug == slug) else {
+            continue;
+        };
         let utm = throughline_orchestrate::template::Utm {
             source: v.utm_source.clone().unwrap_or_else(|| "offline".into()),
             medium: v.utm_medium.clone().unwrap_or_else(|| "vanity".into()),
@@ -260,7 +322,10 @@ async fn vanity(state: &AppState, slug: &str, headers: &HeaderMap) -> Response {
         let visitor = format!("vanity-{}", throughline_token::random_nonce());
         let mut context = json!({"library": {"name": "throughline-links"}, "campaign": utm_of(&dest),
             "page": {"path": format!("/r/{slug}"), "url": dest}});
-        if let Some(ua) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        if let Some(ua) = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+        {
             context["userAgent"] = json!(ua);
         }
         let m = json!({
@@ -278,9 +343,9 @@ async fn vanity(state: &AppState, slug: &str, headers: &HeaderMap) -> Response {
 
 /// A transparent 1x1 GIF.
 const PIXEL: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
-    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
-    0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 pub async fn pixel(State(state): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
@@ -302,18 +367,29 @@ pub async fn pixel(State(state): State<Arc<AppState>>, Path(file): Path<String>)
     }
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "image/gif"), (header::CACHE_CONTROL, "no-store, max-age=0")],
+        [
+            (header::CONTENT_TYPE, "image/gif"),
+            (header::CACHE_CONTROL, "no-store, max-age=0"),
+        ],
         PIXEL,
     )
         .into_response()
 }
 
-pub async fn unsubscribe_get(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
+pub async fn unsubscribe_get(
+    State(state): State<Arc<AppState>>,
+    Path(token): Path<String>,
+) -> Response {
     unsubscribe(&state, &token, "link").await
 }
 
-pub async fn unsubscribe_post(State(state): State<Arc<AppState>>, Path(token): Path<String>, body: Bytes) -> Response {
-    let one_click = String::from_utf8_lossy(&body[..body.len().min(256)]).contains("List-Unsubscribe=One-Click");
+pub async fn unsubscribe_post(
+    State(state): State<Arc<AppState>>,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Response {
+    let one_click = String::from_utf8_lossy(&body[..body.len().min(256)])
+        .contains("List-Unsubscribe=One-Click");
     unsubscribe(&state, &token, if one_click { "one_click" } else { "form" }).await
 }
 
@@ -347,7 +423,10 @@ mod tests {
     #[test]
     fn only_registered_destinations_are_allowed() {
         let r = Registered {
-            prefixes: vec![bare("https://Shop.example/"), bare("https://help.example/docs")],
+            prefixes: vec![
+                bare("https://Shop.example/"),
+                bare("https://help.example/docs"),
+            ],
             exact: vec![bare("https://landing.example/spring?utm_source=x")],
         };
         assert!(r.allows("https://shop.example/p/1?utm_source=throughline"));

@@ -138,7 +138,8 @@ impl OrchestrateConfig {
     pub fn check(&self) -> Result<(), String> {
         self.policy().compile()?;
         if let Some(s) = &self.webhook_secret {
-            throughline_orchestrate::webhook::decode_secret(s).map_err(|e| format!("orchestrate.webhook_secret: {e}"))?;
+            throughline_orchestrate::webhook::decode_secret(s)
+                .map_err(|e| format!("orchestrate.webhook_secret: {e}"))?;
         }
         if let Some(s) = &self.smtp {
             if !matches!(s.tls.as_str(), "none" | "starttls" | "tls") {
@@ -177,7 +178,9 @@ impl Clock {
     /// Moves a test clock to `to` (never backwards).
     pub fn set(&self, to: Millis) -> Result<Millis, String> {
         if !self.test {
-            return Err("the clock is the real one (set orchestrate.test_clock = true to move it)".into());
+            return Err(
+                "the clock is the real one (set orchestrate.test_clock = true to move it)".into(),
+            );
         }
         let now = self.now();
         if to > now {
@@ -219,7 +222,10 @@ impl Profiles {
         if e.event_type == EventType::Identify {
             found.extend(e.traits.iter().map(|(k, v)| (k.as_str(), v.clone())));
         }
-        let has_email = self.by_person.get(person).is_some_and(|m| m.contains_key("email"));
+        let has_email = self
+            .by_person
+            .get(person)
+            .is_some_and(|m| m.contains_key("email"));
         if let Some(email) = &e.email {
             if !has_email && !found.iter().any(|(k, _)| *k == "email") {
                 found.push(("email", Value::String(email.clone())));
@@ -227,7 +233,10 @@ impl Profiles {
         }
         for (k, v) in found {
             if k == "email" || k == "timezone" || self.keys.contains(k) {
-                self.by_person.entry(person.to_string()).or_default().insert(k.to_string(), v);
+                self.by_person
+                    .entry(person.to_string())
+                    .or_default()
+                    .insert(k.to_string(), v);
             }
         }
     }
@@ -278,13 +287,12 @@ impl Wanted {
             matchers.extend(j.matchers().into_iter().cloned());
         }
         let paths = matchers.iter().any(|x| x.needs_path());
-        let names = m
-            .state()
-            .policy
-            .clone()
-            .unwrap_or_default()
-            .suppress_on;
-        Wanted { matchers, names, paths }
+        let names = m.state().policy.clone().unwrap_or_default().suppress_on;
+        Wanted {
+            matchers,
+            names,
+            paths,
+        }
     }
 
     fn by_name(&self, kind: u8, name: Option<&str>) -> bool {
@@ -296,33 +304,55 @@ impl Wanted {
             return true;
         }
         name.is_some_and(|n| self.names.iter().any(|x| x == n))
-            || self.matchers.iter().any(|m| m.matches(name, None) || (view && m.needs_path()))
+            || self
+                .matchers
+                .iter()
+                .any(|m| m.matches(name, None) || (view && m.needs_path()))
     }
 }
 
 impl ProjectRuntime {
-    fn open(store: Arc<ProjectStore>, config: &OrchestrateConfig, live: bool) -> Result<ProjectRuntime, RuntimeError> {
+    fn open(
+        store: Arc<ProjectStore>,
+        config: &OrchestrateConfig,
+        live: bool,
+    ) -> Result<ProjectRuntime, RuntimeError> {
         let dir = store.dir().join("orchestrate");
         let rec = journal::recover(&dir).map_err(RuntimeError::Other)?;
         if rec.torn_bytes > 0 {
-            tracing::warn!(project = store.name(), bytes = rec.torn_bytes, "cut a torn journal tail (never committed)");
+            tracing::warn!(
+                project = store.name(),
+                bytes = rec.torn_bytes,
+                "cut a torn journal tail (never committed)"
+            );
         }
-        let last = rec.entries.last().map(|e| e.seq).or(rec.snapshot.as_ref().map(|s| s.0)).unwrap_or(0);
+        let last = rec
+            .entries
+            .last()
+            .map(|e| e.seq)
+            .or(rec.snapshot.as_ref().map(|s| s.0))
+            .unwrap_or(0);
         let journal = FileJournal::open(&dir, last).map_err(RuntimeError::Other)?;
         let mut driver = Driver::recover(rec.snapshot, rec.entries, journal)?;
         let policy = config.policy();
         if driver.machine.state().policy.as_ref() != Some(&policy) {
             driver.submit(vec![Input::SetPolicy { policy }], now_ms())?;
         }
-        let secret = throughline_token::Secret::load_or_create(store.dir()).map_err(|e| RuntimeError::Other(e.to_string()))?;
+        let secret = throughline_token::Secret::load_or_create(store.dir())
+            .map_err(|e| RuntimeError::Other(e.to_string()))?;
         let webhook_secret = match &config.webhook_secret {
-            Some(s) => throughline_orchestrate::webhook::decode_secret(s).map_err(RuntimeError::Other)?,
+            Some(s) => {
+                throughline_orchestrate::webhook::decode_secret(s).map_err(RuntimeError::Other)?
+            }
             None => project_webhook_secret(&dir)?,
         };
         let wanted = Arc::new(Wanted::of(&driver.machine));
         let tail = live.then(|| {
             let w = wanted.clone();
-            store.tail(Arc::new(move |k, n| w.by_name(k, n)), config.tail_events_max)
+            store.tail(
+                Arc::new(move |k, n| w.by_name(k, n)),
+                config.tail_events_max,
+            )
         });
         let rt = ProjectRuntime {
             name: store.name().to_string(),
@@ -339,7 +369,8 @@ impl ProjectRuntime {
             stats: RuntimeStats::default(),
         };
         if live {
-            let keys = rt.with_machine(|m| m.journeys().flat_map(|(_, j)| j.trait_keys()).collect());
+            let keys =
+                rt.with_machine(|m| m.journeys().flat_map(|(_, j)| j.trait_keys()).collect());
             rt.load_profiles(keys)?;
         }
         Ok(rt)
@@ -355,7 +386,13 @@ impl ProjectRuntime {
     }
 
     /// Journals and applies inputs now; carries out their effects when `pool` is given.
-    pub fn submit(&self, inputs: Vec<Input>, now: Millis, pool: Option<&deliver::Pool>, ctx: &Ctx) -> Result<(), RuntimeError> {
+    pub fn submit(
+        &self,
+        inputs: Vec<Input>,
+        now: Millis,
+        pool: Option<&deliver::Pool>,
+        ctx: &Ctx,
+    ) -> Result<(), RuntimeError> {
         let fx = {
             let mut d = self.driver.lock().expect("driver");
             let fx = d.submit(inputs, now)?;
@@ -435,7 +472,13 @@ impl ProjectRuntime {
                 f.traits.insert("email".into(), json!(email));
             }
         }
-        if let Some(t) = self.profiles.lock().expect("profiles").by_person.get(person) {
+        if let Some(t) = self
+            .profiles
+            .lock()
+            .expect("profiles")
+            .by_person
+            .get(person)
+        {
             for (k, v) in t {
                 f.traits.insert(k.clone(), v.clone());
             }
@@ -447,10 +490,17 @@ impl ProjectRuntime {
     fn observe(&self, e: Event, snap: &throughline_store::Snapshot) -> Option<Observed> {
         let identity = snap.identity();
         let id = e.user_id.as_deref().or(e.anonymous_id.as_deref())?;
-        let person = identity.find_person(id).map(|p| identity.canonical_id(p).to_string()).unwrap_or_else(|| id.to_string());
+        let person = identity
+            .find_person(id)
+            .map(|p| identity.canonical_id(p).to_string())
+            .unwrap_or_else(|| id.to_string());
         self.profiles.lock().expect("profiles").update(&person, &e);
         let facts = self.facts(&person, snap);
-        Some(Observed { person, facts, event: e })
+        Some(Observed {
+            person,
+            facts,
+            event: e,
+        })
     }
 
     /// Events received since the watermark (less the dedupe window), for after a crash or
@@ -459,13 +509,17 @@ impl ProjectRuntime {
         self.stats.catch_up_scans.fetch_add(1, Ordering::Relaxed);
         let (since, machine_wants) = {
             let d = self.driver.lock().expect("driver");
-            (d.machine.state().received_watermark - SEEN_WINDOW_MS, self.wanted.lock().expect("wanted").clone())
+            (
+                d.machine.state().received_watermark - SEEN_WINDOW_MS,
+                self.wanted.lock().expect("wanted").clone(),
+            )
         };
         let snap = self.store.snapshot();
         let mut found: Vec<Event> = Vec::new();
         snap.for_each_event_where(
             |_, name| {
-                machine_wants.by_name(EventType::Track.code(), name) || (name.is_none() && machine_wants.paths)
+                machine_wants.by_name(EventType::Track.code(), name)
+                    || (name.is_none() && machine_wants.paths)
                     || name.is_some_and(|_| machine_wants.by_name(EventType::Page.code(), name))
             },
             |_, _, e| {
@@ -479,18 +533,31 @@ impl ProjectRuntime {
         let d = self.driver.lock().expect("driver");
         let wants: Vec<Event> = found
             .into_iter()
-            .filter(|e| d.machine.wants(e.event_type.code(), e.event.as_deref(), e.page_path.as_deref()))
+            .filter(|e| {
+                d.machine.wants(
+                    e.event_type.code(),
+                    e.event.as_deref(),
+                    e.page_path.as_deref(),
+                )
+            })
             .collect();
         drop(d);
         Ok(wants
             .into_iter()
             .filter_map(|e| self.observe(e, &snap))
-            .map(|o| Input::Event { observed: Box::new(o) })
+            .map(|o| Input::Event {
+                observed: Box::new(o),
+            })
             .collect())
     }
 
     /// Carries out effects: deliveries to the pool, records to the store.
-    fn carry_out(&self, fx: Vec<Effect>, pool: Option<&deliver::Pool>, ctx: &Ctx) -> Result<(), RuntimeError> {
+    fn carry_out(
+        &self,
+        fx: Vec<Effect>,
+        pool: Option<&deliver::Pool>,
+        ctx: &Ctx,
+    ) -> Result<(), RuntimeError> {
         let mut records = std::mem::take(&mut *self.unwritten.lock().expect("unwritten"));
         let mut failures = Vec::new();
         for e in fx {
@@ -513,7 +580,10 @@ impl ProjectRuntime {
                         Err(error) => failures.push(Input::Delivered {
                             key: d.key,
                             attempt: d.attempt,
-                            outcome: throughline_orchestrate::Outcome::Failed { retryable: false, error },
+                            outcome: throughline_orchestrate::Outcome::Failed {
+                                retryable: false,
+                                error,
+                            },
                         }),
                     }
                 }
@@ -546,20 +616,32 @@ impl ProjectRuntime {
             });
             m[if as_user { "userId" } else { "anonymousId" }] = json!(r.person);
             let bytes = serde_json::to_vec(&m).expect("a message serializes");
-            match throughline_collect::Batch::parse_single(&bytes, EventType::Track, now_ms(), &mut ids) {
+            match throughline_collect::Batch::parse_single(
+                &bytes,
+                EventType::Track,
+                now_ms(),
+                &mut ids,
+            ) {
                 Ok(b) => {
                     for e in b.messages.into_iter().flatten() {
                         events.push(Encoded::new(&e));
                     }
                 }
-                Err(e) => tracing::warn!(project = %self.name, error = %e.error, "a recorded event was refused"),
+                Err(e) => {
+                    tracing::warn!(project = %self.name, error = %e.error, "a recorded event was refused")
+                }
             }
         }
         drop(snap);
         match self.store.append(events) {
             Ok(_) => {
-                self.stats.records_written.fetch_add(records.len() as u64, Ordering::Relaxed);
-                self.results.lock().expect("results").push(Input::Recorded { upto });
+                self.stats
+                    .records_written
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                self.results
+                    .lock()
+                    .expect("results")
+                    .push(Input::Recorded { upto });
             }
             Err(e) => {
                 tracing::warn!(project = %self.name, error = %e, "recording events failed; retrying");
@@ -569,8 +651,16 @@ impl ProjectRuntime {
     }
 
     /// One turn of the project's loop; returns how long it may sleep.
-    fn turn(&self, clock: &Clock, pool: &deliver::Pool, ctx: &Ctx, config: &OrchestrateConfig) -> Result<(), RuntimeError> {
-        let Some(tail) = &self.tail else { return Ok(()) };
+    fn turn(
+        &self,
+        clock: &Clock,
+        pool: &deliver::Pool,
+        ctx: &Ctx,
+        config: &OrchestrateConfig,
+    ) -> Result<(), RuntimeError> {
+        let Some(tail) = &self.tail else {
+            return Ok(());
+        };
         let (in_flight, next_due) = self.with_machine(|m| (m.in_flight_count(), m.next_due()));
         let now = clock.now();
         let pending_results = !self.results.lock().expect("results").is_empty();
@@ -591,13 +681,22 @@ impl ProjectRuntime {
             let d = self.driver.lock().expect("driver");
             let mut observed = Vec::new();
             for r in records {
-                let Ok(e) = serde_json::from_slice::<Event>(&r) else { continue };
-                let wanted = d.machine.wants(e.event_type.code(), e.event.as_deref(), e.page_path.as_deref());
+                let Ok(e) = serde_json::from_slice::<Event>(&r) else {
+                    continue;
+                };
+                let wanted = d.machine.wants(
+                    e.event_type.code(),
+                    e.event.as_deref(),
+                    e.page_path.as_deref(),
+                );
                 if !wanted {
                     // Identify events only update profiles.
                     if let Some(id) = e.user_id.as_deref().or(e.anonymous_id.as_deref()) {
                         let identity = snap.identity();
-                        let person = identity.find_person(id).map(|p| identity.canonical_id(p).to_string()).unwrap_or_else(|| id.to_string());
+                        let person = identity
+                            .find_person(id)
+                            .map(|p| identity.canonical_id(p).to_string())
+                            .unwrap_or_else(|| id.to_string());
                         self.profiles.lock().expect("profiles").update(&person, &e);
                     }
                     continue;
@@ -608,7 +707,9 @@ impl ProjectRuntime {
             for e in observed {
                 if let Some(o) = self.observe(e, &snap) {
                     self.stats.events_observed.fetch_add(1, Ordering::Relaxed);
-                    inputs.push(Input::Event { observed: Box::new(o) });
+                    inputs.push(Input::Event {
+                        observed: Box::new(o),
+                    });
                 }
             }
         }
@@ -618,11 +719,17 @@ impl ProjectRuntime {
         if next_due.is_some_and(|d| d <= now) && in_flight < config.inflight_max {
             let persons = self.with_machine(|m| m.due_persons(now, TICK_PERSONS_MAX));
             let snap = self.store.snapshot();
-            let facts = persons.into_iter().map(|p| {
-                let f = self.facts(&p, &snap);
-                (p, f)
-            }).collect();
-            inputs.push(Input::Tick { max: TICK_PERSONS_MAX as u32, facts });
+            let facts = persons
+                .into_iter()
+                .map(|p| {
+                    let f = self.facts(&p, &snap);
+                    (p, f)
+                })
+                .collect();
+            inputs.push(Input::Tick {
+                max: TICK_PERSONS_MAX as u32,
+                facts,
+            });
         }
         if inputs.is_empty() {
             let unwritten = !self.unwritten.lock().expect("unwritten").is_empty();
@@ -636,7 +743,9 @@ impl ProjectRuntime {
         if d.journal.bytes > config.snapshot_journal_bytes {
             let seq = d.seq;
             let state = d.machine.state().clone();
-            d.journal.snapshot(seq, &state).map_err(RuntimeError::Other)?;
+            d.journal
+                .snapshot(seq, &state)
+                .map_err(RuntimeError::Other)?;
             tracing::info!(project = %self.name, seq, "orchestrator snapshot written");
         }
         Ok(())
@@ -647,11 +756,15 @@ fn project_webhook_secret(dir: &Path) -> Result<Vec<u8>, RuntimeError> {
     use base64::Engine;
     let path = dir.join("webhook-secret");
     if let Ok(text) = std::fs::read_to_string(&path) {
-        return throughline_orchestrate::webhook::decode_secret(text.trim()).map_err(|e| RuntimeError::Other(format!("{}: {e}", path.display())));
+        return throughline_orchestrate::webhook::decode_secret(text.trim())
+            .map_err(|e| RuntimeError::Other(format!("{}: {e}", path.display())));
     }
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).map_err(|e| RuntimeError::Other(e.to_string()))?;
-    let text = format!("whsec_{}\n", base64::engine::general_purpose::STANDARD.encode(key));
+    let text = format!(
+        "whsec_{}\n",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
     let tmp = dir.join("webhook-secret.tmp");
     {
         use std::io::Write;
@@ -663,7 +776,9 @@ fn project_webhook_secret(dir: &Path) -> Result<Vec<u8>, RuntimeError> {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| RuntimeError::Other(format!("{}: {e}", tmp.display())))?;
-        f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| RuntimeError::Other(e.to_string()))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| RuntimeError::Other(e.to_string()))?;
     }
     std::fs::rename(&tmp, &path).map_err(|e| RuntimeError::Other(e.to_string()))?;
     Ok(key.to_vec())
@@ -689,7 +804,10 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     /// The server's orchestrator: opens every project that has journeys and runs them.
-    pub fn start(store: Arc<Store>, config: OrchestrateConfig) -> Result<Arc<Orchestrator>, RuntimeError> {
+    pub fn start(
+        store: Arc<Store>,
+        config: OrchestrateConfig,
+    ) -> Result<Arc<Orchestrator>, RuntimeError> {
         config.check().map_err(RuntimeError::Other)?;
         let o = Arc::new(Orchestrator {
             pool: Some(Arc::new(deliver::Pool::start(&config, store.dir()))),
@@ -757,7 +875,11 @@ impl Orchestrator {
             rt.submit(caught, self.clock.now(), Some(&pool), &self.ctx)?;
             let owed = rt.with_machine(|m| m.pending());
             if !owed.is_empty() {
-                tracing::info!(project = name, effects = owed.len(), "handing out effects owed since the last run");
+                tracing::info!(
+                    project = name,
+                    effects = owed.len(),
+                    "handing out effects owed since the last run"
+                );
             }
             rt.carry_out(owed, Some(&pool), &self.ctx)?;
             let (me, rt2) = (self.clone(), rt.clone());
@@ -772,7 +894,12 @@ impl Orchestrator {
 
     /// The projects opened so far.
     pub fn projects(&self) -> Vec<Arc<ProjectRuntime>> {
-        self.projects.lock().expect("projects").values().cloned().collect()
+        self.projects
+            .lock()
+            .expect("projects")
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn run(self: Arc<Self>, rt: Arc<ProjectRuntime>) {
@@ -786,7 +913,11 @@ impl Orchestrator {
     }
 
     /// Journals inputs for a project (API commands).
-    pub fn submit(self: &Arc<Self>, rt: &ProjectRuntime, inputs: Vec<Input>) -> Result<(), RuntimeError> {
+    pub fn submit(
+        self: &Arc<Self>,
+        rt: &ProjectRuntime,
+        inputs: Vec<Input>,
+    ) -> Result<(), RuntimeError> {
         rt.submit(inputs, self.clock.now(), self.pool.as_deref(), &self.ctx)
     }
 
@@ -804,7 +935,11 @@ impl Orchestrator {
         for rt in self.projects() {
             let results = std::mem::take(&mut *rt.results.lock().expect("results"));
             if !results.is_empty() {
-                let _ = rt.driver.lock().expect("driver").submit(results, self.clock.now());
+                let _ = rt
+                    .driver
+                    .lock()
+                    .expect("driver")
+                    .submit(results, self.clock.now());
             }
         }
     }

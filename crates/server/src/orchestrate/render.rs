@@ -42,7 +42,11 @@ pub fn job(m: &Machine, d: &Delivery, rt: &ProjectRuntime, ctx: &Ctx) -> Result<
         ("v", d.variant.as_str()),
         ("c", d.channel.as_str()),
     ];
-    let unsubscribe_url = format!("{}/u/{}", ctx.public_url, sign("unsubscribe", d.id.clone(), &base)?);
+    let unsubscribe_url = format!(
+        "{}/u/{}",
+        ctx.public_url,
+        sign("unsubscribe", d.id.clone(), &base)?
+    );
     let context = json!({
         "traits": d.facts.traits,
         "event": d.trigger,
@@ -105,7 +109,11 @@ pub fn job(m: &Machine, d: &Delivery, rt: &ProjectRuntime, ctx: &Ctx) -> Result<
                 Some(h) => {
                     let body = template::render(h, Kind::Html, &context)?;
                     let r = template::rewrite_html(&body, &utm, &mut track);
-                    let open = format!("{}/o/{}.gif", ctx.public_url, sign("open", d.id.clone(), &base)?);
+                    let open = format!(
+                        "{}/o/{}.gif",
+                        ctx.public_url,
+                        sign("open", d.id.clone(), &base)?
+                    );
                     Some(template::add_pixel(&r.text, &open))
                 }
                 None => None,
@@ -145,7 +153,11 @@ pub fn job(m: &Machine, d: &Delivery, rt: &ProjectRuntime, ctx: &Ctx) -> Result<
                 secret,
             })
         }
-        ActionKind::Export { audience, url, secret } => match url {
+        ActionKind::Export {
+            audience,
+            url,
+            secret,
+        } => match url {
             Some(url) => {
                 let mut body = default_body(d, "audience.member.added");
                 body["audience"] = json!(audience);
@@ -168,7 +180,12 @@ pub fn job(m: &Machine, d: &Delivery, rt: &ProjectRuntime, ctx: &Ctx) -> Result<
                         s.to_string()
                     }
                 };
-                let email = d.facts.traits.get("email").and_then(Value::as_str).unwrap_or("");
+                let email = d
+                    .facts
+                    .traits
+                    .get("email")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let line = format!(
                     "{},{},{},{},{},{}\n",
                     throughline_model::format_ms(throughline_store::now_ms()),
@@ -179,7 +196,11 @@ pub fn job(m: &Machine, d: &Delivery, rt: &ProjectRuntime, ctx: &Ctx) -> Result<
                     cell(&d.journey),
                 );
                 Ok(What::Csv {
-                    path: rt.store.dir().join("exports").join(format!("{audience}.csv")),
+                    path: rt
+                        .store
+                        .dir()
+                        .join("exports")
+                        .join(format!("{audience}.csv")),
                     header: "exported_at,idempotency_key,person_id,email,ids,journey\n".into(),
                     line,
                     key: d.key.clone(),
