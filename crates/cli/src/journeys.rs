@@ -262,7 +262,7 @@ pub fn run(cmd: JourneysCommand) -> Result<()> {
                     throughline_server::orchestrate::api::register_assets(&rt, &f);
                     o.submit(
                         &rt,
-                        vec![throughline_orchestrate::Input::Create { file: f }],
+                        vec![throughline_orchestrate::Input::Create { file: Box::new(f) }],
                     )?;
                     let v = rt.with_machine(|m| {
                         throughline_server::orchestrate::api::describe(m, &name, false)

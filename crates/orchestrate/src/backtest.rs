@@ -23,7 +23,7 @@ const TICK_MAX: usize = 10_000;
 
 /// One history item, in time order: an event of a person, or new traits of a person.
 pub enum Item {
-    Event(Observed),
+    Event(Box<Observed>),
     Traits {
         person: String,
         at: Millis,
@@ -86,7 +86,7 @@ pub fn run(
     let mut effects = Vec::new();
     m.step(
         Input::SetPolicy {
-            policy: policy.clone(),
+            policy: Box::new(policy.clone()),
         },
         from,
     );
@@ -102,7 +102,12 @@ pub fn run(
     // Backtests see the whole history: no event is too old for its own moment.
     let mut file = file.clone();
     file.trigger.max_age = Some("1d".into());
-    m.step(Input::Create { file }, from);
+    m.step(
+        Input::Create {
+            file: Box::new(file),
+        },
+        from,
+    );
     let mut facts: HashMap<String, Facts> = HashMap::new();
     let mut events_read = 0u64;
     // (person, entry) -> (touched, converted, holdout)
@@ -129,32 +134,31 @@ pub fn run(
             effects.push(e);
         }
     };
-    let tick_to = |m: &mut Machine,
-                   t: Millis,
-                   facts: &HashMap<String, Facts>,
-                   effects: &mut Vec<Effect>| loop {
-        let Some(due) = m.next_due() else { break };
-        if due > t {
-            break;
-        }
-        let now = due;
-        let persons = m.due_persons(now, TICK_MAX);
-        let f = persons
-            .into_iter()
-            .map(|p| {
-                let x = facts.get(&p).cloned().unwrap_or_default();
-                (p, x)
-            })
-            .collect();
-        let fx = m.step(
-            Input::Tick {
-                max: TICK_MAX as u32,
-                facts: f,
-            },
-            now,
-        );
-        settle(m, now, fx, effects);
-    };
+    let tick_to =
+        |m: &mut Machine, t: Millis, facts: &HashMap<String, Facts>, effects: &mut Vec<Effect>| {
+            while let Some(due) = m.next_due() {
+                if due > t {
+                    break;
+                }
+                let now = due;
+                let persons = m.due_persons(now, TICK_MAX);
+                let f = persons
+                    .into_iter()
+                    .map(|p| {
+                        let x = facts.get(&p).cloned().unwrap_or_default();
+                        (p, x)
+                    })
+                    .collect();
+                let fx = m.step(
+                    Input::Tick {
+                        max: TICK_MAX as u32,
+                        facts: f,
+                    },
+                    now,
+                );
+                settle(m, now, fx, effects);
+            }
+        };
     for item in history {
         let at = match &item {
             Item::Event(o) => o.event.timestamp,
@@ -194,12 +198,7 @@ pub fn run(
                 if at < from {
                     continue;
                 }
-                let fx = m.step(
-                    Input::Event {
-                        observed: Box::new(o),
-                    },
-                    now,
-                );
+                let fx = m.step(Input::Event { observed: o }, now);
                 settle(&mut m, now, fx, &mut effects);
             }
         }
@@ -297,11 +296,11 @@ mod tests {
             "message_id": format!("{person}-{name}-{ts}"), "type": "track", "event": name,
             "user_id": person, "timestamp": ts, "received_at": ts}))
         .unwrap();
-        Item::Event(Observed {
+        Item::Event(Box::new(Observed {
             person: person.into(),
             facts: Facts::default(),
             event: e,
-        })
+        }))
     }
 
     #[test]

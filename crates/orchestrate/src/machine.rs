@@ -92,10 +92,10 @@ impl Status {
 #[serde(tag = "input", rename_all = "snake_case")]
 pub enum Input {
     SetPolicy {
-        policy: Policy,
+        policy: Box<Policy>,
     },
     Create {
-        file: JourneyFile,
+        file: Box<JourneyFile>,
     },
     SetStatus {
         journey: String,
@@ -288,6 +288,10 @@ pub struct Suppression {
     pub since: Millis,
 }
 
+/// An audience journey's memory of one person: when each `did` and `not_did` step last
+/// happened, and whether they are a member.
+type Membership = (Vec<Option<Millis>>, bool);
+
 /// The durable part: what snapshots hold. Everything else is rebuilt from it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -306,7 +310,7 @@ pub struct State {
     next_record: u64,
     /// Audience journeys: per journey and person, the last time each `did` and `not_did`
     /// step happened, and whether the person is a member.
-    audience: HashMap<u32, HashMap<String, (Vec<Option<Millis>>, bool)>>,
+    audience: HashMap<u32, HashMap<String, Membership>>,
     /// Hashes of the events already taken in, with their receipt time.
     seen: HashMap<u64, Millis>,
     /// The newest receipt time taken in: where a catch-up scan starts.
@@ -548,10 +552,11 @@ impl Machine {
             Input::SetPolicy { policy } => {
                 if let Ok(c) = policy.compile() {
                     self.policy = c;
-                    self.st.policy = Some(policy);
+                    self.st.policy = Some(*policy);
                 }
             }
             Input::Create { file } => {
+                let file = *file;
                 if let Ok(j) = self.check_create(&file) {
                     let i = self.st.journeys.len() as u32;
                     self.st.journeys.push(JourneyState {
@@ -829,7 +834,7 @@ impl Machine {
             return;
         }
         let floor = self.st.received_watermark - SEEN_WINDOW_MS;
-        if self.st.seen.len() > SEEN_MAX || self.st.seen.len() % 4096 == 0 {
+        if self.st.seen.len() > SEEN_MAX || self.st.seen.len().is_multiple_of(4096) {
             self.st.seen.retain(|_, &mut r| r >= floor);
             if self.st.seen.len() > SEEN_MAX {
                 // Still too many within the window: forget the oldest half.

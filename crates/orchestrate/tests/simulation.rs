@@ -196,8 +196,10 @@ impl World {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let persons = (0..40)
             .map(|n| {
-                let mut f = Facts::default();
-                f.ids = vec![format!("p{n}"), format!("p{n}@example.com")];
+                let mut f = Facts {
+                    ids: vec![format!("p{n}"), format!("p{n}@example.com")],
+                    ..Default::default()
+                };
                 f.traits
                     .insert("email".into(), json!(format!("p{n}@example.com")));
                 f.traits.insert("first_name".into(), json!(format!("P{n}")));
@@ -224,10 +226,12 @@ impl World {
             event_seq: 0,
             crashes: 0,
         };
-        let mut setup = vec![Input::SetPolicy { policy: policy() }];
+        let mut setup = vec![Input::SetPolicy {
+            policy: Box::new(policy()),
+        }];
         for j in [DRIP, PROMO, WIN_BACK] {
             setup.push(Input::Create {
-                file: throughline_orchestrate::parse_file(j).unwrap(),
+                file: Box::new(throughline_orchestrate::parse_file(j).unwrap()),
             });
         }
         w.submit(setup);

@@ -110,6 +110,9 @@ impl Encoded {
 
 type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
 
+/// A tail and the records of one append it wants, by index in the append.
+type TailCopy = (Arc<crate::tail::TailInner>, Vec<(usize, Vec<u8>)>);
+
 enum Request {
     Append {
         events: Vec<Encoded>,
@@ -407,7 +410,7 @@ impl ProjectStore {
         if wanted.is_empty() {
             return Box::new(done);
         }
-        let copies: Vec<(Arc<crate::tail::TailInner>, Vec<(usize, Vec<u8>)>)> = wanted
+        let copies: Vec<TailCopy> = wanted
             .into_iter()
             .map(|(ti, idx)| {
                 (

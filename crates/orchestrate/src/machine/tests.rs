@@ -8,11 +8,21 @@ const T0: Millis = 1_768_435_200_000;
 
 fn machine(journeys: &[&str], policy: Policy) -> Machine {
     let mut m = Machine::new();
-    m.step(Input::SetPolicy { policy }, T0);
+    m.step(
+        Input::SetPolicy {
+            policy: Box::new(policy),
+        },
+        T0,
+    );
     for j in journeys {
         let file = crate::parse_file(j).unwrap();
         m.check_create(&file).unwrap();
-        m.step(Input::Create { file }, T0);
+        m.step(
+            Input::Create {
+                file: Box::new(file),
+            },
+            T0,
+        );
     }
     m
 }
@@ -436,11 +446,11 @@ url = "https://hooks.example/x"
     pro.traits.insert("plan".into(), json!("pro"));
     let free = facts(None);
     let (mut holdout, mut hooked) = (0, 0);
-    for n in 0..200 {
+    for n in 0..200usize {
         let p = format!("p{n}");
-        let f = if n % 2 == 0 { &pro } else { &free };
+        let f = if n.is_multiple_of(2) { &pro } else { &free };
         m.step(event(&p, "Cart Abandoned", T0, f), T0);
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             m.step(event(&p, "Coupon Viewed", T0 + H, f), T0 + H);
             m.step(event(&p, "Cart Viewed", T0 + 2 * H, f), T0 + 2 * H);
         }
@@ -456,7 +466,7 @@ url = "https://hooks.example/x"
                     let n: usize = p[1..].parse().unwrap();
                     (
                         p,
-                        if n % 2 == 0 {
+                        if n.is_multiple_of(2) {
                             pro.clone()
                         } else {
                             free.clone()
@@ -467,14 +477,14 @@ url = "https://hooks.example/x"
         },
         at,
     );
-    for n in 0..200 {
+    for n in 0..200usize {
         let p = format!("p{n}");
         let inst = m.instances_of(&p);
         if inst.first().is_some_and(|i| i.holdout) {
             holdout += 1;
             continue;
         }
-        let expect_hook = n % 3 == 0 || n % 2 == 0;
+        let expect_hook = n.is_multiple_of(3) || n.is_multiple_of(2);
         let got = inst
             .first()
             .is_some_and(|i| matches!(i.at, At::Deliver { .. }));

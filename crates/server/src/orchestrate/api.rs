@@ -347,11 +347,11 @@ pub fn backtest(
                 items.push((
                     ts,
                     seq,
-                    Item::Event(Observed {
+                    Item::Event(Box::new(Observed {
                         person,
                         facts: Facts::default(),
                         event: e,
-                    }),
+                    })),
                 ));
             }
             Ok(())
@@ -413,8 +413,13 @@ pub async fn create(
         }
         let name = file.name.clone();
         register_assets(&rt, &file);
-        o.submit(&rt, vec![Input::Create { file }])
-            .map_err(runtime_error)?;
+        o.submit(
+            &rt,
+            vec![Input::Create {
+                file: Box::new(file),
+            }],
+        )
+        .map_err(runtime_error)?;
         let v = rt
             .with_machine(|m| describe(m, &name, true))
             .unwrap_or(Value::Null);

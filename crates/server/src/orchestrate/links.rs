@@ -136,7 +136,7 @@ impl Registered {
         let b = bare(url);
         // A prefix must match at a path boundary of its host: `https://shop.example/`
         // does not allow `https://shop.example.evil/`.
-        self.exact.iter().any(|e| *e == b)
+        self.exact.contains(&b)
             || self.prefixes.iter().any(|p| {
                 b.starts_with(p.as_str())
                     && (p.ends_with('/') || b.len() == p.len() || b[p.len()..].starts_with('/'))

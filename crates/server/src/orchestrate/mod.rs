@@ -336,7 +336,12 @@ impl ProjectRuntime {
         let mut driver = Driver::recover(rec.snapshot, rec.entries, journal)?;
         let policy = config.policy();
         if driver.machine.state().policy.as_ref() != Some(&policy) {
-            driver.submit(vec![Input::SetPolicy { policy }], now_ms())?;
+            driver.submit(
+                vec![Input::SetPolicy {
+                    policy: Box::new(policy),
+                }],
+                now_ms(),
+            )?;
         }
         let secret = throughline_token::Secret::load_or_create(store.dir())
             .map_err(|e| RuntimeError::Other(e.to_string()))?;
