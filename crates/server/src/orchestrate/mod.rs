@@ -949,3 +949,6 @@ impl Orchestrator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
