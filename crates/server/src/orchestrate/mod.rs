@@ -746,10 +746,15 @@ impl ProjectRuntime {
         self.submit(inputs, now, Some(pool), ctx)?;
         let mut d = self.driver.lock().expect("driver");
         if d.journal.bytes > config.snapshot_journal_bytes {
-            let seq = d.seq;
-            let state = d.machine.state().clone();
-            d.journal
-                .snapshot(seq, &state)
+            // Borrowed, not cloned: a snapshot of a million persons must not double them.
+            let Driver {
+                machine,
+                journal,
+                seq,
+            } = &mut *d;
+            let seq = *seq;
+            journal
+                .snapshot(seq, machine.state())
                 .map_err(RuntimeError::Other)?;
             tracing::info!(project = %self.name, seq, "orchestrator snapshot written");
         }
