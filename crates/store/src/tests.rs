@@ -641,6 +641,8 @@ fn merged_segments_keep_each_rows_dimensions() {
         .unwrap();
     }
     assert_eq!(rows + snap.log_rows().count(), n);
+}
+
 #[test]
 fn a_tail_sees_wanted_stored_events_once_in_commit_order_and_is_bounded() {
     let dir = TempDir::new("tail");

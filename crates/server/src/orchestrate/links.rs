@@ -24,7 +24,7 @@ use axum::response::{Html, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use throughline_model::{format_ms, EventType};
-use throughline_store::{now_ms, Encoded, ProjectStore};
+use throughline_store::{now_ms, ProjectStore};
 use throughline_token::{Claims, Secret};
 
 use crate::AppState;
@@ -177,12 +177,14 @@ async fn record(
             .map_err(|r| {
                 crate::AppError::new(StatusCode::INTERNAL_SERVER_ERROR, r.error).into_response()
             })?;
-    let mut events = Vec::new();
+    let mut events = store.new_batch(batch.messages.len(), bytes.len());
     for m in batch.messages {
         let e = m.map_err(|r| {
             crate::AppError::new(StatusCode::INTERNAL_SERVER_ERROR, r.error).into_response()
         })?;
-        events.push(Encoded::new(&e));
+        events
+            .push(&e)
+            .map_err(|e| crate::AppError::from(e).into_response())?;
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     store

@@ -34,7 +34,7 @@ use throughline_model::{Event, EventType, Millis};
 use throughline_orchestrate::machine::{Effect, Facts, Input, Machine, Observed, SEEN_WINDOW_MS};
 use throughline_orchestrate::policy::{Cap, Policy, QuietHours};
 use throughline_orchestrate::Driver;
-use throughline_store::{now_ms, Encoded, ProjectStore, Store, Tail};
+use throughline_store::{now_ms, ProjectStore, Store, Tail};
 
 use journal::FileJournal;
 
@@ -606,7 +606,7 @@ impl ProjectRuntime {
     fn write_records(&self, records: Vec<throughline_orchestrate::Record>) {
         let snap = self.store.snapshot();
         let identity = snap.identity();
-        let mut events = Vec::with_capacity(records.len());
+        let mut events = self.store.new_batch(records.len(), records.len() * 512);
         let mut ids = throughline_collect::IdGen::new(throughline_store::random_seed());
         let upto = records.iter().map(|r| r.seq).max().unwrap_or(0);
         for r in &records {
@@ -629,7 +629,9 @@ impl ProjectRuntime {
             ) {
                 Ok(b) => {
                     for e in b.messages.into_iter().flatten() {
-                        events.push(Encoded::new(&e));
+                        if let Err(e) = events.push(&e) {
+                            tracing::warn!(project = %self.name, error = %e, "a recorded event was refused")
+                        }
                     }
                 }
                 Err(e) => {
