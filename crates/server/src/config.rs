@@ -160,7 +160,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let h = &self.http;
         if h.connections_max == 0 || h.inflight_requests_max == 0 {
-            return Err("http.connections_max and http.inflight_requests_max must be at least 1".into());
+            return Err(
+                "http.connections_max and http.inflight_requests_max must be at least 1".into(),
+            );
         }
         if h.header_read_timeout_ms == 0 || h.body_read_timeout_ms == 0 {
             return Err("http timeouts must be at least 1 ms".into());
@@ -168,7 +170,12 @@ impl Config {
         let r = &self.rate_limit;
         let mut rates = vec![(
             "rate_limit".to_string(),
-            [r.requests_per_second, r.requests_burst, r.events_per_second, r.events_burst],
+            [
+                r.requests_per_second,
+                r.requests_burst,
+                r.events_per_second,
+                r.events_burst,
+            ],
         )];
         for (name, o) in &r.projects {
             rates.push((

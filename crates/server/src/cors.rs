@@ -65,7 +65,10 @@ pub async fn preflight(State(state): State<Arc<AppState>>, headers: HeaderMap) -
             "Authorization, Content-Type, Content-Encoding",
         ));
     h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(PREFLIGHT_MAX_AGE_S));
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from(PREFLIGHT_MAX_AGE_S),
+    );
     resp
 }
 

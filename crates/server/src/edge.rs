@@ -58,11 +58,15 @@ pub async fn read_body_in_time(
         Ok::<_, axum::Error>(buf)
     };
     match tokio::time::timeout(deadline, read).await {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
-        Ok(Err(e)) => {
-            AppError::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))
-                .into_response()
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
         }
+        Ok(Err(e)) => AppError::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}"),
+        )
+        .into_response(),
         Err(_) => {
             let e = AppError::new(
                 StatusCode::REQUEST_TIMEOUT,
@@ -115,7 +119,10 @@ pub async fn run(
             _ = stop.changed() => break,
         };
         state.metrics.connections.fetch_add(1, Ordering::Relaxed);
-        state.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        state
+            .metrics
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
         let app = app.clone();
         let state = state.clone();
         let mut stop = stop_rx.clone();

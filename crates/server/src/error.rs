@@ -49,9 +49,11 @@ impl AppError {
             _ => "rate_limit_events",
         });
         e.extra.insert("limit".into(), json!(l.limit));
-        e.extra.insert("rate_per_second".into(), json!(l.rate_per_second));
+        e.extra
+            .insert("rate_per_second".into(), json!(l.rate_per_second));
         e.extra.insert("burst".into(), json!(l.burst));
-        e.extra.insert("retry_after_s".into(), json!(l.retry_after_s));
+        e.extra
+            .insert("retry_after_s".into(), json!(l.retry_after_s));
         e
     }
 
@@ -101,13 +103,17 @@ impl IntoResponse for AppError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE
             || self.status == StatusCode::TOO_MANY_REQUESTS
         {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(self.retry_after_s));
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(self.retry_after_s),
+            );
         }
         // A client too slow to send its body is not worth keeping the connection for.
         if self.status == StatusCode::REQUEST_TIMEOUT {
-            resp.headers_mut()
-                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         resp
     }

@@ -92,10 +92,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 post(ingest::collect).options(cors::preflight),
             );
     }
-    r.route(
-        "/v1/import",
-        post(ingest::collect).options(cors::preflight),
-    )
+    r.route("/v1/import", post(ingest::collect).options(cors::preflight))
         .route("/", get(ui::index))
         .route("/ui/{*path}", get(ui::file))
         .route("/api/v1/openapi.json", get(openapi))

@@ -204,8 +204,14 @@ mod tests {
         }
         let e = rl.request("shop", t0).unwrap_err();
         assert_eq!(e.limit, "requests_per_second");
-        assert_eq!(e.retry_after_s, 1, "one token comes back in 0.5 s, rounded up");
-        assert!(rl.request("other", t0).is_ok(), "projects have their own buckets");
+        assert_eq!(
+            e.retry_after_s, 1,
+            "one token comes back in 0.5 s, rounded up"
+        );
+        assert!(
+            rl.request("other", t0).is_ok(),
+            "projects have their own buckets"
+        );
         assert!(rl.request("shop", t0 + Duration::from_millis(499)).is_err());
         assert!(rl.request("shop", t0 + Duration::from_millis(1000)).is_ok());
     }
@@ -217,8 +223,13 @@ mod tests {
         assert!(rl.events("shop", 500, t0).is_ok(), "never refused for ever");
         let e = rl.events("shop", 10, t0).unwrap_err();
         assert_eq!(e.limit, "events_per_second");
-        assert_eq!(e.retry_after_s, 1, "10 messages at 100/s: 0.1 s, at least 1 s");
-        assert!(rl.events("shop", 10, t0 + Duration::from_millis(100)).is_ok());
+        assert_eq!(
+            e.retry_after_s, 1,
+            "10 messages at 100/s: 0.1 s, at least 1 s"
+        );
+        assert!(rl
+            .events("shop", 10, t0 + Duration::from_millis(100))
+            .is_ok());
     }
 
     #[test]
@@ -258,7 +269,10 @@ mod tests {
         rl.request("d", t1).unwrap();
         assert_eq!(rl.buckets(), 2, "b and c evicted, a and d kept");
         rl.request("a", t1).unwrap();
-        assert!(rl.request("a", t1).is_err(), "a kept its debt through the eviction");
+        assert!(
+            rl.request("a", t1).is_err(),
+            "a kept its debt through the eviction"
+        );
         for (i, name) in ["e", "f", "g", "h"].iter().enumerate() {
             rl.request(name, t1 + Duration::from_millis(i as u64))
                 .unwrap();

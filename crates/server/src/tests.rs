@@ -665,7 +665,11 @@ async fn a_write_key_over_its_request_rate_gets_429_with_retry_after_and_the_lim
         .unwrap();
     let resp = router(f.state.clone()).oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(resp.headers()["retry-after"], "2", "one token in 2 s at 0.5/s");
+    assert_eq!(
+        resp.headers()["retry-after"],
+        "2",
+        "one token in 2 s at 0.5/s"
+    );
     let body: Value =
         serde_json::from_slice(&to_bytes(resp.into_body(), 1 << 16).await.unwrap()).unwrap();
     assert_eq!(body["limit"], "requests_per_second");
@@ -681,7 +685,10 @@ async fn cors_preflight_answers_only_for_allowed_origins_and_never_on_the_query_
         Request::options(path)
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization, content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
             .body(Body::empty())
             .unwrap()
     };

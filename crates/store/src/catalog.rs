@@ -318,7 +318,12 @@ mod tests {
             "http://127.0.0.1:8080"
         );
         assert_eq!(normalize_origin("*").unwrap(), "*");
-        for bad in ["shop.example", "ftp://a.example", "https://a.example/path", "https://"] {
+        for bad in [
+            "shop.example",
+            "ftp://a.example",
+            "https://a.example/path",
+            "https://",
+        ] {
             assert!(normalize_origin(bad).is_err(), "{bad}");
         }
         let dir = std::env::temp_dir().join(format!("tl-catalog-cors-{}", std::process::id()));
