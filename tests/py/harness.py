@@ -123,9 +123,9 @@ class Server:
         extra_args: tuple[str, ...] = (),
         config: Path | None = None,
     ):
-        self.config = config
         self.bin = bin_path
         self.data_dir = data_dir
+        self.config = config
         self.log_dir = log_dir
         self.extra_args = tuple(extra_args)
         self.port = free_port()
@@ -159,9 +159,11 @@ class Server:
         self.starts += 1
         self.log_path = self.log_dir / f"serve-{self.port}-{self.starts}.log"
         log = open(self.log_path, "wb")
+        args = [self.bin, "serve", "--data", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}", *self.extra_args]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
         self.proc = subprocess.Popen(
-            [self.bin, "serve", "--data", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}", *self.extra_args]
-            + (["--config", str(self.config)] if self.config else []),
+            args,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,14 +1,18 @@
 //! The server: configuration, the HTTP router and the process's metrics.
 //!
 //! `router(state)` is the whole HTTP surface, testable without a socket; `serve` binds it
-//! and shuts down gracefully, letting the store's writers answer everything queued.
+//! (through `edge`, which bounds connections and slow clients) and shuts down gracefully,
+//! letting the store's writers answer everything queued.
 
 mod config;
+mod cors;
+mod edge;
 mod error;
 mod ingest;
 mod metrics;
 pub mod orchestrate;
 mod query;
+mod ratelimit;
 mod survey;
 mod ui;
 
@@ -21,7 +25,7 @@ use throughline_collect::IdGen;
 use throughline_store::Store;
 use tokio::sync::Semaphore;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, RateLimitConfig, RateLimitOverride};
 pub use error::AppError;
 pub use metrics::ServerMetrics;
 pub use ui::CONTENT_SECURITY_POLICY;
@@ -39,6 +43,8 @@ pub struct AppState {
     inflight: Semaphore,
     /// The journeys' runtime, once started (by `serve`, or a test).
     pub orchestrator: std::sync::OnceLock<Arc<orchestrate::Orchestrator>>,
+    /// Per write key token buckets of the collection API.
+    rate_limits: ratelimit::RateLimiter,
 }
 
 impl AppState {
@@ -47,6 +53,7 @@ impl AppState {
             store,
             metrics: ServerMetrics::default(),
             inflight: Semaphore::new(config.http.inflight_requests_max),
+            rate_limits: ratelimit::RateLimiter::new(config.rate_limit.clone()),
             config,
             ids_base: throughline_store::random_seed(),
             ids_next: std::sync::atomic::AtomicU64::new(0),
@@ -92,10 +99,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         ("batch", "b"),
     ] {
         r = r
-            .route(&format!("/v1/{long}"), post(ingest::collect))
-            .route(&format!("/v1/{short}"), post(ingest::collect));
+            .route(
+                &format!("/v1/{long}"),
+                post(ingest::collect).options(cors::preflight),
+            )
+            .route(
+                &format!("/v1/{short}"),
+                post(ingest::collect).options(cors::preflight),
+            );
     }
-    r.route("/v1/import", post(ingest::collect))
+    r.route("/v1/import", post(ingest::collect).options(cors::preflight))
         .route("/", get(ui::index))
         .route("/ui/{*path}", get(ui::file))
         .route("/api/v1/openapi.json", get(openapi))
@@ -113,6 +126,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/s/{token}", get(survey::show).post(survey::answer))
         .merge(journey_routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::read_body_in_time,
+        ))
         .with_state(state)
 }
 
@@ -183,13 +200,7 @@ pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> std::io::Result<
     }
     tracing::info!(addr = %listener.local_addr()?, "accepting events");
     let app = router(state.clone());
-    // The peer address reaches handlers that record who did what (the audit log).
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    edge::run(listener, app, state.clone(), shutdown_signal()).await;
     let store = state.store.clone();
     let orchestrator = state.orchestrator.get().cloned();
     tokio::task::spawn_blocking(move || {

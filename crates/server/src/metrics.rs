@@ -19,6 +19,10 @@ pub struct ServerMetrics {
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     pub batch_messages: Histogram,
     pub request_seconds: Histogram,
+    /// Connections accepted, open now, and closed for not sending a request head in time.
+    pub connections: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub header_timeouts: AtomicU64,
 }
 
 impl Default for ServerMetrics {
@@ -29,6 +33,9 @@ impl Default for ServerMetrics {
             rejected: Mutex::new(BTreeMap::new()),
             batch_messages: Histogram::new(SIZE_BUCKETS),
             request_seconds: Histogram::new(SECONDS_BUCKETS),
+            connections: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            header_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -72,6 +79,28 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "throughline_events_rejected_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    counter(
+        &mut out,
+        "throughline_http_connections_total",
+        "Connections accepted.",
+        m.connections.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP throughline_http_connections_open Connections open now (at most http.connections_max).\n# TYPE throughline_http_connections_open gauge\nthroughline_http_connections_open {}",
+        m.connections_open.load(Ordering::Relaxed)
+    );
+    counter(
+        &mut out,
+        "throughline_http_header_timeouts_total",
+        "Connections closed for not sending a request head within http.header_read_timeout_ms.",
+        m.header_timeouts.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP throughline_rate_limit_buckets Write keys with a rate limit bucket held now (at most rate_limit.buckets_max).\n# TYPE throughline_rate_limit_buckets gauge\nthroughline_rate_limit_buckets {}",
+        state.rate_limits.buckets()
+    );
     let _ = writeln!(out, "# HELP throughline_batch_messages Messages per request.\n# TYPE throughline_batch_messages histogram");
     m.batch_messages
         .render(&mut out, "throughline_batch_messages", "");

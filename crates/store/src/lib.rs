@@ -43,7 +43,10 @@ mod testutil;
 use std::path::{Path, PathBuf};
 
 pub use batch::EventBatch;
-pub use catalog::{api_key_hash, now_ms, random_seed, Catalog, IssuedKeys, ProjectInfo};
+pub use catalog::{
+    api_key_hash, normalize_origin, now_ms, random_seed, Catalog, IssuedKeys, ProjectInfo,
+    CORS_ORIGINS_MAX,
+};
 pub use lock::DirLock;
 pub use project::{AppendOutcome, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats};
 pub use segment::{Segment, NO_VALUE};
@@ -76,6 +79,8 @@ pub enum StoreError {
     ProjectExists(String),
     #[error("invalid project name {0:?}: use 1-64 characters a-z, 0-9, '-' or '_'")]
     BadProjectName(String),
+    #[error("invalid origin {0:?}: use scheme://host[:port] (http or https, no path) or *")]
+    BadOrigin(String),
     #[error("the write queue is full; retry later")]
     Overloaded,
     #[error("the store is shutting down")]
