@@ -4,14 +4,20 @@
 //! Every column is `OPTIONAL BYTE_ARRAY (UTF8)` but `timestamp`, an
 //! `INT64 (TIMESTAMP(MILLIS,true))`, so DuckDB, pyarrow and Spark see a real timestamp.
 //! Export holds at most one row group in memory; import never reads the whole file.
+//!
+//! The `parquet` crate panics on some corrupt files (found by `crates/fuzz`: a mutated
+//! page makes its bit reader slice out of range), so opening a file and reading each row
+//! run under `catch_unwind`, and such a panic becomes the same error a corrupt page gives.
 
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use parquet::basic::{Compression, LogicalType, TimeUnit, Type as PhysicalType};
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
@@ -162,7 +168,7 @@ impl<W: Write + Send> ParquetWriter<W> {
 
 /// Opens a Parquet file for import: reads its footer and schema now, its rows lazily.
 pub(crate) fn read(file: File) -> Result<Messages, FormatError> {
-    let reader = SerializedFileReader::new(file)?;
+    let reader = unpanic(|| SerializedFileReader::new(file))?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
     let fields = schema.root_schema().get_fields();
     let plan = Plan::new(fields.iter().map(|f| f.name()))?;
@@ -178,6 +184,20 @@ pub(crate) fn read(file: File) -> Result<Messages, FormatError> {
         row: 0,
         done: false,
     }))
+}
+
+/// Runs a call into the `parquet` crate, turning its panic on a corrupt file into an error.
+fn unpanic<T>(f: impl FnOnce() -> Result<T, ParquetError>) -> Result<T, ParquetError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(corrupt(panic)))
+}
+
+fn corrupt(panic: Box<dyn std::any::Any + Send>) -> ParquetError {
+    let why = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    ParquetError::General(format!("corrupt parquet file ({why})"))
 }
 
 /// How many units of an `INT64` column make a millisecond, when the column holds a time.
@@ -216,7 +236,11 @@ impl Iterator for ParquetRows {
         if self.done {
             return None;
         }
-        let next = self.rows.next();
+        let rows = &mut self.rows;
+        let next = match catch_unwind(AssertUnwindSafe(|| rows.next())) {
+            Ok(next) => next,
+            Err(panic) => Some(Err(corrupt(panic))),
+        };
         self.row += 1;
         match next {
             None => {

@@ -352,3 +352,21 @@ fn the_readme_example_imports_as_documented() {
         )]
     );
 }
+
+/// Regression (found by `crates/fuzz`): a mutated page made the `parquet` crate's bit
+/// reader slice out of range and panic; the import must end with an error instead.
+#[test]
+fn a_corrupt_parquet_page_is_an_error_not_a_panic() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/corrupt-page-bit-reader.parquet");
+    match read_messages(&path) {
+        Err(e) => assert!(e.to_string().contains("parquet"), "{e}"),
+        Ok(rows) => {
+            let last = rows.last().expect("a row or an error");
+            assert!(
+                matches!(last.1, Err(crate::RowError::Unreadable(_))),
+                "{last:?}"
+            );
+        }
+    }
+}
