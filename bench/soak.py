@@ -165,7 +165,7 @@ def message(rng: random.Random, n: int, tag: str) -> dict:
 QUERIES = [
     ("funnel", {"steps": ["Product Viewed", "Cart Viewed", "Order Completed"], "window": "1d"}),
     ("trends", {"events": ["Order Completed"]}),
-    ("retention", {"start": "Product Viewed", "return_event": "Order Completed", "periods": 4}),
+    ("retention", {"start": "Product Viewed", "return": "Order Completed", "periods": 4}),
     ("sessions", {}),
     ("paths", {"end": "Order Completed", "depth": 3}),
 ]

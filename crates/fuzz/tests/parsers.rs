@@ -420,66 +420,63 @@ fn query_requests() {
     };
     let corpus = vec![
         with(
-            json!({"kind": "funnel", "steps": ["Home", "Order Completed"], "window": "30d",
-                    "mode": "strict", "exclude": ["Cart"]}),
+            json!({"steps": ["Home", "Order Completed"], "window": "30d", "order": "strict",
+                    "exclude": ["Cart"], "step_windows": [null, "1h"], "by": "channel"}),
+        ),
+        with(json!({"events": ["Order Completed"], "interval": "day", "by": "utm_source"})),
+        with(json!({"start": "Home", "return": "Order Completed", "periods": 4, "period": "week"})),
+        with(json!({"timeout": "30m", "by": "channel"})),
+        with(
+            json!({"end": "Order Completed", "depth": 4, "of": "channels", "limit": 5,
+                    "conversion": "Order Completed", "timeout": "30m"}),
         ),
         with(
-            json!({"kind": "trends", "events": ["Order Completed"], "interval": "day",
-                    "breakdown": "utm_source"}),
-        ),
-        with(
-            json!({"kind": "retention", "start": "Home", "return_event": "Order Completed",
-                    "periods": 4, "interval": "week"}),
-        ),
-        with(json!({"kind": "sessions", "timeout": "30m"})),
-        with(
-            json!({"kind": "paths", "end": "Order Completed", "depth": 4, "of": "channels",
-                    "conversion": "Order Completed"}),
-        ),
-        with(
-            json!({"kind": "attribution", "conversion": "Order Completed", "model": "markov",
-                    "by": "channel", "lookback": "30d", "order": 2, "half_life": "7d",
+            json!({"conversion": "Order Completed", "model": "markov", "by": "channel",
+                    "lookback": "30d", "order": 2, "half_life": "7d",
                     "position": [0.4, 0.2, 0.4], "paths": 10}),
         ),
     ];
+    // Every body is tried as every kind; returns how many kinds parsed it.
+    let try_all = |body: &[u8]| -> usize {
+        let mut parsed = 0;
+        if let Ok(r) = serde_json::from_slice::<q::funnel::FunnelRequest>(body) {
+            parsed += 1;
+            let _ = q::funnel::run(&snap, &rules, &r);
+        }
+        if let Ok(r) = serde_json::from_slice::<q::trends::TrendsRequest>(body) {
+            parsed += 1;
+            let _ = q::trends::run(&snap, &rules, &r);
+        }
+        if let Ok(r) = serde_json::from_slice::<q::retention::RetentionRequest>(body) {
+            parsed += 1;
+            let _ = q::retention::run(&snap, &rules, &r);
+        }
+        if let Ok(r) = serde_json::from_slice::<q::sessions::SessionsRequest>(body) {
+            parsed += 1;
+            let _ = q::sessions::run(&snap, &rules, &r);
+        }
+        if let Ok(r) = serde_json::from_slice::<q::paths::PathsRequest>(body) {
+            parsed += 1;
+            let _ = q::paths::run(&snap, &rules, &r);
+        }
+        if let Ok(r) = serde_json::from_slice::<q::attribution::AttributionRequest>(body) {
+            parsed += 1;
+            let _ = q::attribution::run(&snap, &rules, &registry, &spend, &r);
+        }
+        parsed
+    };
+    for (i, body) in corpus.iter().enumerate() {
+        assert!(try_all(body) >= 1, "seed {i} is no valid request");
+    }
+    let mut ran = 0;
     fuzz("query requests", &corpus, |body| {
-        // Each body is tried as every kind: what matters is what the parser is given.
-        let kind = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| v.get("kind").and_then(Value::as_str).map(str::to_string));
-        let is = |k: &str| kind.as_deref().is_none_or(|kind| kind == k);
-        if is("funnel") {
-            if let Ok(r) = serde_json::from_slice::<q::funnel::FunnelRequest>(body) {
-                let _ = q::funnel::run(&snap, &rules, &r);
-            }
-        }
-        if is("trends") {
-            if let Ok(r) = serde_json::from_slice::<q::trends::TrendsRequest>(body) {
-                let _ = q::trends::run(&snap, &rules, &r);
-            }
-        }
-        if is("retention") {
-            if let Ok(r) = serde_json::from_slice::<q::retention::RetentionRequest>(body) {
-                let _ = q::retention::run(&snap, &rules, &r);
-            }
-        }
-        if is("sessions") {
-            if let Ok(r) = serde_json::from_slice::<q::sessions::SessionsRequest>(body) {
-                let _ = q::sessions::run(&snap, &rules, &r);
-            }
-        }
-        if is("paths") {
-            if let Ok(r) = serde_json::from_slice::<q::paths::PathsRequest>(body) {
-                let _ = q::paths::run(&snap, &rules, &r);
-            }
-        }
-        if is("attribution") {
-            if let Ok(r) = serde_json::from_slice::<q::attribution::AttributionRequest>(body) {
-                let _ = q::attribution::run(&snap, &rules, &registry, &spend, &r);
-            }
-        }
+        ran += usize::from(try_all(body) > 0);
         Ok(())
     });
+    // The mutations must still reach the queries, not only the JSON parser.
+    let (cases, _) = throughline_fuzz::settings();
+    assert!(ran as u64 >= cases / 50, "only {ran} of {cases} cases ran a query");
+    eprintln!("query requests: {ran} of {cases} cases ran a query");
     drop(snap);
     drop(project);
     let _ = std::fs::remove_dir_all(&dir);
