@@ -89,7 +89,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -98,7 +98,7 @@ impl Rng {
     }
     /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 }
 
@@ -136,7 +136,7 @@ const FRAGMENTS: &[&[u8]] = &[
 /// One mutated input derived from `corpus` (which must not be empty).
 pub fn mutate(corpus: &[Vec<u8>], rng: &mut Rng) -> Vec<u8> {
     let mut out = corpus[rng.below(corpus.len())].clone();
-    let count = 1 + rng.next() % MUTATIONS_MAX;
+    let count = 1 + rng.next_u64() % MUTATIONS_MAX;
     for _ in 0..count {
         let at = if out.is_empty() {
             0

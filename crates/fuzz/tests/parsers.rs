@@ -74,16 +74,13 @@ fn segment_batches() {
     let mut ids = IdGen::new(1);
     fuzz("segment batches", &corpus, |body| {
         let json_ok = serde_json::from_slice::<IgnoredAny>(body).is_ok();
-        match Batch::parse(body, NOW_MS, &mut ids) {
-            Ok(batch) => {
-                if !json_ok {
-                    return Err("a body serde_json rejects was accepted".into());
-                }
-                for event in batch.messages.into_iter().flatten() {
-                    stored_record_decodes(&event)?;
-                }
+        if let Ok(batch) = Batch::parse(body, NOW_MS, &mut ids) {
+            if !json_ok {
+                return Err("a body serde_json rejects was accepted".into());
             }
-            Err(_) => {}
+            for event in batch.messages.into_iter().flatten() {
+                stored_record_decodes(&event)?;
+            }
         }
         Ok(())
     });
@@ -101,19 +98,13 @@ fn segment_single_messages() {
     fuzz("segment single messages", &corpus, |body| {
         n += 1;
         let json_ok = serde_json::from_slice::<IgnoredAny>(body).is_ok();
-        match Batch::parse_single(body, kinds[n % kinds.len()], NOW_MS, &mut ids) {
-            Ok(batch) => {
-                for result in batch.messages {
-                    match result {
-                        Ok(event) if !json_ok => {
-                            return Err(format!("invalid JSON made an event: {event:?}"))
-                        }
-                        Ok(event) => stored_record_decodes(&event)?,
-                        Err(_) => {}
-                    }
+        if let Ok(batch) = Batch::parse_single(body, kinds[n % kinds.len()], NOW_MS, &mut ids) {
+            for event in batch.messages.into_iter().flatten() {
+                if !json_ok {
+                    return Err(format!("invalid JSON made an event: {event:?}"));
                 }
+                stored_record_decodes(&event)?;
             }
-            Err(_) => {}
         }
         Ok(())
     });
@@ -475,7 +466,10 @@ fn query_requests() {
     });
     // The mutations must still reach the queries, not only the JSON parser.
     let (cases, _) = throughline_fuzz::settings();
-    assert!(ran as u64 >= cases / 50, "only {ran} of {cases} cases ran a query");
+    assert!(
+        ran as u64 >= cases / 50,
+        "only {ran} of {cases} cases ran a query"
+    );
     eprintln!("query requests: {ran} of {cases} cases ran a query");
     drop(snap);
     drop(project);
