@@ -6,6 +6,8 @@
 //! answers are serde types, identical for the CLI and the HTTP API.
 
 pub mod assets;
+pub mod breakdown;
+pub mod cache;
 mod error;
 pub mod funnel;
 pub mod paths;
