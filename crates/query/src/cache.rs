@@ -24,6 +24,7 @@ enum Value {
     U32(Arc<Vec<u32>>),
     I64(Arc<Vec<i64>>),
     U8(Arc<Vec<u8>>),
+    U16(Arc<Vec<u16>>),
     Dict(Arc<Vec<String>>),
 }
 
@@ -33,6 +34,7 @@ impl Value {
             Value::U32(v) => v.len() * 4,
             Value::I64(v) => v.len() * 8,
             Value::U8(v) => v.len(),
+            Value::U16(v) => v.len() * 2,
             Value::Dict(v) => v.iter().map(|s| s.len() + 24).sum::<usize>() + 24,
         }
     }
@@ -121,6 +123,20 @@ impl ColumnCache {
     pub fn u8s(&self, seg: &Arc<Segment>, name: &str) -> Result<Arc<Vec<u8>>, StoreError> {
         match self.get(seg, name, |s| Ok(Value::U8(Arc::new(s.read_column(name)?))))? {
             Value::U8(v) => Ok(v),
+            _ => Err(mismatch(seg, name)),
+        }
+    }
+
+    /// A column derived from verified columns of the segment (by `build`, once), kept
+    /// like the others; `name` must say what it is derived from.
+    pub fn derived_u16(
+        &self,
+        seg: &Arc<Segment>,
+        name: &str,
+        build: impl FnOnce(&Segment) -> Result<Vec<u16>, StoreError>,
+    ) -> Result<Arc<Vec<u16>>, StoreError> {
+        match self.get(seg, name, |s| Ok(Value::U16(Arc::new(build(s)?))))? {
+            Value::U16(v) => Ok(v),
             _ => Err(mismatch(seg, name)),
         }
     }

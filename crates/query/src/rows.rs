@@ -29,6 +29,8 @@ use crate::cache::{self, ColumnCache};
 /// Rows per piece when a segment's columns stream from its file: a few hundred KB, so a
 /// piece stays in the CPU's cache between the read, the checksum and the filter.
 const PIECE_ROWS: usize = 32 * 1024;
+/// Rows per piece of cached columns: the selection buffers of one stay in the L1/L2 cache.
+const CACHED_PIECE_ROWS: usize = 8 * 1024;
 /// Filter answers memoized per thread at most (one byte each).
 const KEEP_MEMO_MAX: usize = 1 << 24;
 /// Loader threads at most.
@@ -147,7 +149,10 @@ pub fn load(snap: &Snapshot, req: &Load) -> Result<Rows, StoreError> {
         &|| decide.clone(),
         &|memo: &mut KeepMemo, kind, codes| u64::from(memo.keep(kind, codes)),
     )?;
-    Ok(merge_rows(&runs, &req.dims, sources.dicts))
+    let rows = merge_rows(&runs, &req.dims, sources.dicts);
+    recycle(runs);
+    recycle_table(sources.table);
+    Ok(rows)
 }
 
 /// A streaming scan over the persons of one snapshot: [`Scan::new`] gathers the
@@ -220,19 +225,28 @@ impl<'s, 'a> Scan<'s, 'a> {
             });
             state
         };
-        if ranges.len() == 1 {
-            return Ok(vec![visit_range(&ranges[0])]);
-        }
-        Ok(std::thread::scope(|s| {
-            let handles: Vec<_> = ranges
-                .iter()
-                .map(|r| s.spawn(move || visit_range(r)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("scan thread"))
-                .collect()
-        }))
+        let states = if ranges.len() == 1 {
+            vec![visit_range(&ranges[0])]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = ranges
+                    .iter()
+                    .map(|r| s.spawn(move || visit_range(r)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("scan thread"))
+                    .collect()
+            })
+        };
+        recycle(runs);
+        Ok(states)
+    }
+}
+
+impl Drop for Scan<'_, '_> {
+    fn drop(&mut self) {
+        recycle_table(std::mem::take(&mut self.sources.table));
     }
 }
 
@@ -331,7 +345,7 @@ impl<'s, 'a> Sources<'s, 'a> {
             segments,
             log,
             dicts: Dicts { values, remap },
-            table: snap.identity().person_table(),
+            table: person_table(snap),
         })
     }
 
@@ -356,6 +370,17 @@ impl<'s, 'a> Sources<'s, 'a> {
         I: Fn() -> M + Sync,
         D: Fn(&mut M, u8, &[u32]) -> u64 + Sync,
     {
+        // With a person filter, the nodes of those persons: a node bitmap is smaller than
+        // the node-to-person table, and one lookup instead of two.
+        let wanted_nodes: Option<Bitmap> = persons.map(|b| {
+            let mut bits = vec![0u64; self.table.len().div_ceil(64)];
+            for (n, &person) in self.table.iter().enumerate() {
+                if b.contains(person) {
+                    bits[n / 64] |= 1 << (n % 64);
+                }
+            }
+            Bitmap(bits)
+        });
         let next = std::sync::atomic::AtomicUsize::new(0);
         let n = self.segments.len();
         let mut runs: Vec<(usize, Run)> = std::thread::scope(|s| {
@@ -369,10 +394,14 @@ impl<'s, 'a> Sources<'s, 'a> {
                             if i >= n {
                                 return Ok(mine);
                             }
-                            let run =
-                                self.segment_run(i, persons, with_codes, reads, &mut |k, c| {
-                                    decide(&mut state, k, c)
-                                })?;
+                            let run = self.segment_run(
+                                i,
+                                persons,
+                                wanted_nodes.as_ref(),
+                                with_codes,
+                                reads,
+                                &mut |k, c| decide(&mut state, k, c),
+                            )?;
                             mine.push((i, run));
                         }
                     })
@@ -389,7 +418,7 @@ impl<'s, 'a> Sources<'s, 'a> {
         let mut state = init();
         let log = &self.log;
         let nd = self.dims.len();
-        let mut run = Run::new(nd, with_codes, 0);
+        let mut run = take_run(nd, with_codes, 0);
         let mut codes = [NO_VALUE; DIM_COUNT];
         for i in 0..log.ts.len() {
             if !self.in_range(log.ts[i]) {
@@ -425,10 +454,12 @@ impl<'s, 'a> Sources<'s, 'a> {
     }
 
     /// One segment's kept rows.
+    #[allow(clippy::too_many_arguments)]
     fn segment_run<D: FnMut(u8, &[u32]) -> u64>(
         &self,
         i: usize,
         persons: Option<&Bitmap>,
+        wanted_nodes: Option<&Bitmap>,
         with_codes: bool,
         reads: &[usize],
         decide: &mut D,
@@ -444,7 +475,7 @@ impl<'s, 'a> Sources<'s, 'a> {
         let (lo, hi) = seg.time_range();
         // Most segments lie wholly inside the range: then no row needs the check.
         let whole = self.in_range(lo) && self.in_range(hi);
-        let mut run = Run::new(nd, with_codes, seg.rows());
+        let mut run = take_run(nd, with_codes, seg.rows());
         let mut codes = [NO_VALUE; DIM_COUNT];
         // With at most one dimension read, the tag of every (type, local code) is decided
         // up front: the row loop is then a table lookup.
@@ -480,26 +511,55 @@ impl<'s, 'a> Sources<'s, 'a> {
         // then the kept rows alone are looked up and copied.
         let mut sel: Vec<u32> = Vec::new();
         let mut sel_tag: Vec<u64> = Vec::new();
-        for_each_piece(seg, &self.dims, self.cache, |p| {
+        let mut cand: Vec<u32> = Vec::new();
+        let kc_dim = match (reads, &table) {
+            ([j], Some(_)) => Some(*j),
+            _ => None,
+        };
+        for_each_piece(seg, &self.dims, kc_dim, self.cache, |p| {
             let len = p.ts.len();
-            sel.clear();
-            sel.resize(len + 1, 0);
-            sel_tag.clear();
-            sel_tag.resize(len + 1, 0);
+            // Written before read, so only grown, never cleared.
+            if sel.len() < len + 1 {
+                sel.resize(len + 1, 0);
+                sel_tag.resize(len + 1, 0);
+            }
             let mut kept = 0usize;
             match &table {
                 Some((j, n, tags)) => {
                     let range = (!whole).then_some((from, to));
                     let codes = (*j != usize::MAX).then(|| p.codes[*j]);
-                    let (k, bad) =
-                        select(codes, p.kind, p.ts, tags, *n, range, &mut sel, &mut sel_tag);
+                    let (k, bad) = match (codes, range, p.kc) {
+                        (Some(_), None, Some(kc)) => {
+                            (select_kc(kc, tags, &mut sel, &mut sel_tag), false)
+                        }
+                        (Some(c), None, _) => {
+                            select_all_times(c, p.kind, tags, *n, &mut sel, &mut sel_tag)
+                        }
+                        _ => select(codes, p.kind, p.ts, tags, *n, range, &mut sel, &mut sel_tag),
+                    };
                     kept = k;
                     if bad {
                         bad_code = Some(*j);
                     }
                 }
                 None => {
-                    for r in 0..len {
+                    // A second pass over a few persons' rows (paths after their anchor):
+                    // their nodes decide first, before the costlier tag.
+                    let candidates: &[u32] = match wanted_nodes {
+                        Some(w) => {
+                            let k = select_nodes(p.node, w, &mut cand);
+                            &cand[..k]
+                        }
+                        None => {
+                            if cand.len() != len {
+                                cand.clear();
+                                cand.extend(0..len as u32);
+                            }
+                            &cand[..]
+                        }
+                    };
+                    for &r in candidates {
+                        let r = r as usize;
                         let t = p.ts[r];
                         if !whole && !((t >= from) & (t < to)) {
                             continue;
@@ -523,6 +583,22 @@ impl<'s, 'a> Sources<'s, 'a> {
                     }
                 }
             }
+            if !with_codes {
+                let first = first_seq + p.start as u32;
+                if let Some(node) = gather(
+                    &sel[..kept],
+                    &sel_tag[..kept],
+                    p.node,
+                    p.ts,
+                    &self.table,
+                    persons,
+                    first,
+                    &mut run,
+                ) {
+                    bad_node = Some(node);
+                }
+                return Ok(());
+            }
             for (&r, &tag) in sel[..kept].iter().zip(&sel_tag[..kept]) {
                 let r = r as usize;
                 let node = p.node[r];
@@ -533,7 +609,7 @@ impl<'s, 'a> Sources<'s, 'a> {
                 if persons.is_some_and(|b| !b.contains(person)) {
                     continue;
                 }
-                if with_codes {
+                {
                     for j in 0..nd {
                         let c = p.codes[j][r];
                         codes[j] = match remap[j].get(c as usize) {
@@ -621,6 +697,90 @@ fn select(
     (kept, bad)
 }
 
+/// The rows of a piece whose node is in `wanted`, into `out` (resized to hold them all).
+#[inline(never)]
+fn select_nodes(node: &[u32], wanted: &Bitmap, out: &mut Vec<u32>) -> usize {
+    if out.len() < node.len() + 1 {
+        out.resize(node.len() + 1, 0);
+    }
+    let mut kept = 0usize;
+    for (r, &n) in node.iter().enumerate() {
+        out[kept] = r as u32;
+        kept += usize::from(wanted.contains(n));
+    }
+    kept
+}
+
+/// [`select`] over a cached kind-and-code column ([`Piece::kc`]), for a piece wholly in
+/// the time range: one two-byte load and one table lookup per row.
+#[inline(never)]
+fn select_kc(kc: &[u16], tags: &[u64], sel: &mut [u32], sel_tag: &mut [u64]) -> usize {
+    let mut kept = 0usize;
+    for (r, &k) in kc.iter().enumerate() {
+        let tag = tags[k as usize];
+        sel[kept] = r as u32;
+        sel_tag[kept] = tag;
+        kept += usize::from(tag != 0);
+    }
+    kept
+}
+
+/// [`select`] for a piece that lies wholly in the time range: the time column is not
+/// read here at all.
+#[inline(never)]
+fn select_all_times(
+    codes: &[u32],
+    kinds: &[u8],
+    tags: &[u64],
+    n: usize,
+    sel: &mut [u32],
+    sel_tag: &mut [u64],
+) -> (usize, bool) {
+    let last = n - 1;
+    let mut kept = 0usize;
+    let mut bad = false;
+    for (r, (&c, &kind)) in codes.iter().zip(kinds).enumerate() {
+        bad |= (c != NO_VALUE) & (c as usize >= last);
+        let tag = tags[(kind & 7) as usize * n + (c as usize).min(last)];
+        sel[kept] = r as u32;
+        sel_tag[kept] = tag;
+        kept += usize::from(tag != 0);
+    }
+    (kept, bad)
+}
+
+/// Appends the selected rows (indexes into the piece, with their tags) to a tag run:
+/// each row's person from the node table, kept when `persons` wants it. Returns a node
+/// the table does not know, if one was met (the row is skipped). A function of its own
+/// for the same reason as [`select`].
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn gather(
+    sel: &[u32],
+    tags: &[u64],
+    node: &[u32],
+    ts: &[Millis],
+    table: &[u32],
+    persons: Option<&Bitmap>,
+    first_seq: u32,
+    run: &mut Run,
+) -> Option<u32> {
+    let mut bad = None;
+    for (&r, &tag) in sel.iter().zip(tags) {
+        let r = r as usize;
+        let n = node[r];
+        let Some(&person) = table.get(n as usize) else {
+            bad = Some(n);
+            continue;
+        };
+        if persons.is_some_and(|b| !b.contains(person)) {
+            continue;
+        }
+        run.push_tag(person, ts[r], first_seq + r as u32, tag);
+    }
+    bad
+}
+
 /// One piece of a segment's columns: rows `start..start + ts.len()`.
 struct Piece<'c> {
     start: usize,
@@ -628,6 +788,10 @@ struct Piece<'c> {
     ts: &'c [Millis],
     kind: &'c [u8],
     codes: &'c [&'c [u32]],
+    /// With the cache, for the one dimension a filter reads: `(type & 7) * n + code`
+    /// per row (`n`: the segment's dictionary size plus one, the last code meaning no
+    /// value), so a tag table is indexed by one 2-byte load per row.
+    kc: Option<&'c [u16]>,
 }
 
 /// Calls `f` with the segment's rows in pieces: slices of the cached columns, or pieces
@@ -636,6 +800,7 @@ struct Piece<'c> {
 fn for_each_piece(
     seg: &Arc<Segment>,
     dims: &[usize],
+    kc_dim: Option<usize>,
     cache: Option<&ColumnCache>,
     mut f: impl FnMut(&Piece) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
@@ -666,10 +831,14 @@ fn for_each_piece(
                 return Err(bad_length(name));
             }
         }
+        let kc = match kc_dim {
+            Some(j) => kind_codes(c, seg, dims[j], &kind, &codes[j])?,
+            None => None,
+        };
         // Pieces of the cached columns too, so that a piece's working set stays in cache.
         let mut start = 0;
         while start < rows {
-            let end = (start + PIECE_ROWS).min(rows);
+            let end = (start + CACHED_PIECE_ROWS).min(rows);
             let slices: Vec<&[u32]> = codes.iter().map(|c| &c[start..end]).collect();
             f(&Piece {
                 start,
@@ -677,6 +846,7 @@ fn for_each_piece(
                 ts: &ts[start..end],
                 kind: &kind[start..end],
                 codes: &slices,
+                kc: kc.as_ref().map(|k| &k[start..end]),
             })?;
             start = end;
         }
@@ -706,6 +876,7 @@ fn for_each_piece(
             ts: &ts,
             kind: &kind,
             codes: &slices,
+            kc: None,
         })?;
         start += node.len();
     }
@@ -718,11 +889,47 @@ fn for_each_piece(
     Ok(())
 }
 
+/// The cached kind-and-code column of dimension `dim` (see [`Piece::kc`]), when its
+/// dictionary is small enough for two bytes; built once per segment from verified columns.
+fn kind_codes(
+    cache: &ColumnCache,
+    seg: &Arc<Segment>,
+    dim: usize,
+    kind: &[u8],
+    codes: &[u32],
+) -> Result<Option<Arc<Vec<u16>>>, StoreError> {
+    let n = cache.dict(seg, DIMS[dim])?.len() + 1;
+    if 8 * n > u16::MAX as usize + 1 {
+        return Ok(None);
+    }
+    let name = format!("kind+dim:{}", DIMS[dim]);
+    cache
+        .derived_u16(seg, &name, |s| {
+            let mut out = Vec::with_capacity(codes.len());
+            for (&k, &c) in kind.iter().zip(codes) {
+                if c != NO_VALUE && c as usize >= n - 1 {
+                    return Err(StoreError::Corrupt {
+                        file: s.path.clone(),
+                        why: format!("code out of range in dim:{}", DIMS[dim]),
+                    });
+                }
+                out.push(((k & 7) as usize * n + (c as usize).min(n - 1)) as u16);
+            }
+            Ok(out)
+        })
+        .map(Some)
+}
+
 /// The rows one source contributes, in (person, ts, seq) order: the type and global codes
-/// for [`load`], or the tag for [`Scan`].
+/// for [`load`], or the tag for [`Scan`]. Persons are stored once per block of rows, not
+/// once per row.
 struct Run {
     with_codes: bool,
-    person: Vec<u32>,
+    /// (person, end row) of each block of one person's rows, in row order.
+    blocks: Vec<(u32, u32)>,
+    /// Whether rows arrived in (person, ts, seq) order so far (persons merged since a
+    /// segment was written break it; then [`Run::ensure_sorted`] sorts).
+    sorted: bool,
     ts: Vec<Millis>,
     seq: Vec<u32>,
     kind: Vec<u8>,
@@ -736,7 +943,8 @@ impl Run {
     fn new(dims: usize, with_codes: bool, rows: usize) -> Run {
         Run {
             with_codes,
-            person: Vec::with_capacity(rows),
+            blocks: Vec::new(),
+            sorted: true,
             ts: Vec::with_capacity(rows),
             seq: Vec::with_capacity(rows),
             kind: if with_codes {
@@ -755,45 +963,209 @@ impl Run {
         }
     }
 
-    #[inline]
-    fn push(&mut self, person: u32, ts: Millis, seq: u32, tag: u64, kind: u8, codes: &[u32]) {
-        self.person.push(person);
-        self.ts.push(ts);
-        self.seq.push(seq);
+    fn rows(&self) -> usize {
+        self.ts.len()
+    }
+
+    fn capacity_bytes(&self) -> usize {
+        self.blocks.capacity() * 8
+            + self.ts.capacity() * 8
+            + self.seq.capacity() * 4
+            + self.kind.capacity()
+            + self.codes.iter().map(|c| c.capacity() * 4).sum::<usize>()
+            + self.tag.capacity() * 8
+    }
+
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.sorted = true;
+        self.ts.clear();
+        self.seq.clear();
+        self.kind.clear();
+        for c in &mut self.codes {
+            c.clear();
+        }
+        self.tag.clear();
+    }
+
+    /// Room for `rows` rows in the columns this run keeps.
+    fn reserve(&mut self, rows: usize) {
+        self.ts.reserve(rows);
+        self.seq.reserve(rows);
         if self.with_codes {
-            self.kind.push(kind);
-            for (c, &v) in self.codes.iter_mut().zip(codes) {
-                c.push(v);
+            self.kind.reserve(rows);
+            for c in &mut self.codes {
+                c.reserve(rows);
             }
         } else {
-            self.tag.push(tag);
+            self.tag.reserve(rows);
         }
     }
 
-    fn key(&self, i: usize) -> (u32, Millis, u32) {
-        (self.person[i], self.ts[i], self.seq[i])
+    /// Opens or extends the person's block for the row about to be pushed, noting when
+    /// the order breaks. Rows of one source come in arrival order, so within a person
+    /// only time can go backwards.
+    #[inline]
+    fn note_person(&mut self, person: u32, ts: Millis) {
+        let row = self.ts.len() as u32;
+        match self.blocks.last_mut() {
+            Some((p, end)) if *p == person => {
+                if self.ts.last().is_some_and(|&t| t > ts) {
+                    self.sorted = false;
+                }
+                *end = row + 1;
+            }
+            last => {
+                if last.is_some_and(|(p, _)| *p > person) {
+                    self.sorted = false;
+                }
+                self.blocks.push((person, row + 1));
+            }
+        }
     }
 
-    /// Segments are written sorted by (person, ts); a person merged since then breaks that
-    /// order, and only then is the run sorted again.
+    #[inline]
+    fn push_tag(&mut self, person: u32, ts: Millis, seq: u32, tag: u64) {
+        self.note_person(person, ts);
+        self.ts.push(ts);
+        self.seq.push(seq);
+        self.tag.push(tag);
+    }
+
+    #[inline]
+    fn push(&mut self, person: u32, ts: Millis, seq: u32, tag: u64, kind: u8, codes: &[u32]) {
+        if !self.with_codes {
+            return self.push_tag(person, ts, seq, tag);
+        }
+        self.note_person(person, ts);
+        self.ts.push(ts);
+        self.seq.push(seq);
+        self.kind.push(kind);
+        for (c, &v) in self.codes.iter_mut().zip(codes) {
+            c.push(v);
+        }
+    }
+
+    /// Sorts the rows by (person, ts, seq) when they did not arrive so (a person merged
+    /// since the segment was written), merging each person's blocks into one.
     fn ensure_sorted(&mut self) {
-        if (1..self.ts.len()).all(|i| self.key(i - 1) <= self.key(i)) {
+        if self.sorted {
             return;
         }
-        let mut order: Vec<u32> = (0..self.ts.len() as u32).collect();
-        order.sort_unstable_by_key(|&i| self.key(i as usize));
+        let mut person = Vec::with_capacity(self.rows());
+        let mut start = 0;
+        for &(p, end) in &self.blocks {
+            person.extend(std::iter::repeat_n(p, end as usize - start));
+            start = end as usize;
+        }
+        let mut order: Vec<u32> = (0..self.rows() as u32).collect();
+        order.sort_unstable_by_key(|&i| {
+            let i = i as usize;
+            (person[i], self.ts[i], self.seq[i])
+        });
         fn gather<T: Copy>(v: &mut Vec<T>, order: &[u32]) {
             if !v.is_empty() {
                 *v = order.iter().map(|&i| v[i as usize]).collect();
             }
         }
-        gather(&mut self.person, &order);
+        gather(&mut person, &order);
         gather(&mut self.ts, &order);
         gather(&mut self.seq, &order);
         gather(&mut self.kind, &order);
         gather(&mut self.tag, &order);
         for c in &mut self.codes {
             gather(c, &order);
+        }
+        self.blocks.clear();
+        for (i, &p) in person.iter().enumerate() {
+            match self.blocks.last_mut() {
+                Some((q, end)) if *q == p => *end = i as u32 + 1,
+                _ => self.blocks.push((p, i as u32 + 1)),
+            }
+        }
+        self.sorted = true;
+    }
+}
+
+/// Memory of finished scans, kept for the next query while a column cache is on (a
+/// server): fresh memory costs the kernel zeroing every page of it on each query, which
+/// was a fifth of a funnel's time. Bounded by `POOL_BYTES_MAX` of capacity.
+static POOL: std::sync::Mutex<Pool> = std::sync::Mutex::new(Pool {
+    runs: Vec::new(),
+    tables: Vec::new(),
+});
+const POOL_BYTES_MAX: usize = 512 << 20;
+
+struct Pool {
+    runs: Vec<Run>,
+    tables: Vec<Vec<u32>>,
+}
+
+impl Pool {
+    fn bytes(&self) -> usize {
+        self.runs.iter().map(Run::capacity_bytes).sum::<usize>()
+            + self.tables.iter().map(|t| t.capacity() * 4).sum::<usize>()
+    }
+}
+
+/// Whether finished scans keep their memory for the next: only in a process that
+/// answers many queries (one that turned the column cache on).
+fn pooling() -> bool {
+    cache::global().is_some()
+}
+
+/// A run able to hold `rows` rows, from the pool when one is there.
+fn take_run(dims: usize, with_codes: bool, rows: usize) -> Run {
+    if pooling() {
+        let mut pool = POOL.lock().expect("pool lock");
+        if let Some(i) = pool.runs.iter().position(|r| {
+            r.with_codes == with_codes && r.codes.len() == if with_codes { dims } else { 0 }
+        }) {
+            let mut run = pool.runs.swap_remove(i);
+            drop(pool);
+            run.reserve(rows);
+            return run;
+        }
+    }
+    Run::new(dims, with_codes, rows)
+}
+
+/// Gives the runs' memory back to the pool (emptied), as far as the bound allows.
+fn recycle(runs: Vec<Run>) {
+    if !pooling() {
+        return;
+    }
+    let mut pool = POOL.lock().expect("pool lock");
+    for mut run in runs {
+        run.clear();
+        if pool.bytes() + run.capacity_bytes() <= POOL_BYTES_MAX {
+            pool.runs.push(run);
+        }
+    }
+}
+
+/// The node-to-person table of the snapshot, in pooled memory when pooling.
+fn person_table(snap: &Snapshot) -> Vec<u32> {
+    let identity = snap.identity();
+    let mut table = if pooling() {
+        POOL.lock()
+            .expect("pool lock")
+            .tables
+            .pop()
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    table.clear();
+    table.extend((0..identity.node_count() as u32).map(|n| identity.person_of(n)));
+    table
+}
+
+fn recycle_table(table: Vec<u32>) {
+    if pooling() {
+        let mut pool = POOL.lock().expect("pool lock");
+        if pool.bytes() + table.capacity() * 4 <= POOL_BYTES_MAX {
+            pool.tables.push(table);
         }
     }
 }
@@ -940,16 +1312,22 @@ impl Scratch {
 
 /// Person-id ranges `[lo, hi)` covering every run, about equal in rows, one per thread.
 fn split_persons(runs: &[Run], parts: usize) -> Vec<Range<u64>> {
-    let total: usize = runs.iter().map(|r| r.person.len()).sum();
+    let total: usize = runs.iter().map(Run::rows).sum();
     if parts <= 1 || total < 4096 {
         return std::iter::once(0..u64::MAX).collect();
     }
-    // A sample of every run's persons, in proportion to its rows.
+    // A person every `step` rows of every run: a sample in proportion to rows.
     let step = (total / 4096).max(1);
-    let mut sample: Vec<u32> = runs
-        .iter()
-        .flat_map(|r| r.person.iter().step_by(step).copied())
-        .collect();
+    let mut sample: Vec<u32> = Vec::new();
+    for run in runs {
+        let mut next = 0usize;
+        for &(p, end) in &run.blocks {
+            while next < end as usize {
+                sample.push(p);
+                next += step;
+            }
+        }
+    }
     sample.sort_unstable();
     let mut bounds = vec![0u64];
     for k in 1..parts {
@@ -969,30 +1347,48 @@ fn for_each_person(
     range: &Range<u64>,
     mut visit: impl FnMut(u32, &[(usize, Range<usize>)]),
 ) {
+    // Per run: the next block, and the block bound of the range.
     let mut pos: Vec<usize> = runs
         .iter()
-        .map(|r| r.person.partition_point(|&p| (p as u64) < range.start))
+        .map(|r| r.blocks.partition_point(|&(p, _)| (p as u64) < range.start))
         .collect();
     let ends: Vec<usize> = runs
         .iter()
-        .map(|r| r.person.partition_point(|&p| (p as u64) < range.end))
+        .map(|r| r.blocks.partition_point(|&(p, _)| (p as u64) < range.end))
         .collect();
+    let start_of = |r: &Run, b: usize| {
+        if b == 0 {
+            0
+        } else {
+            r.blocks[b - 1].1 as usize
+        }
+    };
     let mut pieces: Vec<(usize, Range<usize>)> = Vec::with_capacity(runs.len());
+    if runs.len() == 1 {
+        let run = &runs[0];
+        for b in pos[0]..ends[0] {
+            let (p, end) = run.blocks[b];
+            pieces.clear();
+            pieces.push((0, start_of(run, b)..end as usize));
+            visit(p, &pieces);
+        }
+        return;
+    }
     loop {
         let mut next: Option<u32> = None;
         for (r, run) in runs.iter().enumerate() {
             if pos[r] < ends[r] {
-                let p = run.person[pos[r]];
+                let p = run.blocks[pos[r]].0;
                 next = Some(next.map_or(p, |n| n.min(p)));
             }
         }
         let Some(person) = next else { return };
         pieces.clear();
         for (r, run) in runs.iter().enumerate() {
-            if pos[r] < ends[r] && run.person[pos[r]] == person {
-                let end = block_end(&run.person[..ends[r]], pos[r]);
-                pieces.push((r, pos[r]..end));
-                pos[r] = end;
+            if pos[r] < ends[r] && run.blocks[pos[r]].0 == person {
+                let b = pos[r];
+                pieces.push((r, start_of(run, b)..run.blocks[b].1 as usize));
+                pos[r] += 1;
             }
         }
         visit(person, &pieces);
@@ -1001,7 +1397,7 @@ fn for_each_person(
 
 /// The merged table of [`load`]: every run's rows in (person, ts, arrival) order.
 fn merge_rows(runs: &[Run], dims: &[usize], dicts: Dicts) -> Rows {
-    let total: usize = runs.iter().map(|r| r.ts.len()).sum();
+    let total: usize = runs.iter().map(Run::rows).sum();
     let mut out = Rows {
         person: Vec::with_capacity(total),
         ts: Vec::with_capacity(total),

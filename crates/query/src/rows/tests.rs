@@ -168,6 +168,7 @@ fn scan_sees_what_load_keeps() {
         )
         .unwrap();
     assert_eq!(seen.into_iter().flatten().collect::<Vec<_>>(), want);
+    drop(scan);
     drop(snap);
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
@@ -199,6 +200,7 @@ fn a_damaged_column_fails_the_query() {
         .expect_err("a damaged column answers nothing")
         .to_string();
     assert!(err.contains("checksum"), "{err}");
+    drop(scan);
     drop(snap);
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
