@@ -118,7 +118,7 @@ pub fn run(
                     let scan = Scan::new(snap, from, to, dims)?;
                     let paths = a.needs_path().then(|| scan.dict(1));
                     let hits = MaskTable::new(&[(1, a)], scan.dict(0), paths);
-                    let found = scan.run(
+                    let found = scan.run_any_order(
                         None,
                         |kind, codes| hits.of(kind, codes),
                         Vec::new,
@@ -137,7 +137,7 @@ pub fn run(
             };
             let from_start = start.is_some();
             let by_end = end.is_some();
-            let parts = scan.run(
+            let parts = scan.run_any_order(
                 with_anchor.as_ref(),
                 tag,
                 || (HashMap::<Vec<u32>, u64>::new(), 0u64, Vec::<u32>::new()),

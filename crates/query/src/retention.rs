@@ -76,7 +76,7 @@ pub fn run(snap: &Snapshot, req: &RetentionRequest) -> Result<RetentionResponse,
         is_start: Vec<bool>,
         is_ret: Vec<bool>,
     }
-    let parts = scan.run(
+    let parts = scan.run_any_order(
         None,
         |kind, codes| masks.of(kind, codes),
         || Part {

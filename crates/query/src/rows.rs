@@ -244,6 +244,62 @@ impl<'s, 'a> Scan<'s, 'a> {
     }
 }
 
+impl Scan<'_, '_> {
+    /// [`Scan::run`] without the person order: the states come back in no particular
+    /// order of persons, which lets a server (column cache on) visit each person whose
+    /// rows all lie in one segment while that segment is read, without copying them into
+    /// runs and merging. Persons with rows in several segments or in the log are still
+    /// gathered and merged first.
+    pub fn run_any_order<S, T, I, V>(
+        &self,
+        persons: Option<&HashSet<u32>>,
+        tag: T,
+        init: I,
+        visit: V,
+    ) -> Result<Vec<S>, StoreError>
+    where
+        S: Send,
+        T: Fn(u8, &[u32]) -> u64 + Sync,
+        I: Fn() -> S + Sync,
+        V: Fn(&mut S, &PersonRows) + Sync,
+    {
+        let Some(cache) = self.sources.cache else {
+            return self.run(persons, tag, init, visit);
+        };
+        let persons = persons.map(Bitmap::of);
+        let (runs, mut states) =
+            self.sources
+                .fused_runs(cache, persons.as_ref(), &tag, &init, &visit)?;
+        let ranges = split_persons(&runs, threads());
+        let visit_range = |range: &Range<u64>| -> S {
+            let mut state = init();
+            let mut scratch = Scratch::default();
+            for_each_person(&runs, range, |person, pieces| {
+                let rows = scratch.person(&runs, person, pieces);
+                visit(&mut state, &rows);
+            });
+            state
+        };
+        if runs.iter().any(|r| r.rows() > 0) {
+            if ranges.len() == 1 {
+                states.push(visit_range(&ranges[0]));
+            } else {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = ranges
+                        .iter()
+                        .map(|r| s.spawn(move || visit_range(r)))
+                        .collect();
+                    for h in handles {
+                        states.push(h.join().expect("scan thread"));
+                    }
+                });
+            }
+        }
+        recycle(runs);
+        Ok(states)
+    }
+}
+
 impl Drop for Scan<'_, '_> {
     fn drop(&mut self) {
         recycle_table(std::mem::take(&mut self.sources.table));
@@ -451,6 +507,416 @@ impl<'s, 'a> Sources<'s, 'a> {
         runs.push(run);
         runs.retain(|r| !r.ts.is_empty());
         Ok(runs)
+    }
+
+    /// The fused scan over cached segments (see [`Scan::run_any_order`]): each segment's
+    /// person groups from its cached block index; a person whose rows lie in one group
+    /// of one segment is visited there; all other rows go to runs for the merge.
+    fn fused_runs<S, T, I, V>(
+        &self,
+        cache: &ColumnCache,
+        persons: Option<&Bitmap>,
+        tag: &T,
+        init: &I,
+        visit: &V,
+    ) -> Result<(Vec<Run>, Vec<S>), StoreError>
+    where
+        S: Send,
+        T: Fn(u8, &[u32]) -> u64 + Sync,
+        I: Fn() -> S + Sync,
+        V: Fn(&mut S, &PersonRows) + Sync,
+    {
+        // Each segment's groups (runs of blocks of one person today): (end row, person,
+        // whether several write-time persons make it, so its rows need sorting by time).
+        let mut groups: Vec<Option<Vec<(u32, u32, bool)>>> =
+            Vec::with_capacity(self.segments.len());
+        let persons_max = self
+            .table
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1);
+        // Per person: in how many groups of all sources its rows are (2 means "several").
+        let mut count = vec![0u8; persons_max];
+        for &(k, _) in &self.segments {
+            let seg = &self.snap.segments()[k];
+            let blocks = person_blocks(cache, seg)?;
+            let mut g: Vec<(u32, u32, bool)> = Vec::new();
+            let mut consistent = true;
+            let mut b = 0usize;
+            let mut seen: Vec<u32> = Vec::new();
+            while b + 1 < blocks.len() {
+                let (end, k) = (blocks[b], blocks[b + 1] as usize);
+                let nodes = blocks
+                    .get(b + 2..b + 2 + k)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        file: seg.path.clone(),
+                        why: "person block index out of range".into(),
+                    })?;
+                b += 2 + k;
+                let mut of_node = nodes.iter().map(|&node| {
+                    self.table
+                        .get(node as usize)
+                        .copied()
+                        .ok_or_else(|| StoreError::Corrupt {
+                            file: seg.path.clone(),
+                            why: format!("row names node {node}, unknown to the identity graph"),
+                        })
+                });
+                let person = of_node
+                    .next()
+                    .transpose()?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        file: seg.path.clone(),
+                        why: "a person block without nodes".into(),
+                    })?;
+                seen.push(person);
+                for p in of_node {
+                    let p = p?;
+                    seen.push(p);
+                    if p != person {
+                        // Persons only merge, so this cannot happen; if it ever did, the
+                        // segment's rows take the per-row path.
+                        consistent = false;
+                    }
+                }
+                match g.last_mut() {
+                    Some((e, p, multi)) if *p == person => {
+                        *e = end;
+                        *multi = true;
+                    }
+                    _ => g.push((end, person, false)),
+                }
+            }
+            // A person is visited in the segment pass when its rows form one group of one
+            // segment; groups need not be in person order (the persons stitched since the
+            // segment was written), the merge sorts the rest.
+            if consistent {
+                for &(_, p, _) in &g {
+                    count[p as usize] = count[p as usize].saturating_add(1);
+                }
+            } else {
+                for &p in &seen {
+                    if let Some(c) = count.get_mut(p as usize) {
+                        *c = 2;
+                    }
+                }
+            }
+            groups.push(consistent.then_some(g));
+        }
+        // Persons with rows in the log are merged with them.
+        for (&node, &t) in self.log.node.iter().zip(&self.log.ts) {
+            if !self.in_range(t) {
+                continue;
+            }
+            if let Some(&p) = self.table.get(node as usize) {
+                if let Some(c) = count.get_mut(p as usize) {
+                    *c = 2;
+                }
+            }
+        }
+        let all: Vec<usize> = (0..self.dims.len()).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let n = self.segments.len();
+        let (runs, states): (Vec<(usize, Run)>, Vec<S>) = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads().min(n.max(1)))
+                .map(|_| {
+                    s.spawn(|| -> Result<(Vec<(usize, Run)>, S), StoreError> {
+                        let mut mine = Vec::new();
+                        let mut state = init();
+                        let mut scratch = Scratch::default();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= n {
+                                return Ok((mine, state));
+                            }
+                            let run = match &groups[i] {
+                                Some(g) => self.fused_segment(
+                                    cache,
+                                    i,
+                                    g,
+                                    &count,
+                                    persons,
+                                    tag,
+                                    &mut |rows: &PersonRows| visit(&mut state, rows),
+                                    &mut scratch,
+                                )?,
+                                None => {
+                                    self.segment_run(i, persons, None, false, &all, &mut |k, c| {
+                                        tag(k, c)
+                                    })?
+                                }
+                            };
+                            mine.push((i, run));
+                        }
+                    })
+                })
+                .collect();
+            let mut runs = Vec::new();
+            let mut states = Vec::new();
+            for h in handles {
+                let (r, st) = h.join().expect("loader thread")?;
+                runs.extend(r);
+                states.push(st);
+            }
+            Ok::<_, StoreError>((runs, states))
+        })?;
+        let mut runs = runs;
+        runs.sort_by_key(|(i, _)| *i);
+        let mut runs: Vec<Run> = runs.into_iter().map(|(_, r)| r).collect();
+        // The log, whose persons all go to the merge.
+        let log = &self.log;
+        let nd = self.dims.len();
+        let mut run = take_run(nd, false, 0);
+        let mut codes = [NO_VALUE; DIM_COUNT];
+        for i in 0..log.ts.len() {
+            if !self.in_range(log.ts[i]) {
+                continue;
+            }
+            for (j, c) in codes.iter_mut().enumerate().take(nd) {
+                *c = log.codes[j][i];
+            }
+            let t = tag(log.kind[i], &codes[..nd]);
+            if t == 0 {
+                continue;
+            }
+            let person =
+                *self
+                    .table
+                    .get(log.node[i] as usize)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        file: "wal".into(),
+                        why: format!(
+                            "log row names node {}, which the identity graph lacks",
+                            log.node[i]
+                        ),
+                    })?;
+            if persons.is_none_or(|p| p.contains(person)) {
+                run.push_tag(person, log.ts[i], log.first_seq + i as u32, t);
+            }
+        }
+        runs.push(run);
+        for r in &mut runs {
+            r.ensure_sorted();
+        }
+        runs.retain(|r| r.rows() > 0);
+        Ok((runs, states))
+    }
+
+    /// One cached segment of the fused scan, person group by person group.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_segment<T: Fn(u8, &[u32]) -> u64>(
+        &self,
+        cache: &ColumnCache,
+        i: usize,
+        groups: &[(u32, u32, bool)],
+        count: &[u8],
+        persons: Option<&Bitmap>,
+        tag: &T,
+        visit: &mut dyn FnMut(&PersonRows),
+        scratch: &mut Scratch,
+    ) -> Result<Run, StoreError> {
+        let (k, first_seq) = self.segments[i];
+        let seg = &self.snap.segments()[k];
+        let remap = &self.dicts.remap[i];
+        let nd = self.dims.len();
+        let ts = cache.i64s(seg, "ts")?;
+        let kind = cache.u8s(seg, "type")?;
+        let codes: Vec<Arc<Vec<u32>>> = self
+            .dims
+            .iter()
+            .map(|&d| cache.u32s(seg, &format!("dim:{}", DIMS[d])))
+            .collect::<Result<_, _>>()?;
+        let rows = seg.rows();
+        if ts.len() != rows || kind.len() != rows || codes.iter().any(|c| c.len() != rows) {
+            return Err(StoreError::Corrupt {
+                file: seg.path.clone(),
+                why: "a column does not hold one value per row".into(),
+            });
+        }
+        if groups.last().is_some_and(|&(e, _, _)| e as usize != rows) {
+            return Err(StoreError::Corrupt {
+                file: seg.path.clone(),
+                why: "person blocks do not cover the segment".into(),
+            });
+        }
+        let (lo, hi) = seg.time_range();
+        let whole = self.in_range(lo) && self.in_range(hi);
+        let (from, to) = (
+            self.from.unwrap_or(Millis::MIN),
+            self.to.unwrap_or(Millis::MAX),
+        );
+        // The tag table of one read dimension (the common case), as in `segment_run`.
+        let mut buf = [NO_VALUE; DIM_COUNT];
+        let table: Option<(usize, Vec<u64>)> = match nd {
+            0 => Some((1, (0..8u8).map(|t| tag(t, &buf[..0])).collect())),
+            1 => {
+                let n = remap[0].len() + 1;
+                let mut t = Vec::with_capacity(8 * n);
+                for kd in 0..8u8 {
+                    for c in 0..n {
+                        buf[0] = remap[0].get(c).copied().unwrap_or(NO_VALUE);
+                        t.push(tag(kd, &buf[..1]));
+                    }
+                }
+                Some((n, t))
+            }
+            _ => None,
+        };
+        let kc = match &table {
+            Some(_) if nd == 1 => kind_codes(cache, seg, self.dims[0], &kind, &codes[0])?,
+            _ => None,
+        };
+        let mut run = take_run(nd, false, 0);
+        let mut sel: Vec<u32> = Vec::new();
+        let mut sel_tag: Vec<u64> = Vec::new();
+        let mut bad_code = false;
+        let mut start = 0usize;
+        let mut g = 0usize;
+        while g < groups.len() {
+            // A piece of whole groups, about CACHED_PIECE_ROWS rows (or one larger group).
+            let first_group = g;
+            let mut end = groups[g].0 as usize;
+            g += 1;
+            while g < groups.len() && (groups[g].0 as usize) - start <= CACHED_PIECE_ROWS {
+                end = groups[g].0 as usize;
+                g += 1;
+            }
+            let len = end - start;
+            if sel.len() < len + 1 {
+                sel.resize(len + 1, 0);
+                sel_tag.resize(len + 1, 0);
+            }
+            let piece_kind = &kind[start..end];
+            let piece_ts = &ts[start..end];
+            let kept = match &table {
+                Some((n, tags)) => {
+                    let range = (!whole).then_some((from, to));
+                    let c = (nd == 1).then(|| &codes[0][start..end]);
+                    let (kept, bad) = match (c, range, &kc) {
+                        (Some(_), None, Some(kc)) => (
+                            select_kc(&kc[start..end], tags, &mut sel, &mut sel_tag),
+                            false,
+                        ),
+                        (Some(c), None, None) => {
+                            select_all_times(c, piece_kind, tags, *n, &mut sel, &mut sel_tag)
+                        }
+                        _ => select(
+                            c,
+                            piece_kind,
+                            piece_ts,
+                            tags,
+                            *n,
+                            range,
+                            &mut sel,
+                            &mut sel_tag,
+                        ),
+                    };
+                    bad_code |= bad;
+                    kept
+                }
+                None => {
+                    let mut kept = 0usize;
+                    let mut gs = start;
+                    for &(ge, person, _) in &groups[first_group..g] {
+                        let ge = ge as usize;
+                        if persons.is_some_and(|b| !b.contains(person)) {
+                            gs = ge;
+                            continue;
+                        }
+                        for r in gs..ge {
+                            let t = ts[r];
+                            if !whole && !((t >= from) & (t < to)) {
+                                continue;
+                            }
+                            for j in 0..nd {
+                                let c = codes[j][r];
+                                buf[j] = match remap[j].get(c as usize) {
+                                    Some(&x) => x,
+                                    None => {
+                                        bad_code |= c != NO_VALUE;
+                                        NO_VALUE
+                                    }
+                                };
+                            }
+                            let tg = tag(kind[r], &buf[..nd]);
+                            sel[kept] = (r - start) as u32;
+                            sel_tag[kept] = tg;
+                            kept += usize::from(tg != 0);
+                        }
+                        gs = ge;
+                    }
+                    kept
+                }
+            };
+            // Split the kept rows by group: visit the persons wholly here, keep the rest.
+            let mut at = 0usize;
+            for &(ge, person, multi) in &groups[first_group..g] {
+                let ge = ge as usize - start;
+                let from_at = at;
+                while at < kept && (sel[at] as usize) < ge {
+                    at += 1;
+                }
+                if at == from_at || persons.is_some_and(|b| !b.contains(person)) {
+                    continue;
+                }
+                let mine = from_at..at;
+                if count.get(person as usize) == Some(&1) {
+                    scratch.ts.clear();
+                    scratch.seq.clear();
+                    scratch.tag.clear();
+                    if multi {
+                        scratch.order.clear();
+                        for x in mine {
+                            let r = sel[x] as usize;
+                            scratch.order.push((
+                                piece_ts[r],
+                                first_seq + (start + r) as u32,
+                                0,
+                                x as u32,
+                            ));
+                        }
+                        scratch.order.sort_unstable();
+                        for &(t, sq, _, x) in &scratch.order {
+                            scratch.ts.push(t);
+                            scratch.seq.push(sq);
+                            scratch.tag.push(sel_tag[x as usize]);
+                        }
+                    } else {
+                        for x in mine {
+                            let r = sel[x] as usize;
+                            scratch.ts.push(piece_ts[r]);
+                            scratch.seq.push(first_seq + (start + r) as u32);
+                            scratch.tag.push(sel_tag[x]);
+                        }
+                    }
+                    visit(&PersonRows {
+                        person,
+                        ts: &scratch.ts,
+                        seq: &scratch.seq,
+                        tag: &scratch.tag,
+                    });
+                } else {
+                    for x in mine {
+                        let r = sel[x] as usize;
+                        run.push_tag(
+                            person,
+                            piece_ts[r],
+                            first_seq + (start + r) as u32,
+                            sel_tag[x],
+                        );
+                    }
+                }
+            }
+            start = end;
+        }
+        if bad_code {
+            return Err(StoreError::Corrupt {
+                file: seg.path.clone(),
+                why: "code out of range in a dimension column".into(),
+            });
+        }
+        Ok(run)
     }
 
     /// One segment's kept rows.
@@ -887,6 +1353,36 @@ fn for_each_piece(
         r.finish()?;
     }
     Ok(())
+}
+
+/// A segment's blocks of rows by write-time person, cached: per block, its end row, the
+/// number of distinct nodes in it and those nodes (`[end, k, node..]`). A segment is
+/// sorted by write-time person, so a block is contiguous; its person today is checked to
+/// be one for all its nodes on every use.
+fn person_blocks(cache: &ColumnCache, seg: &Arc<Segment>) -> Result<Arc<Vec<u32>>, StoreError> {
+    let person = cache.u32s(seg, "person")?;
+    let node = cache.u32s(seg, "node")?;
+    cache.derived_u32(seg, "blocks:person+nodes", |s| {
+        if person.len() != node.len() {
+            return Err(StoreError::Corrupt {
+                file: s.path.clone(),
+                why: "person and node columns differ in length".into(),
+            });
+        }
+        let mut out = Vec::new();
+        let mut nodes: Vec<u32> = Vec::new();
+        for i in 0..person.len() {
+            if !nodes.contains(&node[i]) {
+                nodes.push(node[i]);
+            }
+            if i + 1 == person.len() || person[i + 1] != person[i] {
+                out.push(i as u32 + 1);
+                out.push(nodes.len() as u32);
+                out.append(&mut nodes);
+            }
+        }
+        Ok(out)
+    })
 }
 
 /// The cached kind-and-code column of dimension `dim` (see [`Piece::kc`]), when its

@@ -196,7 +196,7 @@ pub fn run(
         }
         Some(By::Event(path)) => {
             // Every counted event's own value: find them, then decode only them.
-            let seqs = scan.run(None, tag, Vec::new, |seqs: &mut Vec<u32>, r| {
+            let seqs = scan.run_any_order(None, tag, Vec::new, |seqs: &mut Vec<u32>, r| {
                 seqs.extend_from_slice(r.seq)
             })?;
             let mut seqs: Vec<u32> = seqs.into_iter().flatten().collect();
@@ -210,7 +210,7 @@ pub fn run(
     // The listed groups: the values with the most persons, then `(other)`. Counting goes
     // by listed slot, so `(other)` counts each person once however many values it holds.
     let slot: Vec<u32> = if by.is_some() {
-        let weights = scan.run(
+        let weights = scan.run_any_order(
             None,
             tag,
             || (vec![0u64; values.len()], Vec::<u32>::new()),
@@ -238,7 +238,7 @@ pub fn run(
     };
 
     let interval = req.interval;
-    let parts = scan.run(None, tag, Counts::default, |c, r| {
+    let parts = scan.run_any_order(None, tag, Counts::default, |c, r| {
         c.seen.clear();
         c.seen_total.clear();
         for i in 0..r.ts.len() {
