@@ -115,7 +115,7 @@ pub fn run(cmd: AssetsCommand) -> Result<()> {
 }
 
 /// The directory of a project in the catalog, without taking the data directory's lock.
-fn project_dir(data: &Path, project: &str) -> Result<PathBuf> {
+pub(crate) fn project_dir(data: &Path, project: &str) -> Result<PathBuf> {
     if !data.join("catalog.json").exists() {
         bail!(
             "{} is not a Throughline data directory (no catalog.json); create a project first: throughline projects create NAME --data {}",

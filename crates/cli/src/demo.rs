@@ -53,11 +53,22 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut keys = Vec::new();
     for brand in [Brand::Headphones, Brand::Subscription] {
         keys.push(Catalog::create_project(&args.data, brand.name())?);
+        crate::audit(&args.data, "project.create", Some(brand.name()), "demo")?;
     }
     let store = throughline_store::Store::open(&args.data, Default::default())?;
     let mut answers = Vec::new();
     for brand in [Brand::Headphones, Brand::Subscription] {
         let project = store.project(brand.name())?;
+        // What the brand's marketer configured: the asset registry and offline channels.
+        throughline_query::assets::Registry::from_csv(
+            &throughline_demo::registry_csv(brand),
+            "demo registry",
+        )?
+        .save(project.dir())?;
+        std::fs::write(
+            project.dir().join("channels.toml"),
+            throughline_demo::channels_toml(brand),
+        )?;
         let cfg = DemoConfig::new(brand, args.persons, args.seed);
         let progress = import::progress_bar(false);
         progress.set_message(format!("loading {}", brand.name()));
@@ -76,6 +87,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         )?;
         progress.finish_and_clear();
         project.flush()?;
+        // What the marketing cost, so attribution shows cost per conversion and ROAS.
+        let spend = throughline_query::spend::Spend::from_csv(
+            &throughline_demo::spend_csv(&cfg),
+            "demo spend",
+        )?;
+        spend.save(project.dir())?;
         answers.push(headlines(&project, &summary)?);
     }
     println!(
@@ -87,13 +104,20 @@ pub fn run(args: DemoArgs) -> Result<()> {
         return Ok(());
     }
     let addr = throughline_server::parse_listen(&args.listen).map_err(anyhow::Error::msg)?;
-    eprintln!("\nServing the demo at http://{addr}/");
+    eprintln!("\nDashboard: http://{addr}/  (sign in with a project's api key)");
     for k in &keys {
         eprintln!(
-            "  project {:<13} write key {}  api key {}",
-            k.name, k.write_key, k.api_key
+            "  project {:<13} api key {}  write key {}",
+            k.name, k.api_key, k.write_key
         );
     }
+    // The key rides in the fragment, which browsers never send: the page reads it once
+    // and removes it from the address bar and history.
+    eprintln!(
+        "Open signed in: http://{addr}/#key={}",
+        keys.first().map_or("", |k| k.api_key.as_str())
+    );
+    eprintln!("Query API: http://{addr}/api/v1/openapi.json");
     eprintln!("Send events:  curl -u {}: http://{addr}/v1/track -d '{{\"userId\":\"ann\",\"event\":\"Hello\"}}'", keys[0].write_key);
     eprintln!("Stop with Ctrl-C.");
     crate::serve_store(store, throughline_server::Config::default(), addr)
@@ -183,6 +207,9 @@ pub struct GenerateArgs {
     pub out_of_order: bool,
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write the marketing spend of the same run as CSV (for `throughline spend import`)
+    #[arg(long)]
+    pub spend: Option<PathBuf>,
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
@@ -205,5 +232,10 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     out.flush()?;
     progress.finish_and_clear();
     eprintln!("wrote {n} messages to {}", args.out.display());
+    if let Some(path) = &args.spend {
+        std::fs::write(path, throughline_demo::spend_csv(&cfg))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote the spend to {}", path.display());
+    }
     Ok(())
 }

@@ -3,13 +3,16 @@
 //! Each subcommand lives in its own module; this file only declares the command line.
 
 mod assets;
+mod attribution;
 mod bench;
+mod cx;
 mod demo;
 mod import;
 mod output;
 mod people;
 mod projects;
 mod query;
+mod spend;
 
 use std::path::PathBuf;
 
@@ -86,19 +89,58 @@ enum Command {
         after_help = "Example:\n  throughline generate --brand headphones --persons 20000 --seed 7 --out events.jsonl"
     )]
     Generate(demo::GenerateArgs),
-    /// Ask questions: funnels, trends, retention
+    /// Ask questions: funnels, trends, retention, sessions, paths, assets, attribution
     Query {
         #[command(subcommand)]
         command: query::QueryCommand,
+    },
+    /// Attribution models over a path table in ChannelAttribution's format
+    Attribution(attribution::TableArgs),
+    /// Marketing cost per day and channel, source, campaign or asset, for cost per conversion and ROAS
+    Spend {
+        #[command(subcommand)]
+        command: spend::SpendCommand,
     },
     /// The asset registry: the ads, creatives, emails, campaigns, pages and posts touches come through
     Assets {
         #[command(subcommand)]
         command: assets::AssetsCommand,
     },
+    /// Who created, re-keyed or erased what, when and from where (DIR/audit.jsonl)
+    #[command(
+        name = "audit-log",
+        after_help = "Examples:\n  throughline audit-log --data ./data --format table\n  throughline audit-log --data ./data --project shop --limit 20"
+    )]
+    AuditLog {
+        #[arg(long)]
+        data: PathBuf,
+        /// Only this project's entries
+        #[arg(long)]
+        project: Option<String>,
+        /// The newest N entries
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t)]
+        format: output::Format,
+    },
     /// Counts of a project's store: events, segments, events still in the log, ids
     #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
     Stats(people::StatsArgs),
+    /// Checks beyond the store: registered destination URLs over HTTP (`audit links`)
+    Audit {
+        #[command(subcommand)]
+        command: cx::AuditCommand,
+    },
+    /// Hosted survey links: a signed link to the one-question survey page
+    Survey {
+        #[command(subcommand)]
+        command: cx::SurveyCommand,
+    },
+    /// VADER sentiment of texts (arguments, else each line of stdin), as `query emotion` scores them
+    #[command(
+        after_help = "Example:\n  throughline sentiment 'Delivery was late and nobody told me.'\n  cut -f2 comments.tsv | throughline sentiment > scores.jsonl"
+    )]
+    Sentiment(cx::SentimentArgs),
     /// Measure ingest speed: an HTTP load generator and this disk's fsync baseline
     #[command(
         after_help = "Examples:\n  throughline bench http --url http://127.0.0.1:8080 --write-key wk_... --clients 16 --batch 100 --file events.jsonl\n  throughline bench disk --dir /tmp --chunk-bytes 65536\n  bash scripts/bench               # the whole benchmark, written to bench-out/ingest.md"
@@ -150,9 +192,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Generate(args) => demo::generate(args),
         Command::Stats(args) => people::stats(args),
+        Command::AuditLog {
+            data,
+            project,
+            limit,
+            format,
+        } => audit_log(&data, project.as_deref(), limit, format),
         Command::Query { command } => query::run(command),
         Command::Assets { command } => assets::run(command),
+        Command::Attribution(args) => attribution::table(args),
+        Command::Spend { command } => spend::run(command),
         Command::Bench { command } => bench::run(command),
+        Command::Audit { command } => cx::audit_command(command),
+        Command::Survey { command } => cx::survey_command(command),
+        Command::Sentiment(args) => cx::sentiment(args),
     }
 }
 
@@ -200,4 +253,57 @@ pub fn open_store_with(
         );
     }
     Ok(throughline_store::Store::open(data, options)?)
+}
+
+/// Who runs this command, for the audit log: the OS user, the host and the process.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli user={user} host={host} pid={}", std::process::id())
+}
+
+/// Records an action of this command in the data directory's audit log.
+pub fn audit(
+    data: &std::path::Path,
+    action: &str,
+    project: Option<&str>,
+    detail: impl Into<String>,
+) -> Result<()> {
+    let entry = throughline_store::audit::AuditEntry::new(action, project, &actor(), detail);
+    Ok(throughline_store::audit::append(data, &entry)?)
+}
+
+fn audit_log(
+    data: &std::path::Path,
+    project: Option<&str>,
+    limit: usize,
+    format: output::Format,
+) -> Result<()> {
+    let mut entries = throughline_store::audit::read(data)?;
+    entries.retain(|e| project.is_none_or(|p| e.project.as_deref() == Some(p)));
+    let skip = entries.len().saturating_sub(limit);
+    let entries = &entries[skip..];
+    match format {
+        output::Format::Json => output::json(&serde_json::to_value(entries)?),
+        output::Format::Table => output::table(
+            &["at", "action", "project", "actor", "detail"],
+            &entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.at.clone(),
+                        e.action.clone(),
+                        e.project.clone().unwrap_or_default(),
+                        e.actor.clone(),
+                        e.detail.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+    Ok(())
 }

@@ -14,6 +14,15 @@ use throughline_query::trends::{Interval, TrendsRequest};
 
 use crate::output::{self, Format};
 
+/// `query paths --format`: the usual two, and ChannelAttribution's path table.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum PathsFormat {
+    #[default]
+    Json,
+    Table,
+    Channelattribution,
+}
+
 #[derive(Args)]
 pub struct Target {
     #[arg(long)]
@@ -22,6 +31,29 @@ pub struct Target {
     pub project: String,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// Only persons whose first touch in the range is in this channel, e.g. 'Paid Search'
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Only persons whose first touch in the range is from this campaign
+    #[arg(long)]
+    pub campaign: Option<String>,
+}
+
+impl Target {
+    /// The `filter` of the request, from `--channel` and `--campaign`.
+    pub fn filter(&self) -> Option<throughline_query::filter::Filter> {
+        filter(&self.channel, &self.campaign)
+    }
+}
+
+fn filter(
+    channel: &Option<String>,
+    campaign: &Option<String>,
+) -> Option<throughline_query::filter::Filter> {
+    (channel.is_some() || campaign.is_some()).then(|| throughline_query::filter::Filter {
+        channel: channel.clone(),
+        campaign: campaign.clone(),
+    })
 }
 
 #[derive(Subcommand)]
@@ -120,8 +152,14 @@ pub enum QueryCommand {
         after_help = "Examples:\n  throughline query paths --data ./data --project shop --start 'page:/' --depth 4 --format table\n  throughline query paths --data ./data --project shop --end 'Order Completed' --depth 5\n  throughline query paths --data ./data --project shop --of channels --conversion 'Order Completed'"
     )]
     Paths {
-        #[command(flatten)]
-        target: Target,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        project: String,
+        /// json, table, or channelattribution (with --of channels: the whole path table as
+        /// ChannelAttribution's CSV, the input of `throughline attribution --paths`)
+        #[arg(long, value_enum, default_value_t)]
+        format: PathsFormat,
         /// events (event names, page views as page:/path) or channels (session channels up to a conversion)
         #[arg(long, default_value = "events")]
         of: String,
@@ -137,10 +175,22 @@ pub enum QueryCommand {
         /// Paths listed
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// With --format channelattribution: the conversions' property summed as value
+        #[arg(long)]
+        value: Option<String>,
+        /// With --format channelattribution: how far before a conversion touches count
+        #[arg(long, default_value = "90d")]
+        lookback: String,
         #[arg(long)]
         from: Option<String>,
         #[arg(long)]
         to: Option<String>,
+        /// Only persons whose first touch in the range is in this channel
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only persons whose first touch in the range is from this campaign
+        #[arg(long)]
+        campaign: Option<String>,
     },
     /// One scorecard row per asset: reach, sessions, bounce, engaged time, conversions, revenue, funnel drop-off
     #[command(
@@ -168,7 +218,28 @@ pub enum QueryCommand {
         /// Rows listed, most sessions first (the rest are summed as omitted)
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// Also count each asset's conversions per day, week or month (JSON output)
+        #[arg(long)]
+        interval: Option<String>,
     },
+    /// Credit for conversions by channel, source, campaign or asset under every attribution model
+    #[command(after_help = format!("{}\n\n{}", crate::attribution::QUERY_AFTER_HELP, "See `throughline attribution --help` for the models."))]
+    Attribution(crate::attribution::QueryArgs),
+    /// How people feel per journey stage: NPS, CSAT, CES with intervals, comment sentiment, moments of truth
+    #[command(
+        after_help = "Examples:\n  throughline query emotion --data ./data --project shop --format table\n  throughline query emotion --data ./data --project shop --by channel\n  throughline query emotion --data ./data --project shop --by week --min-responses 50\n\nJourney stages come from DIR/projects/NAME/stages.toml (see README), else the defaults."
+    )]
+    Emotion(crate::cx::EmotionArgs),
+    /// Touch frequency against unsubscribes, complaints and conversions, with a recommended cap per channel
+    #[command(
+        after_help = "Examples:\n  throughline query fatigue --data ./data --project shop --conversion 'Order Completed' --conversion-value 40 --unsubscribe-cost 15 --format table\n  throughline query fatigue ... --configured-cap Email=3 --audience-out fatigued.csv   # a suppression list"
+    )]
+    Fatigue(crate::cx::FatigueArgs),
+    /// Consistency audit: UTM spellings, Unassigned traffic, campaigns and assets without each other, message match, error landings
+    #[command(
+        after_help = "Examples:\n  throughline query audit --data ./data --project shop --format table\n  throughline query audit --data ./data --project shop --conversion 'Order Completed' --similarity-min 0.15\n\nRegistered destination URLs are checked over HTTP by `throughline audit links`."
+    )]
+    Audit(crate::cx::AuditArgs),
     /// Cohorts by first start event and the share returning in each period
     #[command(
         after_help = "Example:\n  throughline query retention --data ./data --project shop --start 'Signed Up' --return 'Order Completed' --period week --periods 8"
@@ -194,6 +265,9 @@ pub enum QueryCommand {
 
 pub fn run(cmd: QueryCommand) -> Result<()> {
     match cmd {
+        QueryCommand::Emotion(a) => crate::cx::emotion(a),
+        QueryCommand::Fatigue(a) => crate::cx::fatigue(a),
+        QueryCommand::Audit(a) => crate::cx::audit(a),
         QueryCommand::Funnel {
             target,
             steps,
@@ -229,6 +303,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     offset: persons_offset,
                     limit: persons_limit,
                 }),
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::funnel::run(&project.snapshot(), &rules, &req)?;
@@ -290,6 +365,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 to,
                 by,
                 by_limit,
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::trends::run(&project.snapshot(), &rules, &req)?;
@@ -325,6 +401,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 timeout: Some(timeout),
                 from,
                 to,
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::sessions::run(&project.snapshot(), &rules, &req)?;
@@ -358,16 +435,73 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             Ok(())
         }
         QueryCommand::Paths {
-            target,
+            data,
+            project,
+            format,
             of,
             start,
             end,
             conversion,
             depth,
             limit,
+            value,
+            lookback,
             from,
             to,
+            channel,
+            campaign,
         } => {
+            let target = Target {
+                data,
+                project,
+                format: match format {
+                    PathsFormat::Table => Format::Table,
+                    _ => Format::Json,
+                },
+                channel,
+                campaign,
+            };
+            if let PathsFormat::Channelattribution = format {
+                if of != "channels" {
+                    anyhow::bail!("--format channelattribution needs --of channels");
+                }
+                let conversion = conversion
+                    .ok_or_else(|| anyhow::anyhow!("--of channels needs --conversion EVENT"))?;
+                let req = throughline_query::attribution::AttributionRequest {
+                    conversion,
+                    model: Some("first_touch".into()),
+                    value,
+                    lookback: Some(lookback),
+                    from,
+                    to,
+                    paths: Some(throughline_query::attribution::PATHS_MAX),
+                    filter: target.filter(),
+                    ..Default::default()
+                };
+                let (_store, project, rules) = open_project(&target)?;
+                let registry = throughline_query::assets::Registry::load(project.dir())?;
+                let r = throughline_query::attribution::run(
+                    &project.snapshot(),
+                    &rules,
+                    &registry,
+                    &Default::default(),
+                    &req,
+                )?;
+                if r.distinct_paths as usize > throughline_query::attribution::PATHS_MAX {
+                    eprintln!(
+                        "{} distinct paths: the {} with the most conversions are written",
+                        r.distinct_paths,
+                        throughline_query::attribution::PATHS_MAX
+                    );
+                }
+                print!(
+                    "{}",
+                    throughline_query::attribution::channelattribution_csv(
+                        r.paths.as_deref().unwrap_or_default()
+                    )
+                );
+                return Ok(());
+            }
             let req = PathsRequest {
                 of: Some(of),
                 start,
@@ -378,6 +512,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 timeout: None,
                 from,
                 to,
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::paths::run(&project.snapshot(), &rules, &req)?;
@@ -408,6 +543,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             from,
             to,
             limit,
+            interval,
         } => {
             let req = AssetsRequest {
                 conversion,
@@ -417,6 +553,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
                 limit: Some(limit),
+                filter: target.filter(),
+                interval: interval.as_deref().map(Interval::parse).transpose()?,
             };
             let (_store, project, rules) = open_project(&target)?;
             let registry = throughline_query::assets::Registry::load(project.dir())?;
@@ -488,6 +626,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             }
             Ok(())
         }
+        QueryCommand::Attribution(args) => crate::attribution::query(args),
         QueryCommand::Retention {
             target,
             start,
@@ -504,9 +643,11 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 periods,
                 from,
                 to,
+                filter: target.filter(),
             };
-            with_snapshot(&target, |snap| {
-                let r = throughline_query::retention::run(snap, &req)?;
+            let (_store, project, rules) = open_project(&target)?;
+            {
+                let r = throughline_query::retention::run(&project.snapshot(), &rules, &req)?;
                 match target.format {
                     Format::Json => output::json(&serde_json::to_value(&r)?),
                     Format::Table => {
@@ -527,13 +668,13 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     }
                 }
                 Ok(())
-            })
+            }
         }
     }
 }
 
 /// The store (kept open while the project is used), the project and its channel rules.
-fn open_project(
+pub(crate) fn open_project(
     target: &Target,
 ) -> Result<(
     throughline_store::Store,
@@ -544,16 +685,6 @@ fn open_project(
     let project = store.project(&target.project)?;
     let rules = throughline_query::sessions::project_rules(project.dir())?;
     Ok((store, project, rules))
-}
-
-fn with_snapshot(
-    target: &Target,
-    f: impl FnOnce(&throughline_store::Snapshot) -> Result<()>,
-) -> Result<()> {
-    let store = crate::open_store(&target.data)?;
-    let project = store.project(&target.project)?;
-    let snap = project.snapshot();
-    f(&snap)
 }
 
 fn pct(v: Option<f64>) -> String {

@@ -27,7 +27,6 @@
 //! This module never writes anything but the registry file.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +106,13 @@ pub struct Asset {
     /// `page:/path/*`), measured from each person's first session on the asset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub funnel: Vec<String>,
+    /// The headline an ad or email shows: what `query audit` compares with the landing
+    /// page its clicks reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headline: Option<String>,
+    /// The asset's body copy, compared like the headline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<String>,
 }
 
 /// A project's assets, in registry order.
@@ -222,7 +228,8 @@ impl Registry {
     }
 
     /// Parses a CSV registry: a header naming `id`, `kind` and any of `name`,
-    /// `destination_url`, `campaign`, `funnel` (steps as `A > B > C` or a JSON array).
+    /// `destination_url`, `campaign`, `funnel` (steps as `A > B > C` or a JSON array),
+    /// `headline`, `copy`.
     /// `source` names the file in errors.
     pub fn from_csv(text: &str, source: &str) -> Result<Registry, QueryError> {
         check_text(text, source)?;
@@ -235,15 +242,17 @@ impl Registry {
             .headers()
             .map_err(|e| QueryError::invalid(format!("{source} line 1: {e}")))?
             .clone();
-        const COLUMNS: [&str; 6] = [
+        const COLUMNS: [&str; 8] = [
             "id",
             "kind",
             "name",
             "destination_url",
             "campaign",
             "funnel",
+            "headline",
+            "copy",
         ];
-        let mut at = [None::<usize>; 6];
+        let mut at = [None::<usize>; 8];
         for (i, h) in headers.iter().enumerate() {
             let h = h.to_ascii_lowercase();
             let Some(c) = COLUMNS.iter().position(|&c| c == h) else {
@@ -260,7 +269,7 @@ impl Registry {
         }
         if at[0].is_none() || at[1].is_none() {
             return Err(QueryError::invalid(format!(
-                "{source} line 1: the header needs at least the columns id and kind (id,kind,name,destination_url,campaign[,funnel])"
+                "{source} line 1: the header needs at least the columns id and kind (id,kind,name,destination_url,campaign[,funnel,headline,copy])"
             )));
         }
         let mut errors = Errors::new(source);
@@ -294,6 +303,8 @@ impl Registry {
                 destination_url: Some(cell(3).to_string()),
                 campaign: Some(cell(4).to_string()),
                 funnel,
+                headline: Some(cell(6).to_string()),
+                copy: Some(cell(7).to_string()),
             };
             match validate(raw) {
                 Ok(a) => parsed.push((line, a)),
@@ -304,7 +315,7 @@ impl Registry {
     }
 
     /// Parses a TOML registry: `[[asset]]` tables with `id`, `kind` and optionally `name`,
-    /// `destination_url`, `campaign` and `funnel = ["Step A", "Step B"]`.
+    /// `destination_url`, `campaign`, `funnel = ["Step A", "Step B"]`, `headline`, `copy`.
     pub fn from_toml(text: &str, source: &str) -> Result<Registry, QueryError> {
         check_text(text, source)?;
         #[derive(Deserialize)]
@@ -384,11 +395,12 @@ impl Registry {
 
     /// The registry of a project: `assets.toml` in its directory, or an empty one.
     pub fn load(project_dir: &Path) -> Result<Registry, QueryError> {
-        let path = project_dir.join(REGISTRY_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Registry::from_toml(&text, &path.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
-            Err(e) => Err(QueryError::Store(StoreError::io(&path, e))),
+        match crate::project_file::read(project_dir, REGISTRY_FILE)? {
+            Some(text) => Registry::from_toml(
+                &text,
+                &project_dir.join(REGISTRY_FILE).display().to_string(),
+            ),
+            None => Ok(Registry::default()),
         }
     }
 
@@ -396,23 +408,7 @@ impl Registry {
     /// crash leaves the old registry or the new one, never a mix (and the store removes a
     /// leftover `.tmp` at its next open).
     pub fn save(&self, project_dir: &Path) -> Result<PathBuf, QueryError> {
-        let path = project_dir.join(REGISTRY_FILE);
-        let tmp = project_dir.join(format!(".{REGISTRY_FILE}.{}.tmp", std::process::id()));
-        let io = |p: &Path, e: std::io::Error| QueryError::Store(StoreError::io(p, e));
-        let write = || -> Result<(), QueryError> {
-            let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-            f.write_all(self.to_toml().as_bytes())
-                .map_err(|e| io(&tmp, e))?;
-            f.sync_all().map_err(|e| io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-            std::fs::File::open(project_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io(project_dir, e))
-        };
-        write().inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })?;
-        Ok(path)
+        crate::project_file::write(project_dir, REGISTRY_FILE, self.to_toml().as_bytes())
     }
 }
 
@@ -517,6 +513,8 @@ fn validate(raw: Asset) -> Result<Asset, String> {
         destination_url,
         campaign: opt("campaign", raw.campaign)?,
         funnel,
+        headline: opt("headline", raw.headline)?,
+        copy: opt("copy", raw.copy)?,
     })
 }
 
@@ -600,7 +598,17 @@ pub struct AssetsRequest {
     /// Rows returned, most sessions first (default 1000, at most 10000).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
+    /// `day`, `week` or `month`: also count each row's `conversions` per period of the
+    /// conversion's time (a sparkline per asset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<crate::trends::Interval>,
 }
+
+/// Periods of `interval` at most.
+pub const INTERVALS_MAX: usize = 400;
 
 fn default_window() -> String {
     "7d".into()
@@ -649,6 +657,10 @@ pub struct AssetRow {
     pub scores: Scores,
     /// Drop-off on the asset's own funnel, when the registry defines one.
     pub funnel: Option<Vec<AssetFunnelStep>>,
+    /// With `interval`: `conversions` per period, one number per entry of the answer's
+    /// `intervals`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversions_by_interval: Option<Vec<u64>>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -684,6 +696,10 @@ pub struct AssetsResponse {
     /// Rows beyond `limit`, and their sessions: rows plus these add up to the total.
     pub omitted_rows: u64,
     pub omitted_sessions: u64,
+    /// With `interval`: the first day of each period, from the first conversion's period
+    /// (or `from`) to the last's (or `to`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intervals: Option<Vec<String>>,
 }
 
 /// What the scan accumulates for one asset.
@@ -701,6 +717,8 @@ struct Acc {
     touches: HashMap<usize, u64>,
     /// Persons by the depth reached on the asset's funnel.
     funnel_reached: Vec<u64>,
+    /// Conversions by period index, with `interval`.
+    by_interval: HashMap<i32, u64>,
 }
 
 impl Acc {
@@ -769,6 +787,7 @@ pub fn run(
             }
         }
     }
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
@@ -784,7 +803,7 @@ pub fn run(
                     })
             })),
             keep_reads: Some(vec![0, 1]),
-            ..Default::default()
+            persons: only.as_ref(),
         },
     )?;
 
@@ -848,6 +867,8 @@ pub fn run(
     let mut attributor = Attributor::new(rules);
     let mut total = Acc::default();
     let (mut conversion_events, mut unattributed) = (0u64, 0u64);
+    // The periods conversions fell in, with `interval`.
+    let mut span: Option<(i32, i32)> = None;
     let page = EventType::Page.code();
     let screen = EventType::Screen.code();
     let mut mask_cache: HashMap<(usize, u8, u32, u32), u64> = HashMap::new();
@@ -953,6 +974,11 @@ pub fn run(
                         acc.conversions += 1;
                         acc.revenue += v;
                     }
+                    if let Some(iv) = req.interval {
+                        let k = iv.index(t);
+                        *slots[slot].acc.by_interval.entry(k).or_default() += 1;
+                        span = Some(span.map_or((k, k), |(a, b): (i32, i32)| (a.min(k), b.max(k))));
+                    }
                 }
                 None => unattributed += 1,
             }
@@ -960,6 +986,32 @@ pub fn run(
     }
 
     let valued = value_path.is_some();
+    // The periods listed: the range's when given, else those the conversions span.
+    let periods = match req.interval {
+        None => None,
+        Some(iv) => {
+            let lo = from.map(|f| iv.index(f)).or(span.map(|s| s.0));
+            let hi = to.map(|t| iv.index(t - 1)).or(span.map(|s| s.1));
+            let (lo, hi) = match (lo, hi) {
+                (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+                _ => (0, -1),
+            };
+            if i64::from(hi) - i64::from(lo) + 1 > INTERVALS_MAX as i64 {
+                return Err(QueryError::invalid(format!(
+                    "the range holds more than {INTERVALS_MAX} periods of {}: narrow it or use a longer interval",
+                    serde_json::to_value(iv).unwrap_or_default().as_str().unwrap_or("")
+                )));
+            }
+            Some((iv, (lo..=hi).collect::<Vec<i32>>()))
+        }
+    };
+    let series = |acc: &Acc| {
+        periods.as_ref().map(|(_, ks)| {
+            ks.iter()
+                .map(|k| acc.by_interval.get(k).copied().unwrap_or(0))
+                .collect()
+        })
+    };
     let mut out: Vec<AssetRow> = slots
         .iter()
         .enumerate()
@@ -995,6 +1047,7 @@ pub fn run(
                     destination_url: a.destination_url.clone(),
                     scores: s.acc.scores(valued),
                     funnel,
+                    conversions_by_interval: series(&s.acc),
                 },
                 (key, _) => {
                     let key = key.as_ref().expect("unregistered slots have a key");
@@ -1009,6 +1062,7 @@ pub fn run(
                         destination_url: None,
                         scores: s.acc.scores(valued),
                         funnel: None,
+                        conversions_by_interval: series(&s.acc),
                     }
                 }
             }
@@ -1037,6 +1091,7 @@ pub fn run(
         rows: out,
         omitted_rows: omitted.len() as u64,
         omitted_sessions: omitted.iter().map(|r| r.scores.sessions).sum(),
+        intervals: periods.map(|(iv, ks)| ks.into_iter().map(|k| iv.label(k)).collect()),
     })
 }
 
@@ -1075,7 +1130,7 @@ fn asset_funnels(
 /// number, with their value (0 when missing or not a number). Decodes the payloads of
 /// events named like the conversion and no others, and only when a value or a condition
 /// needs them: otherwise the map is empty.
-fn read_conversions(
+pub(crate) fn read_conversions(
     snap: &Snapshot,
     conversion: &StepMatcher,
     value: Option<&[String]>,
@@ -1139,7 +1194,7 @@ fn funnel_steps(steps: &[StepMatcher], reached: &[u64], entered: u64) -> Vec<Ass
 }
 
 /// `revenue`, `order.total` (both in `properties`), `context.x`, `traits.y`.
-fn property_path(text: &str) -> Result<Vec<String>, QueryError> {
+pub(crate) fn property_path(text: &str) -> Result<Vec<String>, QueryError> {
     let t = text.trim();
     if t.is_empty() || t.split('.').any(str::is_empty) {
         return Err(QueryError::invalid(format!(
@@ -1286,6 +1341,7 @@ kind = "page"
                 destination_url: Some("https://shop.example/sale?utm_content=banner-a".into()),
                 campaign: Some("spring".into()),
                 funnel: vec!["Product Viewed".into(), "Order Completed".into()],
+                ..Asset::default()
             }
         );
         assert_eq!(reg.assets[1].id, "welcome-1");

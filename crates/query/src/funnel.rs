@@ -46,6 +46,9 @@ pub struct FunnelRequest {
     /// Drill-down: list the persons who converted at a step or dropped after it.
     #[serde(default)]
     pub persons: Option<PersonsRequest>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -209,6 +212,7 @@ pub fn run(
     };
 
     let need_path = steps.iter().chain(&exclude).any(StepMatcher::needs_path);
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let scan = Scan::new(snap, from, to, if need_path { &[0, 1] } else { &[0] })?;
     let bits: Vec<(u64, &StepMatcher)> = steps
         .iter()
@@ -258,7 +262,7 @@ pub fn run(
             // The value on each person's first step-1 event in range: find those events
             // (a scan of the step-1 rows alone), then decode only them.
             let firsts = scan.run_any_order(
-                None,
+                only.as_ref(),
                 |kind, codes| masks.of(kind, codes) & 1,
                 Vec::new,
                 |seqs: &mut Vec<(u32, u32)>, r| {
@@ -339,9 +343,9 @@ pub fn run(
     };
     // The drill-down lists persons in order; without it any order will do.
     let parts = if drill.is_some() {
-        scan.run(None, tag, init, visit)?
+        scan.run(only.as_ref(), tag, init, visit)?
     } else {
-        scan.run_any_order(None, tag, init, visit)?
+        scan.run_any_order(only.as_ref(), tag, init, visit)?
     };
     let mut total = Tally::new(n);
     let mut by_group: Vec<Tally> = (0..groups).map(|_| Tally::new(n)).collect();

@@ -43,6 +43,9 @@ pub struct PathsRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -106,6 +109,7 @@ pub fn run(
     let mut labels = Labels::default();
     let mut counts: HashMap<Vec<u32>, (u64, u64, u64)> = HashMap::new();
     let mut persons = 0u64;
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     match of.as_str() {
         "events" => {
             let anchor = start.as_ref().or(end.as_ref());
@@ -119,7 +123,7 @@ pub fn run(
                     let paths = a.needs_path().then(|| scan.dict(1));
                     let hits = MaskTable::new(&[(1, a)], scan.dict(0), paths);
                     let found = scan.run_any_order(
-                        None,
+                        only.as_ref(),
                         |kind, codes| hits.of(kind, codes),
                         Vec::new,
                         |found: &mut Vec<u32>, r| found.push(r.person),
@@ -127,6 +131,7 @@ pub fn run(
                     Some(found.into_iter().flatten().collect())
                 }
             };
+            let with_anchor = crate::filter::both(with_anchor, only.as_ref());
             let scan = Scan::new(snap, from, to, &[0, 1])?;
             let table = LabelTable::new(&scan, &mut labels);
             let hits = anchor.map(|a| MaskTable::new(&[(1, a)], scan.dict(0), Some(scan.dict(1))));
@@ -205,7 +210,7 @@ pub fn run(
                         is_visit(kind, v[1].is_some()) || conversion.matches_event(kind, v[0], v[1])
                     })),
                     keep_reads: Some(vec![0, 1]),
-                    ..Default::default()
+                    persons: only.as_ref(),
                 },
             )?;
             let (names, paths) = (rows.dim(0), rows.dim(1));

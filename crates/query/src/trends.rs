@@ -89,6 +89,9 @@ pub struct TrendsRequest {
     /// With `by`: the values listed, most persons first; the rest are summed as `(other)`.
     #[serde(default)]
     pub by_limit: Option<usize>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 /// Events asked for at most (each is a bit of a row's tag).
@@ -165,6 +168,7 @@ pub fn run(
     let by = req.by.as_deref().map(By::parse).transpose()?;
     let by_limit = breakdown::limit(req.by_limit)?;
     let need_path = matchers.iter().any(StepMatcher::needs_path);
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let scan = Scan::new(snap, from, to, if need_path { &[0, 1] } else { &[0] })?;
     let bits: Vec<(u64, &StepMatcher)> = matchers
         .iter()
@@ -196,9 +200,10 @@ pub fn run(
         }
         Some(By::Event(path)) => {
             // Every counted event's own value: find them, then decode only them.
-            let seqs = scan.run_any_order(None, tag, Vec::new, |seqs: &mut Vec<u32>, r| {
-                seqs.extend_from_slice(r.seq)
-            })?;
+            let seqs =
+                scan.run_any_order(only.as_ref(), tag, Vec::new, |seqs: &mut Vec<u32>, r| {
+                    seqs.extend_from_slice(r.seq)
+                })?;
             let mut seqs: Vec<u32> = seqs.into_iter().flatten().collect();
             seqs.sort_unstable();
             let decoded = breakdown::event_values(snap, &seqs, path)?;
@@ -211,7 +216,7 @@ pub fn run(
     // by listed slot, so `(other)` counts each person once however many values it holds.
     let slot: Vec<u32> = if by.is_some() {
         let weights = scan.run_any_order(
-            None,
+            only.as_ref(),
             tag,
             || (vec![0u64; values.len()], Vec::<u32>::new()),
             |(w, mine), r| {
@@ -238,7 +243,7 @@ pub fn run(
     };
 
     let interval = req.interval;
-    let parts = scan.run_any_order(None, tag, Counts::default, |c, r| {
+    let parts = scan.run_any_order(only.as_ref(), tag, Counts::default, |c, r| {
         c.seen.clear();
         c.seen_total.clear();
         for i in 0..r.ts.len() {

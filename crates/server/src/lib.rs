@@ -8,6 +8,8 @@ mod error;
 mod ingest;
 mod metrics;
 mod query;
+mod survey;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tokio::sync::Semaphore;
 pub use config::{Config, ConfigError};
 pub use error::AppError;
 pub use metrics::ServerMetrics;
+pub use ui::CONTENT_SECURITY_POLICY;
 
 /// What every handler shares.
 pub struct AppState {
@@ -77,13 +80,21 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route(&format!("/v1/{short}"), post(ingest::collect));
     }
     r.route("/v1/import", post(ingest::collect))
-        .route("/", get(ingest::index))
+        .route("/", get(ui::index))
+        .route("/ui/{*path}", get(ui::file))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/whoami", get(query::whoami))
+        .route(
+            "/api/v1/projects/{project}/events/recent",
+            get(query::recent),
+        )
+        .route("/api/v1/projects/{project}/catalog", get(query::catalog))
         .route("/api/v1/projects/{project}/query/{kind}", post(query::run))
         .route(
             "/api/v1/projects/{project}/persons/{id}",
-            get(query::person),
+            get(query::person).delete(query::delete_person),
         )
+        .route("/s/{token}", get(survey::show).post(survey::answer))
         .fallback(not_found)
         .with_state(state)
 }
@@ -115,9 +126,13 @@ pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> std::io::Result<
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "accepting events");
     let app = router(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // The peer address reaches handlers that record who did what (the audit log).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || store.close())
         .await

@@ -459,39 +459,37 @@ impl Segment {
         Ok(())
     }
 
-    /// Calls `visit(row, payload)` for the given rows only (ascending), reading and
-    /// verifying just the checksummed blocks that hold them.
-    pub fn for_each_payload_at(
+    /// Calls `visit(row, payload)` for the given rows (ascending), reading and verifying
+    /// only the payload blocks that hold them: a few events without reading the column.
+    pub fn for_each_payload_of(
         &self,
         rows: &[usize],
         mut visit: impl FnMut(usize, &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
         let corrupt = |why: &str| StoreError::Corrupt {
             file: self.path.clone(),
             why: why.to_string(),
         };
+        if rows.is_empty() {
+            return Ok(());
+        }
         let offsets = self.read_column::<u64>("payload_offsets")?;
         let blocks = self.read_column::<u64>("payload_blocks")?;
         let meta = self.meta("payload")?.clone();
         if offsets.len() != self.rows() + 1 || offsets.last().copied().unwrap_or(0) != meta.len {
             return Err(corrupt("payload offsets do not match the payload column"));
         }
-        let firsts: Vec<usize> = blocks.chunks_exact(2).map(|p| p[0] as usize).collect();
         let mut buf = Vec::new();
-        let mut at = 0;
-        while at < rows.len() {
-            let row = rows[at];
-            if row >= self.rows() || (at > 0 && row <= rows[at - 1]) {
-                return Err(corrupt("rows asked for out of range or out of order"));
-            }
-            let b = firsts.partition_point(|&f| f <= row).saturating_sub(1);
-            let first = firsts.get(b).copied().unwrap_or(0);
-            let end_row = firsts.get(b + 1).copied().unwrap_or(self.rows());
-            if first > row || end_row > self.rows() || first >= end_row {
+        let mut next = 0;
+        for (b, pair) in blocks.chunks_exact(2).enumerate() {
+            let first = pair[0] as usize;
+            let end_row = blocks.get(2 * b + 2).map_or(self.rows(), |&r| r as usize);
+            if first >= end_row || end_row > self.rows() {
                 return Err(corrupt("payload block index out of range"));
+            }
+            let wanted = rows[next..].iter().take_while(|&&r| r < end_row).count();
+            if wanted == 0 {
+                continue;
             }
             let (start, end) = (offsets[first], offsets[end_row]);
             if start > end {
@@ -501,11 +499,13 @@ impl Segment {
             self.file
                 .read_exact_at(&mut buf, meta.offset + start)
                 .map_err(|e| StoreError::io(&self.path, e))?;
-            if u64::from(crc32fast::hash(&buf)) != blocks[2 * b + 1] {
+            if u64::from(crc32fast::hash(&buf)) != pair[1] {
                 return Err(corrupt(&format!("payload block {b} checksum mismatch")));
             }
-            while at < rows.len() && rows[at] < end_row {
-                let r = rows[at];
+            for &r in &rows[next..next + wanted] {
+                if r < first {
+                    return Err(corrupt("rows not ascending"));
+                }
                 let (a, z) = (
                     (offsets[r] - start) as usize,
                     (offsets[r + 1] - start) as usize,
@@ -514,7 +514,10 @@ impl Segment {
                     return Err(corrupt("payload offsets out of order"));
                 }
                 visit(r, &buf[a..z])?;
-                at += 1;
+            }
+            next += wanted;
+            if next == rows.len() {
+                break;
             }
         }
         Ok(())
