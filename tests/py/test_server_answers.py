@@ -29,10 +29,15 @@ QUERIES = {
                     "window": "1d", "by": "property:category", "by_limit": 3}),
         ("funnel", {"steps": ["Product Viewed", "Order Completed"], "persons": {"step": 2, "status": "dropped",
                                                                                "offset": 3, "limit": 7}}),
+        ("funnel", {"steps": ["Product Viewed", "Product Added", "Order Completed"], "window": "7d",
+                    "filter": {"channel": "Organic Search"}}),
         ("paths", {"end": "Order Completed", "depth": 5}),
+        ("paths", {"end": "Order Completed", "depth": 3, "filter": {"channel": "Paid Search"}}),
         ("paths", {"start": "page:/cart*", "depth": 4}),
         ("paths", {"of": "channels", "conversion": "Order Completed"}),
         ("retention", {"start": "Product Viewed", "return": "Order Completed", "period": "week", "periods": 6}),
+        ("retention", {"start": "Product Viewed", "return": "Order Completed", "period": "week", "periods": 6,
+                       "filter": {"channel": "Email"}}),
         ("trends", {"events": ["Order Completed", "page:/products/*"], "interval": "day", "by": "person:locale"}),
         ("sessions", {"by": "channel"}),
         ("assets", {"conversion": "Order Completed", "value": "revenue"}),
@@ -55,6 +60,9 @@ def cli_args(kind: str, body: dict) -> list[str]:
         if k in flag:
             for x in v:
                 args += [flag[k], x]
+        elif k == "filter":
+            for f, x in v.items():
+                args += ["--" + f, x]
         elif k == "persons":
             args += ["--persons-at", str(v["step"]), "--persons-status", v["status"],
                      "--persons-offset", str(v["offset"]), "--persons-limit", str(v["limit"])]

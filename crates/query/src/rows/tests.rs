@@ -222,7 +222,11 @@ fn tracked(i: u64, anon: &str, user: Option<&str>, kind: &str, ts: i64) -> Event
 
 /// Every person's rows, as `run_any_order` (with the cache: persons wholly in one segment
 /// visited while it is read) and `run` (the per-row path) see them, sorted by person.
-fn visited(scan: &Scan, ordered: bool, persons: Option<&HashSet<u32>>) -> Vec<(u32, Vec<(i64, u32, u64)>)> {
+fn visited(
+    scan: &Scan,
+    ordered: bool,
+    persons: Option<&HashSet<u32>>,
+) -> Vec<(u32, Vec<(i64, u32, u64)>)> {
     let dict = if scan.sources.dims.is_empty() {
         Vec::new()
     } else {
@@ -240,11 +244,15 @@ fn visited(scan: &Scan, ordered: bool, persons: Option<&HashSet<u32>>) -> Vec<(u
     type Seen = Vec<(u32, Vec<(i64, u32, u64)>)>;
     let visit = |got: &mut Seen, r: &PersonRows| {
         assert!(
-            r.ts.windows(2).zip(r.seq.windows(2)).all(|(t, s)| (t[0], s[0]) < (t[1], s[1])),
+            r.ts.windows(2)
+                .zip(r.seq.windows(2))
+                .all(|(t, s)| (t[0], s[0]) < (t[1], s[1])),
             "rows of person {} out of (ts, arrival) order",
             r.person
         );
-        let rows = (0..r.ts.len()).map(|i| (r.ts[i], r.seq[i], r.tag[i])).collect();
+        let rows = (0..r.ts.len())
+            .map(|i| (r.ts[i], r.seq[i], r.tag[i]))
+            .collect();
         got.push((r.person, rows));
     };
     let states = if ordered {
@@ -283,14 +291,32 @@ fn fused_scan_equals_the_per_row_path() {
     for k in 0..40u64 {
         for t in 0..6i64 {
             let kind = if t % 3 == 0 { "page" } else { "track" };
-            batch.push(tracked(next(), &format!("a{k}-1"), None, kind, (k as i64 * 7 + t * 13) % 50));
-            batch.push(tracked(next(), &format!("a{k}-2"), None, "track", (k as i64 * 3 + t * 11) % 50));
+            batch.push(tracked(
+                next(),
+                &format!("a{k}-1"),
+                None,
+                kind,
+                (k as i64 * 7 + t * 13) % 50,
+            ));
+            batch.push(tracked(
+                next(),
+                &format!("a{k}-2"),
+                None,
+                "track",
+                (k as i64 * 3 + t * 11) % 50,
+            ));
         }
     }
     // A third device of some persons, written after everyone else's: once stitched, those
     // persons have two groups of rows apart in this segment.
     for k in (0..40u64).step_by(8) {
-        batch.push(tracked(next(), &format!("b{k}"), None, "track", 5 + k as i64));
+        batch.push(tracked(
+            next(),
+            &format!("b{k}"),
+            None,
+            "track",
+            5 + k as i64,
+        ));
     }
     p.append(batch.iter().map(Encoded::new).collect()).unwrap();
     p.flush().unwrap();
@@ -298,8 +324,20 @@ fn fused_scan_equals_the_per_row_path() {
     let mut batch = Vec::new();
     for k in (0..40u64).step_by(2) {
         let user = format!("u{k}");
-        batch.push(tracked(next(), &format!("a{k}-1"), Some(&user), "identify", 60));
-        batch.push(tracked(next(), &format!("a{k}-1"), Some(&user), "track", 61 + k as i64 % 5));
+        batch.push(tracked(
+            next(),
+            &format!("a{k}-1"),
+            Some(&user),
+            "identify",
+            60,
+        ));
+        batch.push(tracked(
+            next(),
+            &format!("a{k}-1"),
+            Some(&user),
+            "track",
+            61 + k as i64 % 5,
+        ));
     }
     p.append(batch.iter().map(Encoded::new).collect()).unwrap();
     p.flush().unwrap();
@@ -308,10 +346,28 @@ fn fused_scan_equals_the_per_row_path() {
     let mut batch = Vec::new();
     for k in (0..40u64).step_by(4) {
         let user = format!("u{k}");
-        batch.push(tracked(next(), &format!("a{k}-2"), Some(&user), "identify", 70));
-        batch.push(tracked(next(), &format!("a{k}-2"), Some(&user), "track", 80));
+        batch.push(tracked(
+            next(),
+            &format!("a{k}-2"),
+            Some(&user),
+            "identify",
+            70,
+        ));
+        batch.push(tracked(
+            next(),
+            &format!("a{k}-2"),
+            Some(&user),
+            "track",
+            80,
+        ));
         if k % 8 == 0 {
-            batch.push(tracked(next(), &format!("b{k}"), Some(&user), "identify", 71));
+            batch.push(tracked(
+                next(),
+                &format!("b{k}"),
+                Some(&user),
+                "identify",
+                71,
+            ));
         }
     }
     p.append(batch.iter().map(Encoded::new).collect()).unwrap();
@@ -417,9 +473,16 @@ fn fused_scan_equals_the_per_row_path_on_random_stores() {
                 for _ in 0..devices / 2 {
                     let (r, d) = (rng.below(segments), rng.below(devices));
                     i += 1;
-                    let user = format!("u{}", rng.below(users));
+                    // Users of their own, so that the person is the devices of round r.
+                    let user = format!("v{r}-{}", rng.below(devices / 4 + 1));
                     let ts = 40 + rng.below(8) as i64;
-                    batch.push(tracked(i, &format!("r{r}-{d}"), Some(&user), "identify", ts));
+                    batch.push(tracked(
+                        i,
+                        &format!("r{r}-{d}"),
+                        Some(&user),
+                        "identify",
+                        ts,
+                    ));
                 }
             }
             p.append(batch.iter().map(Encoded::new).collect()).unwrap();
