@@ -1,8 +1,8 @@
 """The server answers exactly as the command line does.
 
-`throughline serve` keeps verified columns in memory and visits the persons whose rows lie
-in one segment while it reads that segment; the command line streams columns from the
-files and merges every person's rows. Both must give the same JSON for every query. The
+`throughline serve` keeps verified columns in memory (with derived ones such as the
+type+code column) and reuses scan memory between queries; the command line streams
+columns from the files a piece at a time. Both must give the same JSON for every query. The
 store here is what makes the two paths differ: two imported segments, persons stitched
 after their events were written (devices identified later), and events still in the log
 (sent over HTTP to the running server). Each query is asked twice over HTTP (columns read,

@@ -141,19 +141,6 @@ impl ColumnCache {
         }
     }
 
-    /// [`ColumnCache::derived_u16`] for 4-byte values.
-    pub fn derived_u32(
-        &self,
-        seg: &Arc<Segment>,
-        name: &str,
-        build: impl FnOnce(&Segment) -> Result<Vec<u32>, StoreError>,
-    ) -> Result<Arc<Vec<u32>>, StoreError> {
-        match self.get(seg, name, |s| Ok(Value::U32(Arc::new(build(s)?))))? {
-            Value::U32(v) => Ok(v),
-            _ => Err(mismatch(seg, name)),
-        }
-    }
-
     /// The dictionary of dimension `dim`.
     pub fn dict(&self, seg: &Arc<Segment>, dim: &str) -> Result<Arc<Vec<String>>, StoreError> {
         let key = format!("dict:{dim}");

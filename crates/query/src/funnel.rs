@@ -261,7 +261,7 @@ pub fn run(
         Some(By::Event(path)) => {
             // The value on each person's first step-1 event in range: find those events
             // (a scan of the step-1 rows alone), then decode only them.
-            let firsts = scan.run_any_order(
+            let firsts = scan.run(
                 only.as_ref(),
                 |kind, codes| masks.of(kind, codes) & 1,
                 Vec::new,
@@ -341,12 +341,7 @@ pub fn run(
                 .add(&part.out);
         }
     };
-    // The drill-down lists persons in order; without it any order will do.
-    let parts = if drill.is_some() {
-        scan.run(only.as_ref(), tag, init, visit)?
-    } else {
-        scan.run_any_order(only.as_ref(), tag, init, visit)?
-    };
+    let parts = scan.run(only.as_ref(), tag, init, visit)?;
     let mut total = Tally::new(n);
     let mut by_group: Vec<Tally> = (0..groups).map(|_| Tally::new(n)).collect();
     let mut drilled: Vec<u32> = Vec::new();

@@ -122,7 +122,7 @@ pub fn run(
                     let scan = Scan::new(snap, from, to, dims)?;
                     let paths = a.needs_path().then(|| scan.dict(1));
                     let hits = MaskTable::new(&[(1, a)], scan.dict(0), paths);
-                    let found = scan.run_any_order(
+                    let found = scan.run(
                         only.as_ref(),
                         |kind, codes| hits.of(kind, codes),
                         Vec::new,
@@ -142,7 +142,7 @@ pub fn run(
             };
             let from_start = start.is_some();
             let by_end = end.is_some();
-            let parts = scan.run_any_order(
+            let parts = scan.run(
                 with_anchor.as_ref(),
                 tag,
                 || (HashMap::<Vec<u32>, u64>::new(), 0u64, Vec::<u32>::new()),

@@ -84,7 +84,7 @@ pub fn run(
         is_start: Vec<bool>,
         is_ret: Vec<bool>,
     }
-    let parts = scan.run_any_order(
+    let parts = scan.run(
         only.as_ref(),
         |kind, codes| masks.of(kind, codes),
         || Part {

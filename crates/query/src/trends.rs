@@ -200,10 +200,9 @@ pub fn run(
         }
         Some(By::Event(path)) => {
             // Every counted event's own value: find them, then decode only them.
-            let seqs =
-                scan.run_any_order(only.as_ref(), tag, Vec::new, |seqs: &mut Vec<u32>, r| {
-                    seqs.extend_from_slice(r.seq)
-                })?;
+            let seqs = scan.run(only.as_ref(), tag, Vec::new, |seqs: &mut Vec<u32>, r| {
+                seqs.extend_from_slice(r.seq)
+            })?;
             let mut seqs: Vec<u32> = seqs.into_iter().flatten().collect();
             seqs.sort_unstable();
             let decoded = breakdown::event_values(snap, &seqs, path)?;
@@ -215,7 +214,7 @@ pub fn run(
     // The listed groups: the values with the most persons, then `(other)`. Counting goes
     // by listed slot, so `(other)` counts each person once however many values it holds.
     let slot: Vec<u32> = if by.is_some() {
-        let weights = scan.run_any_order(
+        let weights = scan.run(
             only.as_ref(),
             tag,
             || (vec![0u64; values.len()], Vec::<u32>::new()),
@@ -243,7 +242,7 @@ pub fn run(
     };
 
     let interval = req.interval;
-    let parts = scan.run_any_order(only.as_ref(), tag, Counts::default, |c, r| {
+    let parts = scan.run(only.as_ref(), tag, Counts::default, |c, r| {
         c.seen.clear();
         c.seen_total.clear();
         for i in 0..r.ts.len() {

@@ -220,28 +220,29 @@ fn tracked(i: u64, anon: &str, user: Option<&str>, kind: &str, ts: i64) -> Event
     serde_json::from_value(v).unwrap()
 }
 
-/// Every person's rows, as `run_any_order` (with the cache: persons wholly in one segment
-/// visited while it is read) and `run` (the per-row path) see them, sorted by person.
-fn visited(
-    scan: &Scan,
-    ordered: bool,
-    persons: Option<&HashSet<u32>>,
-) -> Vec<(u32, Vec<(i64, u32, u64)>)> {
+type Seen = Vec<(u32, Vec<(i64, u32, u64)>)>;
+
+/// The tag the tests give a row: by name code (`e1` dropped), or without a dimension read
+/// by type of event (identify rows dropped).
+fn tag_of(dict: &[String], kind: u8, code: Option<u32>) -> u64 {
+    match code {
+        None => u64::from(kind != 1) * (u64::from(kind) + 1),
+        Some(c) => match dict.get(c as usize).map(String::as_str) {
+            Some("e1") => 0,
+            Some(_) => c as u64 + 1,
+            None => 99,
+        },
+    }
+}
+
+/// Every person's tagged rows as [`Scan::run`] visits them; checks its contract on the
+/// way: persons in order and each once, a person's rows in (ts, arrival) order.
+fn visited(scan: &Scan, persons: Option<&HashSet<u32>>) -> Seen {
     let dict = if scan.sources.dims.is_empty() {
         Vec::new()
     } else {
         scan.dict(0).to_vec()
     };
-    // Without a dimension read, the tag is the type of event (identify rows dropped).
-    let tag = |kind: u8, codes: &[u32]| match codes.first() {
-        None => u64::from(kind != 1) * (u64::from(kind) + 1),
-        Some(&c) => match dict.get(c as usize).map(String::as_str) {
-            Some("e1") => 0,
-            Some(_) => c as u64 + 1,
-            None => 99,
-        },
-    };
-    type Seen = Vec<(u32, Vec<(i64, u32, u64)>)>;
     let visit = |got: &mut Seen, r: &PersonRows| {
         assert!(
             r.ts.windows(2)
@@ -255,26 +256,67 @@ fn visited(
             .collect();
         got.push((r.person, rows));
     };
-    let states = if ordered {
-        scan.run(persons, tag, Vec::new, visit).unwrap()
-    } else {
-        scan.run_any_order(persons, tag, Vec::new, visit).unwrap()
-    };
-    let mut all: Seen = states.into_iter().flatten().collect();
-    all.sort();
-    let mut ids: Vec<u32> = all.iter().map(|(p, _)| *p).collect();
-    ids.dedup();
-    assert_eq!(ids.len(), all.len(), "a person was visited twice");
+    let states = scan
+        .run(
+            persons,
+            |kind, codes| tag_of(&dict, kind, codes.first().copied()),
+            Vec::new,
+            visit,
+        )
+        .unwrap();
+    let all: Seen = states.into_iter().flatten().collect();
+    assert!(
+        all.windows(2).all(|w| w[0].0 < w[1].0),
+        "persons out of order or visited twice"
+    );
     all
 }
 
-/// The fused scan of a server (column cache on) visits exactly what the per-row path
-/// does, on a store where devices were stitched after their events were written (one
-/// person's rows in several blocks of one segment, blocks of one person apart, persons in
-/// several segments and in the log), with and without a time range and a person filter.
+/// The same from the merged table of [`load`].
+fn loaded(
+    snap: &Snapshot,
+    from: Option<i64>,
+    to: Option<i64>,
+    dims: &[usize],
+    persons: Option<&HashSet<u32>>,
+) -> Seen {
+    let rows = load(
+        snap,
+        &Load {
+            from,
+            to,
+            dims: dims.to_vec(),
+            persons,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let names = (!dims.is_empty()).then(|| rows.dim(0));
+    let dict = names.map_or(&[][..], |n| &n.dict[..]);
+    let mut out: Seen = Vec::new();
+    for r in rows.persons() {
+        let person = rows.person[r.start];
+        let kept: Vec<(i64, u32, u64)> = r
+            .filter_map(|i| {
+                let t = tag_of(dict, rows.kind[i], names.map(|n| n.codes[i]));
+                (t != 0).then_some((rows.ts[i], rows.seq[i], t))
+            })
+            .collect();
+        if !kept.is_empty() {
+            out.push((person, kept));
+        }
+    }
+    out
+}
+
+/// The scan, with columns from files and from the cache, visits exactly the rows of the
+/// merged table, on a store where devices were stitched after their events were written
+/// (one person's rows in several blocks of one segment, blocks of one person apart,
+/// persons in several segments and in the log), with and without a time range and a
+/// person filter.
 #[test]
-fn fused_scan_equals_the_per_row_path() {
-    let dir = temp_dir("fused");
+fn scan_equals_load_on_a_stitched_store() {
+    let dir = temp_dir("stitched");
     let _ = std::fs::remove_dir_all(&dir);
     let options = ProjectOptions {
         compact_segments_min: 100,
@@ -382,27 +424,20 @@ fn fused_scan_equals_the_per_row_path() {
         (None, None, None),
         (Some(10), Some(62), None),
         // Segment 2 and the log out of range: persons stitched across two devices of
-        // segment 1 are visited in the segment pass, their two blocks merged by time.
+        // segment 1 have two blocks there, merged by time.
         (None, Some(55), None),
         (None, None, Some(&some)),
     ] {
-        let plain = Scan {
-            sources: Sources::new(&snap, from, to, &[0], None).unwrap(),
-        };
-        let want = visited(&plain, true, persons);
-        assert!(want.len() >= 40, "{} persons", want.len());
-        for _ in 0..2 {
-            let fused = Scan {
-                sources: Sources::new(&snap, from, to, &[0], Some(&cache)).unwrap(),
-            };
-            assert_eq!(visited(&fused, false, persons), want);
-            // Two dimensions: the fused path's per-row tags.
-            drop(fused);
+        for dims in [&[0][..], &[0, 1]] {
+            let want = loaded(&snap, from, to, dims, persons);
+            assert!(want.len() >= 10, "{} persons", want.len());
+            for cached in [None, Some(&cache), Some(&cache)] {
+                let scan = Scan {
+                    sources: Sources::new(&snap, from, to, dims, cached).unwrap(),
+                };
+                assert_eq!(visited(&scan, persons), want, "{from:?}..{to:?} {dims:?}");
+            }
         }
-        let two = Scan {
-            sources: Sources::new(&snap, from, to, &[0, 1], Some(&cache)).unwrap(),
-        };
-        assert_eq!(visited(&two, false, persons), want);
     }
     drop(snap);
     drop(p);
@@ -421,17 +456,17 @@ impl Rng {
     }
 }
 
-/// The fused scan equals the per-row path on random stores: 2-4 segments and the log,
+/// The scan equals the merged table on random stores: 2-4 segments and the log,
 /// devices whose events land in several of them, devices identified (and so merged into
 /// one person) in a later segment or in the log, some identified as a second user too,
 /// devices of one segment merged by sign-ins in the log after the range's end (one
-/// person's rows in several blocks of one segment, visited in the segment pass),
+/// person's rows in several blocks of one segment),
 /// timestamps in a narrow range (many ties within a person), random time ranges and
 /// person filters, with zero, one and two dimensions read.
 #[test]
-fn fused_scan_equals_the_per_row_path_on_random_stores() {
+fn scan_equals_load_on_random_stores() {
     for seed in 1..=8u64 {
-        let dir = temp_dir(&format!("fused-random-{seed}"));
+        let dir = temp_dir(&format!("random-{seed}"));
         let _ = std::fs::remove_dir_all(&dir);
         let options = ProjectOptions {
             compact_segments_min: 100,
@@ -513,19 +548,17 @@ fn fused_scan_equals_the_per_row_path_on_random_stores() {
             (None, None, Some(&some)),
         ] {
             for dims in [&[][..], &[0], &[0, 1]] {
-                let plain = Scan {
-                    sources: Sources::new(&snap, from, to, dims, None).unwrap(),
-                };
-                let want = visited(&plain, true, persons);
-                for _ in 0..2 {
-                    let fused = Scan {
-                        sources: Sources::new(&snap, from, to, dims, Some(&cache)).unwrap(),
+                let want = loaded(&snap, from, to, dims, persons);
+                for cached in [None, Some(&cache), Some(&cache)] {
+                    let scan = Scan {
+                        sources: Sources::new(&snap, from, to, dims, cached).unwrap(),
                     };
                     assert_eq!(
-                        visited(&fused, false, persons),
+                        visited(&scan, persons),
                         want,
-                        "seed {seed}, range {from:?}..{to:?}, dims {dims:?}, filtered {}",
-                        persons.is_some()
+                        "seed {seed}, range {from:?}..{to:?}, dims {dims:?}, filtered {}, cached {}",
+                        persons.is_some(),
+                        cached.is_some()
                     );
                 }
             }
