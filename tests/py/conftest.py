@@ -29,11 +29,11 @@ def data_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def make_server(throughline_bin, tmp_path):
-    """Factory: make_server(data_dir) -> Server (not started). All are killed at teardown."""
+    """Factory: make_server(data_dir, extra_args=()) -> Server (not started). All are killed at teardown."""
     servers: list[Server] = []
 
-    def factory(data_dir: Path) -> Server:
-        s = Server(throughline_bin, data_dir, tmp_path)
+    def factory(data_dir: Path, extra_args: tuple[str, ...] = ()) -> Server:
+        s = Server(throughline_bin, data_dir, tmp_path, extra_args)
         servers.append(s)
         return s
 

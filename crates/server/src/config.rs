@@ -13,6 +13,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub identity: IdentitySettings,
     pub query: QuerySettings,
+    pub orchestrate: crate::orchestrate::OrchestrateConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -48,6 +49,7 @@ impl Default for HttpConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub flush_bytes: usize,
+    pub frozen_tables_max: usize,
     pub queue_requests_max: usize,
     pub group_events_max: usize,
     pub compact_segments_min: usize,
@@ -59,6 +61,7 @@ impl Default for StoreConfig {
         let d = ProjectOptions::default();
         StoreConfig {
             flush_bytes: d.flush_bytes,
+            frozen_tables_max: d.frozen_tables_max,
             queue_requests_max: d.queue_requests_max,
             group_events_max: d.group_events_max,
             compact_segments_min: d.compact_segments_min,
@@ -123,6 +126,7 @@ impl Config {
         identity.emails_per_person_max = self.identity.emails_per_person_max;
         ProjectOptions {
             flush_bytes: self.store.flush_bytes,
+            frozen_tables_max: self.store.frozen_tables_max,
             queue_requests_max: self.store.queue_requests_max,
             group_events_max: self.store.group_events_max,
             compact_segments_min: self.store.compact_segments_min,

@@ -144,5 +144,33 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             c.misses,
         );
     }
+    let _ = writeln!(out, "# HELP throughline_compactions_total Segment merges.\n# TYPE throughline_compactions_total counter");
+    for p in &projects {
+        let _ = writeln!(
+            out,
+            "throughline_compactions_total{{project=\"{}\"}} {}",
+            p.name(),
+            p.metrics.compactions.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP throughline_flush_seconds Time to write and publish one segment from the log (background).\n# TYPE throughline_flush_seconds histogram");
+    for p in &projects {
+        p.metrics.flush_seconds.render(
+            &mut out,
+            "throughline_flush_seconds",
+            &format!("project=\"{}\"", p.name()),
+        );
+    }
+    let _ = writeln!(out, "# HELP throughline_compaction_seconds Time of one segment merge (background).\n# TYPE throughline_compaction_seconds histogram");
+    for p in &projects {
+        p.metrics.compaction_seconds.render(
+            &mut out,
+            "throughline_compaction_seconds",
+            &format!("project=\"{}\"", p.name()),
+        );
+    }
+    if let Some(o) = state.orchestrator.get() {
+        out.push_str(&crate::orchestrate::api::metrics(o));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -19,7 +19,7 @@ use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 use throughline_collect::{percent_decode, Batch};
 use throughline_model::{format_ms, EventType};
-use throughline_store::{now_ms, Encoded, ProjectStore};
+use throughline_store::{now_ms, ProjectStore};
 use throughline_token::{Claims, Secret, TokenError};
 
 use crate::AppState;
@@ -237,11 +237,13 @@ pub async fn answer(
     let mut ids = state.id_generator();
     let batch = Batch::parse_single(&bytes, EventType::Track, now, &mut ids)
         .map_err(|r| crate::AppError::new(StatusCode::BAD_REQUEST, r.error).into_response())?;
-    let mut events = Vec::new();
+    let mut events = store.new_batch(batch.messages.len(), bytes.len());
     for m in batch.messages {
         let e =
             m.map_err(|r| crate::AppError::new(StatusCode::BAD_REQUEST, r.error).into_response())?;
-        events.push(Encoded::new(&e));
+        events
+            .push(&e)
+            .map_err(|e| crate::AppError::from(e).into_response())?;
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     store

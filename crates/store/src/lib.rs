@@ -14,32 +14,41 @@
 //! What "acknowledged" promises: [`ProjectStore::append`] reports success only after the
 //! events' log records are fsynced, so they survive `kill -9` and power loss; a message id
 //! the project already stored is reported as a duplicate and not stored again, before and
-//! after a crash, because deduplication state is rebuilt from what is on disk. The store
+//! after a crash, because deduplication state is rebuilt from what is on disk. Flushes
+//! and compactions run on their own threads and publish through the manifest, so they
+//! never hold up a group commit and a crash during either loses and duplicates nothing. The store
 //! never interprets events beyond ids, time and name: channels, sessions and funnels live
 //! in the query layer.
 
 pub mod audit;
+mod batch;
 mod bloom;
 mod catalog;
 mod fsutil;
+mod idhash;
+mod idlog;
 mod lock;
+mod maintenance;
+mod memtable;
 pub mod metrics;
 mod project;
 mod segment;
+mod tail;
 mod wal;
+mod writer;
 
 #[cfg(test)]
 mod testutil;
 
 use std::path::{Path, PathBuf};
 
+pub use batch::EventBatch;
 pub use catalog::{api_key_hash, now_ms, random_seed, Catalog, IssuedKeys, ProjectInfo};
 pub use lock::DirLock;
-pub use project::{
-    AppendOutcome, Encoded, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats,
-};
+pub use project::{AppendOutcome, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats};
 pub use segment::{ColumnReader, Segment, NO_VALUE};
 pub use store::Store;
+pub use tail::{Tail, TailFilter};
 
 mod store;
 
@@ -73,6 +82,10 @@ pub enum StoreError {
     Closed,
     #[error("the log could not be made durable: {0}")]
     WalFailed(String),
+    #[error("writing a segment failed: {0}")]
+    FlushFailed(String),
+    #[error("an event record of {bytes} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge { bytes: usize, max: usize },
 }
 
 impl StoreError {
@@ -87,7 +100,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Overloaded | StoreError::WalFailed(_) | StoreError::Closed
+            StoreError::Overloaded
+                | StoreError::WalFailed(_)
+                | StoreError::FlushFailed(_)
+                | StoreError::Closed
         )
     }
 }

@@ -1,6 +1,6 @@
 use super::*;
 use throughline_model::Event;
-use throughline_store::{Encoded, ProjectOptions, ProjectStore};
+use throughline_store::{EventBatch, ProjectOptions, ProjectStore};
 
 fn event(i: u64, person: u64, ts: i64) -> Event {
     serde_json::from_value(serde_json::json!({
@@ -26,7 +26,7 @@ fn store(dir: &std::path::Path, rounds: u64) -> ProjectStore {
                 event(i, k % 17, ((k * 7919) % 50) as i64)
             })
             .collect();
-        p.append(batch.iter().map(Encoded::new).collect()).unwrap();
+        p.append(EventBatch::of(&batch)).unwrap();
         if round + 1 < rounds {
             p.flush().unwrap();
         }
@@ -360,7 +360,7 @@ fn scan_equals_load_on_a_stitched_store() {
             5 + k as i64,
         ));
     }
-    p.append(batch.iter().map(Encoded::new).collect()).unwrap();
+    p.append(EventBatch::of(&batch)).unwrap();
     p.flush().unwrap();
     // Segment 2: even persons sign in on their first device; more events.
     let mut batch = Vec::new();
@@ -381,7 +381,7 @@ fn scan_equals_load_on_a_stitched_store() {
             61 + k as i64 % 5,
         ));
     }
-    p.append(batch.iter().map(Encoded::new).collect()).unwrap();
+    p.append(EventBatch::of(&batch)).unwrap();
     p.flush().unwrap();
     // The log: every fourth person signs in on the second device too, which stitches
     // segment 1's two blocks of that person.
@@ -412,7 +412,7 @@ fn scan_equals_load_on_a_stitched_store() {
             ));
         }
     }
-    p.append(batch.iter().map(Encoded::new).collect()).unwrap();
+    p.append(EventBatch::of(&batch)).unwrap();
     let snap = p.snapshot();
     assert_eq!(snap.segments().len(), 2);
     let cache = ColumnCache::new(64 << 20);
@@ -520,7 +520,7 @@ fn scan_equals_load_on_random_stores() {
                     ));
                 }
             }
-            p.append(batch.iter().map(Encoded::new).collect()).unwrap();
+            p.append(EventBatch::of(&batch)).unwrap();
             if round < segments {
                 p.flush().unwrap();
             }
