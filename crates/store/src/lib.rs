@@ -49,7 +49,7 @@ pub use catalog::{
 };
 pub use lock::DirLock;
 pub use project::{AppendOutcome, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats};
-pub use segment::{Segment, NO_VALUE};
+pub use segment::{ColumnReader, Segment, NO_VALUE};
 pub use store::Store;
 pub use tail::{Tail, TailFilter};
 

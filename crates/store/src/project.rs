@@ -692,6 +692,53 @@ impl Snapshot<'_> {
         Ok(())
     }
 
+    /// Visits the events with these arrival numbers (ascending; the numbering of
+    /// [`Snapshot::for_each_event_named`]), decoding only them and reading only the
+    /// payload blocks that hold them: the properties of a few events without decoding all.
+    pub fn for_each_event_at(
+        &self,
+        seqs: &[u32],
+        mut visit: impl FnMut(u32, Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut at = 0;
+        let mut first = 0u32;
+        let mut rows = Vec::new();
+        for seg in &self.state.segments {
+            let end = first + seg.rows() as u32;
+            rows.clear();
+            while at < seqs.len() && seqs[at] < end {
+                if seqs[at] < first {
+                    return Err(StoreError::Corrupt {
+                        file: seg.path.clone(),
+                        why: "arrival numbers asked for out of order".into(),
+                    });
+                }
+                rows.push((seqs[at] - first) as usize);
+                at += 1;
+            }
+            seg.for_each_payload_of(&rows, |row, payload| {
+                visit(first + row as u32, decode(&seg.path, payload)?)
+            })?;
+            first = end;
+        }
+        // The log: frozen tables, then the active one, in arrival order.
+        let log: Vec<(&MemTable, &crate::memtable::MemRow)> = self
+            .tables()
+            .flat_map(|t| t.rows.iter().map(move |r| (t, r)))
+            .collect();
+        for &seq in &seqs[at..] {
+            let (t, r) = seq
+                .checked_sub(first)
+                .and_then(|i| log.get(i as usize).copied())
+                .ok_or_else(|| StoreError::Corrupt {
+                    file: "wal".into(),
+                    why: format!("no event with arrival number {seq}"),
+                })?;
+            visit(seq, decode(Path::new("wal"), t.record(r))?)?;
+        }
+        Ok(())
+    }
+
     /// The `limit` newest events by timestamp (ties: the later arrival first), newest
     /// first, with the node each was sent under. Reads the log, and of the segments only
     /// the time column of those whose range can still hold one and the payload blocks of

@@ -306,6 +306,46 @@ impl Writer {
     }
 }
 
+/// Reads one per-row column of a segment in pieces, in order, checksumming on the way
+/// (see [`Segment::column_reader`]).
+pub struct ColumnReader<'s, T> {
+    seg: &'s Segment,
+    meta: ColumnMeta,
+    done: u64,
+    crc: crc32fast::Hasher,
+    _values: std::marker::PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> ColumnReader<'_, T> {
+    /// Replaces `out` with the next `n` values (fewer at the end of the column).
+    pub fn read(&mut self, out: &mut Vec<T>, n: usize) -> Result<(), StoreError> {
+        let width = std::mem::size_of::<T>() as u64;
+        let left = (self.meta.len - self.done) / width;
+        let n = (n as u64).min(left) as usize;
+        out.clear();
+        out.resize(n, T::zeroed());
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+        self.seg
+            .file
+            .read_exact_at(bytes, self.meta.offset + self.done)
+            .map_err(|e| StoreError::io(&self.seg.path, e))?;
+        self.crc.update(bytes);
+        self.done += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Checks that the whole column was read and that its checksum matches.
+    pub fn finish(self) -> Result<(), StoreError> {
+        if self.done != self.meta.len || self.crc.finalize() != self.meta.crc {
+            return Err(StoreError::Corrupt {
+                file: self.seg.path.clone(),
+                why: format!("column {:?} checksum mismatch", self.meta.name),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// An open segment: its footer and dedupe filter in memory, columns read on demand.
 #[derive(Debug)]
 pub struct Segment {
@@ -420,16 +460,45 @@ impl Segment {
         Ok(out)
     }
 
+    /// Reads a fixed-width column a piece at a time: memory stays bounded by the piece and
+    /// nothing is copied twice. The checksum covers the whole column, so it is checked by
+    /// [`ColumnReader::finish`]: a caller must not let anything computed from the pieces
+    /// out before `finish` succeeded, and must bounds-check values it uses as indexes.
+    pub fn column_reader<T: bytemuck::Pod>(
+        &self,
+        name: &str,
+    ) -> Result<ColumnReader<'_, T>, StoreError> {
+        let meta = self.meta(name)?.clone();
+        let width = std::mem::size_of::<T>() as u64;
+        if meta.len % width != 0 || meta.len / width != self.footer.rows {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: format!("column {name:?} does not hold one {width}-byte value per row"),
+            });
+        }
+        Ok(ColumnReader {
+            seg: self,
+            meta,
+            done: 0,
+            crc: crc32fast::Hasher::new(),
+            _values: std::marker::PhantomData,
+        })
+    }
+
+    /// The dictionary of a `dim:` column, verified.
+    pub fn dict(&self, dim: &str) -> Result<Vec<String>, StoreError> {
+        let bytes = self.read_column::<u8>(&format!("dict:{dim}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            file: self.path.clone(),
+            why: format!("dictionary of {dim}: {e}"),
+        })
+    }
+
     /// The codes of a `dim:` column, one per row ([`NO_VALUE`] where absent), and its
     /// dictionary.
     pub fn dim(&self, dim: &str) -> Result<(Vec<u32>, Vec<String>), StoreError> {
         let codes = self.read_column::<u32>(&format!("dim:{dim}"))?;
-        let bytes = self.read_column::<u8>(&format!("dict:{dim}"))?;
-        let dict: Vec<String> =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                file: self.path.clone(),
-                why: format!("dictionary of {dim}: {e}"),
-            })?;
+        let dict = self.dict(dim)?;
         if codes
             .iter()
             .any(|&c| c != NO_VALUE && c as usize >= dict.len())
@@ -488,15 +557,6 @@ impl Segment {
             }
         }
         Ok(())
-    }
-
-    /// The dictionary of a `dim:` column alone: the distinct values the segment holds.
-    pub fn dictionary(&self, dim: &str) -> Result<Vec<String>, StoreError> {
-        let bytes = self.read_column::<u8>(&format!("dict:{dim}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            file: self.path.clone(),
-            why: format!("dictionary of {dim}: {e}"),
-        })
     }
 
     /// Calls `visit(row, payload)` for the given rows (ascending), reading and verifying
