@@ -21,14 +21,17 @@
 //! in the query layer.
 
 pub mod audit;
+pub mod backup;
 mod batch;
 mod bloom;
 mod catalog;
+pub mod check;
 mod fsutil;
 mod idhash;
 mod idlog;
 mod lock;
 mod maintenance;
+pub mod manifest;
 mod memtable;
 pub mod metrics;
 mod project;
@@ -68,6 +71,12 @@ pub enum StoreError {
     Corrupt { file: PathBuf, why: String },
     #[error("data directory {} is in use by process {holder} (a running `throughline serve`?); stop it first", dir.display())]
     Locked { dir: PathBuf, holder: String },
+    #[error("{} was written by a newer Throughline (store format {found}; this binary reads up to {supported}): upgrade throughline to open it", file.display())]
+    NewerFormat {
+        file: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("no project named {0:?}")]
     NoProject(String),
     #[error("a project named {0:?} already exists")]
@@ -108,3 +117,6 @@ impl StoreError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod faults_tests;
