@@ -8,6 +8,7 @@ mod bench;
 mod cx;
 mod demo;
 mod import;
+mod ops;
 mod output;
 mod people;
 mod projects;
@@ -123,6 +124,26 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: output::Format,
     },
+    /// Verify every file of the store against its checksums; --repair rebuilds what the log allows
+    #[command(after_help = "Examples:
+  throughline check --data ./data
+  throughline check --data ./data --project shop --repair
+
+Prints a JSON report per project (files checked, events, problems, what was repaired and
+what could not be) and exits 1 while any file is damaged. Needs the directory to itself.")]
+    Check(ops::CheckArgs),
+    /// Write a consistent copy of a data directory to one file, also while a server runs
+    #[command(after_help = "Example:
+  throughline backup --data ./data --out ./data-2026-12-01.tar
+
+A tar of every project's live segments, identity files and log, the catalog and the audit
+log, with BACKUP.json listing each file's SHA-256. Holds every event acknowledged before
+it started.")]
+    Backup(ops::BackupArgs),
+    /// Restore a backup into a new data directory, verifying every file
+    #[command(after_help = "Example:
+  throughline restore --from ./data-2026-12-01.tar --data ./data-restored")]
+    Restore(ops::RestoreArgs),
     /// Counts of a project's store: events, segments, events still in the log, ids
     #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
     Stats(people::StatsArgs),
@@ -192,6 +213,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Generate(args) => demo::generate(args),
         Command::Stats(args) => people::stats(args),
+        Command::Check(args) => ops::check(args),
+        Command::Backup(args) => ops::backup(args),
+        Command::Restore(args) => ops::restore(args),
         Command::AuditLog {
             data,
             project,

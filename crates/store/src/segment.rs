@@ -129,9 +129,13 @@ pub fn write<'a>(
     mut dim: impl FnMut(usize) -> Result<DimColumn<'a>, StoreError>,
     mut payload: impl FnMut(usize, &mut Vec<u8>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    write_inner(path, columns, &mut dim, &mut payload).map_err(|e| match e {
-        WriteError::Io(e) => StoreError::io(path, e),
-        WriteError::Source(e) => e,
+    write_inner(path, columns, &mut dim, &mut payload).map_err(|e| {
+        // A half-written file would hold on to the space a full disk needs back.
+        let _ = std::fs::remove_file(path.with_extension("seg.tmp"));
+        match e {
+            WriteError::Io(e) => StoreError::io(path, e),
+            WriteError::Source(e) => e,
+        }
     })
 }
 
