@@ -8,7 +8,8 @@
 //! DIR/projects/NAME/wal/        numbered, checksummed logs: what is acknowledged
 //! DIR/projects/NAME/segments/   immutable sorted column files
 //! DIR/projects/NAME/MANIFEST    which segments and identity snapshot are live, and
-//!                               the first log file not yet folded into segments
+//!                               the first log file not yet folded into segments; the
+//!                               store format version and a checksum (`manifest`)
 //! ```
 //!
 //! What "acknowledged" promises: [`ProjectStore::append`] reports success only after the
