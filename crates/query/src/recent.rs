@@ -77,7 +77,7 @@ pub fn catalog(snap: &Snapshot, rules: &Rules) -> Result<CatalogResponse, QueryE
         }
         all.extend(
             snap.log_rows()
-                .filter_map(|r| r.dims[d].as_deref().map(str::to_string)),
+                .filter_map(|r| r.dims[d].map(str::to_string)),
         );
         Ok(all.into_iter().collect())
     };
