@@ -314,6 +314,9 @@ def test_a_full_disk_answers_503_harms_nothing_and_ingestion_resumes(throughline
         assert full_answers >= 5, "the disk never filled up"
         assert server.running(), "the server died of a full disk"
         assert requests_ok(server), "health fails while the disk is full"
+        metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+        wal_failures = metric(metrics, "throughline_wal_failures_total")
+        assert wal_failures >= full_answers, metrics[-2000:]
 
         # Space returns: ingestion resumes by itself, and the refused batches (as an SDK
         # retries them) are stored.
@@ -330,7 +333,10 @@ def test_a_full_disk_answers_503_harms_nothing_and_ingestion_resumes(throughline
                 assert r.status_code == 503, r.text
                 assert time.monotonic() - started < 90, "ingestion did not resume after space returned"
                 time.sleep(float(r.headers.get("Retry-After", "1")))
-        print(f"full-disk 503s: {full_answers}; resumed {resumed_after:.1f}s after space returned")
+        flush_failures = metric(requests.get(f"{server.url}/metrics", timeout=10).text,
+                                "throughline_flush_failures_total")
+        print(f"full-disk 503s: {full_answers}; log write failures {wal_failures:.0f}, flush failures "
+              f"{flush_failures:.0f}; resumed {resumed_after:.1f}s after space returned")
         server.stop()
     finally:
         server.kill9()
@@ -339,6 +345,10 @@ def test_a_full_disk_answers_503_harms_nothing_and_ingestion_resumes(throughline
     assert len(ids) == len(set(ids)), "an event stored twice"
     assert acked == set(ids), f"{len(acked - set(ids))} acknowledged events missing"
     run_cli(throughline_bin, "check", "--data", str(data_dir))
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
 def requests_ok(server) -> bool:

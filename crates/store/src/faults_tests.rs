@@ -197,6 +197,24 @@ fn check_passes_a_sound_store_and_counts_its_events() {
     assert!(r.ok(), "{r:?}");
     assert_eq!(r.events, stored.len());
     assert!(r.files_checked >= 4);
+
+    // A damaged identity snapshot cannot be rebuilt from events: named, and left.
+    let snapshot = files_with(dir.path(), ".bin")
+        .into_iter()
+        .find(|p| !p.to_string_lossy().contains("identity-log-"))
+        .unwrap();
+    let mut b = std::fs::read(&snapshot).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0xff;
+    std::fs::write(&snapshot, b).unwrap();
+    let r = check_project("p", dir.path(), true).unwrap();
+    assert!(!r.ok() && r.problems[0].file == snapshot, "{r:?}");
+    let why = r.not_repaired.join("\n");
+    assert!(
+        why.contains("identity graph cannot be rebuilt") && why.contains("restore from a backup"),
+        "{why}"
+    );
+    assert!(snapshot.exists());
 }
 
 /// A damaged manifest is rebuilt from the files, leaving out a merge's input segment
