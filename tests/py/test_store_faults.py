@@ -243,8 +243,9 @@ def test_a_newer_store_is_refused_and_the_previous_format_is_migrated(throughlin
     v1 = {k: v for k, v in m.items() if k != "checksum"}
     v1["version"] = 1
     manifest.write_text(json.dumps(v1))
-    stats = json.loads(run_cli(throughline_bin, "stats", "--data", str(data_dir), "--project", "shop").stdout)
-    assert stats["events"] == 100
+    r = run_cli(throughline_bin, "stats", "--data", str(data_dir), "--project", "shop")
+    assert json.loads(r.stdout)["events"] == 100
+    assert "migrated 1 projects from store format 1 to 2" in r.stderr, r.stderr
     migrated = json.loads(manifest.read_text())
     assert migrated["version"] == 2 and migrated["checksum"].startswith("crc32:")
 

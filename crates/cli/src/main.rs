@@ -243,6 +243,7 @@ fn load_config(path: Option<PathBuf>) -> Result<throughline_server::Config> {
 pub fn serve(data: PathBuf, listen: &str, config: Option<PathBuf>) -> Result<()> {
     let addr = throughline_server::parse_listen(listen).map_err(anyhow::Error::msg)?;
     let config = load_config(config)?;
+    migrate(&data)?;
     let store = throughline_store::Store::open(&data, config.project_options())?;
     serve_store(store, config, addr)
 }
@@ -276,7 +277,52 @@ pub fn open_store_with(
             data.display()
         );
     }
+    migrate(data)?;
     Ok(throughline_store::Store::open(data, options)?)
+}
+
+/// Migrates every project whose store an older Throughline wrote, with a progress bar;
+/// opening would migrate too, silently. Holds the directory lock meanwhile.
+fn migrate(data: &std::path::Path) -> Result<()> {
+    use throughline_store::manifest;
+    let Ok(catalog) = throughline_store::Catalog::load(data) else {
+        return Ok(()); // a new directory, or one Store::open reports on
+    };
+    let dirs: Vec<_> = catalog
+        .projects
+        .iter()
+        .map(|p| data.join("projects").join(&p.name))
+        .collect();
+    let mut due = Vec::new();
+    for d in &dirs {
+        if let Some(from) = manifest::pending_migration(d)? {
+            due.push((d, from));
+        }
+    }
+    if due.is_empty() {
+        return Ok(());
+    }
+    let _lock = throughline_store::DirLock::acquire(data)?;
+    let bar = indicatif::ProgressBar::new(due.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} projects")
+            .expect("template parses"),
+    );
+    bar.set_message(format!(
+        "migrating to store format {}",
+        manifest::STORE_FORMAT_VERSION
+    ));
+    for (d, _) in &due {
+        manifest::load(d, &mut |_, _| {})?;
+        bar.inc(1);
+    }
+    bar.finish();
+    eprintln!(
+        "migrated {} projects from store format {} to {}",
+        due.len(),
+        due.iter().map(|(_, v)| *v).min().unwrap_or(0),
+        manifest::STORE_FORMAT_VERSION
+    );
+    Ok(())
 }
 
 /// Who runs this command, for the audit log: the OS user, the host and the process.

@@ -150,6 +150,10 @@ fn read_manifest(dir: &Path) -> Result<Option<Vec<u8>>, StoreError> {
 fn capture_project(data: &Path, name: &str) -> Result<Vec<Source>, StoreError> {
     let rel = format!("projects/{name}");
     let dir = data.join(&rel);
+    if !dir.exists() {
+        // Created in the catalog, never opened: nothing stored yet.
+        return Ok(Vec::new());
+    }
     for _ in 0..CAPTURE_ATTEMPTS_MAX {
         let before = read_manifest(&dir)?;
         let manifest = match &before {

@@ -144,6 +144,19 @@ pub fn load(
     })
 }
 
+/// The format version of a project's store if it is older than this binary's (a migration
+/// is due), without changing anything.
+pub fn pending_migration(project_dir: &Path) -> Result<Option<u32>, StoreError> {
+    let path = project_dir.join(MANIFEST_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(&path, e)),
+    };
+    let (_, version) = Manifest::decode(&path, &bytes)?;
+    Ok((version < STORE_FORMAT_VERSION).then_some(version))
+}
+
 /// Brings a project from format `from` to [`STORE_FORMAT_VERSION`], one step per
 /// version. Each step is atomic (it ends with a manifest rename), so a crash mid-way
 /// leaves a store the next open migrates again from where it stopped.
