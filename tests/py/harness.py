@@ -115,7 +115,15 @@ def free_port() -> int:
 class Server:
     """One `throughline serve` process on a data dir; restartable on the same port."""
 
-    def __init__(self, bin_path: str, data_dir: Path, log_dir: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        bin_path: str,
+        data_dir: Path,
+        log_dir: Path,
+        extra_args: tuple[str, ...] = (),
+        config: Path | None = None,
+    ):
+        self.config = config
         self.bin = bin_path
         self.data_dir = data_dir
         self.log_dir = log_dir
@@ -152,7 +160,8 @@ class Server:
         self.log_path = self.log_dir / f"serve-{self.port}-{self.starts}.log"
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [self.bin, "serve", "--data", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
+            [self.bin, "serve", "--data", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}", *self.extra_args]
+            + (["--config", str(self.config)] if self.config else []),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

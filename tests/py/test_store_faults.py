@@ -123,6 +123,9 @@ def test_backup_while_ingesting_restores_every_acknowledged_event_and_the_same_a
     server.stop()
     again = tmp_path / "restored-quiet"
     run_cli(throughline_bin, "restore", "--from", str(quiet), "--data", str(again))
+    restored_files = [p for p in again.rglob("*") if p.is_file() and p.name != "LOCK"]
+    assert restored_files and all(p.stat().st_mode & 0o077 == 0 for p in restored_files), \
+        "restored files are readable by others (the token secret must stay 0600)"
     source = every_query(throughline_bin, data_dir, "shop")
     copy = every_query(throughline_bin, again, "shop")
     assert source["stats"]["events"] == len(messages)

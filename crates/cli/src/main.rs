@@ -8,6 +8,7 @@ mod bench;
 mod cx;
 mod demo;
 mod import;
+mod journeys;
 mod ops;
 mod output;
 mod people;
@@ -106,6 +107,16 @@ enum Command {
     Assets {
         #[command(subcommand)]
         command: assets::AssetsCommand,
+    },
+    /// Follow-up journeys: validate, create, list, show, pause, resume, archive, backtest
+    Journeys {
+        #[command(subcommand)]
+        command: journeys::JourneysCommand,
+    },
+    /// The global suppression list of journeys: import (CSV of ids or emails), list
+    Suppressions {
+        #[command(subcommand)]
+        command: journeys::SuppressionsCommand,
     },
     /// Who created, re-keyed or erased what, when and from where (DIR/audit.jsonl)
     #[command(
@@ -230,10 +241,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit { command } => cx::audit_command(command),
         Command::Survey { command } => cx::survey_command(command),
         Command::Sentiment(args) => cx::sentiment(args),
+        Command::Journeys { command } => journeys::run(command),
+        Command::Suppressions { command } => journeys::suppressions(command),
     }
 }
 
-fn load_config(path: Option<PathBuf>) -> Result<throughline_server::Config> {
+pub fn load_config(path: Option<PathBuf>) -> Result<throughline_server::Config> {
     Ok(match path {
         Some(p) => throughline_server::Config::load(&p)?,
         None => throughline_server::Config::default(),

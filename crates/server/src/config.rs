@@ -12,6 +12,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub store: StoreConfig,
     pub identity: IdentitySettings,
+    pub orchestrate: crate::orchestrate::OrchestrateConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]

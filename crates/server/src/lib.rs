@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod ingest;
 mod metrics;
+pub mod orchestrate;
 mod query;
 mod survey;
 mod ui;
@@ -36,6 +37,8 @@ pub struct AppState {
     ids_next: std::sync::atomic::AtomicU64,
     /// Requests being handled at once; beyond it the server answers 503 instead of queueing.
     inflight: Semaphore,
+    /// The journeys' runtime, once started (by `serve`, or a test).
+    pub orchestrator: std::sync::OnceLock<Arc<orchestrate::Orchestrator>>,
 }
 
 impl AppState {
@@ -47,7 +50,20 @@ impl AppState {
             config,
             ids_base: throughline_store::random_seed(),
             ids_next: std::sync::atomic::AtomicU64::new(0),
+            orchestrator: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts the journeys' runtime over this state's store (once).
+    pub fn start_orchestrator(&self) -> Result<(), orchestrate::RuntimeError> {
+        if self.config.orchestrate.enabled && self.orchestrator.get().is_none() {
+            let o = orchestrate::Orchestrator::start(
+                self.store.clone(),
+                self.config.orchestrate.clone(),
+            )?;
+            let _ = self.orchestrator.set(o);
+        }
+        Ok(())
     }
 }
 
@@ -95,8 +111,47 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(query::person).delete(query::delete_person),
         )
         .route("/s/{token}", get(survey::show).post(survey::answer))
+        .merge(journey_routes())
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Journeys, tracked links, opens, unsubscribes and the test clock (`orchestrate`).
+fn journey_routes() -> Router<Arc<AppState>> {
+    use orchestrate::{api, links};
+    Router::new()
+        .route(
+            "/api/v1/projects/{project}/journeys",
+            get(api::list_journeys).post(api::create),
+        )
+        .route(
+            "/api/v1/projects/{project}/journeys/validate",
+            post(api::validate),
+        )
+        .route(
+            "/api/v1/projects/{project}/journeys/backtest",
+            post(api::run_backtest),
+        )
+        .route("/api/v1/projects/{project}/journeys/{name}", get(api::show))
+        .route(
+            "/api/v1/projects/{project}/journeys/{name}/persons",
+            get(api::persons_at),
+        )
+        .route(
+            "/api/v1/projects/{project}/journeys/{name}/{action}",
+            post(api::set_status),
+        )
+        .route(
+            "/api/v1/projects/{project}/suppressions",
+            get(api::suppressions).post(api::suppress),
+        )
+        .route("/api/v1/admin/clock", get(api::clock).post(api::clock))
+        .route("/r/{token}", get(links::click))
+        .route("/o/{file}", get(links::pixel))
+        .route(
+            "/u/{token}",
+            get(links::unsubscribe_get).post(links::unsubscribe_post),
+        )
 }
 
 /// The OpenAPI 3.1 document of every endpoint, kept beside the router it describes.
@@ -119,6 +174,13 @@ async fn not_found(uri: axum::http::Uri) -> AppError {
 /// Binds `listen` and serves until SIGINT or SIGTERM, then closes the store.
 pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || st.start_orchestrator())
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|e| std::io::Error::other(format!("journeys: {e}")))?;
+    }
     tracing::info!(addr = %listener.local_addr()?, "accepting events");
     let app = router(state.clone());
     // The peer address reaches handlers that record who did what (the audit log).
@@ -129,9 +191,15 @@ pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> std::io::Result<
     .with_graceful_shutdown(shutdown_signal())
     .await?;
     let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .ok();
+    let orchestrator = state.orchestrator.get().cloned();
+    tokio::task::spawn_blocking(move || {
+        if let Some(o) = orchestrator {
+            o.shutdown();
+        }
+        store.close()
+    })
+    .await
+    .ok();
     Ok(())
 }
 

@@ -157,5 +157,8 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             &format!("project=\"{}\"", p.name()),
         );
     }
+    if let Some(o) = state.orchestrator.get() {
+        out.push_str(&crate::orchestrate::api::metrics(o));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

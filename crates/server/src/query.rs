@@ -89,7 +89,7 @@ pub async fn delete_person(
 }
 
 /// The project's store if the Bearer api key opens it.
-fn authorize(
+pub(crate) fn authorize(
     state: &AppState,
     project: &str,
     headers: &HeaderMap,

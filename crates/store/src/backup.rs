@@ -373,7 +373,16 @@ fn restore_into(from: &Path, data: &Path) -> Result<BackupSummary, StoreError> {
         let parent = target.parent().expect("a joined path has a parent");
         std::fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
         dirs.insert(parent.to_path_buf());
-        let mut f = File::create(&target).map_err(|e| StoreError::io(&target, e))?;
+        // Owner-only, as the token secret must be and the rest of a data directory should.
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&target)
+                .map_err(|e| StoreError::io(&target, e))?
+        };
         let mut src = (&mut r).take(size);
         let sha256 = {
             let mut hash = Sha256::new();

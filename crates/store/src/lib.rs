@@ -37,6 +37,7 @@ mod memtable;
 pub mod metrics;
 mod project;
 mod segment;
+mod tail;
 mod wal;
 mod writer;
 
@@ -51,6 +52,7 @@ pub use lock::DirLock;
 pub use project::{AppendOutcome, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats};
 pub use segment::{Segment, NO_VALUE};
 pub use store::Store;
+pub use tail::{Tail, TailFilter};
 
 mod store;
 

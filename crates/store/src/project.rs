@@ -89,6 +89,9 @@ pub struct StoreStats {
 
 pub(crate) type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
 
+/// A tail and the records of one append it wants, by index in the append.
+type TailCopy = (Arc<crate::tail::TailInner>, Vec<(usize, Vec<u8>)>);
+
 /// What readers see, changed only under the write lock.
 pub(crate) struct State {
     pub identity: IdentityGraph,
@@ -149,6 +152,7 @@ pub struct ProjectStore {
     shared: Arc<Shared>,
     pub metrics: Arc<StoreMetrics>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    tails: Arc<Mutex<Vec<std::sync::Weak<crate::tail::TailInner>>>>,
 }
 
 impl ProjectStore {
@@ -267,6 +271,7 @@ impl ProjectStore {
             shared,
             metrics,
             threads: Mutex::new(threads),
+            tails: Arc::default(),
         })
     }
 
@@ -304,14 +309,80 @@ impl ProjectStore {
         events: EventBatch,
         done: impl FnOnce(Result<AppendOutcome, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
+        let done = self.tailed(&events, done);
         self.send(
             Request::Append {
                 events,
                 logged: true,
-                reply: Box::new(done),
+                reply: done,
             },
             false,
         )
+    }
+
+    /// A tail of the events stored from now on that `filter` wants, at most `events_max`
+    /// queued (see [`crate::Tail`]).
+    pub fn tail(&self, filter: crate::TailFilter, events_max: usize) -> crate::Tail {
+        let t = crate::Tail::new(filter, events_max);
+        let mut tails = self.tails.lock().expect("tails");
+        tails.retain(|w| w.strong_count() > 0);
+        tails.push(Arc::downgrade(&t.inner));
+        t
+    }
+
+    /// Wraps an append's reply so that, once durable, the wanted records of its stored
+    /// (non-duplicate) events go to the tails.
+    fn tailed(
+        &self,
+        events: &EventBatch,
+        done: impl FnOnce(Result<AppendOutcome, StoreError>) + Send + 'static,
+    ) -> Reply<AppendOutcome> {
+        let tails: Vec<Arc<crate::tail::TailInner>> = {
+            let t = self.tails.lock().expect("tails");
+            t.iter().filter_map(|w| w.upgrade()).collect()
+        };
+        if tails.is_empty() {
+            return Box::new(done);
+        }
+        // Copy what each tail wants now, on the caller's thread.
+        let wanted: Vec<(usize, Vec<usize>)> = tails
+            .iter()
+            .enumerate()
+            .map(|(ti, t)| {
+                let idx = (0..events.len())
+                    .filter(|&i| t.wants(events.rows()[i].kind, events.dim(i, 0)))
+                    .collect();
+                (ti, idx)
+            })
+            .filter(|(_, idx): &(usize, Vec<usize>)| !idx.is_empty())
+            .collect();
+        if wanted.is_empty() {
+            return Box::new(done);
+        }
+        let copies: Vec<TailCopy> = wanted
+            .into_iter()
+            .map(|(ti, idx)| {
+                (
+                    tails[ti].clone(),
+                    idx.into_iter()
+                        .map(|i| (i, events.record(i).to_vec()))
+                        .collect(),
+                )
+            })
+            .collect();
+        Box::new(move |r: Result<AppendOutcome, StoreError>| {
+            if let Ok(outcome) = &r {
+                for (tail, records) in copies {
+                    let fresh = records
+                        .into_iter()
+                        .filter(|(i, _)| !outcome.duplicate.get(*i).copied().unwrap_or(true))
+                        .map(|(_, p)| p)
+                        .collect();
+                    tail.push(fresh);
+                }
+            }
+            done(r)
+        })
     }
 
     /// Appends events and blocks until they are durable.
@@ -334,11 +405,12 @@ impl ProjectStore {
         events: EventBatch,
         done: impl FnOnce(Result<AppendOutcome, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
+        let done = self.tailed(&events, done);
         self.send(
             Request::Append {
                 events,
                 logged: false,
-                reply: Box::new(done),
+                reply: done,
             },
             true,
         )
@@ -346,13 +418,14 @@ impl ProjectStore {
 
     fn append_inner(&self, events: EventBatch, logged: bool) -> Result<AppendOutcome, StoreError> {
         let (tx, rx) = mpsc::channel();
+        let reply = self.tailed(&events, move |r| {
+            let _ = tx.send(r);
+        });
         self.send(
             Request::Append {
                 events,
                 logged,
-                reply: Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
+                reply,
             },
             true,
         )?;

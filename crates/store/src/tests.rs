@@ -643,6 +643,47 @@ fn merged_segments_keep_each_rows_dimensions() {
     assert_eq!(rows + snap.log_rows().count(), n);
 }
 
+#[test]
+fn a_tail_sees_wanted_stored_events_once_in_commit_order_and_is_bounded() {
+    let dir = TempDir::new("tail");
+    let p = ProjectStore::open("p", dir.path(), options()).unwrap();
+    // Only identify events (no name) and tracks named like `Crash`: none here.
+    let tail = p.tail(
+        std::sync::Arc::new(|kind, name: Option<&str>| {
+            kind == EventType::Identify.code() || name == Some("x")
+        }),
+        3,
+    );
+    let evs: Vec<Event> = (0..4)
+        .map(|i| event(i, i, i, 1000 + i as i64, i % 2 == 0))
+        .collect();
+    p.append(encode(&evs)).unwrap();
+    // Duplicates are stored once and not tailed again.
+    p.append(encode(&evs)).unwrap();
+    let got = tail.poll(10, std::time::Duration::ZERO);
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| serde_json::from_slice::<Event>(r).unwrap().message_id)
+        .collect();
+    let want: Vec<String> = evs
+        .iter()
+        .filter(|e| e.event_type == EventType::Identify)
+        .map(|e| e.message_id.clone())
+        .collect();
+    assert_eq!(ids, want);
+    assert!(!tail.take_lagged());
+    // Past its bound the tail drops and says so.
+    let more: Vec<Event> = (10..20)
+        .map(|i| event(i, i, i, 2000 + i as i64, true))
+        .collect();
+    p.append(encode(&more)).unwrap();
+    assert_eq!(tail.poll(100, std::time::Duration::ZERO).len(), 3);
+    assert!(tail.take_lagged());
+    // A dropped tail costs appends nothing.
+    drop(tail);
+    p.append(encode(&[event(30, 30, 30, 3000, true)])).unwrap();
+}
+
 /// The newest events agree with sorting everything by (time, arrival), across segments
 /// of several payload blocks, the log, and ties in time.
 #[test]
