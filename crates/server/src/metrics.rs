@@ -173,6 +173,24 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             c.misses,
         );
     }
+    let _ = writeln!(out, "# HELP throughline_wal_failures_total Group commits whose log write or fsync failed (a full disk), answered 503.\n# TYPE throughline_wal_failures_total counter");
+    for p in &projects {
+        let _ = writeln!(
+            out,
+            "throughline_wal_failures_total{{project=\"{}\"}} {}",
+            p.name(),
+            p.metrics.wal_failures.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP throughline_flush_failures_total Segment writes that failed and were retried (a full disk).\n# TYPE throughline_flush_failures_total counter");
+    for p in &projects {
+        let _ = writeln!(
+            out,
+            "throughline_flush_failures_total{{project=\"{}\"}} {}",
+            p.name(),
+            p.metrics.flush_failures.load(Ordering::Relaxed)
+        );
+    }
     let _ = writeln!(out, "# HELP throughline_compactions_total Segment merges.\n# TYPE throughline_compactions_total counter");
     for p in &projects {
         let _ = writeln!(

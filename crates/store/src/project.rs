@@ -16,12 +16,13 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use throughline_identity::{IdentityConfig, IdentityGraph, NodeId};
 use throughline_model::{Event, DIM_COUNT};
 
 use crate::batch::{BufferPool, EventBatch};
 use crate::maintenance::{self, CompactState, FlushQueue};
+pub(crate) use crate::manifest::Manifest;
 use crate::memtable::{Frozen, MemTable};
 use crate::metrics::StoreMetrics;
 use crate::segment::Segment;
@@ -90,19 +91,6 @@ pub(crate) type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
 
 /// A tail and the records of one append it wants, by index in the append.
 type TailCopy = (Arc<crate::tail::TailInner>, Vec<(usize, Vec<u8>)>);
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct Manifest {
-    pub version: u32,
-    pub segments: Vec<String>,
-    pub next_segment: u64,
-    /// First log file whose records are not in any segment.
-    pub wal_start: u64,
-    /// The identity graph as of `wal_start`: this snapshot, then these change logs in order.
-    pub identity: Option<String>,
-    #[serde(default)]
-    pub identity_logs: Vec<String>,
-}
 
 /// What readers see, changed only under the write lock.
 pub(crate) struct State {
@@ -180,19 +168,7 @@ impl ProjectStore {
         for d in [dir, &wal_dir, &seg_dir] {
             std::fs::create_dir_all(d).map_err(|e| StoreError::io(d, e))?;
         }
-        let manifest_path = dir.join("MANIFEST");
-        let manifest: Manifest = match std::fs::read(&manifest_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
-                file: manifest_path.clone(),
-                why: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest {
-                version: 1,
-                wal_start: 1,
-                ..Manifest::default()
-            },
-            Err(e) => return Err(StoreError::io(&manifest_path, e)),
-        };
+        let manifest = crate::manifest::load(dir, &mut |_, _| {})?;
         let mut snapshot_bytes = 0;
         let mut identity = match &manifest.identity {
             Some(file) => {

@@ -129,9 +129,13 @@ pub fn write<'a>(
     mut dim: impl FnMut(usize) -> Result<DimColumn<'a>, StoreError>,
     mut payload: impl FnMut(usize, &mut Vec<u8>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    write_inner(path, columns, &mut dim, &mut payload).map_err(|e| match e {
-        WriteError::Io(e) => StoreError::io(path, e),
-        WriteError::Source(e) => e,
+    write_inner(path, columns, &mut dim, &mut payload).map_err(|e| {
+        // A half-written file would hold on to the space a full disk needs back.
+        let _ = std::fs::remove_file(path.with_extension("seg.tmp"));
+        match e {
+            WriteError::Io(e) => StoreError::io(path, e),
+            WriteError::Source(e) => e,
+        }
     })
 }
 
@@ -353,10 +357,10 @@ pub struct Segment {
     file: File,
     footer: Footer,
     filter: Filter,
-    /// Every [`HASH_GROUP`]-th message-id hash, built on the first dedupe lookup (read-only
-    /// opens never pay for it): a filter hit then costs one small read, not a binary
-    /// search over the file.
-    fences: std::sync::OnceLock<Vec<u128>>,
+    /// Every [`HASH_GROUP`]-th message-id hash and each group's CRC32, built on the first
+    /// dedupe lookup (read-only opens never pay for it): a filter hit then costs one small
+    /// read, not a binary search over the file.
+    fences: std::sync::OnceLock<(Vec<u128>, Vec<u32>)>,
 }
 
 /// Sorted message-id hashes per fence: a group is one 4 KiB read.
@@ -629,13 +633,20 @@ impl Segment {
         if !self.may_contain(hash) {
             return Ok(false);
         }
-        let fences = match self.fences.get() {
+        let (fences, group_crcs) = match self.fences.get() {
             Some(f) => f,
             None => {
                 // Read once, checksum verified; concurrent first calls build it twice.
+                // Each group's CRC is kept beside its fence, so the group read at lookup
+                // is verified too: a damaged hash would otherwise make a duplicate look
+                // new (stored twice) or a new event look stored (dropped).
                 let all = self.hashes()?;
                 let f = all.iter().step_by(HASH_GROUP).copied().collect();
-                self.fences.get_or_init(|| f)
+                let crcs = all
+                    .chunks(HASH_GROUP)
+                    .map(|g| crc32fast::hash(bytemuck::cast_slice(g)))
+                    .collect();
+                self.fences.get_or_init(|| (f, crcs))
             }
         };
         let Some(group) = fences.partition_point(|&f| f <= hash).checked_sub(1) else {
@@ -652,6 +663,12 @@ impl Segment {
                 meta.offset + (start * 16) as u64,
             )
             .map_err(|e| StoreError::io(&self.path, e))?;
+        if crc32fast::hash(bytemuck::cast_slice(&buf)) != group_crcs[group] {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: format!("message-id hash group {group} checksum mismatch"),
+            });
+        }
         Ok(buf.binary_search(&hash).is_ok())
     }
 
@@ -661,6 +678,38 @@ impl Segment {
             Filter::Classic(b) => b.may_contain(hash),
             Filter::Blocked(b) => b.may_contain(hash),
         }
+    }
+
+    /// Reads and verifies every column, every payload block and every dictionary, and
+    /// that each payload is JSON: what `throughline check` runs on each segment. Memory is
+    /// bounded by the largest non-payload column and one payload block.
+    pub fn verify(&self) -> Result<(), StoreError> {
+        for c in &self.footer.columns {
+            if c.name != "payload" {
+                self.read_column::<u8>(&c.name)?;
+            }
+        }
+        for d in DIMS {
+            self.dim(d)?;
+        }
+        let persons = self.read_column::<u32>("person")?.len();
+        let nodes = self.read_column::<u32>("node")?.len();
+        let ts = self.read_column::<i64>("ts")?.len();
+        if [persons, nodes, ts] != [self.rows(); 3] {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: "column lengths differ from the row count".into(),
+            });
+        }
+        self.for_each_payload(|row, payload| {
+            serde_json::from_slice::<serde::de::IgnoredAny>(payload).map_err(|e| {
+                StoreError::Corrupt {
+                    file: self.path.clone(),
+                    why: format!("event record of row {row}: {e}"),
+                }
+            })?;
+            Ok(())
+        })
     }
 
     pub fn hashes(&self) -> Result<Vec<u128>, StoreError> {
