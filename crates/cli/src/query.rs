@@ -86,9 +86,14 @@ pub enum QueryCommand {
         /// End of the range, exclusive
         #[arg(long)]
         to: Option<String>,
-        /// One funnel per first-touch value: channel, source, medium, source_medium, campaign, content, landing_page
+        /// One funnel per value: first-touch channel, source, medium, source_medium, campaign, content,
+        /// landing_page; property:NAME (the event property on each person's first step-1 event);
+        /// person:NAME (the person's latest identify trait)
         #[arg(long)]
         by: Option<String>,
+        /// With --by: the values listed, most persons first; the rest are summed as (other)
+        #[arg(long = "by-limit")]
+        by_limit: Option<usize>,
         /// Drill-down: list the persons at this step (1-based)
         #[arg(long = "persons-at")]
         persons_step: Option<usize>,
@@ -116,9 +121,13 @@ pub enum QueryCommand {
         from: Option<String>,
         #[arg(long)]
         to: Option<String>,
-        /// Split by first-touch channel, source, medium, source_medium, campaign, content or landing_page
+        /// Split by first-touch channel, source, medium, source_medium, campaign, content or landing_page,
+        /// by each event's property:NAME, or by the person's latest identify trait person:NAME
         #[arg(long)]
         by: Option<String>,
+        /// With --by: the values listed, most persons first; the rest are summed as (other)
+        #[arg(long = "by-limit")]
+        by_limit: Option<usize>,
     },
     /// Sessions, engaged sessions and bounce rate by channel, source, campaign, landing page or day
     #[command(
@@ -269,6 +278,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             from,
             to,
             by,
+            by_limit,
             persons_step,
             persons_status,
             persons_offset,
@@ -286,6 +296,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
                 by,
+                by_limit,
                 persons: persons_step.map(|step| throughline_query::funnel::PersonsRequest {
                     step,
                     status: persons_status,
@@ -345,6 +356,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             from,
             to,
             by,
+            by_limit,
         } => {
             let req = TrendsRequest {
                 events,
@@ -352,6 +364,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
                 by,
+                by_limit,
                 filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;

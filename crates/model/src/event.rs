@@ -165,6 +165,13 @@ impl Event {
             .unwrap_or_default()
     }
 
+    /// The referrer's host, unless it is the page's own host: a referrer from the site
+    /// itself is navigation within it, never where a visit came from (GA4 ignores such
+    /// self-referrals too), so the `referrer_host` column keeps only outside referrers.
+    pub fn external_referrer_host(&self) -> Option<&str> {
+        external_referrer_host(self.referrer.as_deref(), self.page_url.as_deref())
+    }
+
     /// The values of [`DIMS`], in order.
     pub fn dims(&self) -> [Option<&str>; DIM_COUNT] {
         [
@@ -175,7 +182,7 @@ impl Event {
             self.utm.campaign.as_deref(),
             self.utm.content.as_deref(),
             self.utm.term.as_deref(),
-            self.referrer.as_deref().map(referrer_host),
+            self.external_referrer_host(),
             self.click_id.as_ref().map(|c| c.param.as_str()),
         ]
     }
@@ -232,6 +239,23 @@ pub fn referrer_host(url: &str) -> &str {
     host.strip_prefix("www.").unwrap_or(host)
 }
 
+/// The referrer's host unless it is the page's own (see [`Event::external_referrer_host`]);
+/// one function so that events stored through [`crate::NewEvent`] get the same column.
+pub fn external_referrer_host<'a>(
+    referrer: Option<&'a str>,
+    page_url: Option<&str>,
+) -> Option<&'a str> {
+    let host = referrer_host(referrer?);
+    fn bare(h: &str) -> &str {
+        match h.get(..4) {
+            Some(w) if w.eq_ignore_ascii_case("www.") => &h[4..],
+            _ => h,
+        }
+    }
+    let own = page_url.map(referrer_host);
+    (!own.is_some_and(|o| bare(o).eq_ignore_ascii_case(bare(host)))).then_some(host)
+}
+
 #[cfg(test)]
 mod host_tests {
     #[test]
@@ -245,5 +269,51 @@ mod host_tests {
             "l.facebook.com"
         );
         assert_eq!(super::referrer_host("news.example"), "news.example");
+    }
+
+    /// Navigation within the site is no referral: the column keeps outside referrers only.
+    #[test]
+    fn own_host_is_no_referrer() {
+        let event = |page: &str, referrer: &str| -> super::Event {
+            serde_json::from_value(serde_json::json!({
+                "message_id": "m", "type": "page", "timestamp": 0, "received_at": 0,
+                "page_url": page, "referrer": referrer,
+            }))
+            .unwrap()
+        };
+        let e = event(
+            "https://www.shop.example/cart",
+            "https://WWW.Shop.example/p/1?utm_source=x",
+        );
+        assert_eq!(e.external_referrer_host(), None);
+        let e = event("https://www.shop.example/cart", "https://www.google.com/");
+        assert_eq!(e.external_referrer_host(), Some("google.com"));
+        // Another host of the same company is still a referrer (exclude it by rule).
+        let e = event(
+            "https://shop.example/",
+            "https://checkout.shop.example/done",
+        );
+        assert_eq!(e.external_referrer_host(), Some("checkout.shop.example"));
+    }
+
+    /// Events reach the store as `NewEvent`s (HTTP, import) and as `Event`s (tools, logs
+    /// replayed): both must give the same dimension columns, self-referrals included.
+    #[test]
+    fn new_events_give_the_same_dimensions() {
+        for (page, referrer) in [
+            ("https://www.shop.example/cart", "https://shop.example/p/1"),
+            ("https://www.shop.example/cart", "https://www.google.com/"),
+            (
+                "https://shop.example/",
+                "https://checkout.shop.example/done",
+            ),
+        ] {
+            let e: super::Event = serde_json::from_value(serde_json::json!({
+                "message_id": "m", "type": "page", "timestamp": 0, "received_at": 0,
+                "page_url": page, "referrer": referrer, "event": "Home",
+            }))
+            .unwrap();
+            assert_eq!(e.as_new().dims(), e.dims(), "{page} from {referrer}");
+        }
     }
 }

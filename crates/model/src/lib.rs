@@ -8,7 +8,10 @@ mod event;
 mod new_event;
 mod time;
 
-pub use event::{referrer_host, ClickId, Event, EventType, Utm, CLICK_ID_PARAMS, DIMS, DIM_COUNT};
+pub use event::{
+    external_referrer_host, referrer_host, ClickId, Event, EventType, Utm, CLICK_ID_PARAMS, DIMS,
+    DIM_COUNT,
+};
 pub use new_event::{NewEvent, NewUtm};
 pub use time::{format_ms, parse_timestamp};
 

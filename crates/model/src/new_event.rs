@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-use crate::{referrer_host, ClickId, Event, EventType, Millis, Utm, DIM_COUNT};
+use crate::{external_referrer_host, ClickId, Event, EventType, Millis, Utm, DIM_COUNT};
 
 /// The UTM parameters of a [`NewEvent`], in [`Utm`]'s field order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl NewEvent<'_> {
             opt(&self.utm.campaign),
             opt(&self.utm.content),
             opt(&self.utm.term),
-            opt(&self.referrer).map(referrer_host),
+            external_referrer_host(opt(&self.referrer), opt(&self.page_url)),
             self.click_id.as_ref().map(|c| c.0.as_ref()),
         ]
     }

@@ -802,6 +802,7 @@ pub fn run(
                             || step_patterns.iter().any(|p| crate::spec::wildcard(p, n))
                     })
             })),
+            keep_reads: Some(vec![0, 1]),
             persons: only.as_ref(),
         },
     )?;

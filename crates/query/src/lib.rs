@@ -10,6 +10,8 @@
 pub mod assets;
 pub mod attribution;
 pub mod audit;
+pub mod breakdown;
+pub mod cache;
 pub mod emotion;
 mod error;
 pub mod fatigue;

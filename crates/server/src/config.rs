@@ -14,7 +14,23 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub store: StoreConfig,
     pub identity: IdentitySettings,
+    pub query: QuerySettings,
     pub orchestrate: crate::orchestrate::OrchestrateConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySettings {
+    /// Memory for verified segment columns kept between queries (0 turns the cache off).
+    pub column_cache_bytes: usize,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        QuerySettings {
+            column_cache_bytes: 1 << 30,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

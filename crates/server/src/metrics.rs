@@ -143,6 +143,54 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             p.metrics.flushes.load(Ordering::Relaxed)
         );
     }
+    if let Some(cache) = throughline_query::cache::global() {
+        let c = cache.stats();
+        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "throughline_query_cache_bytes",
+            "Bytes of verified segment columns kept in memory for queries.",
+            c.bytes as u64,
+        );
+        gauge(
+            &mut out,
+            "throughline_query_cache_bytes_max",
+            "The column cache's budget ([query] column_cache_bytes).",
+            c.bytes_max as u64,
+        );
+        counter(
+            &mut out,
+            "throughline_query_cache_hits_total",
+            "Column reads answered from memory.",
+            c.hits,
+        );
+        counter(
+            &mut out,
+            "throughline_query_cache_misses_total",
+            "Column reads that went to the segment file (and were checksummed).",
+            c.misses,
+        );
+    }
+    let _ = writeln!(out, "# HELP throughline_wal_failures_total Group commits whose log write or fsync failed (a full disk), answered 503.\n# TYPE throughline_wal_failures_total counter");
+    for p in &projects {
+        let _ = writeln!(
+            out,
+            "throughline_wal_failures_total{{project=\"{}\"}} {}",
+            p.name(),
+            p.metrics.wal_failures.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP throughline_flush_failures_total Segment writes that failed and were retried (a full disk).\n# TYPE throughline_flush_failures_total counter");
+    for p in &projects {
+        let _ = writeln!(
+            out,
+            "throughline_flush_failures_total{{project=\"{}\"}} {}",
+            p.name(),
+            p.metrics.flush_failures.load(Ordering::Relaxed)
+        );
+    }
     let _ = writeln!(out, "# HELP throughline_compactions_total Segment merges.\n# TYPE throughline_compactions_total counter");
     for p in &projects {
         let _ = writeln!(

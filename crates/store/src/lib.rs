@@ -8,7 +8,8 @@
 //! DIR/projects/NAME/wal/        numbered, checksummed logs: what is acknowledged
 //! DIR/projects/NAME/segments/   immutable sorted column files
 //! DIR/projects/NAME/MANIFEST    which segments and identity snapshot are live, and
-//!                               the first log file not yet folded into segments
+//!                               the first log file not yet folded into segments; the
+//!                               store format version and a checksum (`manifest`)
 //! ```
 //!
 //! What "acknowledged" promises: [`ProjectStore::append`] reports success only after the
@@ -21,14 +22,17 @@
 //! in the query layer.
 
 pub mod audit;
+pub mod backup;
 mod batch;
 mod bloom;
 mod catalog;
+pub mod check;
 mod fsutil;
 mod idhash;
 mod idlog;
 mod lock;
 mod maintenance;
+pub mod manifest;
 mod memtable;
 pub mod metrics;
 mod project;
@@ -49,7 +53,7 @@ pub use catalog::{
 };
 pub use lock::DirLock;
 pub use project::{AppendOutcome, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats};
-pub use segment::{Segment, NO_VALUE};
+pub use segment::{ColumnReader, Segment, NO_VALUE};
 pub use store::Store;
 pub use tail::{Tail, TailFilter};
 
@@ -73,6 +77,12 @@ pub enum StoreError {
     Corrupt { file: PathBuf, why: String },
     #[error("data directory {} is in use by process {holder} (a running `throughline serve`?); stop it first", dir.display())]
     Locked { dir: PathBuf, holder: String },
+    #[error("{} was written by a newer Throughline (store format {found}; this binary reads up to {supported}): upgrade throughline to open it", file.display())]
+    NewerFormat {
+        file: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("no project named {0:?}")]
     NoProject(String),
     #[error("a project named {0:?} already exists")]
@@ -115,3 +125,6 @@ impl StoreError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod faults_tests;

@@ -339,12 +339,7 @@ fn publish(
     new.next_segment = new
         .next_segment
         .max(shared.next_number.load(Ordering::Relaxed));
-    let path = shared.dir.join("MANIFEST");
-    write_atomic(
-        &path,
-        &serde_json::to_vec_pretty(&new).expect("manifest serializes"),
-    )
-    .map_err(|e| StoreError::io(&path, e))?;
+    new.write(&shared.dir)?;
     {
         let mut state = shared.state.write().expect("state lock");
         apply(&mut state);

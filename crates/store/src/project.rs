@@ -16,12 +16,13 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use throughline_identity::{IdentityConfig, IdentityGraph, NodeId};
 use throughline_model::{Event, DIM_COUNT};
 
 use crate::batch::{BufferPool, EventBatch};
 use crate::maintenance::{self, CompactState, FlushQueue};
+pub(crate) use crate::manifest::Manifest;
 use crate::memtable::{Frozen, MemTable};
 use crate::metrics::StoreMetrics;
 use crate::segment::Segment;
@@ -90,19 +91,6 @@ pub(crate) type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
 
 /// A tail and the records of one append it wants, by index in the append.
 type TailCopy = (Arc<crate::tail::TailInner>, Vec<(usize, Vec<u8>)>);
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct Manifest {
-    pub version: u32,
-    pub segments: Vec<String>,
-    pub next_segment: u64,
-    /// First log file whose records are not in any segment.
-    pub wal_start: u64,
-    /// The identity graph as of `wal_start`: this snapshot, then these change logs in order.
-    pub identity: Option<String>,
-    #[serde(default)]
-    pub identity_logs: Vec<String>,
-}
 
 /// What readers see, changed only under the write lock.
 pub(crate) struct State {
@@ -180,19 +168,7 @@ impl ProjectStore {
         for d in [dir, &wal_dir, &seg_dir] {
             std::fs::create_dir_all(d).map_err(|e| StoreError::io(d, e))?;
         }
-        let manifest_path = dir.join("MANIFEST");
-        let manifest: Manifest = match std::fs::read(&manifest_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
-                file: manifest_path.clone(),
-                why: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest {
-                version: 1,
-                wal_start: 1,
-                ..Manifest::default()
-            },
-            Err(e) => return Err(StoreError::io(&manifest_path, e)),
-        };
+        let manifest = crate::manifest::load(dir, &mut |_, _| {})?;
         let mut snapshot_bytes = 0;
         let mut identity = match &manifest.identity {
             Some(file) => {
@@ -688,6 +664,53 @@ impl Snapshot<'_> {
                 }
                 first += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// Visits the events with these arrival numbers (ascending; the numbering of
+    /// [`Snapshot::for_each_event_named`]), decoding only them and reading only the
+    /// payload blocks that hold them: the properties of a few events without decoding all.
+    pub fn for_each_event_at(
+        &self,
+        seqs: &[u32],
+        mut visit: impl FnMut(u32, Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut at = 0;
+        let mut first = 0u32;
+        let mut rows = Vec::new();
+        for seg in &self.state.segments {
+            let end = first + seg.rows() as u32;
+            rows.clear();
+            while at < seqs.len() && seqs[at] < end {
+                if seqs[at] < first {
+                    return Err(StoreError::Corrupt {
+                        file: seg.path.clone(),
+                        why: "arrival numbers asked for out of order".into(),
+                    });
+                }
+                rows.push((seqs[at] - first) as usize);
+                at += 1;
+            }
+            seg.for_each_payload_of(&rows, |row, payload| {
+                visit(first + row as u32, decode(&seg.path, payload)?)
+            })?;
+            first = end;
+        }
+        // The log: frozen tables, then the active one, in arrival order.
+        let log: Vec<(&MemTable, &crate::memtable::MemRow)> = self
+            .tables()
+            .flat_map(|t| t.rows.iter().map(move |r| (t, r)))
+            .collect();
+        for &seq in &seqs[at..] {
+            let (t, r) = seq
+                .checked_sub(first)
+                .and_then(|i| log.get(i as usize).copied())
+                .ok_or_else(|| StoreError::Corrupt {
+                    file: "wal".into(),
+                    why: format!("no event with arrival number {seq}"),
+                })?;
+            visit(seq, decode(Path::new("wal"), t.record(r))?)?;
         }
         Ok(())
     }

@@ -129,9 +129,13 @@ pub fn write<'a>(
     mut dim: impl FnMut(usize) -> Result<DimColumn<'a>, StoreError>,
     mut payload: impl FnMut(usize, &mut Vec<u8>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    write_inner(path, columns, &mut dim, &mut payload).map_err(|e| match e {
-        WriteError::Io(e) => StoreError::io(path, e),
-        WriteError::Source(e) => e,
+    write_inner(path, columns, &mut dim, &mut payload).map_err(|e| {
+        // A half-written file would hold on to the space a full disk needs back.
+        let _ = std::fs::remove_file(path.with_extension("seg.tmp"));
+        match e {
+            WriteError::Io(e) => StoreError::io(path, e),
+            WriteError::Source(e) => e,
+        }
     })
 }
 
@@ -306,6 +310,46 @@ impl Writer {
     }
 }
 
+/// Reads one per-row column of a segment in pieces, in order, checksumming on the way
+/// (see [`Segment::column_reader`]).
+pub struct ColumnReader<'s, T> {
+    seg: &'s Segment,
+    meta: ColumnMeta,
+    done: u64,
+    crc: crc32fast::Hasher,
+    _values: std::marker::PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> ColumnReader<'_, T> {
+    /// Replaces `out` with the next `n` values (fewer at the end of the column).
+    pub fn read(&mut self, out: &mut Vec<T>, n: usize) -> Result<(), StoreError> {
+        let width = std::mem::size_of::<T>() as u64;
+        let left = (self.meta.len - self.done) / width;
+        let n = (n as u64).min(left) as usize;
+        out.clear();
+        out.resize(n, T::zeroed());
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+        self.seg
+            .file
+            .read_exact_at(bytes, self.meta.offset + self.done)
+            .map_err(|e| StoreError::io(&self.seg.path, e))?;
+        self.crc.update(bytes);
+        self.done += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Checks that the whole column was read and that its checksum matches.
+    pub fn finish(self) -> Result<(), StoreError> {
+        if self.done != self.meta.len || self.crc.finalize() != self.meta.crc {
+            return Err(StoreError::Corrupt {
+                file: self.seg.path.clone(),
+                why: format!("column {:?} checksum mismatch", self.meta.name),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// An open segment: its footer and dedupe filter in memory, columns read on demand.
 #[derive(Debug)]
 pub struct Segment {
@@ -313,10 +357,10 @@ pub struct Segment {
     file: File,
     footer: Footer,
     filter: Filter,
-    /// Every [`HASH_GROUP`]-th message-id hash, built on the first dedupe lookup (read-only
-    /// opens never pay for it): a filter hit then costs one small read, not a binary
-    /// search over the file.
-    fences: std::sync::OnceLock<Vec<u128>>,
+    /// Every [`HASH_GROUP`]-th message-id hash and each group's CRC32, built on the first
+    /// dedupe lookup (read-only opens never pay for it): a filter hit then costs one small
+    /// read, not a binary search over the file.
+    fences: std::sync::OnceLock<(Vec<u128>, Vec<u32>)>,
 }
 
 /// Sorted message-id hashes per fence: a group is one 4 KiB read.
@@ -420,16 +464,45 @@ impl Segment {
         Ok(out)
     }
 
+    /// Reads a fixed-width column a piece at a time: memory stays bounded by the piece and
+    /// nothing is copied twice. The checksum covers the whole column, so it is checked by
+    /// [`ColumnReader::finish`]: a caller must not let anything computed from the pieces
+    /// out before `finish` succeeded, and must bounds-check values it uses as indexes.
+    pub fn column_reader<T: bytemuck::Pod>(
+        &self,
+        name: &str,
+    ) -> Result<ColumnReader<'_, T>, StoreError> {
+        let meta = self.meta(name)?.clone();
+        let width = std::mem::size_of::<T>() as u64;
+        if meta.len % width != 0 || meta.len / width != self.footer.rows {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: format!("column {name:?} does not hold one {width}-byte value per row"),
+            });
+        }
+        Ok(ColumnReader {
+            seg: self,
+            meta,
+            done: 0,
+            crc: crc32fast::Hasher::new(),
+            _values: std::marker::PhantomData,
+        })
+    }
+
+    /// The dictionary of a `dim:` column, verified.
+    pub fn dict(&self, dim: &str) -> Result<Vec<String>, StoreError> {
+        let bytes = self.read_column::<u8>(&format!("dict:{dim}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            file: self.path.clone(),
+            why: format!("dictionary of {dim}: {e}"),
+        })
+    }
+
     /// The codes of a `dim:` column, one per row ([`NO_VALUE`] where absent), and its
     /// dictionary.
     pub fn dim(&self, dim: &str) -> Result<(Vec<u32>, Vec<String>), StoreError> {
         let codes = self.read_column::<u32>(&format!("dim:{dim}"))?;
-        let bytes = self.read_column::<u8>(&format!("dict:{dim}"))?;
-        let dict: Vec<String> =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                file: self.path.clone(),
-                why: format!("dictionary of {dim}: {e}"),
-            })?;
+        let dict = self.dict(dim)?;
         if codes
             .iter()
             .any(|&c| c != NO_VALUE && c as usize >= dict.len())
@@ -488,15 +561,6 @@ impl Segment {
             }
         }
         Ok(())
-    }
-
-    /// The dictionary of a `dim:` column alone: the distinct values the segment holds.
-    pub fn dictionary(&self, dim: &str) -> Result<Vec<String>, StoreError> {
-        let bytes = self.read_column::<u8>(&format!("dict:{dim}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            file: self.path.clone(),
-            why: format!("dictionary of {dim}: {e}"),
-        })
     }
 
     /// Calls `visit(row, payload)` for the given rows (ascending), reading and verifying
@@ -569,13 +633,20 @@ impl Segment {
         if !self.may_contain(hash) {
             return Ok(false);
         }
-        let fences = match self.fences.get() {
+        let (fences, group_crcs) = match self.fences.get() {
             Some(f) => f,
             None => {
                 // Read once, checksum verified; concurrent first calls build it twice.
+                // Each group's CRC is kept beside its fence, so the group read at lookup
+                // is verified too: a damaged hash would otherwise make a duplicate look
+                // new (stored twice) or a new event look stored (dropped).
                 let all = self.hashes()?;
                 let f = all.iter().step_by(HASH_GROUP).copied().collect();
-                self.fences.get_or_init(|| f)
+                let crcs = all
+                    .chunks(HASH_GROUP)
+                    .map(|g| crc32fast::hash(bytemuck::cast_slice(g)))
+                    .collect();
+                self.fences.get_or_init(|| (f, crcs))
             }
         };
         let Some(group) = fences.partition_point(|&f| f <= hash).checked_sub(1) else {
@@ -592,6 +663,12 @@ impl Segment {
                 meta.offset + (start * 16) as u64,
             )
             .map_err(|e| StoreError::io(&self.path, e))?;
+        if crc32fast::hash(bytemuck::cast_slice(&buf)) != group_crcs[group] {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: format!("message-id hash group {group} checksum mismatch"),
+            });
+        }
         Ok(buf.binary_search(&hash).is_ok())
     }
 
@@ -601,6 +678,38 @@ impl Segment {
             Filter::Classic(b) => b.may_contain(hash),
             Filter::Blocked(b) => b.may_contain(hash),
         }
+    }
+
+    /// Reads and verifies every column, every payload block and every dictionary, and
+    /// that each payload is JSON: what `throughline check` runs on each segment. Memory is
+    /// bounded by the largest non-payload column and one payload block.
+    pub fn verify(&self) -> Result<(), StoreError> {
+        for c in &self.footer.columns {
+            if c.name != "payload" {
+                self.read_column::<u8>(&c.name)?;
+            }
+        }
+        for d in DIMS {
+            self.dim(d)?;
+        }
+        let persons = self.read_column::<u32>("person")?.len();
+        let nodes = self.read_column::<u32>("node")?.len();
+        let ts = self.read_column::<i64>("ts")?.len();
+        if [persons, nodes, ts] != [self.rows(); 3] {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: "column lengths differ from the row count".into(),
+            });
+        }
+        self.for_each_payload(|row, payload| {
+            serde_json::from_slice::<serde::de::IgnoredAny>(payload).map_err(|e| {
+                StoreError::Corrupt {
+                    file: self.path.clone(),
+                    why: format!("event record of row {row}: {e}"),
+                }
+            })?;
+            Ok(())
+        })
     }
 
     pub fn hashes(&self) -> Result<Vec<u128>, StoreError> {

@@ -9,11 +9,11 @@ use throughline_model::{Event, EventType};
 use crate::testutil::{Rng, TempDir};
 use crate::{EventBatch, ProjectOptions, ProjectStore};
 
-fn encode(events: &[Event]) -> EventBatch {
+pub(crate) fn encode(events: &[Event]) -> EventBatch {
     EventBatch::of(events)
 }
 
-fn event(id: u64, user: u64, device: u64, ts: i64, identify: bool) -> Event {
+pub(crate) fn event(id: u64, user: u64, device: u64, ts: i64, identify: bool) -> Event {
     Event {
         message_id: format!("m{id}"),
         event_type: if identify {
@@ -45,7 +45,7 @@ fn event(id: u64, user: u64, device: u64, ts: i64, identify: bool) -> Event {
     }
 }
 
-fn options() -> ProjectOptions {
+pub(crate) fn options() -> ProjectOptions {
     ProjectOptions {
         flush_bytes: 8 << 10,
         compact_segments_min: 3,
@@ -54,7 +54,7 @@ fn options() -> ProjectOptions {
     }
 }
 
-fn contents(p: &ProjectStore) -> BTreeMap<String, Event> {
+pub(crate) fn contents(p: &ProjectStore) -> BTreeMap<String, Event> {
     let mut out = BTreeMap::new();
     p.snapshot()
         .for_each_event(|e, _| {

@@ -141,8 +141,49 @@ pub struct Recovered {
 /// Reads every whole record of a WAL file and truncates a torn tail.
 pub fn recover(path: &Path) -> io::Result<Recovered> {
     let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let (rec, good) = read_records(&file)?;
+    if rec.torn_bytes > 0 {
+        file.set_len(good)?;
+        file.sync_all()?;
+    }
+    Ok(rec)
+}
+
+/// [`recover`] without changing the file: what `throughline check` and backups read.
+pub fn scan(path: &Path) -> io::Result<Recovered> {
+    Ok(read_records(&File::open(path)?)?.0)
+}
+
+/// The length of the whole records at the start of an open log file, read without keeping
+/// them: what a backup copies of a file the writer may be appending to.
+pub fn whole_records_len(mut file: &File) -> io::Result<u64> {
     let total = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, &file);
+    file.seek(io::SeekFrom::Start(0))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file.take(total));
+    let mut good: u64 = 0;
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER_BYTES];
+        if !read_full(&mut reader, &mut header)? {
+            return Ok(good);
+        }
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().unwrap());
+        if len > RECORD_BYTES_MAX {
+            return Ok(good);
+        }
+        payload.resize(len, 0);
+        if !read_full(&mut reader, &mut payload)? || crc32fast::hash(&payload) != crc {
+            return Ok(good);
+        }
+        good += (HEADER_BYTES + len) as u64;
+    }
+}
+
+/// The whole records of a log file and the length they end at.
+fn read_records(file: &File) -> io::Result<(Recovered, u64)> {
+    let total = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut records = Vec::new();
     let mut good: u64 = 0;
     loop {
@@ -162,15 +203,13 @@ pub fn recover(path: &Path) -> io::Result<Recovered> {
         good += (HEADER_BYTES + len) as u64;
         records.push(payload);
     }
-    drop(reader);
-    if good < total {
-        file.set_len(good)?;
-        file.sync_all()?;
-    }
-    Ok(Recovered {
-        records,
-        torn_bytes: total - good,
-    })
+    Ok((
+        Recovered {
+            records,
+            torn_bytes: total - good,
+        },
+        good,
+    ))
 }
 
 /// Fills `buf` completely; false on a clean or partial end of file.

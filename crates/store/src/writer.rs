@@ -239,7 +239,10 @@ impl Writer {
             self.commit_wal(&chunks)
         });
         if let Err(e) = committed {
-            let msg = e.to_string();
+            let msg = match e {
+                StoreError::WalFailed(why) => why,
+                e => e.to_string(),
+            };
             for (_, _, reply) in group {
                 reply(Err(StoreError::WalFailed(msg.clone())));
             }
