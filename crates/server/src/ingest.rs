@@ -279,3 +279,41 @@ fn message_id_at(body: Option<&serde_json::Value>, index: usize) -> serde_json::
         .cloned()
         .unwrap_or_default()
 }
+
+/// Stores one track message the server writes itself (a survey answer, a link click)
+/// through the project's writer, answering once it is durable. A message the rules refuse
+/// answers `refused` with the rule's message.
+pub(crate) async fn append_one(
+    state: &AppState,
+    store: &throughline_store::ProjectStore,
+    message: &serde_json::Value,
+    received_at: i64,
+    refused: StatusCode,
+) -> Result<AppendOutcome, Response> {
+    let bytes = serde_json::to_vec(message).expect("a message serializes");
+    let mut ids = state.id_generator();
+    let batch = Batch::parse_single(&bytes, EventType::Track, received_at, &mut ids)
+        .map_err(|r| AppError::new(refused, r.error).into_response())?;
+    let mut events = store.new_batch(batch.messages.len(), bytes.len());
+    for m in batch.messages {
+        let e = m.map_err(|r| AppError::new(refused, r.error).into_response())?;
+        events
+            .push(&e)
+            .map_err(|e| AppError::from(e).into_response())?;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store
+        .submit(events, move |r| {
+            let _ = tx.send(r);
+        })
+        .map_err(|e| AppError::from(e).into_response())?;
+    rx.await
+        .map_err(|_| {
+            AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is shutting down",
+            )
+            .into_response()
+        })?
+        .map_err(|e| AppError::from(e).into_response())
+}
