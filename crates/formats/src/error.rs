@@ -42,6 +42,14 @@ pub enum FormatError {
     Csv(#[from] csv::Error),
     #[error("json error: {0}")]
     Json(#[from] serde_json::Error),
+    /// A page header that does not fit its column chunk (see `parquet_pages`), found
+    /// before any page is read.
+    #[error("parquet column {column} (row group {row_group}): {reason}")]
+    ParquetPage {
+        column: String,
+        row_group: usize,
+        reason: String,
+    },
     #[error("parquet error: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
 }

@@ -15,6 +15,7 @@ mod export;
 mod import;
 mod jsonl;
 pub mod mapping;
+mod parquet_pages;
 mod parquet_rows;
 
 pub use error::{FormatError, RowError};
@@ -22,6 +23,7 @@ pub use export::{ExportFormat, ExportRow, Exporter};
 pub use import::{read_messages, read_messages_from, ImportFormat, Messages};
 pub use jsonl::LINE_BYTES_MAX;
 pub use mapping::{COLUMNS, COLUMNS_MAX};
+pub use parquet_pages::PARQUET_PAGE_BYTES_MAX;
 pub use parquet_rows::{export_schema, ROW_GROUP_BYTES_MAX, ROW_GROUP_ROWS_MAX};
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! The `parquet` crate panics on some corrupt files (found by `crates/fuzz`: a mutated
 //! page makes its bit reader slice out of range), so opening a file and reading each row
 //! run under `catch_unwind`, and such a panic becomes the same error a corrupt page gives.
+//! It also trusts the sizes in page headers, so those are checked first
+//! ([`crate::parquet_pages`]).
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -166,9 +168,11 @@ impl<W: Write + Send> ParquetWriter<W> {
     }
 }
 
-/// Opens a Parquet file for import: reads its footer and schema now, its rows lazily.
+/// Opens a Parquet file for import: reads its footer and schema and checks every page
+/// header now (see [`crate::parquet_pages`]), its rows lazily.
 pub(crate) fn read(file: File) -> Result<Messages, FormatError> {
-    let reader = unpanic(|| SerializedFileReader::new(file))?;
+    let reader = unpanic(|| SerializedFileReader::new(file.try_clone()?))?;
+    crate::parquet_pages::check(&file, reader.metadata())?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
     let fields = schema.root_schema().get_fields();
     let plan = Plan::new(fields.iter().map(|f| f.name()))?;

@@ -204,9 +204,23 @@ fn csv_import() {
     });
 }
 
+/// The regression files of `throughline_formats` join the corpus: one of them panics in
+/// the `parquet` crate (caught), which with `RUST_BACKTRACE=1` once metered 84 MB.
+fn parquet_regressions() -> Vec<Vec<u8>> {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../formats/tests/data");
+    [
+        "corrupt-page-bit-reader.parquet",
+        "caught-panic-under-backtrace.parquet",
+    ]
+    .iter()
+    .map(|name| std::fs::read(data.join(name)).unwrap())
+    .collect()
+}
+
 #[test]
 fn parquet_import() {
-    let corpus = vec![exported(ExportFormat::Parquet)];
+    let mut corpus = vec![exported(ExportFormat::Parquet)];
+    corpus.extend(parquet_regressions());
     let dir = std::env::temp_dir().join(format!("tl-fuzz-parquet-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("in.parquet");
@@ -218,6 +232,65 @@ fn parquet_import() {
         Ok(())
     });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Regression: the `parquet` crate zero-fills the `uncompressed_page_size` a page header
+/// states before it decompresses a Snappy page, so a small file could claim 60 MB. The
+/// import must refuse the file within the allocation bound.
+#[test]
+fn an_inflated_parquet_page_size_is_refused_within_the_bound() {
+    let mut ids = IdGen::new(6);
+    let big = json!({"type": "track", "event": "Big", "userId": "u1",
+                     "properties": {"note": "a".repeat(1_500_000)}});
+    let event = normalize_json(&big.to_string(), &Envelope::default(), NOW_MS, &mut ids)
+        .unwrap()
+        .to_event();
+    let mut exporter = Exporter::new(ExportFormat::Parquet, Vec::new()).unwrap();
+    exporter
+        .write(ExportRow {
+            event: &event,
+            person_id: "p1",
+        })
+        .unwrap();
+    let mut bytes = exporter.finish().unwrap();
+    // The page of the big note: a header `type, uncompressed_page_size (4-byte varint)`.
+    let at = (0..bytes.len() - 7)
+        .find(|&i| {
+            let h = &bytes[i..i + 7];
+            h[0] == 0x15
+                && (h[1] == 0x00 || h[1] == 0x04)
+                && h[2] == 0x15
+                && h[3..6].iter().all(|b| b & 0x80 != 0)
+                && h[6] & 0x80 == 0
+                && h[6] > 0
+        })
+        .expect("a page header with a 4-byte size");
+    // zigzag(60_000_000) = 120_000_000, as a 4-byte varint.
+    let mut z: u32 = 120_000_000;
+    for b in &mut bytes[at + 3..at + 7] {
+        *b = (z as u8 & 0x7f) | 0x80;
+        z >>= 7;
+    }
+    bytes[at + 6] &= 0x7f;
+    let dir = std::env::temp_dir().join(format!("tl-fuzz-inflated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("in.parquet");
+    std::fs::write(&path, &bytes).unwrap();
+    let (outcome, peak) = throughline_fuzz::metered(|| {
+        throughline_formats::read_messages(&path).map(|rows| rows.take(10).count())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let bound = throughline_fuzz::bound_bytes(bytes.len());
+    assert!(
+        peak <= bound,
+        "{peak} live bytes for {} (bound {bound})",
+        bytes.len()
+    );
+    let err = outcome.expect_err("the inflated page was read");
+    assert!(
+        err.to_string().contains("uncompressed_page_size 60000000"),
+        "{err}"
+    );
 }
 
 #[test]
