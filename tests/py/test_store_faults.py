@@ -177,6 +177,131 @@ def test_a_backup_after_erasure_holds_nothing_of_the_person(throughline_bin, dat
     assert "person.delete" in log and person["email"] not in log
 
 
+ERASE_JOURNEY = """
+name = "leads"
+trigger = {{ event = "Signed Up" }}
+
+[[steps]]
+id = "export"
+type = "export"
+audience = "leads"
+
+[[steps]]
+id = "hello"
+type = "webhook"
+url = "{hook}/hello"
+
+[[steps]]
+id = "rest"
+type = "wait"
+duration = "1d"
+
+[[steps]]
+id = "later"
+type = "webhook"
+url = "{hook}/later"
+"""
+
+
+def files_holding(root: Path, needles: list[bytes]) -> dict[str, list[bytes]]:
+    """Every file under `root` that holds one of `needles`, with the needles it holds."""
+    found = {}
+    for p in root.rglob("*"):
+        if p.is_file():
+            raw = p.read_bytes()
+            hit = [n for n in needles if n in raw]
+            if hit:
+                found[str(p.relative_to(root))] = hit
+    return found
+
+
+def test_erasure_reaches_the_journeys_that_sent_to_and_exported_the_person(
+        throughline_bin, data_dir, make_server, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from journeys_kit import Api, WebhookSink, write_config
+
+    t0 = datetime(2027, 3, 1, 9, 0, tzinfo=timezone.utc)
+    hooks = WebhookSink()
+    try:
+        keys = create_project(throughline_bin, data_dir, "shop")
+        server = make_server(data_dir)
+        server.config = write_config(tmp_path / "journeys.toml", "http://127.0.0.1:1")
+        server.start()
+        api = Api(server, keys)
+        api.set_clock(t0)
+        api.create(ERASE_JOURNEY.format(hook=hooks.url))
+        people = {
+            "zelda": {"user": "zelda-7f3a9c", "device": "dev-zelda-91c2e4", "email": "zelda.quixotic@example.org",
+                      "name": "Zelda Quixotic-Vantablack"},
+            "cora": {"user": "cora-51d0e8", "device": "dev-cora-77a1b3", "email": "cora.wolfenstein@example.net",
+                     "name": "Cora Wolfenstein-Ashgrove"},
+            "otto": {"user": "otto-0b44c2", "device": "dev-otto-3e9f1a", "email": "otto.plainview@example.com",
+                     "name": "Otto Plainview"},
+        }
+        for n, (who, p) in enumerate(people.items()):
+            batch = [
+                {"type": "page", "anonymousId": p["device"], "messageId": f"{who}-1", "name": "Home",
+                 "timestamp": (t0 + timedelta(seconds=n)).isoformat()},
+                {"type": "identify", "userId": p["user"], "anonymousId": p["device"], "messageId": f"{who}-2",
+                 "traits": {"email": p["email"], "name": p["name"]}, "timestamp": (t0 + timedelta(seconds=n)).isoformat()},
+                {"type": "track", "userId": p["user"], "event": "Signed Up", "messageId": f"{who}-3",
+                 "properties": {"note": p["name"]}, "timestamp": (t0 + timedelta(seconds=n)).isoformat()},
+            ]
+            r = server.post("/v1/batch", {"batch": batch}, keys["write_key"])
+            assert r.status_code == 200, r.text
+        exports = data_dir / "projects" / "shop" / "exports" / "leads.csv"
+        wait_for_true(lambda: len(hooks.acted) == 3 and exports.exists() and exports.read_text().count("\n") == 4,
+                      "three exports and three webhooks")
+        needles = {who: [v.encode() for v in p.values()] for who, p in people.items()}
+        held = files_holding(data_dir, needles["zelda"])
+        assert any("orchestrate" in f for f in held) and any("exports" in f for f in held), held
+
+        # Over HTTP while the journey runs (Zelda waits at `rest`).
+        r = requests.delete(f"{server.url}/api/v1/projects/shop/persons/{people['zelda']['email']}",
+                            headers={"Authorization": f"Bearer {keys['api_key']}"})
+        assert r.status_code == 200, r.text
+        assert files_holding(data_dir, needles["zelda"]) == {}
+        backup = tmp_path / "after-http.tar"
+        run_cli(throughline_bin, "backup", "--data", str(data_dir), "--out", str(backup))
+        raw = backup.read_bytes()
+        assert not [n for n in needles["zelda"] if n in raw], "the person is in a backup taken afterwards"
+        rows = exports.read_text()
+        assert people["cora"]["email"] in rows and people["otto"]["email"] in rows
+        # The others go on: a day later they get the second webhook, Zelda does not.
+        api.set_clock(t0 + timedelta(days=1, minutes=5))
+        wait_for_true(lambda: len(hooks.acted) == 5, "the later webhooks of cora and otto")
+        later = [b["person"]["id"] for b in hooks.acted.values() if b["idempotency_key"].startswith("leads/") and
+                 "/later/" in b["idempotency_key"]]
+        assert sorted(later) == sorted([people["cora"]["user"], people["otto"]["user"]])
+        assert files_holding(data_dir, needles["zelda"]) == {}
+        server.stop()
+
+        # From the CLI, with no server running.
+        run_cli(throughline_bin, "delete-person", "--data", str(data_dir), "--project", "shop", "--id",
+                people["cora"]["user"])
+        assert files_holding(data_dir, needles["cora"] + needles["zelda"]) == {}
+        assert people["otto"]["email"] in exports.read_text()
+        # The orchestrator starts again from what the erasure left.
+        server = make_server(data_dir)
+        server.config = tmp_path / "journeys.toml"
+        server.start()
+        assert Api(server, keys).journey("leads")["entered"] == 3
+        server.stop()
+        assert files_holding(data_dir, needles["cora"] + needles["zelda"]) == {}
+    finally:
+        hooks.stop()
+
+
+def wait_for_true(pred, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def damage(path: Path, at: int | None = None):
     b = bytearray(path.read_bytes())
     i = len(b) // 2 if at is None else at

@@ -173,7 +173,8 @@ pub fn delete(args: DeleteArgs) -> Result<()> {
             args.project
         );
     }
-    let erased = project.delete_person(&args.id)?;
+    // The store, and the journeys' journal, snapshot and audience exports.
+    let erased = throughline_server::orchestrate::erase_offline(&project, &args.id)?;
     crate::audit(
         &args.data,
         "person.delete",

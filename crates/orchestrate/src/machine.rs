@@ -125,6 +125,30 @@ pub enum Input {
     Unsuppress {
         ids: Vec<String>,
     },
+    /// GDPR erasure: forget every person known by an id whose [`id_hash`] is listed, and
+    /// everything the machine holds of them (positions in journeys, sends in flight,
+    /// unacknowledged records, entry counts, cap history, audience memberships). Their
+    /// suppressions stay, keyed by the hash only, so an erased address that comes back is
+    /// still not mailed. The input carries hashes, so the journal holds no id of the person
+    /// it erases.
+    Erase {
+        id_hashes: Vec<String>,
+    },
+}
+
+/// The SHA-256 (hex) of an id: how an erasure names the ids it erases, and the key of
+/// an erased person's suppression (prefixed `sha256:`).
+pub fn id_hash(id: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The suppression key of an erased id.
+fn erased_key(hash: &str) -> String {
+    format!("sha256:{hash}")
 }
 
 /// A message to deliver. `id` is the idempotency key as receivers see it (`webhook-id`,
@@ -317,6 +341,10 @@ pub struct State {
     pub received_watermark: Millis,
     /// (journey, UTC day, entries that day).
     day_entries: HashMap<u32, (i64, u64)>,
+    /// Erasures applied so far: part of every send key made since, so a person erased and
+    /// seen again (entries counted from 1 again) never repeats a key.
+    #[serde(default)]
+    erasures: u64,
 }
 
 pub struct Machine {
@@ -329,6 +357,9 @@ pub struct Machine {
     timers: BTreeSet<(Millis, std::cmp::Reverse<i32>, u64)>,
     /// Per journey, per step, persons there now.
     at_step: Vec<Vec<u64>>,
+    /// Suppressions keyed by an erased id's hash: while there are none, a send needs no
+    /// hashing.
+    hashed_suppressions: usize,
 }
 
 fn key_id(key: &str) -> String {
@@ -400,7 +431,13 @@ impl Machine {
             by_person: HashMap::new(),
             timers: BTreeSet::new(),
             at_step: Vec::new(),
+            hashed_suppressions: 0,
         };
+        m.hashed_suppressions =
+            m.st.suppressed
+                .keys()
+                .filter(|k| k.starts_with("sha256:"))
+                .count();
         for (i, j) in m.st.journeys.iter().enumerate() {
             let c = journey::compile(&j.file)
                 .map_err(|p| format!("journey {}: {}", j.file.name, p[0]))?;
@@ -596,10 +633,79 @@ impl Machine {
             Input::Unsuppress { ids } => {
                 for id in ids {
                     self.st.suppressed.remove(&id);
+                    if self.hashed_suppressions > 0
+                        && self
+                            .st
+                            .suppressed
+                            .remove(&erased_key(&id_hash(&id)))
+                            .is_some()
+                    {
+                        self.hashed_suppressions -= 1;
+                    }
+                }
+            }
+            Input::Erase { id_hashes } => self.erase(&id_hashes),
+        }
+        fx
+    }
+
+    /// See [`Input::Erase`]. Hashes every person key the state holds: erasures are rare,
+    /// and the journal must not name the person.
+    fn erase(&mut self, id_hashes: &[String]) {
+        let wanted: std::collections::HashSet<&str> =
+            id_hashes.iter().map(String::as_str).collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let erased = |id: &str| wanted.contains(id_hash(id).as_str());
+        let victims: Vec<u64> = self
+            .st
+            .instances
+            .iter()
+            .filter(|(_, i)| erased(&i.person))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in victims {
+            self.remove(id);
+        }
+        self.st.in_flight.retain(|_, f| {
+            !erased(&f.delivery.person) && !f.delivery.facts.ids.iter().any(|i| erased(i))
+        });
+        self.st.outbox.retain(|_, r| !erased(&r.person));
+        self.st.history.retain(|person, _| !erased(person));
+        for persons in self.st.entries.values_mut() {
+            persons.retain(|person, _| !erased(person));
+        }
+        for persons in self.st.audience.values_mut() {
+            persons.retain(|person, _| !erased(person));
+        }
+        let suppressed: Vec<(String, String)> = self
+            .st
+            .suppressed
+            .keys()
+            .filter(|k| !k.starts_with("sha256:"))
+            .map(|k| (k.clone(), id_hash(k)))
+            .filter(|(_, h)| wanted.contains(h.as_str()))
+            .collect();
+        for (id, hash) in suppressed {
+            if let Some(s) = self.st.suppressed.remove(&id) {
+                if self.st.suppressed.insert(erased_key(&hash), s).is_none() {
+                    self.hashed_suppressions += 1;
                 }
             }
         }
-        fx
+        self.st.erasures += 1;
+    }
+
+    /// The suppression of any of these ids, also of those erased since (by hash).
+    fn suppression_of<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> Option<&Suppression> {
+        ids.find_map(|i| {
+            self.st.suppressed.get(i).or_else(|| {
+                (self.hashed_suppressions > 0)
+                    .then(|| self.st.suppressed.get(&erased_key(&id_hash(i))))
+                    .flatten()
+            })
+        })
     }
 
     // ------------------------------------------------------------ bookkeeping
@@ -1219,7 +1325,10 @@ impl Machine {
         let j = inst.journey as usize;
         let name = self.compiled[j].name.clone();
         let step_id = self.compiled[j].steps[s as usize].id.clone();
-        let key = send_key(&name, &inst.person, &step_id, inst.entry);
+        let mut key = send_key(&name, &inst.person, &step_id, inst.entry);
+        if self.st.erasures > 0 {
+            key = format!("{key}~{}", self.st.erasures);
+        }
         let mut props = Map::new();
         props.insert("journey".into(), json!(name));
         props.insert("step".into(), json!(step_id));
@@ -1227,10 +1336,13 @@ impl Machine {
         props.insert("channel".into(), json!(action.channel));
         props.insert("idempotency_key".into(), json!(key));
         // Suppression: any id of the person, or the address the message would go to.
-        let suppressed = std::iter::once(inst.person.as_str())
-            .chain(facts.ids.iter().map(String::as_str))
-            .chain(facts.traits.get("email").and_then(Value::as_str))
-            .find_map(|i| self.st.suppressed.get(i).map(|s| s.reason.clone()));
+        let suppressed = self
+            .suppression_of(
+                std::iter::once(inst.person.as_str())
+                    .chain(facts.ids.iter().map(String::as_str))
+                    .chain(facts.traits.get("email").and_then(Value::as_str)),
+            )
+            .map(|s| s.reason.clone());
         if let Some(reason) = suppressed {
             self.st.journeys[j].stats.steps[s as usize].suppressed += 1;
             props.insert("reason".into(), json!(reason));
@@ -1454,9 +1566,17 @@ impl Machine {
         self.st.in_flight.keys().map(String::as_str).collect()
     }
 
+    /// Whether this attempt of a send is still wanted: in flight, not answered or erased.
+    pub fn is_in_flight(&self, key: &str, attempt: u32) -> bool {
+        self.st
+            .in_flight
+            .get(key)
+            .is_some_and(|f| f.attempt == attempt)
+    }
+
     /// Whether a person is suppressed by any of these ids.
-    pub fn is_suppressed<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> bool {
-        ids.any(|i| self.st.suppressed.contains_key(i))
+    pub fn is_suppressed<'a>(&self, ids: impl Iterator<Item = &'a str>) -> bool {
+        self.suppression_of(ids).is_some()
     }
 
     /// The send times of a person on a channel still remembered for caps.

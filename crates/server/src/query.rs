@@ -47,7 +47,8 @@ pub async fn person(
 }
 
 /// `DELETE /api/v1/projects/{project}/persons/{id}`: GDPR erasure of a person (every event
-/// and id), recorded in the audit log with the caller's address.
+/// and id, and what journeys hold of them), recorded in the audit log with the caller's
+/// address.
 pub async fn delete_person(
     State(state): State<Arc<AppState>>,
     Path((project, id)): Path<(String, String)>,
@@ -59,6 +60,7 @@ pub async fn delete_person(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map_or("unknown".to_string(), |c| c.0.to_string());
     let data = state.store.dir().to_path_buf();
+    let orchestrator = state.orchestrator.get().cloned();
     tokio::task::spawn_blocking(move || {
         if store.snapshot().identity().find_person(&id).is_none() {
             return Err(AppError::new(
@@ -66,7 +68,18 @@ pub async fn delete_person(
                 format!("no person with id {id:?}"),
             ));
         }
-        let erased = store.delete_person(&id)?;
+        // The store, and the orchestrator's journal, snapshot and audience exports.
+        let erased = match &orchestrator {
+            Some(o) => o.erase_person(&store, &id),
+            None => crate::orchestrate::erase_offline(&store, &id),
+        }
+        .map_err(|e| match e {
+            crate::orchestrate::RuntimeError::Store(e) => AppError::from(e),
+            other => AppError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("erasure failed: {other}"),
+            ),
+        })?;
         let entry = throughline_store::audit::AuditEntry::new(
             "person.delete",
             Some(&project),

@@ -64,6 +64,7 @@ pub struct Pool {
     workers: Mutex<Vec<JoinHandle<()>>>,
     projects: Arc<RwLock<HashMap<String, Weak<ProjectRuntime>>>>,
     busy: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 struct Shared {
@@ -107,6 +108,7 @@ impl Pool {
             workers: Mutex::new(workers),
             projects,
             busy,
+            shared,
         }
     }
 
@@ -150,6 +152,22 @@ fn work(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
             rx.recv()
         };
         let Ok(job) = job else { return };
+        let rt = shared
+            .projects
+            .read()
+            .expect("projects")
+            .get(&job.project)
+            .and_then(Weak::upgrade);
+        // A send the machine no longer holds (its person was erased while the job waited)
+        // is dropped, and no outcome is journaled for it.
+        let wanted = || {
+            rt.as_ref()
+                .is_none_or(|rt| rt.with_machine(|m| m.is_in_flight(&job.key, job.attempt)))
+        };
+        if !matches!(job.what, What::Csv { .. }) && !wanted() {
+            shared.busy.fetch_sub(1, Ordering::Relaxed);
+            continue;
+        }
         let outcome = match &job.what {
             What::Webhook {
                 url,
@@ -169,14 +187,14 @@ fn work(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
                 header,
                 line,
                 key,
-            } => csv(shared, path, header, line, key),
+            } => match csv(shared, path, header, line, key, wanted) {
+                Some(outcome) => outcome,
+                None => {
+                    shared.busy.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
         };
-        let rt = shared
-            .projects
-            .read()
-            .expect("projects")
-            .get(&job.project)
-            .and_then(Weak::upgrade);
         if let Some(rt) = rt {
             match &outcome {
                 Outcome::Delivered { .. } => rt.stats.delivered.fetch_add(1, Ordering::Relaxed),
@@ -307,18 +325,42 @@ fn smtp(cfg: &SmtpConfig, e: &Email) -> Outcome {
     }
 }
 
-fn csv(shared: &Shared, path: &Path, header: &str, line: &str, key: &str) -> Outcome {
+/// Appends an audience row once per key; `None` when the send is no longer `wanted`,
+/// asked under the same lock an erasure rewrites the files under, so an erased person's
+/// row is either removed by the erasure or never written.
+fn csv(
+    shared: &Shared,
+    path: &Path,
+    header: &str,
+    line: &str,
+    key: &str,
+    wanted: impl Fn() -> bool,
+) -> Option<Outcome> {
     let mut files = shared.csv.lock().expect("csv files");
+    if !wanted() {
+        return None;
+    }
+    Some(csv_locked(&mut files, path, header, line, key))
+}
+
+fn csv_locked(
+    files: &mut HashMap<PathBuf, HashSet<String>>,
+    path: &Path,
+    header: &str,
+    line: &str,
+    key: &str,
+) -> Outcome {
     let fail = |e: std::io::Error| Outcome::Failed {
         retryable: true,
         error: format!("{}: {e}", path.display()),
     };
     if !files.contains_key(path) {
         // The keys already written, so a send repeated after a crash adds no second row.
+        // Read as CSV: a key holding a comma is quoted.
         let mut keys = HashSet::new();
-        if let Ok(text) = std::fs::read_to_string(path) {
-            for l in text.lines().skip(1) {
-                if let Some(k) = l.split(',').nth(1) {
+        if let Ok(mut reader) = csv::ReaderBuilder::new().flexible(true).from_path(path) {
+            for record in reader.records().flatten() {
+                if let Some(k) = record.get(EXPORT_KEY_COLUMN) {
                     keys.insert(k.to_string());
                 }
             }
@@ -356,5 +398,127 @@ fn csv(shared: &Shared, path: &Path, header: &str, line: &str, key: &str) -> Out
             }
         }
         Err(e) => fail(e),
+    }
+}
+
+/// Columns of an audience export that name the person: `person_id`, `email`, `ids`
+/// (`;`-separated), and the `idempotency_key` that ends each row's lookup.
+const EXPORT_KEY_COLUMN: usize = 1;
+const EXPORT_PERSON_COLUMNS: [usize; 2] = [2, 3];
+const EXPORT_IDS_COLUMN: usize = 4;
+
+/// Removes every row of a person known by any of `ids` from the audience exports in
+/// `dir` (`*.csv`), each file rewritten atomically (temp file, fsync, rename, directory
+/// fsync) when it held such a row. Returns (file, idempotency key) of the rows removed.
+pub fn erase_from_exports(
+    dir: &Path,
+    ids: &HashSet<String>,
+) -> Result<Vec<(PathBuf, String)>, String> {
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(dir, e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| io(dir, e))?.path();
+        if path.extension().is_none_or(|x| x != "csv") {
+            continue;
+        }
+        let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(&text[..]);
+        let mut kept: Vec<u8> = Vec::with_capacity(text.len());
+        let mut record = csv::ByteRecord::new();
+        let mut first = true;
+        let mut changed = false;
+        loop {
+            let start = reader.position().byte() as usize;
+            match reader.read_byte_record(&mut record) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+            let end = reader.position().byte() as usize;
+            let cell = |i: usize| record.get(i).map(String::from_utf8_lossy);
+            let of_person = !first
+                && (EXPORT_PERSON_COLUMNS
+                    .iter()
+                    .any(|&i| cell(i).is_some_and(|c| ids.contains(c.as_ref())))
+                    || cell(EXPORT_IDS_COLUMN)
+                        .is_some_and(|c| c.split(';').any(|i| ids.contains(i))));
+            first = false;
+            if of_person {
+                changed = true;
+                if let Some(key) = cell(EXPORT_KEY_COLUMN) {
+                    removed.push((path.clone(), key.into_owned()));
+                }
+            } else {
+                kept.extend_from_slice(&text[start..end.min(text.len())]);
+            }
+        }
+        if changed {
+            let tmp = path.with_extension("csv.tmp");
+            let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+            f.write_all(&kept)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io(dir, e))?;
+        }
+    }
+    Ok(removed)
+}
+
+impl Pool {
+    /// [`erase_from_exports`] under the lock the workers append under, forgetting the
+    /// removed rows' keys too.
+    pub fn erase_from_exports(&self, dir: &Path, ids: &HashSet<String>) -> Result<(), String> {
+        let mut files = self.shared.csv.lock().expect("csv files");
+        for (path, key) in erase_from_exports(dir, ids)? {
+            if let Some(keys) = files.get_mut(&path) {
+                keys.remove(&key);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erasure_removes_the_persons_rows_from_every_export_and_keeps_the_rest_byte_for_byte() {
+        let dir = std::env::temp_dir().join(format!("tl-exports-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let header = "exported_at,idempotency_key,person_id,email,ids,journey\n";
+        let keep =
+            "2027-01-01T00:00:00.000Z,\"j/o,tto/e/1\",\"o,tto\",otto@x.example,\"o,tto;dev-o\",j\n";
+        let by_id = "2027-01-01T00:00:01.000Z,j/zed/e/1,zed,,zed;dev-z,j\n";
+        let by_device = "2027-01-01T00:00:02.000Z,j/dev-z/e/1,dev-z,,dev-z,j\n";
+        let by_email = "2027-01-01T00:00:03.000Z,k/u9/e/1,u9,zed@x.example,u9,k\n";
+        std::fs::write(
+            dir.join("a.csv"),
+            format!("{header}{keep}{by_id}{by_device}"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("b.csv"), format!("{header}{by_email}")).unwrap();
+        std::fs::write(dir.join("c.csv"), format!("{header}{keep}")).unwrap();
+        let ids: HashSet<String> = ["zed", "dev-z", "zed@x.example"].map(String::from).into();
+        let mut removed = erase_from_exports(&dir, &ids).unwrap();
+        removed.sort();
+        let keys: Vec<&str> = removed.iter().map(|(_, k)| k.as_str()).collect();
+        assert_eq!(keys, ["j/dev-z/e/1", "j/zed/e/1", "k/u9/e/1"]);
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+        assert_eq!(read("a.csv"), format!("{header}{keep}"));
+        assert_eq!(read("b.csv"), header);
+        assert_eq!(read("c.csv"), format!("{header}{keep}"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

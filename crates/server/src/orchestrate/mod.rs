@@ -13,6 +13,13 @@
 //! Events acknowledged by the store but not yet journaled when the process died are found
 //! again at start: a catch-up scan reads the wanted events received since the machine's
 //! watermark (less the deduplication window), and the machine ignores those it has seen.
+//!
+//! **Erasure** ([`Orchestrator::erase_person`]) runs between two turns: it takes in what
+//! the tail holds (leaving out the person's events), erases the person from the store,
+//! takes in the tail again, erases them from the machine, writes a snapshot at once (so no
+//! journal file still holds their events or facts) and removes their rows from the
+//! audience exports. A delivery worker asks the machine before acting on a job, so a send
+//! of the person still queued is dropped.
 
 pub mod api;
 pub mod deliver;
@@ -31,7 +38,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use throughline_identity::IdKind;
 use throughline_model::{Event, EventType, Millis};
-use throughline_orchestrate::machine::{Effect, Facts, Input, Machine, Observed, SEEN_WINDOW_MS};
+use throughline_orchestrate::machine::{
+    self, Effect, Facts, Input, Machine, Observed, SEEN_WINDOW_MS,
+};
 use throughline_orchestrate::policy::{Cap, Policy, QuietHours};
 use throughline_orchestrate::Driver;
 use throughline_store::{now_ms, ProjectStore, Store, Tail};
@@ -257,6 +266,9 @@ pub struct ProjectRuntime {
     pub(crate) secret: throughline_token::Secret,
     webhook_secret: Vec<u8>,
     wanted: Mutex<Arc<Wanted>>,
+    /// Held by a turn of the project's loop, by API commands and by an erasure, so an
+    /// erasure never interleaves with taking in events or writing records.
+    work: Mutex<()>,
     pub stats: RuntimeStats,
 }
 
@@ -333,7 +345,16 @@ impl ProjectRuntime {
             .or(rec.snapshot.as_ref().map(|s| s.0))
             .unwrap_or(0);
         let journal = FileJournal::open(&dir, last).map_err(RuntimeError::Other)?;
+        let erased = rec
+            .entries
+            .iter()
+            .any(|e| matches!(e.input, Input::Erase { .. }));
         let mut driver = Driver::recover(rec.snapshot, rec.entries, journal)?;
+        if erased {
+            // An erasure journaled but not yet covered by a snapshot (a crash in between):
+            // the journal before it still holds the person.
+            snapshot_now(&mut driver)?;
+        }
         let policy = config.policy();
         if driver.machine.state().policy.as_ref() != Some(&policy) {
             driver.submit(
@@ -371,6 +392,7 @@ impl ProjectRuntime {
             secret,
             webhook_secret,
             wanted: Mutex::new(wanted),
+            work: Mutex::new(()),
             stats: RuntimeStats::default(),
         };
         if live {
@@ -657,6 +679,121 @@ impl ProjectRuntime {
         }
     }
 
+    /// Tail records as inputs (and profile updates), leaving out the events of `erased`
+    /// ids.
+    fn take_in(&self, records: Vec<Vec<u8>>, erased: &HashSet<String>) -> Vec<Input> {
+        if records.is_empty() {
+            return Vec::new();
+        }
+        let snap = self.store.snapshot();
+        let d = self.driver.lock().expect("driver");
+        let mut observed = Vec::new();
+        for r in records {
+            let Ok(e) = serde_json::from_slice::<Event>(&r) else {
+                continue;
+            };
+            let of_erased = [&e.user_id, &e.anonymous_id, &e.email]
+                .into_iter()
+                .flatten()
+                .any(|id| erased.contains(id));
+            if of_erased {
+                continue;
+            }
+            let wanted = d.machine.wants(
+                e.event_type.code(),
+                e.event.as_deref(),
+                e.page_path.as_deref(),
+            );
+            if !wanted {
+                // Identify events only update profiles.
+                if let Some(id) = e.user_id.as_deref().or(e.anonymous_id.as_deref()) {
+                    let identity = snap.identity();
+                    let person = identity
+                        .find_person(id)
+                        .map(|p| identity.canonical_id(p).to_string())
+                        .unwrap_or_else(|| id.to_string());
+                    self.profiles.lock().expect("profiles").update(&person, &e);
+                }
+                continue;
+            }
+            observed.push(e);
+        }
+        drop(d);
+        let mut inputs = Vec::new();
+        for e in observed {
+            if let Some(o) = self.observe(e, &snap) {
+                self.stats.events_observed.fetch_add(1, Ordering::Relaxed);
+                inputs.push(Input::Event {
+                    observed: Box::new(o),
+                });
+            }
+        }
+        inputs
+    }
+
+    /// The delivery outcomes that came back, less those of sends the machine no longer
+    /// holds (an erased person's): journaling them would write the person's key again.
+    fn outcomes(&self) -> Vec<Input> {
+        let results = std::mem::take(&mut *self.results.lock().expect("results"));
+        if results.is_empty() {
+            return results;
+        }
+        let d = self.driver.lock().expect("driver");
+        results
+            .into_iter()
+            .filter(|i| match i {
+                Input::Delivered { key, attempt, .. } => d.machine.is_in_flight(key, *attempt),
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// GDPR erasure of the person known by `id` (see the module's header); the number of
+    /// events the store erased. The caller holds `work`.
+    fn erase(
+        &self,
+        id: &str,
+        pool: Option<&deliver::Pool>,
+        ctx: &Ctx,
+        now: Millis,
+    ) -> Result<usize, RuntimeError> {
+        let ids = person_ids(&self.store, id)?;
+        let drained = |rt: &ProjectRuntime| match &rt.tail {
+            Some(t) => rt.take_in(t.poll(usize::MAX, Duration::ZERO), &ids),
+            None => Vec::new(),
+        };
+        let before = drained(self);
+        self.submit(before, now, pool, ctx)?;
+        let erased = self.store.delete_person(id)?;
+        let after = drained(self);
+        self.submit(after, now, pool, ctx)?;
+        self.submit(
+            vec![Input::Erase {
+                id_hashes: ids.iter().map(|i| machine::id_hash(i)).collect(),
+            }],
+            now,
+            pool,
+            ctx,
+        )?;
+        snapshot_now(&mut self.driver.lock().expect("driver"))?;
+        self.unwritten
+            .lock()
+            .expect("unwritten")
+            .retain(|r| !ids.contains(&r.person));
+        self.profiles
+            .lock()
+            .expect("profiles")
+            .by_person
+            .retain(|person, _| !ids.contains(person));
+        let exports = self.store.dir().join("exports");
+        match pool {
+            Some(pool) => pool.erase_from_exports(&exports, &ids),
+            None => deliver::erase_from_exports(&exports, &ids).map(drop),
+        }
+        .map_err(RuntimeError::Other)?;
+        Ok(erased)
+    }
+
     /// One turn of the project's loop; returns how long it may sleep.
     fn turn(
         &self,
@@ -683,44 +820,8 @@ impl ProjectRuntime {
             tracing::warn!(project = %self.name, "event tail overflowed; catching up from the store");
             inputs.extend(self.catch_up()?);
         }
-        if !records.is_empty() {
-            let snap = self.store.snapshot();
-            let d = self.driver.lock().expect("driver");
-            let mut observed = Vec::new();
-            for r in records {
-                let Ok(e) = serde_json::from_slice::<Event>(&r) else {
-                    continue;
-                };
-                let wanted = d.machine.wants(
-                    e.event_type.code(),
-                    e.event.as_deref(),
-                    e.page_path.as_deref(),
-                );
-                if !wanted {
-                    // Identify events only update profiles.
-                    if let Some(id) = e.user_id.as_deref().or(e.anonymous_id.as_deref()) {
-                        let identity = snap.identity();
-                        let person = identity
-                            .find_person(id)
-                            .map(|p| identity.canonical_id(p).to_string())
-                            .unwrap_or_else(|| id.to_string());
-                        self.profiles.lock().expect("profiles").update(&person, &e);
-                    }
-                    continue;
-                }
-                observed.push(e);
-            }
-            drop(d);
-            for e in observed {
-                if let Some(o) = self.observe(e, &snap) {
-                    self.stats.events_observed.fetch_add(1, Ordering::Relaxed);
-                    inputs.push(Input::Event {
-                        observed: Box::new(o),
-                    });
-                }
-            }
-        }
-        inputs.extend(std::mem::take(&mut *self.results.lock().expect("results")));
+        inputs.extend(self.take_in(records, &HashSet::new()));
+        inputs.extend(self.outcomes());
         let now = clock.now();
         let (in_flight, next_due) = self.with_machine(|m| (m.in_flight_count(), m.next_due()));
         if next_due.is_some_and(|d| d <= now) && in_flight < config.inflight_max {
@@ -748,20 +849,66 @@ impl ProjectRuntime {
         self.submit(inputs, now, Some(pool), ctx)?;
         let mut d = self.driver.lock().expect("driver");
         if d.journal.bytes > config.snapshot_journal_bytes {
-            // Borrowed, not cloned: a snapshot of a million persons must not double them.
-            let Driver {
-                machine,
-                journal,
-                seq,
-            } = &mut *d;
-            let seq = *seq;
-            journal
-                .snapshot(seq, machine.state())
-                .map_err(RuntimeError::Other)?;
-            tracing::info!(project = %self.name, seq, "orchestrator snapshot written");
+            snapshot_now(&mut d)?;
+            tracing::info!(project = %self.name, seq = d.seq, "orchestrator snapshot written");
         }
         Ok(())
     }
+}
+
+/// Writes a snapshot of the machine now, which retires every journal file before it.
+/// Borrowed, not cloned: a snapshot of a million persons must not double them.
+fn snapshot_now(d: &mut Driver<FileJournal>) -> Result<(), RuntimeError> {
+    let Driver {
+        machine,
+        journal,
+        seq,
+    } = d;
+    journal
+        .snapshot(*seq, machine.state())
+        .map_err(RuntimeError::Other)
+}
+
+/// Every id of the person `id` names (and `id` itself), as the identity graph knows them
+/// before the erasure.
+fn person_ids(store: &ProjectStore, id: &str) -> Result<HashSet<String>, RuntimeError> {
+    let snap = store.snapshot();
+    let identity = snap.identity();
+    let pid = identity
+        .find_person(id)
+        .ok_or_else(|| RuntimeError::Other(format!("no person with id {id:?}")))?;
+    let mut ids: HashSet<String> = identity
+        .ids_of(pid)
+        .into_iter()
+        .map(|(_, i)| i.to_string())
+        .collect();
+    ids.insert(id.to_string());
+    Ok(ids)
+}
+
+/// GDPR erasure of a person from a project no server runs (`throughline delete-person`):
+/// the store, then the orchestrator's journal and snapshot (an `Erase` input and a
+/// snapshot at once) and the audience exports. Returns the events the store erased.
+pub fn erase_offline(store: &ProjectStore, id: &str) -> Result<usize, RuntimeError> {
+    let ids = person_ids(store, id)?;
+    let erased = store.delete_person(id)?;
+    let dir = store.dir().join("orchestrate");
+    if dir.exists() {
+        let rec = journal::recover(&dir).map_err(RuntimeError::Other)?;
+        let last = rec
+            .entries
+            .last()
+            .map(|e| e.seq)
+            .or(rec.snapshot.as_ref().map(|s| s.0))
+            .unwrap_or(0);
+        let journal = FileJournal::open(&dir, last).map_err(RuntimeError::Other)?;
+        let mut driver = Driver::recover(rec.snapshot, rec.entries, journal)?;
+        let id_hashes = ids.iter().map(|i| machine::id_hash(i)).collect();
+        driver.submit(vec![Input::Erase { id_hashes }], now_ms())?;
+        snapshot_now(&mut driver)?;
+    }
+    deliver::erase_from_exports(&store.dir().join("exports"), &ids).map_err(RuntimeError::Other)?;
+    Ok(erased)
 }
 
 fn project_webhook_secret(dir: &Path) -> Result<Vec<u8>, RuntimeError> {
@@ -917,7 +1064,11 @@ impl Orchestrator {
     fn run(self: Arc<Self>, rt: Arc<ProjectRuntime>) {
         let pool = self.pool.clone().expect("live");
         while !self.stop.load(Ordering::Relaxed) {
-            if let Err(e) = rt.turn(&self.clock, &pool, &self.ctx, &self.config) {
+            let turn = {
+                let _work = rt.work.lock().expect("work");
+                rt.turn(&self.clock, &pool, &self.ctx, &self.config)
+            };
+            if let Err(e) = turn {
                 tracing::error!(project = %rt.name, error = %e, "orchestrator turn failed; retrying in a second");
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -930,7 +1081,30 @@ impl Orchestrator {
         rt: &ProjectRuntime,
         inputs: Vec<Input>,
     ) -> Result<(), RuntimeError> {
+        let _work = rt.work.lock().expect("work");
         rt.submit(inputs, self.clock.now(), self.pool.as_deref(), &self.ctx)
+    }
+
+    /// GDPR erasure of a person of `project`: through its running orchestrator when it
+    /// has one, else on the files ([`erase_offline`]). Returns the events the store erased.
+    pub fn erase_person(
+        self: &Arc<Self>,
+        store: &ProjectStore,
+        id: &str,
+    ) -> Result<usize, RuntimeError> {
+        let rt = self
+            .projects
+            .lock()
+            .expect("projects")
+            .get(store.name())
+            .cloned();
+        match rt {
+            Some(rt) => {
+                let _work = rt.work.lock().expect("work");
+                rt.erase(id, self.pool.as_deref(), &self.ctx, self.clock.now())
+            }
+            None => erase_offline(store, id),
+        }
     }
 
     /// Stops the project threads and the workers (deliveries in progress finish; their
@@ -945,7 +1119,7 @@ impl Orchestrator {
         }
         // Journal what came back while stopping.
         for rt in self.projects() {
-            let results = std::mem::take(&mut *rt.results.lock().expect("results"));
+            let results = rt.outcomes();
             if !results.is_empty() {
                 let _ = rt
                     .driver
