@@ -12,10 +12,14 @@ as possible):
   limited to `LIMITED_RPS` requests per second at twice that rate, so some of its
   requests must be refused with 429 and `Retry-After` (the only error allowed);
 
-and samples the server's RSS (`/proc/PID/status`) every `--sample-seconds`. It prints
+and samples the server's RSS (`/proc/PID/status`) every `--sample-seconds`, with the
+bytes its query column cache holds and the events stored (from `/metrics`). It prints
 (and with `--json` writes) p50/p99/max latency of ingestion and queries, every status
 seen per stream, errors (anything but 200, and 429 on the limited key), and the memory
-trend: the least-squares slope of RSS over the second half of the run.
+trend: the least-squares slope over the second half of the run of RSS, and of RSS less
+the column cache (a cache with a budget, `[query] column_cache_bytes`, that holds the
+columns of every segment queried until it is full, so it grows with the store by design).
+`--column-cache-mb` sets that budget for the run.
 
     bench/soak                       # 30 minutes, the issue's soak
     bench/soak --seconds 90          # what tests/py/test_soak.py runs
@@ -74,6 +78,25 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The unlabelled gauges of `/metrics` and per-project sums of labelled ones."""
+    out: dict[str, float] = {}
+    try:
+        text = requests.get(url + "/metrics", timeout=10).text
+    except requests.RequestException:
+        return out
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        base = name.split("{", 1)[0]
+        try:
+            out[base] = out.get(base, 0.0) + float(value)
+        except ValueError:
+            pass
+    return out
 
 
 def slope_mb_per_min(samples: list[tuple[float, float]]) -> float | None:
@@ -173,14 +196,15 @@ QUERIES = [
 
 def soak(bin_path: str, seconds: float, *, ingest_clients: int = 4, batches_per_second: float = 20,
          batch: int = 50, queries_per_second: float = 0.5, sample_seconds: float = 5,
-         work: Path | None = None, log=print) -> dict:
+         column_cache_mb: float | None = None, work: Path | None = None, log=print) -> dict:
     own_work = work is None
     work = Path(work or tempfile.mkdtemp(prefix="throughline-soak."))
     data = work / "data"
     shop = create_project(bin_path, data, "shop")
     limited = create_project(bin_path, data, "limited")
     config = work / "throughline.toml"
-    config.write_text(f"""
+    cache = "" if column_cache_mb is None else f"[query]\ncolumn_cache_bytes = {int(column_cache_mb * 2**20)}\n"
+    config.write_text(f"""{cache}
 [rate_limit.projects.limited]
 requests_per_second = {LIMITED_RPS}
 requests_burst = {LIMITED_RPS}
@@ -212,6 +236,14 @@ requests_burst = {LIMITED_RPS}
         stop_at = start + seconds
         accepted = [0]
         rss: list[tuple[float, float]] = [(0.0, rss_mb(proc.pid))]
+        # (seconds, column cache MB, events stored)
+        gauges: list[tuple[float, float, float]] = []
+
+        def sample_gauges(at: float) -> None:
+            g = scrape(url)
+            gauges.append((at, g.get("throughline_query_cache_bytes", 0.0) / 2**20,
+                           g.get("throughline_stored_events", 0.0)))
+        sample_gauges(0.0)
 
         def ingest_client(i: int) -> None:
             session = requests.Session()
@@ -290,6 +322,7 @@ requests_burst = {LIMITED_RPS}
             now = time.monotonic()
             if now >= next_sample:
                 rss.append((now - start, rss_mb(proc.pid)))
+                sample_gauges(now - start)
                 next_sample += sample_seconds
                 if len(rss) % max(1, int(60 / sample_seconds)) == 0:
                     s = ingest.summary()
@@ -298,10 +331,15 @@ requests_burst = {LIMITED_RPS}
         for t in threads:
             t.join(timeout=REQUEST_TIMEOUT_S + 5)
         rss.append((time.monotonic() - start, rss_mb(proc.pid)))
+        sample_gauges(time.monotonic() - start)
         elapsed = time.monotonic() - start
         second_half = [(t, m) for t, m in rss if t >= seconds / 2]
         slope = slope_mb_per_min(second_half)
         half_mb = [m for _, m in second_half]
+        # RSS less the column cache, pairing each RSS sample with its gauge sample.
+        less_cache = [(t, m - c) for (t, m), (_, c, _) in zip(rss, gauges)]
+        less_cache_half = [(t, m) for t, m in less_cache if t >= seconds / 2]
+        slope_less_cache = slope_mb_per_min(less_cache_half)
         result = {
             "seconds": round(elapsed, 1),
             "settings": {"ingest_clients": ingest_clients, "batches_per_second": batches_per_second,
@@ -321,6 +359,16 @@ requests_burst = {LIMITED_RPS}
                 "second_half_max": round(max(half_mb), 1) if half_mb else None,
                 "second_half_slope_mb_per_min": None if slope is None else round(slope, 3),
                 "samples": [(round(t, 1), round(m, 1)) for t, m in rss],
+            },
+            "column_cache_mb": {
+                "budget": column_cache_mb,
+                "end": round(gauges[-1][1], 1),
+                "samples": [(round(t, 1), round(c, 1), int(e)) for t, c, e in gauges],
+            },
+            "rss_less_cache_mb": {
+                "second_half_min": round(min(m for _, m in less_cache_half), 1) if less_cache_half else None,
+                "second_half_max": round(max(m for _, m in less_cache_half), 1) if less_cache_half else None,
+                "second_half_slope_mb_per_min": None if slope_less_cache is None else round(slope_less_cache, 3),
             },
             "errors": ingest.errors() + queries.errors() + asked.errors(),
         }
@@ -358,7 +406,10 @@ def markdown(r: dict, command: str) -> str:
         "",
         f"Events accepted: {r['events_accepted']} ({r['events_per_second']}/s). "
         f"RSS: start {m['start']} MB, max {m['max']} MB, end {m['end']} MB; second half "
-        f"{m['second_half_min']}-{m['second_half_max']} MB, slope {m['second_half_slope_mb_per_min']} MB/min.",
+        f"{m['second_half_min']}-{m['second_half_max']} MB, slope {m['second_half_slope_mb_per_min']} MB/min. "
+        f"Column cache at the end: {r['column_cache_mb']['end']} MB; RSS less the cache over the second half "
+        f"{r['rss_less_cache_mb']['second_half_min']}-{r['rss_less_cache_mb']['second_half_max']} MB, slope "
+        f"{r['rss_less_cache_mb']['second_half_slope_mb_per_min']} MB/min.",
     ]
     return "\n".join(lines)
 
@@ -372,10 +423,12 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--queries-per-second", type=float, default=0.5)
     p.add_argument("--sample-seconds", type=float, default=5)
+    p.add_argument("--column-cache-mb", type=float, help="[query] column_cache_bytes for the run, in MiB")
     p.add_argument("--json", type=Path, help="also write the result as JSON here")
     a = p.parse_args()
     r = soak(a.bin, a.seconds, ingest_clients=a.ingest_clients, batches_per_second=a.batches_per_second,
-             batch=a.batch, queries_per_second=a.queries_per_second, sample_seconds=a.sample_seconds)
+             batch=a.batch, queries_per_second=a.queries_per_second, sample_seconds=a.sample_seconds,
+             column_cache_mb=a.column_cache_mb)
     if a.json:
         a.json.write_text(json.dumps(r, indent=2))
     print(markdown(r, " ".join(["bench/soak", *sys.argv[1:]])))
