@@ -136,6 +136,10 @@ pub struct IdentityGraph {
     junk: std::collections::HashSet<String>,
     #[serde(skip)]
     junk_len_max: usize,
+    /// Nodes whose person changed since the last [`IdentityGraph::drain_journal`], when
+    /// journaling is on: what a backend that stores persons beside events must rewrite.
+    #[serde(skip)]
+    journal: Option<Vec<NodeId>>,
 }
 
 impl IdentityGraph {
@@ -148,6 +152,7 @@ impl IdentityGraph {
             index: std::sync::OnceLock::new(),
             junk: Default::default(),
             junk_len_max: 0,
+            journal: None,
         };
         g.rebuild_derived();
         g
@@ -319,6 +324,9 @@ impl IdentityGraph {
         for &m in &absorbed.members {
             self.nodes[m as usize].person = keep;
         }
+        if let Some(j) = &mut self.journal {
+            j.extend_from_slice(&absorbed.members);
+        }
         let into = self.persons.get_mut(&keep).expect("person exists");
         into.members.extend(absorbed.members);
         into.user = into.user.or(absorbed.user);
@@ -330,6 +338,24 @@ impl IdentityGraph {
 
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// The kind and text of a node's id (empty once erased).
+    pub fn node(&self, node: NodeId) -> (IdKind, &str) {
+        let n = &self.nodes[node as usize];
+        (n.kind, n.id.as_str())
+    }
+
+    /// Starts recording which nodes change person (merges, erasure); off by default, so
+    /// the embedded store pays nothing.
+    pub fn start_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The nodes whose person changed since the last call, in the order it happened (a
+    /// node can appear more than once).
+    pub fn drain_journal(&mut self) -> Vec<NodeId> {
+        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub fn person_of(&self, node: NodeId) -> PersonId {
@@ -403,6 +429,9 @@ impl IdentityGraph {
                 },
             );
             self.nodes[m as usize].person = m;
+        }
+        if let Some(j) = &mut self.journal {
+            j.extend_from_slice(&p.members);
         }
         p.members
     }

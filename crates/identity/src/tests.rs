@@ -151,3 +151,30 @@ fn forgetting_a_person_erases_all_their_ids() {
     assert_eq!(back.find_person("bob"), g.find_person("bob"));
     assert_eq!(back.to_snapshot(), snap);
 }
+
+/// The journal names every node whose person a merge changed, so a backend that stored
+/// persons beside events can override exactly those.
+#[test]
+fn the_journal_lists_the_nodes_a_merge_relabelled() {
+    let mut g = IdentityGraph::default();
+    let phone = g.observe(&track_anon("phone"));
+    g.start_journal();
+    let laptop = g.observe(&track_anon("laptop"));
+    assert!(g.drain_journal().is_empty(), "a new node is no relabel");
+    // ann (a new node) and the phone are one set each: the phone's is absorbed.
+    let ann = g.observe(&identify("ann", "phone"));
+    assert_eq!(g.drain_journal(), vec![phone]);
+    assert_eq!(g.person_of(phone), ann);
+    // Two persons of two nodes and one: the smaller one moves.
+    g.observe(&identify("ann", "laptop"));
+    assert_eq!(g.drain_journal(), vec![laptop]);
+    assert_eq!(g.person_of(laptop), ann);
+    assert!(g.drain_journal().is_empty());
+    assert_eq!(g.node(laptop), (IdKind::Anonymous, "laptop"));
+    // Erasure gives every node a person of its own again: all are listed.
+    let mut erased = g.forget_person(ann);
+    erased.sort_unstable();
+    let mut listed = g.drain_journal();
+    listed.sort_unstable();
+    assert_eq!(listed, erased);
+}

@@ -1,0 +1,1 @@
+//! `throughline migrate`: an embedded project into ClickHouse. (in progress)
