@@ -110,7 +110,9 @@ impl Run {
     }
 
     /// Every hash, in order (for merging).
-    fn iter(&self) -> Result<impl Iterator<Item = Result<u128, ClickHouseError>> + '_, ClickHouseError> {
+    fn iter(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<u128, ClickHouseError>> + '_, ClickHouseError> {
         let mut r = BufReader::with_capacity(1 << 20, &self.file);
         std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(HEADER_BYTES))
             .map_err(|e| ClickHouseError::io(&self.path, e))?;
@@ -240,7 +242,12 @@ impl HashIndex {
         }
         let name = run_name(self.next_run);
         self.next_run += 1;
-        let path = write_run(&self.dir, &name, hashes.len() as u64, hashes.iter().map(|h| Ok(*h)))?;
+        let path = write_run(
+            &self.dir,
+            &name,
+            hashes.len() as u64,
+            hashes.iter().map(|h| Ok(*h)),
+        )?;
         self.runs.push(Arc::new(Run::open(&path)?));
         for h in &hashes {
             self.recent.remove(h);
@@ -345,7 +352,9 @@ mod tests {
         for round in 0..(RUNS_MAX + 3) {
             let mut batch = Vec::new();
             for _ in 0..(700 + round * 13) {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 batch.push(x);
                 truth.insert(x);
             }

@@ -232,12 +232,11 @@ fn load_identity(
         Some(cp) => {
             let path = dir.join(&cp.snapshot);
             let bytes = std::fs::read(&path).map_err(|e| ClickHouseError::io(&path, e))?;
-            let mut g = IdentityGraph::from_snapshot(&bytes).map_err(|e| {
-                ClickHouseError::Corrupt {
+            let mut g =
+                IdentityGraph::from_snapshot(&bytes).map_err(|e| ClickHouseError::Corrupt {
                     file: path.clone(),
                     why: e.to_string(),
-                }
-            })?;
+                })?;
             g.set_config(config.clone());
             Ok((g, cp.position))
         }
@@ -374,8 +373,7 @@ impl Drop for Project {
 }
 
 fn load_checkpoint_file(dir: &Path) -> Result<u64, ClickHouseError> {
-    Ok(read_json::<IdentityCheckpoint>(&dir.join(IDENTITY_FILE))?
-        .map_or(1, |c| c.position.file))
+    Ok(read_json::<IdentityCheckpoint>(&dir.join(IDENTITY_FILE))?.map_or(1, |c| c.position.file))
 }
 
 fn decode(dir: &Path, payload: &[u8]) -> Result<Event, ClickHouseError> {
@@ -414,7 +412,9 @@ impl Batch {
             w.u32(n);
             w.u8(kind as u8);
             w.str(id);
-            w.u32(graph.person_of(n));
+            let person = graph.person_of(n);
+            w.u32(person);
+            w.u8(u8::from(graph.user_of(person) == Some(n)));
             w.u64(seq);
             self.identity_rows += 1;
         }
@@ -554,7 +554,12 @@ impl Forwarder {
         let mut batch = Batch::default();
         for (i, p) in records.iter().enumerate() {
             let e = decode(&self.dir, p)?;
-            batch.add(&self.project, &mut self.graph, self.cursor.seq + i as u64, &e);
+            batch.add(
+                &self.project,
+                &mut self.graph,
+                self.cursor.seq + i as u64,
+                &e,
+            );
         }
         let mut wait_ms = 50u64;
         while let Err(e) = batch.insert(&self.target) {

@@ -22,6 +22,7 @@ pub mod migrate;
 pub mod outbox;
 pub mod rowbinary;
 pub mod schema;
+pub mod source;
 
 use std::path::{Path, PathBuf};
 

@@ -388,18 +388,22 @@ impl Outbox {
     /// Blocks until the durable end passes `seq` or `timeout_ms` passes.
     pub fn wait_past(&self, seq: u64, timeout_ms: u64) {
         let end = self.shared.end.lock().expect("end lock");
-        let _ = self
-            .shared
-            .grown
-            .wait_timeout_while(end, std::time::Duration::from_millis(timeout_ms), |e| {
-                e.seq <= seq
-            });
+        let _ = self.shared.grown.wait_timeout_while(
+            end,
+            std::time::Duration::from_millis(timeout_ms),
+            |e| e.seq <= seq,
+        );
     }
 
     /// Called once ClickHouse has everything before `cursor`: the backlog shrinks, and
     /// whole files before both `cursor` and `keep_from` are retired (hashes into a run,
     /// then the file deleted).
-    pub fn forwarded(&self, bytes: u64, cursor: Position, keep_from: u64) -> Result<(), ClickHouseError> {
+    pub fn forwarded(
+        &self,
+        bytes: u64,
+        cursor: Position,
+        keep_from: u64,
+    ) -> Result<(), ClickHouseError> {
         self.shared.backlog_bytes.fetch_sub(
             bytes.min(self.shared.backlog_bytes.load(Ordering::Relaxed)),
             Ordering::Relaxed,

@@ -115,7 +115,9 @@ impl<R: Read> Reader<R> {
                 return Ok(n as usize);
             }
         }
-        Err(ClickHouseError::Decode("a length longer than 64 bits".into()))
+        Err(ClickHouseError::Decode(
+            "a length longer than 64 bits".into(),
+        ))
     }
 
     pub fn bytes_into(&mut self, out: &mut Vec<u8>) -> Result<(), ClickHouseError> {
@@ -128,7 +130,8 @@ impl<R: Read> Reader<R> {
     pub fn string(&mut self) -> Result<String, ClickHouseError> {
         let mut v = Vec::new();
         self.bytes_into(&mut v)?;
-        String::from_utf8(v).map_err(|e| ClickHouseError::Decode(format!("a string is not UTF-8: {e}")))
+        String::from_utf8(v)
+            .map_err(|e| ClickHouseError::Decode(format!("a string is not UTF-8: {e}")))
     }
 
     pub fn opt_string(&mut self) -> Result<Option<String>, ClickHouseError> {

@@ -7,7 +7,8 @@
 //!                       when the event was forwarded; `seq` its arrival number, unique per
 //!                       project, so a replayed insert is the same row again.
 //! identities_local      ReplacingMergeTree(version), ORDER BY (project, node): each id's node,
-//!                       kind, text and current person (the identity mapping)
+//!                       kind, text, current person, and whether it is that person's user
+//!                       id (the one they are named by): the identity mapping
 //! person_overrides_local ReplacingMergeTree(version), ORDER BY (project, old_person): a
 //!                       person that was merged into another since its events were written
 //!                       (PostHog's person_overrides), applied at query time, folded later
@@ -48,7 +49,9 @@ pub fn event_columns() -> Vec<&'static str> {
     c
 }
 
-pub const IDENTITY_COLUMNS: [&str; 6] = ["project", "node", "kind", "id", "person", "version"];
+pub const IDENTITY_COLUMNS: [&str; 7] = [
+    "project", "node", "kind", "id", "person", "is_user", "version",
+];
 pub const OVERRIDE_COLUMNS: [&str; 4] = ["project", "old_person", "override_person", "version"];
 
 impl Target {
@@ -238,6 +241,7 @@ impl Target {
                  \x20   kind UInt8,\n\
                  \x20   id String,\n\
                  \x20   person UInt32,\n\
+                 \x20   is_user UInt8,\n\
                  \x20   version UInt64\n\
                  ) ENGINE = ReplacingMergeTree(version)\n\
                  ORDER BY (project, node)"
@@ -261,7 +265,11 @@ impl Target {
         } else {
             vec!["events_local", "identities_local", "person_overrides_local"]
         };
-        let list = names.iter().map(|n| quote(n)).collect::<Vec<_>>().join(", ");
+        let list = names
+            .iter()
+            .map(|n| quote(n))
+            .collect::<Vec<_>>()
+            .join(", ");
         let found: usize = self
             .client
             .query_text(&format!(

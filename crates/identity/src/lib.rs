@@ -346,6 +346,11 @@ impl IdentityGraph {
         (n.kind, n.id.as_str())
     }
 
+    /// The node of a person's user id, when they have one: the id `canonical_id` names.
+    pub fn user_of(&self, person: PersonId) -> Option<NodeId> {
+        self.persons.get(&person).and_then(|p| p.user)
+    }
+
     /// Starts recording which nodes change person (merges, erasure); off by default, so
     /// the embedded store pays nothing.
     pub fn start_journal(&mut self) {
@@ -355,7 +360,10 @@ impl IdentityGraph {
     /// The nodes whose person changed since the last call, in the order it happened (a
     /// node can appear more than once).
     pub fn drain_journal(&mut self) -> Vec<NodeId> {
-        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn person_of(&self, node: NodeId) -> PersonId {

@@ -183,6 +183,25 @@ async fn handle(
 
     let outcome = if events.is_empty() {
         AppendOutcome::default()
+    } else if let Some(ch) = &state.clickhouse {
+        // The ClickHouse backend's outbox: durable locally, forwarded in the background.
+        let project = ch.project(store.name())?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        project.submit(
+            events
+                .iter()
+                .map(|(_, e)| throughline_clickhouse::outbox::Record::new(e))
+                .collect(),
+            move |r| {
+                let _ = tx.send(r);
+            },
+        )?;
+        rx.await.map_err(|_| {
+            AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the outbox is shutting down",
+            )
+        })??
     } else {
         let (tx, rx) = tokio::sync::oneshot::channel();
         store.submit(
