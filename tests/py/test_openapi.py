@@ -15,6 +15,7 @@ def test_the_published_document_validates(throughline_bin, data_dir, make_server
     doc = resp.json()
     validate(doc)  # raises on any violation of the OpenAPI 3.1 schema
     # Every query kind the server answers is documented, and nothing documented is missing.
-    for kind in ["funnel", "trends", "retention", "sessions", "paths", "assets"]:
+    for kind in ["funnel", "trends", "retention", "sessions", "paths", "assets", "attribution", "emotion", "fatigue", "audit"]:
         path = f"/api/v1/projects/{{project}}/query/{kind}"
         assert path in doc["paths"], f"{path} undocumented"
+    assert "/s/{token}" in doc["paths"], "the survey page is undocumented"

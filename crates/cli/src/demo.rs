@@ -58,6 +58,16 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut answers = Vec::new();
     for brand in [Brand::Headphones, Brand::Subscription] {
         let project = store.project(brand.name())?;
+        // What the brand's marketer configured: the asset registry and offline channels.
+        throughline_query::assets::Registry::from_csv(
+            &throughline_demo::registry_csv(brand),
+            "demo registry",
+        )?
+        .save(project.dir())?;
+        std::fs::write(
+            project.dir().join("channels.toml"),
+            throughline_demo::channels_toml(brand),
+        )?;
         let cfg = DemoConfig::new(brand, args.persons, args.seed);
         let progress = import::progress_bar(false);
         progress.set_message(format!("loading {}", brand.name()));

@@ -6,6 +6,7 @@ mod assets;
 mod attribution;
 mod bench;
 mod clickhouse;
+mod cx;
 mod demo;
 mod import;
 mod output;
@@ -124,6 +125,21 @@ enum Command {
     /// Counts of a project's store: events, segments, events still in the log, ids
     #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
     Stats(people::StatsArgs),
+    /// Checks beyond the store: registered destination URLs over HTTP (`audit links`)
+    Audit {
+        #[command(subcommand)]
+        command: cx::AuditCommand,
+    },
+    /// Hosted survey links: a signed link to the one-question survey page
+    Survey {
+        #[command(subcommand)]
+        command: cx::SurveyCommand,
+    },
+    /// VADER sentiment of texts (arguments, else each line of stdin), as `query emotion` scores them
+    #[command(
+        after_help = "Example:\n  throughline sentiment 'Delivery was late and nobody told me.'\n  cut -f2 comments.tsv | throughline sentiment > scores.jsonl"
+    )]
+    Sentiment(cx::SentimentArgs),
     /// Measure ingest speed: an HTTP load generator and this disk's fsync baseline
     #[command(
         after_help = "Examples:\n  throughline bench http --url http://127.0.0.1:8080 --write-key wk_... --clients 16 --batch 100 --file events.jsonl\n  throughline bench disk --dir /tmp --chunk-bytes 65536\n  bash scripts/bench               # the whole benchmark, written to bench-out/ingest.md"
@@ -187,6 +203,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Attribution(args) => attribution::table(args),
         Command::Spend { command } => spend::run(command),
         Command::Bench { command } => bench::run(command),
+        Command::Audit { command } => cx::audit_command(command),
+        Command::Survey { command } => cx::survey_command(command),
+        Command::Sentiment(args) => cx::sentiment(args),
     }
 }
 

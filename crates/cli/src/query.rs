@@ -184,6 +184,21 @@ pub enum QueryCommand {
     /// Credit for conversions by channel, source, campaign or asset under every attribution model
     #[command(after_help = format!("{}\n\n{}", crate::attribution::QUERY_AFTER_HELP, "See `throughline attribution --help` for the models."))]
     Attribution(crate::attribution::QueryArgs),
+    /// How people feel per journey stage: NPS, CSAT, CES with intervals, comment sentiment, moments of truth
+    #[command(
+        after_help = "Examples:\n  throughline query emotion --data ./data --project shop --format table\n  throughline query emotion --data ./data --project shop --by channel\n  throughline query emotion --data ./data --project shop --by week --min-responses 50\n\nJourney stages come from DIR/projects/NAME/stages.toml (see README), else the defaults."
+    )]
+    Emotion(crate::cx::EmotionArgs),
+    /// Touch frequency against unsubscribes, complaints and conversions, with a recommended cap per channel
+    #[command(
+        after_help = "Examples:\n  throughline query fatigue --data ./data --project shop --conversion 'Order Completed' --conversion-value 40 --unsubscribe-cost 15 --format table\n  throughline query fatigue ... --configured-cap Email=3 --audience-out fatigued.csv   # a suppression list"
+    )]
+    Fatigue(crate::cx::FatigueArgs),
+    /// Consistency audit: UTM spellings, Unassigned traffic, campaigns and assets without each other, message match, error landings
+    #[command(
+        after_help = "Examples:\n  throughline query audit --data ./data --project shop --format table\n  throughline query audit --data ./data --project shop --conversion 'Order Completed' --similarity-min 0.15\n\nRegistered destination URLs are checked over HTTP by `throughline audit links`."
+    )]
+    Audit(crate::cx::AuditArgs),
     /// Cohorts by first start event and the share returning in each period
     #[command(
         after_help = "Example:\n  throughline query retention --data ./data --project shop --start 'Signed Up' --return 'Order Completed' --period week --periods 8"
@@ -209,6 +224,9 @@ pub enum QueryCommand {
 
 pub fn run(cmd: QueryCommand) -> Result<()> {
     match cmd {
+        QueryCommand::Emotion(a) => crate::cx::emotion(a),
+        QueryCommand::Fatigue(a) => crate::cx::fatigue(a),
+        QueryCommand::Audit(a) => crate::cx::audit(a),
         QueryCommand::Funnel {
             target,
             steps,

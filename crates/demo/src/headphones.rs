@@ -345,7 +345,7 @@ pub(crate) fn session(sim: &mut Sim, t0: i64, dev: u8, touch: Touch, purpose: Pu
     }
     if product.is_some() {
         sim.retarget = true;
-        if sim.rng.chance(0.02) {
+        if sim.rng.chance(0.05) {
             // An on-page "did this help?" pulse: better assets leave people happier.
             t = sim.after(t, 40.0);
             sim.survey(
@@ -761,6 +761,13 @@ pub(crate) fn job(sim: &mut Sim, t: i64, job: Job) {
                     let at = t + sim.rng.range_i(DAY_MS, 6 * DAY_MS);
                     sim.schedule(at, SimJob::Hp(Job::Ticket(Topic::Defect)));
                 }
+            } else if sim.rng.chance(0.08) {
+                // Owners with a question: how to pair, when the rest ships, how returns work.
+                let topic = *sim
+                    .rng
+                    .pick(&[Topic::Pairing, Topic::WhereIsMyOrder, Topic::Return]);
+                let at = t + sim.rng.range_i(HOUR_MS, 5 * DAY_MS);
+                sim.schedule(at, SimJob::Hp(Job::Ticket(topic)));
             }
             let p_return = 0.05 + if late { 0.12 } else { 0.0 } + if defect { 0.5 } else { 0.0 };
             if sim.rng.chance(p_return) && sim.hp.pending_return.is_none() {
@@ -882,11 +889,12 @@ fn support_visit(sim: &mut Sim, t0: i64, dev: u8, touch: Touch) -> i64 {
     let id = format!("tkt_{}", sim.rng.hex(10));
     let order = sim.hp.orders.last().map(|o| o.id.clone());
     let channel = *sim.rng.pick(&["chat", "email", "email", "phone"]);
+    let message = crate::text::support_message(topic.name(), sim.rng.below(64));
     sim.track(
         t,
         Via::Server,
         "Support Ticket Opened",
-        json!({"ticket_id": id, "topic": topic.name(), "channel": channel, "order_id": order, "priority": if topic == Topic::Defect { "high" } else { "normal" }}),
+        json!({"ticket_id": id, "topic": topic.name(), "channel": channel, "message": message, "order_id": order, "priority": if topic == Topic::Defect { "high" } else { "normal" }}),
     );
     sim.exp.support_contacts += 1;
     sim.hp.tickets.push((id, topic));
@@ -1024,7 +1032,7 @@ fn app_session(sim: &mut Sim, t0: i64, dev: u8) -> i64 {
             }
         }
     }
-    if sim.hp.app_sessions == 2 && sim.rng.chance(0.5) {
+    if sim.hp.app_sessions == 2 && sim.rng.chance(0.8) {
         // The in-app prompt reaches owners the review e-mail missed.
         t = sim.after(t, 20.0);
         sim.survey(t, Via::Device(dev), Survey::Nps, "post_purchase", 0.86);

@@ -21,7 +21,8 @@
 //! the range from the channels of [`catalog`], on one to three devices, and come back in
 //! sessions; touches with a high `assist` make later conversion likelier while others
 //! close; funnels lose people at each step, more on phones and after form errors; bad
-//! experiences lower survey scores and raise churn; e-mail frequency raises unsubscribes.
+//! experiences lower survey scores and comments and raise churn; support tickets carry the
+//! customer's message; e-mail frequency raises unsubscribes and spam complaints.
 //! Identity is messy on purpose: anonymous pre-signup touches on several devices, a few
 //! `alias` calls, a family tablet shared by two users, and junk user ids
 //! ([`JUNK_USER_IDS`]) from a buggy `identify` call.
@@ -34,6 +35,7 @@ mod delivery;
 mod headphones;
 mod journey;
 mod people;
+mod registry;
 mod render;
 mod rng;
 mod spend;
@@ -47,6 +49,7 @@ use serde_json::Value;
 
 pub use catalog::{catalog, Asset, Channel, Cost, Role, Source};
 pub use people::JUNK_USER_IDS;
+pub use registry::{channels_toml, registry_csv};
 pub use spend::{spend_csv, SPEND_SAMPLE_PERSONS_MAX};
 
 /// The demo brands: the seeds' two worked examples.

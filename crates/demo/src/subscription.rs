@@ -893,11 +893,12 @@ fn support_visit(sim: &mut Sim, t0: i64, dev: u8, touch: Touch) -> i64 {
     t = sim.after(t, 90.0);
     let id = format!("tkt_{}", sim.rng.hex(10));
     let channel = *sim.rng.pick(&["chat", "email", "email"]);
+    let message = crate::text::support_message(topic.name(), sim.rng.below(64));
     sim.track(
         t,
         Via::Server,
         "Support Ticket Opened",
-        json!({"ticket_id": id, "topic": topic.name(), "channel": channel, "priority": if topic == Topic::Billing { "high" } else { "normal" }}),
+        json!({"ticket_id": id, "topic": topic.name(), "channel": channel, "message": message, "priority": if topic == Topic::Billing { "high" } else { "normal" }}),
     );
     sim.exp.support_contacts += 1;
     if topic == Topic::Billing {

@@ -22,14 +22,14 @@ pub(crate) enum Cause {
 }
 
 const HP_POSITIVE: &[&str] = &[
-    "Sound is incredible for the price 🎧",
+    "Sound is amazing for the price 🎧",
     "Checkout was quick and painless.",
     "Love them — the noise cancelling is magic on the train.",
     "Super fast delivery, great packaging.",
     "Très bon son, livraison rapide.",
     "Klang ist top, sehr zufrieden 👍",
-    "Exactly what I was looking for.",
-    "The app made pairing effortless.",
+    "Exactly what I was looking for, really happy.",
+    "The app made pairing easy, love it.",
     "Comfortable enough to wear all day.",
     "音質がとても良いです！",
 ];
@@ -43,14 +43,14 @@ const HP_NEUTRAL: &[&str] = &[
 const HP_NEGATIVE: &[&str] = &[
     "Not worth the money.",
     "Disappointed, expected more from the reviews.",
-    "Meh. Would not buy again.",
+    "Meh. Disappointing, would not buy again.",
 ];
 const SUB_POSITIVE: &[&str] = &[
     "Fieldnote replaced three apps for me ✨",
-    "Search is lightning fast.",
+    "Search is lightning fast, love it.",
     "Onboarding was clear and short.",
-    "My whole team lives in it now.",
-    "Die Synchronisierung funktioniert einfach.",
+    "My whole team loves it now.",
+    "Synchronisierung funktioniert einfach super.",
     "Sencillo y rápido, me encanta.",
     "Templates saved me hours this week.",
 ];
@@ -61,37 +61,37 @@ const SUB_NEUTRAL: &[&str] = &[
     "It's okay.",
 ];
 const SUB_NEGATIVE: &[&str] = &[
-    "Too expensive for what it does.",
+    "Too expensive for what it does, disappointed.",
     "Not sure it's worth it anymore.",
     "Missing features I need every day.",
 ];
 
 const CHECKOUT: &[&str] = &[
     "Checkout kept rejecting my postcode.",
-    "The payment form reset twice — almost gave up.",
-    "Way too many steps to pay.",
+    "The payment form reset twice — so frustrating, almost gave up.",
+    "Way too many steps to pay, annoying.",
     "El formulario de pago dio error dos veces.",
 ];
 const DELIVERY: &[&str] = &[
-    "Delivery was a week late and nobody told me.",
+    "Delivery was a week late and nobody told me. Terrible.",
     "Paket kam viel zu spät.",
-    "Tracking said delivered, it wasn't. Arrived days later.",
+    "Tracking said delivered, it wasn't. Arrived days later, really annoyed.",
 ];
 const SUPPORT: &[&str] = &[
-    "Took three emails to get an answer.",
-    "Support closed my ticket without fixing anything 😠",
-    "Waited days for a reply.",
+    "Took three emails to get an answer. Awful support.",
+    "Support closed my ticket without fixing anything, useless 😠",
+    "Waited days for a reply, very disappointed.",
     "J'ai attendu une semaine une réponse du support.",
 ];
 const PRODUCT: &[&str] = &[
     "Left earbud stopped charging after a week.",
     "Had to return them, the fit was awful.",
-    "Crackling in the right ear from day one.",
+    "Crackling in the right ear from day one, poor quality.",
 ];
 const PAIRING: &[&str] = &[
-    "Pairing with my laptop is a nightmare.",
+    "Pairing with my laptop is a nightmare, so frustrating.",
     "アプリの接続が不安定です。",
-    "Keeps dropping the Bluetooth connection.",
+    "Keeps dropping the Bluetooth connection. Annoying.",
 ];
 const BILLING: &[&str] = &[
     "Charged twice this month.",
@@ -101,12 +101,12 @@ const BILLING: &[&str] = &[
 const SYNC: &[&str] = &[
     "Sync lost my notes — unacceptable.",
     "Conflicts every time I edit on my phone.",
-    "Notes don't show up on my laptop for minutes.",
+    "Notes don't show up on my laptop for minutes, frustrating.",
 ];
 const ONBOARDING: &[&str] = &[
     "Import from Evernote failed halfway.",
-    "Setup took forever, too many steps.",
-    "Couldn't figure out how to invite my team.",
+    "Setup took forever, too many steps, confusing.",
+    "Couldn't figure out how to invite my team. Confusing.",
 ];
 
 /// A comment for a response with normalized score `norm` (0 worst, 1 best).
@@ -131,6 +131,55 @@ pub(crate) fn comment(brand: Brand, norm: f64, cause: Cause, pick: usize) -> &'s
             Cause::Sync => SYNC,
             Cause::Onboarding => ONBOARDING,
         }
+    };
+    pool[pick % pool.len()]
+}
+
+/// The first message of a support ticket about `topic` (the help desk's topic names).
+/// People write to support when something is wrong, so most are negative; some are
+/// plain questions.
+pub(crate) fn support_message(topic: &str, pick: usize) -> &'static str {
+    let pool: &[&str] = match topic {
+        "where_is_my_order" => &[
+            "Where is my order? It's been a week and the tracking hasn't moved.",
+            "My order still hasn't arrived, this is really frustrating.",
+            "Hi, can you tell me when my order will ship? Thanks!",
+        ],
+        "pairing" => &[
+            "My headphones won't pair with my laptop, I've tried everything.",
+            "Bluetooth keeps disconnecting, very annoying.",
+            "How do I pair the Studio Pro with two devices? Thanks.",
+        ],
+        "defect" => &[
+            "The left earbud stopped working after a week. Really disappointed.",
+            "There is a horrible crackling noise in the right ear.",
+            "The charging case is broken, please help.",
+        ],
+        "return" => &[
+            "I'd like to return my headphones, they don't fit well.",
+            "How do I start a return? The fit is uncomfortable.",
+            "Please refund me, the product is defective and I'm unhappy.",
+        ],
+        "sync_issue" => &[
+            "My notes are not syncing between my phone and laptop. Frustrating!",
+            "Sync lost an entire notebook, this is unacceptable.",
+            "Sync conflicts every day, please fix this.",
+        ],
+        "billing" => &[
+            "I was charged twice this month, please refund the extra charge.",
+            "Why was my card charged after I cancelled? Not happy.",
+            "Can you send me an invoice for last month? Thanks.",
+        ],
+        "import_failed" => &[
+            "The Evernote import failed halfway, lost a lot of notes.",
+            "Import keeps failing with an error, annoying.",
+            "How do I import my notes from Notion? Thanks!",
+        ],
+        _ => &[
+            "I can't log in, the password reset email never arrives.",
+            "Locked out of my account, please help urgently.",
+            "Login with Google isn't working for me.",
+        ],
     };
     pool[pick % pool.len()]
 }

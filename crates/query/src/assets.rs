@@ -106,6 +106,13 @@ pub struct Asset {
     /// `page:/path/*`), measured from each person's first session on the asset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub funnel: Vec<String>,
+    /// The headline an ad or email shows: what `query audit` compares with the landing
+    /// page its clicks reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headline: Option<String>,
+    /// The asset's body copy, compared like the headline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<String>,
 }
 
 /// A project's assets, in registry order.
@@ -221,7 +228,8 @@ impl Registry {
     }
 
     /// Parses a CSV registry: a header naming `id`, `kind` and any of `name`,
-    /// `destination_url`, `campaign`, `funnel` (steps as `A > B > C` or a JSON array).
+    /// `destination_url`, `campaign`, `funnel` (steps as `A > B > C` or a JSON array),
+    /// `headline`, `copy`.
     /// `source` names the file in errors.
     pub fn from_csv(text: &str, source: &str) -> Result<Registry, QueryError> {
         check_text(text, source)?;
@@ -234,15 +242,17 @@ impl Registry {
             .headers()
             .map_err(|e| QueryError::invalid(format!("{source} line 1: {e}")))?
             .clone();
-        const COLUMNS: [&str; 6] = [
+        const COLUMNS: [&str; 8] = [
             "id",
             "kind",
             "name",
             "destination_url",
             "campaign",
             "funnel",
+            "headline",
+            "copy",
         ];
-        let mut at = [None::<usize>; 6];
+        let mut at = [None::<usize>; 8];
         for (i, h) in headers.iter().enumerate() {
             let h = h.to_ascii_lowercase();
             let Some(c) = COLUMNS.iter().position(|&c| c == h) else {
@@ -259,7 +269,7 @@ impl Registry {
         }
         if at[0].is_none() || at[1].is_none() {
             return Err(QueryError::invalid(format!(
-                "{source} line 1: the header needs at least the columns id and kind (id,kind,name,destination_url,campaign[,funnel])"
+                "{source} line 1: the header needs at least the columns id and kind (id,kind,name,destination_url,campaign[,funnel,headline,copy])"
             )));
         }
         let mut errors = Errors::new(source);
@@ -293,6 +303,8 @@ impl Registry {
                 destination_url: Some(cell(3).to_string()),
                 campaign: Some(cell(4).to_string()),
                 funnel,
+                headline: Some(cell(6).to_string()),
+                copy: Some(cell(7).to_string()),
             };
             match validate(raw) {
                 Ok(a) => parsed.push((line, a)),
@@ -303,7 +315,7 @@ impl Registry {
     }
 
     /// Parses a TOML registry: `[[asset]]` tables with `id`, `kind` and optionally `name`,
-    /// `destination_url`, `campaign` and `funnel = ["Step A", "Step B"]`.
+    /// `destination_url`, `campaign`, `funnel = ["Step A", "Step B"]`, `headline`, `copy`.
     pub fn from_toml(text: &str, source: &str) -> Result<Registry, QueryError> {
         check_text(text, source)?;
         #[derive(Deserialize)]
@@ -501,6 +513,8 @@ fn validate(raw: Asset) -> Result<Asset, String> {
         destination_url,
         campaign: opt("campaign", raw.campaign)?,
         funnel,
+        headline: opt("headline", raw.headline)?,
+        copy: opt("copy", raw.copy)?,
     })
 }
 
@@ -1269,6 +1283,7 @@ kind = "page"
                 destination_url: Some("https://shop.example/sale?utm_content=banner-a".into()),
                 campaign: Some("spring".into()),
                 funnel: vec!["Product Viewed".into(), "Order Completed".into()],
+                ..Asset::default()
             }
         );
         assert_eq!(reg.assets[1].id, "welcome-1");

@@ -1,4 +1,5 @@
-//! The query engine: funnels, trends, retention, sessions, paths, assets and attribution
+//! The query engine: funnels, trends, retention, sessions, paths, assets, attribution, and
+//! how the journey feels (emotion), when it is too much (fatigue) and where it breaks (audit),
 //! over one project's store.
 //!
 //! Every query follows the same shape: [`rows::load`] reads the few columns it needs from
@@ -8,8 +9,12 @@
 
 pub mod assets;
 pub mod attribution;
+pub mod audit;
+pub mod emotion;
 mod error;
+pub mod fatigue;
 pub mod funnel;
+pub mod links;
 pub mod paths;
 pub mod profile;
 mod project_file;
@@ -18,6 +23,7 @@ pub mod rows;
 pub mod sessions;
 pub mod spec;
 pub mod spend;
+pub mod stages;
 pub mod trends;
 
 pub use error::QueryError;

@@ -8,6 +8,7 @@ mod error;
 mod ingest;
 mod metrics;
 mod query;
+mod survey;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,6 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/projects/{project}/persons/{id}",
             get(query::person),
         )
+        .route("/s/{token}", get(survey::show).post(survey::answer))
         .fallback(not_found)
         .with_state(state)
 }

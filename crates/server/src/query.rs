@@ -144,10 +144,24 @@ pub async fn run(
                         &parse(&body)?,
                     ))
                 }
+                "emotion" => {
+                    let dir = store.dir();
+                    let rules = throughline_query::sessions::project_rules(dir).map_err(query_error)?;
+                    let registry = throughline_query::assets::Registry::load(dir).map_err(query_error)?;
+                    let stages = throughline_query::stages::Stages::load(dir).map_err(query_error)?;
+                    to_json(throughline_query::emotion::run(&snap, &rules, &registry, &stages, &parse(&body)?))
+                }
+                "fatigue" => to_json(throughline_query::fatigue::run(&snap, &parse(&body)?)),
+                "audit" => {
+                    let dir = store.dir();
+                    let rules = throughline_query::sessions::project_rules(dir).map_err(query_error)?;
+                    let registry = throughline_query::assets::Registry::load(dir).map_err(query_error)?;
+                    to_json(throughline_query::audit::run(&snap, &rules, &registry, &parse(&body)?))
+                }
                 other => return Err(AppError::new(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "unknown query kind {other:?}: use funnel, trends, retention, sessions, paths, assets or attribution"
+                        "unknown query kind {other:?}: use funnel, trends, retention, sessions, paths, assets, attribution, emotion, fatigue or audit"
                     ),
                 )),
             }?;

@@ -377,6 +377,7 @@ async fn the_openapi_document_describes_every_route() {
         "/v1/group",
         "/v1/alias",
         "/v1/batch",
+        "/s/{token}",
     ] {
         assert!(paths.contains_key(p), "{p} undocumented");
     }
@@ -387,6 +388,10 @@ async fn the_openapi_document_describes_every_route() {
         "sessions",
         "paths",
         "assets",
+        "attribution",
+        "emotion",
+        "fatigue",
+        "audit",
     ] {
         assert!(
             paths.contains_key(&format!("/api/v1/projects/{{project}}/query/{kind}")),
