@@ -43,3 +43,23 @@ def make_server(throughline_bin, tmp_path):
             s.kill9()
         except Exception:
             pass
+
+
+@pytest.fixture(scope="session")
+def clickhouse_cluster():
+    """Two real ClickHouse servers forming a two-shard cluster (scripts/clickhouse)."""
+    from clickhouse_env import start_cluster
+
+    return start_cluster()
+
+
+@pytest.fixture
+def clickhouse_db(clickhouse_cluster, throughline_bin):
+    """A fresh database on the cluster with Throughline's tables (`clickhouse init`)."""
+    from clickhouse_env import drop_database, new_database
+    from harness import run_cli
+
+    db = new_database()
+    run_cli(throughline_bin, "clickhouse", "init", *clickhouse_cluster.args(db))
+    yield db
+    drop_database(clickhouse_cluster, db)

@@ -123,6 +123,8 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.log_path: Path | None = None
+        # More `serve` flags, e.g. the ClickHouse backend's.
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -151,7 +153,7 @@ class Server:
         self.log_path = self.log_dir / f"serve-{self.port}-{self.starts}.log"
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [self.bin, "serve", "--data", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"],
+            [self.bin, "serve", "--data", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

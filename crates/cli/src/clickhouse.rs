@@ -63,6 +63,18 @@ pub enum ClickHouseCommand {
     Init(ClickHouseArgs),
     /// Print the statements `init` runs, without running them
     Schema(ClickHouseArgs),
+    /// Fold identity overrides into the events: merged persons' rows move to the person
+    /// (and shard) they were merged into, then the overrides go
+    #[command(
+        after_help = "Example:\n  throughline clickhouse fold --project shop --clickhouse-url http://127.0.0.1:8123"
+    )]
+    Fold {
+        /// The project whose overrides to fold
+        #[arg(long)]
+        project: String,
+        #[command(flatten)]
+        clickhouse: ClickHouseArgs,
+    },
 }
 
 pub fn run(command: ClickHouseCommand) -> Result<()> {
@@ -78,6 +90,17 @@ pub fn run(command: ClickHouseCommand) -> Result<()> {
                     "tables": ["events", "identities", "person_overrides"],
                 })
             );
+            Ok(())
+        }
+        ClickHouseCommand::Fold {
+            project,
+            clickhouse,
+        } => {
+            let target = clickhouse.target()?;
+            target.check_shards()?;
+            target.check()?;
+            let report = throughline_clickhouse::fold::fold(&target, &project)?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         ClickHouseCommand::Schema(mut args) => {

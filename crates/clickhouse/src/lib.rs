@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod dedupe;
+pub mod fold;
 pub mod forward;
 pub mod migrate;
 pub mod outbox;

@@ -1,0 +1,108 @@
+//! Folding identity overrides into the events, as PostHog squashes person_overrides: the
+//! rows of each merged-away person are rewritten under the person they were merged into,
+//! which puts them on that person's shard, and the override is then deleted.
+//!
+//! Why this keeps a person on one shard: events are sharded by their stored person; a
+//! merge can join two persons whose events sit on different shards, and until the fold
+//! queries resolve the stored person through `person_overrides` (the answers are right,
+//! the rows just live apart). After the fold every row's stored person is its person
+//! today, so a person's rows share one shard again. A merged-away person never receives
+//! new events (new events carry the person of their node at forwarding time), so the set
+//! of rows to move is closed and the fold can run while ingestion goes on.
+//!
+//! Each step is safe to repeat: (1) copy the rows under the new person (a second copy is
+//! the same row again, deduplicated by `seq`), (2) delete the old rows on every shard and
+//! wait, (3) delete the overrides. Between (1) and (2) queries see both copies resolve to
+//! one person and drop the repeat; an interrupted fold is finished by the next one.
+
+use crate::client::quote;
+use crate::rowbinary::Reader;
+use crate::schema::{event_columns, Target};
+use crate::ClickHouseError;
+
+/// Merged-away persons folded per round, which bounds each statement's size.
+pub const FOLD_PERSONS_MAX: usize = 50_000;
+/// How long one round waits for the deletions to finish.
+const MUTATION_WAIT_MS: u64 = 600_000;
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FoldReport {
+    pub persons: u64,
+    pub rounds: u64,
+}
+
+/// Folds every override of `project` now.
+pub fn fold(target: &Target, project: &str) -> Result<FoldReport, ClickHouseError> {
+    let mut report = FoldReport::default();
+    loop {
+        let olds = overridden(target, project)?;
+        if olds.is_empty() {
+            return Ok(report);
+        }
+        report.rounds += 1;
+        report.persons += olds.len() as u64;
+        let list = olds
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let p = quote(project);
+        let columns = event_columns();
+        let select: Vec<&str> = columns
+            .iter()
+            .map(|c| if *c == "person" { "np" } else { c })
+            .collect();
+        // (1) Copies under the person of today, through the Distributed table: each lands
+        // on its new person's shard.
+        let settings: Vec<(&str, &str)> = target
+            .insert_settings()
+            .iter()
+            .copied()
+            .chain([("max_query_size", "268435456")])
+            .collect();
+        target.client.query_bytes_with(
+            &format!(
+                "INSERT INTO {events} ({cols}) SELECT {select} FROM {events} \
+                 GLOBAL ANY INNER JOIN (\
+                   SELECT old_person AS person, argMax(override_person, version) AS np \
+                   FROM {overrides} WHERE project = {p} AND old_person IN ({list}) GROUP BY old_person\
+                 ) USING person WHERE project = {p} AND person IN ({list})",
+                events = target.table("events"),
+                overrides = target.table("person_overrides"),
+                cols = columns.join(", "),
+                select = select.join(", "),
+            ),
+            &settings,
+        )?;
+        // (2) The old rows, on every shard.
+        target.on_every_shard(&format!(
+            "ALTER TABLE {}{{on_cluster}} DELETE WHERE project = {p} AND person IN ({list})",
+            target.local_table("events")
+        ))?;
+        target.wait_mutations(MUTATION_WAIT_MS)?;
+        // (3) The overrides: no row carries those persons any more.
+        target.on_every_shard(&format!(
+            "ALTER TABLE {}{{on_cluster}} DELETE WHERE project = {p} AND old_person IN ({list})",
+            target.local_table("person_overrides")
+        ))?;
+        target.wait_mutations(MUTATION_WAIT_MS)?;
+    }
+}
+
+/// Up to [`FOLD_PERSONS_MAX`] persons that have an override.
+fn overridden(target: &Target, project: &str) -> Result<Vec<u32>, ClickHouseError> {
+    let bytes = target.client.query_bytes(&format!(
+        // An override to itself (a person erased back into separate nodes) moves nothing.
+        "SELECT old_person FROM {} WHERE project = {} GROUP BY old_person \
+         HAVING argMax(override_person, version) != old_person \
+         ORDER BY old_person LIMIT {FOLD_PERSONS_MAX} FORMAT RowBinary",
+        target.table("person_overrides"),
+        quote(project)
+    ))?;
+    let mut r = Reader::new(&bytes[..]);
+    let mut out = Vec::new();
+    while !r.at_end()? {
+        out.push(r.u32()?);
+    }
+    Ok(out)
+}
