@@ -95,14 +95,20 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Checks that the tables exist; projects open on first use.
+    /// Checks that the tables exist; projects open on first use. ClickHouse being
+    /// unreachable is no reason not to start: events wait in the outbox.
     pub fn open(
         target: Target,
         data: &Path,
         options: BackendOptions,
     ) -> Result<Backend, ClickHouseError> {
-        target.check_shards()?;
-        target.check()?;
+        match target.check_shards().and_then(|_| target.check()) {
+            Ok(()) => {}
+            Err(e @ ClickHouseError::Transport { .. }) => {
+                tracing::warn!(error = %e, "ClickHouse is unreachable; events wait in the outbox until it answers");
+            }
+            Err(e) => return Err(e),
+        }
         Ok(Backend {
             target: Arc::new(target),
             data: data.to_path_buf(),
