@@ -81,6 +81,12 @@ def start_cluster(env: dict | None = None) -> Cluster:
     )
 
 
+def cluster_running(env: dict | None = None) -> bool:
+    env = {**os.environ, **(env or {})}
+    proc = subprocess.run(["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True, timeout=30)
+    return proc.returncode == 0 and proc.stdout.count(": up") == 2
+
+
 def new_database() -> str:
     return "t_" + uuid.uuid4().hex[:12]
 

@@ -47,10 +47,16 @@ def make_server(throughline_bin, tmp_path):
 
 @pytest.fixture(scope="session")
 def clickhouse_cluster():
-    """Two real ClickHouse servers forming a two-shard cluster (scripts/clickhouse)."""
-    from clickhouse_env import start_cluster
+    """Two real ClickHouse servers forming a two-shard cluster (scripts/clickhouse). Servers
+    this session started are stopped at its end; ones already running (CI starts them in
+    .ci/run) are left running."""
+    from clickhouse_env import cluster_running, start_cluster
 
-    return start_cluster()
+    was_running = cluster_running()
+    cluster = start_cluster()
+    yield cluster
+    if not was_running:
+        cluster.stop()
 
 
 @pytest.fixture

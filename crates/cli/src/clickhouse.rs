@@ -129,6 +129,9 @@ pub struct MigrateArgs {
     /// Delete what an interrupted migration left in ClickHouse and begin again
     #[arg(long)]
     pub restart: bool,
+    /// Events per INSERT
+    #[arg(long, default_value_t = throughline_clickhouse::migrate::MIGRATE_BATCH_EVENTS)]
+    pub batch_events: usize,
     #[arg(long, hide = true)]
     pub quiet: bool,
     #[command(flatten)]
@@ -171,6 +174,7 @@ pub fn migrate(args: MigrateArgs) -> Result<()> {
             &args.data,
             &project,
             args.restart,
+            args.batch_events,
             &mut |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);

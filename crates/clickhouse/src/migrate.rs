@@ -25,7 +25,7 @@ use crate::rowbinary::Writer;
 use crate::schema::{event_columns, Target, IDENTITY_COLUMNS};
 use crate::ClickHouseError;
 
-/// Events per INSERT during a migration.
+/// Events per INSERT during a migration, by default.
 pub const MIGRATE_BATCH_EVENTS: usize = 50_000;
 /// Message hashes gathered before they are written as one dedupe run.
 const HASH_RUN_MAX: usize = 1 << 20;
@@ -82,14 +82,17 @@ pub fn delete_project(target: &Target, project: &str) -> Result<(), ClickHouseEr
     target.wait_mutations(MUTATION_WAIT_MS)
 }
 
-/// Migrates one project; `progress(done, total)` is called after every batch.
+/// Migrates one project in INSERTs of `batch_events` events; `progress(done, total)` is
+/// called after every batch.
 pub fn migrate(
     target: &Target,
     data: &Path,
     project: &ProjectStore,
     restart: bool,
+    batch_events: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<MigrateReport, ClickHouseError> {
+    let batch_events = batch_events.max(1);
     let name = project.name().to_string();
     let dir = project_dir(data, &name);
     std::fs::create_dir_all(&dir).map_err(|e| ClickHouseError::io(&dir, e))?;
@@ -171,7 +174,7 @@ pub fn migrate(
             w.u32(person);
             w.u8(u8::from(graph.user_of(person) == Some(n)));
             w.u64(0);
-            if (n as usize + 1).is_multiple_of(MIGRATE_BATCH_EVENTS) {
+            if (n as usize + 1).is_multiple_of(batch_events) {
                 flush(&mut w)?;
             }
         }
@@ -206,7 +209,7 @@ pub fn migrate(
             in_batch += 1;
         }
         seq += 1;
-        if in_batch >= MIGRATE_BATCH_EVENTS {
+        if in_batch >= batch_events {
             let r = target
                 .client
                 .insert(
