@@ -391,7 +391,7 @@ impl Source {
         persons: Option<&[u32]>,
     ) -> Result<Vec<(u32, Member)>, ClickHouseError> {
         let having = match persons {
-            Some(ps) if ps.is_empty() => return Ok(Vec::new()),
+            Some([]) => return Ok(Vec::new()),
             Some(ps) => format!(
                 " HAVING person IN ({})",
                 ps.iter()
