@@ -238,10 +238,42 @@ pub async fn answer(
     let batch = Batch::parse_single(&bytes, EventType::Track, now, &mut ids)
         .map_err(|r| crate::AppError::new(StatusCode::BAD_REQUEST, r.error).into_response())?;
     let mut events = Vec::new();
+    let mut parsed = Vec::new();
     for m in batch.messages {
         let e =
             m.map_err(|r| crate::AppError::new(StatusCode::BAD_REQUEST, r.error).into_response())?;
         events.push(Encoded::new(&e));
+        parsed.push(e);
+    }
+    if let Some(ch) = &state.clickhouse {
+        // The ClickHouse backend: the answer goes through the outbox like any event (its
+        // messageId makes a second answer a duplicate).
+        let project = ch
+            .project(store.name())
+            .map_err(|e| crate::AppError::from(e).into_response())?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        project
+            .submit(
+                parsed
+                    .iter()
+                    .map(throughline_clickhouse::outbox::Record::new)
+                    .collect(),
+                move |r| {
+                    let _ = tx.send(r);
+                },
+            )
+            .map_err(|e| crate::AppError::from(e).into_response())?;
+        let outcome = rx
+            .await
+            .map_err(|_| {
+                crate::AppError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the outbox is shutting down",
+                )
+                .into_response()
+            })?
+            .map_err(|e| crate::AppError::from(e).into_response())?;
+        return Ok(thanks(outcome.duplicates() > 0).into_response());
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     store
