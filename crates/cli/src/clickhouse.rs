@@ -75,6 +75,25 @@ pub enum ClickHouseCommand {
         #[command(flatten)]
         clickhouse: ClickHouseArgs,
     },
+    /// An ordered funnel over event names, compiled to `windowFunnel` SQL or streamed into
+    /// Throughline's funnel kernel: persons per step and the time taken (benchmarks)
+    #[command(
+        after_help = "Example:\n  throughline clickhouse funnel --project shop --step 'Product Viewed' --step 'Order Completed' --window 7d --engine sql --clickhouse-url http://127.0.0.1:8123"
+    )]
+    Funnel {
+        #[arg(long)]
+        project: String,
+        /// An event name; repeat per step
+        #[arg(long = "step", required = true)]
+        steps: Vec<String>,
+        #[arg(long, default_value = "7d")]
+        window: String,
+        /// sql (windowFunnel in ClickHouse) or stream (rows into the kernel)
+        #[arg(long, default_value = "sql")]
+        engine: String,
+        #[command(flatten)]
+        clickhouse: ClickHouseArgs,
+    },
 }
 
 pub fn run(command: ClickHouseCommand) -> Result<()> {
@@ -101,6 +120,34 @@ pub fn run(command: ClickHouseCommand) -> Result<()> {
             target.check()?;
             let report = throughline_clickhouse::fold::fold(&target, &project)?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        ClickHouseCommand::Funnel {
+            project,
+            steps,
+            window,
+            engine,
+            clickhouse,
+        } => {
+            let target = clickhouse.target()?;
+            let window = throughline_query::parse_duration(&window)?;
+            let counts = match engine.as_str() {
+                "sql" => throughline_clickhouse::sql::funnel_by_sql(
+                    &target, &project, &steps, window, None, None,
+                )?,
+                "stream" => {
+                    let source = throughline_clickhouse::source::Source::new(
+                        std::sync::Arc::new(target),
+                        &project,
+                        Default::default(),
+                    );
+                    throughline_clickhouse::sql::funnel_by_stream(
+                        &source, &steps, window, None, None,
+                    )?
+                }
+                other => anyhow::bail!("unknown engine {other:?}: use sql or stream"),
+            };
+            println!("{}", serde_json::to_string(&counts)?);
             Ok(())
         }
         ClickHouseCommand::Schema(mut args) => {

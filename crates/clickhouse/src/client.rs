@@ -4,7 +4,9 @@
 //! statement in the `query` parameter and the RowBinary rows in the body, and answers are
 //! read either whole (small ones) or as a stream (row scans). It never interprets rows.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::ClickHouseError;
@@ -15,6 +17,62 @@ const CONNECT_TIMEOUT_MS: u64 = 2_000;
 const STATEMENT_TIMEOUT_MS: u64 = 120_000;
 /// Server error messages kept in an error, at most.
 const ERROR_BODY_BYTES_MAX: usize = 2_000;
+
+/// `THROUGHLINE_CLICKHOUSE_SQL_LOG=DIR` appends every statement sent (and each INSERT's
+/// rows, as a file) to `DIR/statements.jsonl`, so tests can replay exactly what was sent
+/// on another ClickHouse release.
+const SQL_LOG_ENV: &str = "THROUGHLINE_CLICKHOUSE_SQL_LOG";
+
+struct SqlLog {
+    dir: std::path::PathBuf,
+    file: Mutex<std::fs::File>,
+    inserts: AtomicU64,
+}
+
+fn sql_log() -> Option<&'static SqlLog> {
+    static LOG: OnceLock<Option<SqlLog>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let dir = std::path::PathBuf::from(std::env::var_os(SQL_LOG_ENV)?);
+        std::fs::create_dir_all(&dir).ok()?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("statements.jsonl"))
+            .ok()?;
+        Some(SqlLog {
+            dir,
+            file: Mutex::new(file),
+            inserts: AtomicU64::new(0),
+        })
+    })
+    .as_ref()
+}
+
+fn log_statement(url: &str, sql: &str, settings: &[(&str, &str)], rows: Option<&[u8]>) {
+    let Some(log) = sql_log() else {
+        return;
+    };
+    let mut entry = serde_json::json!({
+        "url": url,
+        "sql": sql,
+        "settings": settings.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
+    });
+    if let Some(rows) = rows {
+        let n = log.inserts.fetch_add(1, Ordering::Relaxed);
+        let name = format!("insert-{}-{n}.bin", std::process::id());
+        if std::fs::write(log.dir.join(&name), rows).is_err() {
+            return;
+        }
+        entry["rows"] = name.into();
+    }
+    let mut line = entry.to_string();
+    line.push('\n');
+    let _ = log
+        .file
+        .lock()
+        .expect("log lock")
+        .write_all(line.as_bytes());
+}
 
 /// One ClickHouse server's HTTP endpoint, e.g. `http://127.0.0.1:8123`, optionally with
 /// `user:password@` in it.
@@ -110,6 +168,7 @@ impl Client {
         sql: &str,
         settings: &[(&str, &str)],
     ) -> Result<Vec<u8>, ClickHouseError> {
+        log_statement(&self.base, sql, settings, None);
         let resp = self
             .agent
             .post(&self.endpoint(settings))
@@ -144,6 +203,7 @@ impl Client {
         sql: &str,
         settings: &[(&str, &str)],
     ) -> Result<impl Read + Send + 'static, ClickHouseError> {
+        log_statement(&self.base, sql, settings, None);
         let resp = self
             .stream_agent
             .post(&self.endpoint(settings))
@@ -173,6 +233,7 @@ impl Client {
             "INSERT INTO {table} ({}) FORMAT RowBinary",
             columns.join(", ")
         );
+        log_statement(&self.base, &sql, settings, Some(rows));
         let mut params = vec![("query", sql.as_str())];
         params.extend_from_slice(settings);
         let resp = self

@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod rowbinary;
 pub mod schema;
 pub mod source;
+pub mod sql;
 
 use std::path::{Path, PathBuf};
 

@@ -319,6 +319,23 @@ fn forwarded_events_read_back_as_the_embedded_store_reads_them() {
     let source = Source::new(Arc::new(db.target.clone()), "p", Default::default());
     assert_eq!(source.event_count().unwrap(), 6000);
     compare(&store, &source, true);
+    // windowFunnel in ClickHouse and the kernel over streamed rows agree (whole-second
+    // timestamps: the SQL counts seconds).
+    let steps: Vec<String> = ["Product Viewed", "Product Added", "Order Completed"]
+        .map(String::from)
+        .to_vec();
+    let sql =
+        throughline_clickhouse::sql::funnel_by_sql(&db.target, "p", &steps, 120_000, None, None)
+            .unwrap();
+    let stream =
+        throughline_clickhouse::sql::funnel_by_stream(&source, &steps, 120_000, None, None)
+            .unwrap();
+    assert_eq!(sql.persons, stream.persons);
+    assert!(
+        sql.persons[0] > sql.persons[2] && sql.persons[2] > 0,
+        "{:?}",
+        sql.persons
+    );
     // Folding changes where rows live, not what a read returns.
     let report = throughline_clickhouse::fold::fold(&db.target, "p").unwrap();
     assert!(report.persons > 0);
