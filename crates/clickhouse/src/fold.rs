@@ -35,22 +35,36 @@ pub struct FoldReport {
 pub fn fold(target: &Target, project: &str) -> Result<FoldReport, ClickHouseError> {
     let mut report = FoldReport::default();
     loop {
-        let olds = overridden(target, project)?;
-        if olds.is_empty() {
+        let pairs = overridden(target, project)?;
+        if pairs.is_empty() {
             return Ok(report);
         }
         report.rounds += 1;
-        report.persons += olds.len() as u64;
-        let list = olds
+        report.persons += pairs.len() as u64;
+        let list = pairs
             .iter()
-            .map(|p| p.to_string())
+            .map(|(p, _)| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let targets = pairs
+            .iter()
+            .map(|(_, n)| n.to_string())
             .collect::<Vec<_>>()
             .join(", ");
         let p = quote(project);
         let columns = event_columns();
+        // The new person as a literal mapping: no join, whose ANY semantics changed
+        // between 18.16 and current releases.
+        let new_person = format!("transform(person, [{list}], [{targets}], person)");
         let select: Vec<&str> = columns
             .iter()
-            .map(|c| if *c == "person" { "np" } else { c })
+            .map(|c| {
+                if *c == "person" {
+                    new_person.as_str()
+                } else {
+                    c
+                }
+            })
             .collect();
         // (1) Copies under the person of today, through the Distributed table: each lands
         // on its new person's shard.
@@ -63,12 +77,8 @@ pub fn fold(target: &Target, project: &str) -> Result<FoldReport, ClickHouseErro
         target.client.query_bytes_with(
             &format!(
                 "INSERT INTO {events} ({cols}) SELECT {select} FROM {events} \
-                 GLOBAL ANY INNER JOIN (\
-                   SELECT old_person AS person, argMax(override_person, version) AS np \
-                   FROM {overrides} WHERE project = {p} AND old_person IN ({list}) GROUP BY old_person\
-                 ) USING person WHERE project = {p} AND person IN ({list})",
+                 WHERE project = {p} AND person IN ({list})",
                 events = target.table("events"),
-                overrides = target.table("person_overrides"),
                 cols = columns.join(", "),
                 select = select.join(", "),
             ),
@@ -89,12 +99,12 @@ pub fn fold(target: &Target, project: &str) -> Result<FoldReport, ClickHouseErro
     }
 }
 
-/// Up to [`FOLD_PERSONS_MAX`] persons that have an override.
-fn overridden(target: &Target, project: &str) -> Result<Vec<u32>, ClickHouseError> {
+/// Up to [`FOLD_PERSONS_MAX`] persons that have an override, with the person each now is.
+fn overridden(target: &Target, project: &str) -> Result<Vec<(u32, u32)>, ClickHouseError> {
     let bytes = target.client.query_bytes(&format!(
         // An override to itself (a person erased back into separate nodes) moves nothing.
-        "SELECT old_person FROM {} WHERE project = {} GROUP BY old_person \
-         HAVING argMax(override_person, version) != old_person \
+        "SELECT old_person, argMax(override_person, version) AS np FROM {} WHERE project = {} \
+         GROUP BY old_person HAVING np != old_person \
          ORDER BY old_person LIMIT {FOLD_PERSONS_MAX} FORMAT RowBinary",
         target.table("person_overrides"),
         quote(project)
@@ -102,7 +112,8 @@ fn overridden(target: &Target, project: &str) -> Result<Vec<u32>, ClickHouseErro
     let mut r = Reader::new(&bytes[..]);
     let mut out = Vec::new();
     while !r.at_end()? {
-        out.push(r.u32()?);
+        let old = r.u32()?;
+        out.push((old, r.u32()?));
     }
     Ok(out)
 }

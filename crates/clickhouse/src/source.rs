@@ -99,7 +99,7 @@ impl Source {
             "{events} GLOBAL ANY LEFT JOIN (\
                SELECT old_person AS person, argMax(override_person, version) AS np, toUInt8(1) AS o \
                FROM {overrides} WHERE project = {p} GROUP BY old_person\
-             ) USING person",
+             ) AS ov USING person",
             events = self.target.table("events"),
             overrides = self.target.table("person_overrides"),
             p = quote(&self.project),
