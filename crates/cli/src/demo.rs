@@ -53,6 +53,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut keys = Vec::new();
     for brand in [Brand::Headphones, Brand::Subscription] {
         keys.push(Catalog::create_project(&args.data, brand.name())?);
+        crate::audit(&args.data, "project.create", Some(brand.name()), "demo")?;
     }
     let store = throughline_store::Store::open(&args.data, Default::default())?;
     let mut answers = Vec::new();

@@ -122,6 +122,23 @@ enum Command {
         #[command(subcommand)]
         command: assets::AssetsCommand,
     },
+    /// Who created, re-keyed or erased what, when and from where (DIR/audit.jsonl)
+    #[command(
+        name = "audit-log",
+        after_help = "Examples:\n  throughline audit-log --data ./data --format table\n  throughline audit-log --data ./data --project shop --limit 20"
+    )]
+    AuditLog {
+        #[arg(long)]
+        data: PathBuf,
+        /// Only this project's entries
+        #[arg(long)]
+        project: Option<String>,
+        /// The newest N entries
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t)]
+        format: output::Format,
+    },
     /// Counts of a project's store: events, segments, events still in the log, ids
     #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
     Stats(people::StatsArgs),
@@ -198,6 +215,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Generate(args) => demo::generate(args),
         Command::Stats(args) => people::stats(args),
+        Command::AuditLog {
+            data,
+            project,
+            limit,
+            format,
+        } => audit_log(&data, project.as_deref(), limit, format),
         Command::Query { command } => query::run(command),
         Command::Assets { command } => assets::run(command),
         Command::Attribution(args) => attribution::table(args),
@@ -283,4 +306,57 @@ pub fn open_store_with(
         );
     }
     Ok(throughline_store::Store::open(data, options)?)
+}
+
+/// Who runs this command, for the audit log: the OS user, the host and the process.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli user={user} host={host} pid={}", std::process::id())
+}
+
+/// Records an action of this command in the data directory's audit log.
+pub fn audit(
+    data: &std::path::Path,
+    action: &str,
+    project: Option<&str>,
+    detail: impl Into<String>,
+) -> Result<()> {
+    let entry = throughline_store::audit::AuditEntry::new(action, project, &actor(), detail);
+    Ok(throughline_store::audit::append(data, &entry)?)
+}
+
+fn audit_log(
+    data: &std::path::Path,
+    project: Option<&str>,
+    limit: usize,
+    format: output::Format,
+) -> Result<()> {
+    let mut entries = throughline_store::audit::read(data)?;
+    entries.retain(|e| project.is_none_or(|p| e.project.as_deref() == Some(p)));
+    let skip = entries.len().saturating_sub(limit);
+    let entries = &entries[skip..];
+    match format {
+        output::Format::Json => output::json(&serde_json::to_value(entries)?),
+        output::Format::Table => output::table(
+            &["at", "action", "project", "actor", "detail"],
+            &entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.at.clone(),
+                        e.action.clone(),
+                        e.project.clone().unwrap_or_default(),
+                        e.actor.clone(),
+                        e.detail.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+    Ok(())
 }

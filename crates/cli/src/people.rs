@@ -172,6 +172,12 @@ pub fn delete(args: DeleteArgs) -> Result<()> {
         );
     }
     let erased = project.delete_person(&args.id)?;
+    crate::audit(
+        &args.data,
+        "person.delete",
+        Some(&args.project),
+        format!("id {:?}: {erased} events erased", args.id),
+    )?;
     output::json(&json!({"erased_events": erased, "id": args.id}));
     store.close();
     Ok(())

@@ -13,7 +13,7 @@ use crate::output;
 pub enum ProjectsCommand {
     /// Create a project and print its keys as JSON
     #[command(
-        after_help = "Example:\n  throughline projects create shop --data ./data\n\nThe write key is public (it ships in pages and apps); the api key is secret (Bearer token of the query API)."
+        after_help = "Example:\n  throughline projects create shop --data ./data\n\nThe write key is public (it ships in pages and apps); the api key is secret (Bearer token of the query API)\nand shown only here: the catalog keeps its SHA-256. Lost it? `projects rotate-key` issues new keys."
     )]
     Create {
         /// Project name: 1-64 of a-z, 0-9, '-', '_'
@@ -47,6 +47,7 @@ pub fn run(cmd: ProjectsCommand) -> Result<()> {
     match cmd {
         ProjectsCommand::Create { name, data } => {
             let p = Catalog::create_project(&data, &name)?;
+            crate::audit(&data, "project.create", Some(&name), "")?;
             output::json(
                 &json!({"name": p.name, "write_key": p.write_key, "api_key": p.api_key, "created_at": p.created_at}),
             );
@@ -70,6 +71,12 @@ pub fn run(cmd: ProjectsCommand) -> Result<()> {
         }
         ProjectsCommand::RotateKey { name, data } => {
             let p = Catalog::rotate_keys(&data, &name)?;
+            crate::audit(
+                &data,
+                "project.rotate_key",
+                Some(&name),
+                "write and api keys replaced",
+            )?;
             output::json(&json!({"name": p.name, "write_key": p.write_key, "api_key": p.api_key}));
         }
     }

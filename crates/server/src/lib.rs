@@ -97,7 +97,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/projects/{project}/query/{kind}", post(query::run))
         .route(
             "/api/v1/projects/{project}/persons/{id}",
-            get(query::person),
+            get(query::person).delete(query::delete_person),
         )
         .route("/s/{token}", get(survey::show).post(survey::answer))
         .fallback(not_found)
@@ -126,9 +126,13 @@ pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> std::io::Result<
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "accepting events");
     let app = router(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // The peer address reaches handlers that record who did what (the audit log).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     let store = state.store.clone();
     let clickhouse = state.clickhouse.clone();
     tokio::task::spawn_blocking(move || {

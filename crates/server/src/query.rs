@@ -45,6 +45,45 @@ pub async fn person(
     Ok(Json(answer))
 }
 
+/// `DELETE /api/v1/projects/{project}/persons/{id}`: GDPR erasure of a person (every event
+/// and id), recorded in the audit log with the caller's address.
+pub async fn delete_person(
+    State(state): State<Arc<AppState>>,
+    Path((project, id)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Result<Json<Value>, AppError> {
+    let store = authorize(&state, &project, request.headers())?;
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or("unknown".to_string(), |c| c.0.to_string());
+    let data = state.store.dir().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if store.snapshot().identity().find_person(&id).is_none() {
+            return Err(AppError::new(
+                StatusCode::NOT_FOUND,
+                format!("no person with id {id:?}"),
+            ));
+        }
+        let erased = store.delete_person(&id)?;
+        let entry = throughline_store::audit::AuditEntry::new(
+            "person.delete",
+            Some(&project),
+            &format!("http {peer}"),
+            format!("id {id:?}: {erased} events erased"),
+        );
+        throughline_store::audit::append(&data, &entry)?;
+        Ok(Json(serde_json::json!({"erased_events": erased, "id": id})))
+    })
+    .await
+    .map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("erasure failed: {e}"),
+        )
+    })?
+}
+
 /// The project's store if the Bearer api key opens it.
 fn authorize(
     state: &AppState,

@@ -3,6 +3,11 @@
 //! The catalog may change while a server runs (`projects create` from another shell), so
 //! read-modify-write cycles hold `catalog.lock` briefly and the server re-reads the file
 //! when it sees a key it does not know.
+//!
+//! Api keys are secrets: the catalog keeps only their SHA-256, so a copy of the data
+//! directory (a backup, a support bundle) does not hand out query access. The key itself
+//! is returned once, by [`Catalog::create_project`] and [`Catalog::rotate_keys`]. Write
+//! keys are public (they ship inside web pages) and are kept as they are.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -18,9 +23,38 @@ pub struct ProjectInfo {
     pub name: String,
     /// Public: ships inside web pages and apps; it can only send events.
     pub write_key: String,
-    /// Secret: the Bearer token of the query API.
+    /// SHA-256 (hex) of the secret api key, the Bearer token of the query API.
+    #[serde(default)]
+    pub api_key_sha256: String,
+    /// Catalogs written before keys were hashed hold the key itself; it is hashed when
+    /// read and never written again.
+    #[serde(default, rename = "api_key", skip_serializing)]
+    legacy_api_key: Option<String>,
+    pub created_at: String,
+}
+
+/// A project's keys as issued: the only time the api key is shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedKeys {
+    pub name: String,
+    pub write_key: String,
     pub api_key: String,
     pub created_at: String,
+}
+
+/// The hex SHA-256 of an api key, as the catalog stores it.
+pub fn api_key_hash(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Equality that takes as long whatever the inputs share, so response times cannot be
+/// used to guess a key's hash byte by byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -32,10 +66,19 @@ impl Catalog {
     pub fn load(dir: &Path) -> Result<Catalog, StoreError> {
         let path = dir.join("catalog.json");
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                file: path,
-                why: e.to_string(),
-            }),
+            Ok(bytes) => {
+                let mut c: Catalog =
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        file: path,
+                        why: e.to_string(),
+                    })?;
+                for p in &mut c.projects {
+                    if let Some(key) = p.legacy_api_key.take() {
+                        p.api_key_sha256 = api_key_hash(&key);
+                    }
+                }
+                Ok(c)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalog::default()),
             Err(e) => Err(StoreError::io(&path, e)),
         }
@@ -49,8 +92,18 @@ impl Catalog {
         self.projects.iter().find(|p| p.write_key == key)
     }
 
+    /// The project whose api key this is. Every project's hash is compared, in constant
+    /// time, so the time taken says nothing about which projects exist or how close a
+    /// guess came.
     pub fn by_api_key(&self, key: &str) -> Option<&ProjectInfo> {
-        self.projects.iter().find(|p| p.api_key == key)
+        let hash = api_key_hash(key);
+        let mut found = None;
+        for p in &self.projects {
+            if constant_time_eq(p.api_key_sha256.as_bytes(), hash.as_bytes()) {
+                found = Some(p);
+            }
+        }
+        found
     }
 
     /// Applies `change` to the catalog on disk under the catalog lock and returns its result.
@@ -75,7 +128,7 @@ impl Catalog {
         Ok(out)
     }
 
-    pub fn create_project(dir: &Path, name: &str) -> Result<ProjectInfo, StoreError> {
+    pub fn create_project(dir: &Path, name: &str) -> Result<IssuedKeys, StoreError> {
         let valid = !name.is_empty()
             && name.len() <= 64
             && name
@@ -88,28 +141,40 @@ impl Catalog {
             if c.get(name).is_some() {
                 return Err(StoreError::ProjectExists(name.to_string()));
             }
-            let info = ProjectInfo {
+            let issued = IssuedKeys {
                 name: name.to_string(),
                 write_key: new_key("wk_", 16)?,
                 api_key: new_key("tl_", 24)?,
                 created_at: throughline_model::format_ms(now_ms()),
             };
-            c.projects.push(info.clone());
-            Ok(info)
+            c.projects.push(ProjectInfo {
+                name: issued.name.clone(),
+                write_key: issued.write_key.clone(),
+                api_key_sha256: api_key_hash(&issued.api_key),
+                legacy_api_key: None,
+                created_at: issued.created_at.clone(),
+            });
+            Ok(issued)
         })
     }
 
     /// Issues new keys for a project; the old ones stop working at once.
-    pub fn rotate_keys(dir: &Path, name: &str) -> Result<ProjectInfo, StoreError> {
+    pub fn rotate_keys(dir: &Path, name: &str) -> Result<IssuedKeys, StoreError> {
         Catalog::update(dir, |c| {
             let p = c
                 .projects
                 .iter_mut()
                 .find(|p| p.name == name)
                 .ok_or_else(|| StoreError::NoProject(name.to_string()))?;
+            let api_key = new_key("tl_", 24)?;
             p.write_key = new_key("wk_", 16)?;
-            p.api_key = new_key("tl_", 24)?;
-            Ok(p.clone())
+            p.api_key_sha256 = api_key_hash(&api_key);
+            Ok(IssuedKeys {
+                name: p.name.clone(),
+                write_key: p.write_key.clone(),
+                api_key,
+                created_at: p.created_at.clone(),
+            })
         })
     }
 }
@@ -136,4 +201,65 @@ pub fn random_seed() -> u64 {
     let mut buf = [0u8; 8];
     let _ = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
     u64::from_le_bytes(buf) ^ now_ms() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_stored_hashed_and_found_by_the_key() {
+        let dir = std::env::temp_dir().join(format!("tl-catalog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let issued = Catalog::create_project(&dir, "shop").unwrap();
+        let other = Catalog::create_project(&dir, "other").unwrap();
+        let text = std::fs::read_to_string(dir.join("catalog.json")).unwrap();
+        assert!(
+            !text.contains(&issued.api_key),
+            "the key itself is never written"
+        );
+        assert!(text.contains(&api_key_hash(&issued.api_key)));
+        let c = Catalog::load(&dir).unwrap();
+        assert_eq!(c.by_api_key(&issued.api_key).unwrap().name, "shop");
+        assert_eq!(c.by_api_key(&other.api_key).unwrap().name, "other");
+        assert!(c.by_api_key("tl_guess").is_none());
+        assert!(
+            c.by_api_key(&api_key_hash(&issued.api_key)).is_none(),
+            "the hash is not a key"
+        );
+        let rotated = Catalog::rotate_keys(&dir, "shop").unwrap();
+        let c = Catalog::load(&dir).unwrap();
+        assert!(
+            c.by_api_key(&issued.api_key).is_none(),
+            "the old key stops working"
+        );
+        assert_eq!(c.by_api_key(&rotated.api_key).unwrap().name, "shop");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_catalog_with_plain_keys_is_read_and_rewritten_hashed() {
+        let dir = std::env::temp_dir().join(format!("tl-catalog-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("catalog.json"),
+            r#"{"projects":[{"name":"shop","write_key":"wk_1","api_key":"tl_old","created_at":"2026-01-01T00:00:00.000Z"}]}"#,
+        )
+        .unwrap();
+        let c = Catalog::load(&dir).unwrap();
+        assert_eq!(c.by_api_key("tl_old").unwrap().name, "shop");
+        Catalog::create_project(&dir, "next").unwrap();
+        let text = std::fs::read_to_string(dir.join("catalog.json")).unwrap();
+        assert!(!text.contains("tl_old"), "{text}");
+        assert_eq!(
+            Catalog::load(&dir)
+                .unwrap()
+                .by_api_key("tl_old")
+                .unwrap()
+                .name,
+            "shop"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

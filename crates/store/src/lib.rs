@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! DIR/LOCK                      held (flock) by the one process that writes DIR
-//! DIR/catalog.json              projects and their keys
+//! DIR/catalog.json              projects and their keys (api keys as SHA-256)
+//! DIR/audit.jsonl               who created, re-keyed or erased what, when, from where
 //! DIR/projects/NAME/wal/        numbered, checksummed logs: what is acknowledged
 //! DIR/projects/NAME/segments/   immutable sorted column files
 //! DIR/projects/NAME/MANIFEST    which segments and identity snapshot are live, and
@@ -17,6 +18,7 @@
 //! never interprets events beyond ids, time and name: channels, sessions and funnels live
 //! in the query layer.
 
+pub mod audit;
 mod bloom;
 mod catalog;
 mod fsutil;
@@ -31,7 +33,7 @@ mod testutil;
 
 use std::path::{Path, PathBuf};
 
-pub use catalog::{now_ms, random_seed, Catalog, ProjectInfo};
+pub use catalog::{api_key_hash, now_ms, random_seed, Catalog, IssuedKeys, ProjectInfo};
 pub use lock::DirLock;
 pub use project::{
     AppendOutcome, Encoded, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats,

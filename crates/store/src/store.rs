@@ -77,48 +77,27 @@ impl Store {
             .ok_or_else(|| StoreError::NoProject(name.to_string()))
     }
 
-    /// The project a write key belongs to; re-reads the catalog once for an unknown key so
-    /// projects created while the server runs work at once.
+    /// The project a write key belongs to. The catalog is re-read when it changed on disk
+    /// (a stat per call), so projects created and keys rotated while the server runs take
+    /// effect at once: a rotated key stops working with the next request.
     pub fn by_write_key(&self, key: &str) -> Option<(ProjectInfo, Arc<ProjectStore>)> {
-        let find = |s: &Store| {
-            let info = s
-                .catalog
-                .read()
-                .expect("catalog lock")
-                .0
-                .by_write_key(key)
-                .cloned()?;
-            let ps = s.project(&info.name).ok()?;
-            Some((info, ps))
-        };
-        find(self).or_else(|| {
-            if let Err(e) = self.reload_catalog() {
-                tracing::warn!(error = %e, "catalog reload failed");
-            }
-            find(self)
-        })
+        self.lookup(|c| c.by_write_key(key).cloned())
     }
 
+    /// The project an api key opens, on the same terms as [`Store::by_write_key`].
     pub fn by_api_key(&self, key: &str) -> Option<(ProjectInfo, Arc<ProjectStore>)> {
-        let info = self
-            .catalog
-            .read()
-            .expect("catalog lock")
-            .0
-            .by_api_key(key)
-            .cloned();
-        let info = match info {
-            Some(i) => i,
-            None => {
-                self.reload_catalog().ok()?;
-                self.catalog
-                    .read()
-                    .expect("catalog lock")
-                    .0
-                    .by_api_key(key)
-                    .cloned()?
-            }
-        };
+        self.lookup(|c| c.by_api_key(key).cloned())
+    }
+
+    fn lookup(
+        &self,
+        find: impl Fn(&Catalog) -> Option<ProjectInfo>,
+    ) -> Option<(ProjectInfo, Arc<ProjectStore>)> {
+        if let Err(e) = self.reload_catalog() {
+            // The last good catalog keeps serving; the next call tries again.
+            tracing::warn!(error = %e, "catalog reload failed");
+        }
+        let info = find(&self.catalog.read().expect("catalog lock").0)?;
         let ps = self.project(&info.name).ok()?;
         Some((info, ps))
     }
