@@ -100,7 +100,7 @@ def test_acknowledged_events_reach_the_cluster_once_and_folds_colocate_persons(
     persons_before = len(before)
 
     report = json.loads(
-        run_cli(throughline_bin, "clickhouse", "fold", "--project", "shop", *cluster.args(db)).stdout
+        run_cli(throughline_bin, "clickhouse", "fold", "--project", "shop", "--data", str(data_dir), *cluster.args(db)).stdout
     )
     assert report["persons"] >= 1
     after = resolved_persons_per_shard(cluster, db, "shop")

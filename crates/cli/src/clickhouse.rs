@@ -72,6 +72,10 @@ pub enum ClickHouseCommand {
         /// The project whose overrides to fold
         #[arg(long)]
         project: String,
+        /// The data directory of the server forwarding this project, if one runs: only
+        /// overrides ClickHouse acknowledged (behind its cursor) are folded
+        #[arg(long)]
+        data: Option<PathBuf>,
         #[command(flatten)]
         clickhouse: ClickHouseArgs,
     },
@@ -113,12 +117,22 @@ pub fn run(command: ClickHouseCommand) -> Result<()> {
         }
         ClickHouseCommand::Fold {
             project,
+            data,
             clickhouse,
         } => {
             let target = clickhouse.target()?;
             target.check_shards()?;
             target.check()?;
-            let report = throughline_clickhouse::fold::fold(&target, &project)?;
+            let horizon = match data {
+                Some(d) => Some(
+                    throughline_clickhouse::forward::read_cursor(
+                        &throughline_clickhouse::forward::project_dir(&d, &project),
+                    )?
+                    .seq,
+                ),
+                None => None,
+            };
+            let report = throughline_clickhouse::fold::fold(&target, &project, horizon)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

@@ -13,7 +13,9 @@
 //! Each step is safe to repeat: (1) copy the rows under the new person (a second copy is
 //! the same row again, deduplicated by `seq`), (2) delete the old rows on every shard and
 //! wait, (3) delete the overrides. Between (1) and (2) queries see both copies resolve to
-//! one person and drop the repeat; an interrupted fold is finished by the next one.
+//! one person and drop the repeat; an interrupted fold is finished by the next one. Only
+//! overrides behind the forwarder's cursor are folded: a batch not yet acknowledged may
+//! be sent again, overrides first, and must find its overrides still there.
 
 use crate::client::quote;
 use crate::rowbinary::Reader;
@@ -31,11 +33,18 @@ pub struct FoldReport {
     pub rounds: u64,
 }
 
-/// Folds every override of `project` now.
-pub fn fold(target: &Target, project: &str) -> Result<FoldReport, ClickHouseError> {
+/// Folds every override of `project` written before arrival number `horizon` (the
+/// forwarder's cursor: overrides of a batch not yet acknowledged may be re-sent with its
+/// events, so they wait for the next fold), or every override when `None` (nothing is
+/// being forwarded).
+pub fn fold(
+    target: &Target,
+    project: &str,
+    horizon: Option<u64>,
+) -> Result<FoldReport, ClickHouseError> {
     let mut report = FoldReport::default();
     loop {
-        let pairs = overridden(target, project)?;
+        let pairs = overridden(target, project, horizon)?;
         if pairs.is_empty() {
             return Ok(report);
         }
@@ -100,11 +109,16 @@ pub fn fold(target: &Target, project: &str) -> Result<FoldReport, ClickHouseErro
 }
 
 /// Up to [`FOLD_PERSONS_MAX`] persons that have an override, with the person each now is.
-fn overridden(target: &Target, project: &str) -> Result<Vec<(u32, u32)>, ClickHouseError> {
+fn overridden(
+    target: &Target,
+    project: &str,
+    horizon: Option<u64>,
+) -> Result<Vec<(u32, u32)>, ClickHouseError> {
+    let before = horizon.map_or(String::new(), |h| format!(" AND max(version) < {h}"));
     let bytes = target.client.query_bytes(&format!(
         // An override to itself (a person erased back into separate nodes) moves nothing.
         "SELECT old_person, argMax(override_person, version) AS np FROM {} WHERE project = {} \
-         GROUP BY old_person HAVING np != old_person \
+         GROUP BY old_person HAVING np != old_person{before} \
          ORDER BY old_person LIMIT {FOLD_PERSONS_MAX} FORMAT RowBinary",
         target.table("person_overrides"),
         quote(project)

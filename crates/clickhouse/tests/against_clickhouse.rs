@@ -337,7 +337,7 @@ fn forwarded_events_read_back_as_the_embedded_store_reads_them() {
         sql.persons
     );
     // Folding changes where rows live, not what a read returns.
-    let report = throughline_clickhouse::fold::fold(&db.target, "p").unwrap();
+    let report = throughline_clickhouse::fold::fold(&db.target, "p", Some(6000)).unwrap();
     assert!(report.persons > 0);
     compare(&store, &source, true);
     backend.close();
