@@ -115,6 +115,7 @@ pub fn query(args: QueryArgs) -> Result<()> {
         from: args.from,
         to: args.to,
         paths: args.settings.top_paths,
+        filter: args.target.filter(),
     };
     let (_store, project, rules) = crate::query::open_project(&args.target)?;
     let registry = throughline_query::assets::Registry::load(project.dir())?;

@@ -104,13 +104,20 @@ pub fn run(args: DemoArgs) -> Result<()> {
         return Ok(());
     }
     let addr = throughline_server::parse_listen(&args.listen).map_err(anyhow::Error::msg)?;
-    eprintln!("\nServing the demo at http://{addr}/");
+    eprintln!("\nDashboard: http://{addr}/  (sign in with a project's api key)");
     for k in &keys {
         eprintln!(
-            "  project {:<13} write key {}  api key {}",
-            k.name, k.write_key, k.api_key
+            "  project {:<13} api key {}  write key {}",
+            k.name, k.api_key, k.write_key
         );
     }
+    // The key rides in the fragment, which browsers never send: the page reads it once
+    // and removes it from the address bar and history.
+    eprintln!(
+        "Open signed in: http://{addr}/#key={}",
+        keys.first().map_or("", |k| k.api_key.as_str())
+    );
+    eprintln!("Query API: http://{addr}/api/v1/openapi.json");
     eprintln!("Send events:  curl -u {}: http://{addr}/v1/track -d '{{\"userId\":\"ann\",\"event\":\"Hello\"}}'", keys[0].write_key);
     eprintln!("Stop with Ctrl-C.");
     crate::serve_store(store, throughline_server::Config::default(), addr)

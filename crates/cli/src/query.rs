@@ -31,6 +31,29 @@ pub struct Target {
     pub project: String,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// Only persons whose first touch in the range is in this channel, e.g. 'Paid Search'
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Only persons whose first touch in the range is from this campaign
+    #[arg(long)]
+    pub campaign: Option<String>,
+}
+
+impl Target {
+    /// The `filter` of the request, from `--channel` and `--campaign`.
+    pub fn filter(&self) -> Option<throughline_query::filter::Filter> {
+        filter(&self.channel, &self.campaign)
+    }
+}
+
+fn filter(
+    channel: &Option<String>,
+    campaign: &Option<String>,
+) -> Option<throughline_query::filter::Filter> {
+    (channel.is_some() || campaign.is_some()).then(|| throughline_query::filter::Filter {
+        channel: channel.clone(),
+        campaign: campaign.clone(),
+    })
 }
 
 #[derive(Subcommand)]
@@ -153,6 +176,12 @@ pub enum QueryCommand {
         from: Option<String>,
         #[arg(long)]
         to: Option<String>,
+        /// Only persons whose first touch in the range is in this channel
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only persons whose first touch in the range is from this campaign
+        #[arg(long)]
+        campaign: Option<String>,
     },
     /// One scorecard row per asset: reach, sessions, bounce, engaged time, conversions, revenue, funnel drop-off
     #[command(
@@ -180,6 +209,9 @@ pub enum QueryCommand {
         /// Rows listed, most sessions first (the rest are summed as omitted)
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// Also count each asset's conversions per day, week or month (JSON output)
+        #[arg(long)]
+        interval: Option<String>,
     },
     /// Credit for conversions by channel, source, campaign or asset under every attribution model
     #[command(after_help = format!("{}\n\n{}", crate::attribution::QUERY_AFTER_HELP, "See `throughline attribution --help` for the models."))]
@@ -260,6 +292,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     offset: persons_offset,
                     limit: persons_limit,
                 }),
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::funnel::run(&project.snapshot(), &rules, &req)?;
@@ -319,6 +352,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
                 by,
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::trends::run(&project.snapshot(), &rules, &req)?;
@@ -354,6 +388,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 timeout: Some(timeout),
                 from,
                 to,
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::sessions::run(&project.snapshot(), &rules, &req)?;
@@ -400,6 +435,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             lookback,
             from,
             to,
+            channel,
+            campaign,
         } => {
             let target = Target {
                 data,
@@ -408,6 +445,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     PathsFormat::Table => Format::Table,
                     _ => Format::Json,
                 },
+                channel,
+                campaign,
             };
             if let PathsFormat::Channelattribution = format {
                 if of != "channels" {
@@ -423,6 +462,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     from,
                     to,
                     paths: Some(throughline_query::attribution::PATHS_MAX),
+                    filter: target.filter(),
                     ..Default::default()
                 };
                 let (_store, project, rules) = open_project(&target)?;
@@ -459,6 +499,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 timeout: None,
                 from,
                 to,
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::paths::run(&project.snapshot(), &rules, &req)?;
@@ -489,6 +530,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             from,
             to,
             limit,
+            interval,
         } => {
             let req = AssetsRequest {
                 conversion,
@@ -498,6 +540,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
                 limit: Some(limit),
+                filter: target.filter(),
+                interval: interval.as_deref().map(Interval::parse).transpose()?,
             };
             let (_store, project, rules) = open_project(&target)?;
             let registry = throughline_query::assets::Registry::load(project.dir())?;
@@ -586,9 +630,11 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 periods,
                 from,
                 to,
+                filter: target.filter(),
             };
-            with_snapshot(&target, |snap| {
-                let r = throughline_query::retention::run(snap, &req)?;
+            let (_store, project, rules) = open_project(&target)?;
+            {
+                let r = throughline_query::retention::run(&project.snapshot(), &rules, &req)?;
                 match target.format {
                     Format::Json => output::json(&serde_json::to_value(&r)?),
                     Format::Table => {
@@ -609,7 +655,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     }
                 }
                 Ok(())
-            })
+            }
         }
     }
 }
@@ -626,16 +672,6 @@ pub(crate) fn open_project(
     let project = store.project(&target.project)?;
     let rules = throughline_query::sessions::project_rules(project.dir())?;
     Ok((store, project, rules))
-}
-
-fn with_snapshot(
-    target: &Target,
-    f: impl FnOnce(&throughline_store::Snapshot) -> Result<()>,
-) -> Result<()> {
-    let store = crate::open_store(&target.data)?;
-    let project = store.project(&target.project)?;
-    let snap = project.snapshot();
-    f(&snap)
 }
 
 fn pct(v: Option<f64>) -> String {

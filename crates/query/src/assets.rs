@@ -598,7 +598,17 @@ pub struct AssetsRequest {
     /// Rows returned, most sessions first (default 1000, at most 10000).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
+    /// `day`, `week` or `month`: also count each row's `conversions` per period of the
+    /// conversion's time (a sparkline per asset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<crate::trends::Interval>,
 }
+
+/// Periods of `interval` at most.
+pub const INTERVALS_MAX: usize = 400;
 
 fn default_window() -> String {
     "7d".into()
@@ -647,6 +657,10 @@ pub struct AssetRow {
     pub scores: Scores,
     /// Drop-off on the asset's own funnel, when the registry defines one.
     pub funnel: Option<Vec<AssetFunnelStep>>,
+    /// With `interval`: `conversions` per period, one number per entry of the answer's
+    /// `intervals`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversions_by_interval: Option<Vec<u64>>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -682,6 +696,10 @@ pub struct AssetsResponse {
     /// Rows beyond `limit`, and their sessions: rows plus these add up to the total.
     pub omitted_rows: u64,
     pub omitted_sessions: u64,
+    /// With `interval`: the first day of each period, from the first conversion's period
+    /// (or `from`) to the last's (or `to`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intervals: Option<Vec<String>>,
 }
 
 /// What the scan accumulates for one asset.
@@ -699,6 +717,8 @@ struct Acc {
     touches: HashMap<usize, u64>,
     /// Persons by the depth reached on the asset's funnel.
     funnel_reached: Vec<u64>,
+    /// Conversions by period index, with `interval`.
+    by_interval: HashMap<i32, u64>,
 }
 
 impl Acc {
@@ -767,6 +787,7 @@ pub fn run(
             }
         }
     }
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
@@ -781,7 +802,7 @@ pub fn run(
                             || step_patterns.iter().any(|p| crate::spec::wildcard(p, n))
                     })
             })),
-            ..Default::default()
+            persons: only.as_ref(),
         },
     )?;
 
@@ -845,6 +866,8 @@ pub fn run(
     let mut attributor = Attributor::new(rules);
     let mut total = Acc::default();
     let (mut conversion_events, mut unattributed) = (0u64, 0u64);
+    // The periods conversions fell in, with `interval`.
+    let mut span: Option<(i32, i32)> = None;
     let page = EventType::Page.code();
     let screen = EventType::Screen.code();
     let mut mask_cache: HashMap<(usize, u8, u32, u32), u64> = HashMap::new();
@@ -950,6 +973,11 @@ pub fn run(
                         acc.conversions += 1;
                         acc.revenue += v;
                     }
+                    if let Some(iv) = req.interval {
+                        let k = iv.index(t);
+                        *slots[slot].acc.by_interval.entry(k).or_default() += 1;
+                        span = Some(span.map_or((k, k), |(a, b): (i32, i32)| (a.min(k), b.max(k))));
+                    }
                 }
                 None => unattributed += 1,
             }
@@ -957,6 +985,32 @@ pub fn run(
     }
 
     let valued = value_path.is_some();
+    // The periods listed: the range's when given, else those the conversions span.
+    let periods = match req.interval {
+        None => None,
+        Some(iv) => {
+            let lo = from.map(|f| iv.index(f)).or(span.map(|s| s.0));
+            let hi = to.map(|t| iv.index(t - 1)).or(span.map(|s| s.1));
+            let (lo, hi) = match (lo, hi) {
+                (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+                _ => (0, -1),
+            };
+            if i64::from(hi) - i64::from(lo) + 1 > INTERVALS_MAX as i64 {
+                return Err(QueryError::invalid(format!(
+                    "the range holds more than {INTERVALS_MAX} periods of {}: narrow it or use a longer interval",
+                    serde_json::to_value(iv).unwrap_or_default().as_str().unwrap_or("")
+                )));
+            }
+            Some((iv, (lo..=hi).collect::<Vec<i32>>()))
+        }
+    };
+    let series = |acc: &Acc| {
+        periods.as_ref().map(|(_, ks)| {
+            ks.iter()
+                .map(|k| acc.by_interval.get(k).copied().unwrap_or(0))
+                .collect()
+        })
+    };
     let mut out: Vec<AssetRow> = slots
         .iter()
         .enumerate()
@@ -992,6 +1046,7 @@ pub fn run(
                     destination_url: a.destination_url.clone(),
                     scores: s.acc.scores(valued),
                     funnel,
+                    conversions_by_interval: series(&s.acc),
                 },
                 (key, _) => {
                     let key = key.as_ref().expect("unregistered slots have a key");
@@ -1006,6 +1061,7 @@ pub fn run(
                         destination_url: None,
                         scores: s.acc.scores(valued),
                         funnel: None,
+                        conversions_by_interval: series(&s.acc),
                     }
                 }
             }
@@ -1034,6 +1090,7 @@ pub fn run(
         rows: out,
         omitted_rows: omitted.len() as u64,
         omitted_sessions: omitted.iter().map(|r| r.scores.sessions).sum(),
+        intervals: periods.map(|(iv, ks)| ks.into_iter().map(|k| iv.label(k)).collect()),
     })
 }
 

@@ -105,6 +105,9 @@ pub struct AttributionRequest {
     /// Also return the top N rows of the path table the models read.
     #[serde(default)]
     pub paths: Option<usize>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -370,7 +373,7 @@ impl Journeys {
         by: &str,
         counting: &str,
         lookback: Option<Millis>,
-        cost: Option<(HashMap<String, f64>, f64)>,
+        cost: Option<(std::collections::BTreeMap<String, f64>, f64)>,
         paths_limit: Option<usize>,
     ) -> Result<AttributionResponse, QueryError> {
         let n = self.labels.len();
@@ -552,6 +555,7 @@ pub fn run(
     // Sessions up to a lookback before the range, so the range's first conversions keep
     // their history.
     let touches_from = from.map(|f| f.saturating_sub(lookback));
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
@@ -561,7 +565,7 @@ pub fn run(
             keep: Some(Box::new(|kind, v| {
                 is_visit(kind, v[1].is_some()) || conversion.matches_event(kind, v[0], v[1])
             })),
-            ..Default::default()
+            persons: only.as_ref(),
         },
     )?;
     let decoded = read_conversions(snap, &conversion, value_path.as_deref(), from, to)?;

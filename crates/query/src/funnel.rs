@@ -41,6 +41,9 @@ pub struct FunnelRequest {
     /// Drill-down: list the persons who converted at a step or dropped after it.
     #[serde(default)]
     pub persons: Option<PersonsRequest>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -193,6 +196,7 @@ pub fn run(
         m
     };
     let strict = order == Order::Strict;
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
@@ -212,7 +216,7 @@ pub fn run(
                             + Sync,
                     >
             }),
-            ..Default::default()
+            persons: only.as_ref(),
         },
     )?;
     // Masks per distinct (type, name, path): matching strings once, not once per row.

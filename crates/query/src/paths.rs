@@ -43,6 +43,9 @@ pub struct PathsRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -105,6 +108,7 @@ pub fn run(
     // path -> (persons, conversions, nulls)
     let mut counts: HashMap<Vec<String>, (u64, u64, u64)> = HashMap::new();
     let mut persons = 0u64;
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     match of.as_str() {
         "events" => {
             // With an anchor event, a first narrow pass finds the persons who did it, so
@@ -120,12 +124,13 @@ pub fn run(
                             to,
                             dims: vec![0, 1],
                             keep: Some(Box::new(|kind, v| a.matches_event(kind, v[0], v[1]))),
-                            ..Default::default()
+                            persons: only.as_ref(),
                         },
                     )?;
                     Some(hits.person.into_iter().collect())
                 }
             };
+            let with_anchor = crate::filter::both(with_anchor, only.as_ref());
             let rows = load(
                 snap,
                 &Load {
@@ -202,7 +207,7 @@ pub fn run(
                     to,
                     dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
                     keep: None,
-                    ..Default::default()
+                    persons: only.as_ref(),
                 },
             )?;
             let (names, paths) = (rows.dim(0), rows.dim(1));

@@ -10,7 +10,9 @@ use throughline_identity::IdKind;
 use throughline_model::{format_ms, EventType};
 use throughline_store::Snapshot;
 
+use crate::sessions::is_visit;
 use crate::QueryError;
+use throughline_classify::{Rules, Touch};
 
 /// Timeline entries returned at most, newest first.
 pub const TIMELINE_MAX: usize = 1000;
@@ -49,10 +51,21 @@ pub struct TimelineEntry {
     pub utm_campaign: Option<String>,
     pub referrer: Option<String>,
     pub message_id: String,
+    /// For visit events (page and screen views, events sent from a page): the channel of
+    /// the session they belong to, named by its first event as `query sessions` does.
+    pub channel: Option<String>,
 }
 
+/// Inactivity that ends a session in the timeline (the sessions query's default).
+const SESSION_TIMEOUT_MS: i64 = 30 * 60 * 1000;
+
 /// The profile of the person known by `id` (a user id, email or anonymous id), or `None`.
-pub fn run(snap: &Snapshot, id: &str, timeline: usize) -> Result<Option<Profile>, QueryError> {
+pub fn run(
+    snap: &Snapshot,
+    rules: &Rules,
+    id: &str,
+    timeline: usize,
+) -> Result<Option<Profile>, QueryError> {
     let identity = snap.identity();
     let Some(person) = identity.find_person(id) else {
         return Ok(None);
@@ -93,10 +106,19 @@ pub fn run(snap: &Snapshot, id: &str, timeline: usize) -> Result<Option<Profile>
             if let Some(Value::Object(t)) = e.context.get("traits") {
                 merge(t);
             }
+            // A visit's channel if it starts a session (decided below, oldest first).
+            let touch = is_visit(e.event_type.code(), e.page_path.is_some()).then(|| {
+                let t = Touch {
+                    page_url: None,
+                    ..Touch::from_event(&e)
+                };
+                rules.classify(&t).channel
+            });
             entries.push((
                 e.timestamp,
                 seq,
                 TimelineEntry {
+                    channel: touch,
                     timestamp: format_ms(e.timestamp),
                     event_type: e.event_type,
                     sent_as: e.distinct_id().to_string(),
@@ -119,6 +141,19 @@ pub fn run(snap: &Snapshot, id: &str, timeline: usize) -> Result<Option<Profile>
     )?;
     entries.sort_by_key(|e| std::cmp::Reverse((e.0, e.1)));
     entries.truncate(timeline.min(TIMELINE_MAX));
+    // Sessions of the visits, oldest first (the sessions kernel): every visit gets the
+    // channel of its session's first.
+    let visits: Vec<usize> = (0..entries.len())
+        .rev()
+        .filter(|&i| entries[i].2.channel.is_some())
+        .collect();
+    let ts: Vec<i64> = visits.iter().map(|&i| entries[i].0).collect();
+    throughline_kernels::sessions::split(&ts, SESSION_TIMEOUT_MS, |a, b| {
+        let channel = entries[visits[a]].2.channel.clone();
+        for &i in &visits[a + 1..b] {
+            entries[i].2.channel = channel.clone();
+        }
+    });
     Ok(Some(Profile {
         person_id: identity.canonical_id(person).to_string(),
         ids: identity

@@ -29,6 +29,9 @@ pub struct RetentionRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 fn default_periods() -> usize {
@@ -50,7 +53,11 @@ pub struct RetentionResponse {
     pub cohorts: Vec<Cohort>,
 }
 
-pub fn run(snap: &Snapshot, req: &RetentionRequest) -> Result<RetentionResponse, QueryError> {
+pub fn run(
+    snap: &Snapshot,
+    rules: &throughline_classify::Rules,
+    req: &RetentionRequest,
+) -> Result<RetentionResponse, QueryError> {
     if req.periods == 0 || req.periods > PERIODS_MAX {
         return Err(QueryError::invalid(format!(
             "periods must be between 1 and {PERIODS_MAX}"
@@ -61,6 +68,7 @@ pub fn run(snap: &Snapshot, req: &RetentionRequest) -> Result<RetentionResponse,
     let from = req.from.as_deref().map(parse_time_bound).transpose()?;
     let to = req.to.as_deref().map(parse_time_bound).transpose()?;
     let need_path = start.needs_path() || ret.needs_path();
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
@@ -70,7 +78,7 @@ pub fn run(snap: &Snapshot, req: &RetentionRequest) -> Result<RetentionResponse,
             keep: Some(Box::new(|kind, v| {
                 start.matches_event(kind, v[0], v[1]) || ret.matches_event(kind, v[0], v[1])
             })),
-            ..Default::default()
+            persons: only.as_ref(),
         },
     )?;
     let names = rows.dim(0);

@@ -32,6 +32,9 @@ pub struct SessionsRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -163,7 +166,7 @@ pub fn first_touch(
             valid.join(", ")
         )));
     }
-    let rows = load_visits(snap, from, to)?;
+    let rows = load_visits(snap, from, to, None)?;
     let mut attributor = Attributor::new(rules);
     let mut out = HashMap::new();
     for r in rows.persons() {
@@ -187,6 +190,7 @@ fn load_visits(
     snap: &Snapshot,
     from: Option<Millis>,
     to: Option<Millis>,
+    persons: Option<&std::collections::HashSet<u32>>,
 ) -> Result<Rows, QueryError> {
     Ok(load(
         snap,
@@ -195,7 +199,7 @@ fn load_visits(
             to,
             dims: TOUCH_DIMS.to_vec(),
             keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
-            ..Default::default()
+            persons,
         },
     )?)
 }
@@ -232,7 +236,8 @@ pub fn run(
             valid.join(", ")
         )));
     }
-    let rows = load_visits(snap, from, to)?;
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
+    let rows = load_visits(snap, from, to, only.as_ref())?;
     let mut attributor = Attributor::new(rules);
     #[derive(Default)]
     struct Acc {

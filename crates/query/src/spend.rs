@@ -6,7 +6,7 @@
 //! replaces its cost, so re-importing an ad platform's export never counts it twice.
 //! This module never writes anything but the spend file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
@@ -205,7 +205,7 @@ impl Spend {
         by: &str,
         from: Option<NaiveDate>,
         to: Option<NaiveDate>,
-    ) -> Option<(HashMap<String, f64>, f64)> {
+    ) -> Option<(BTreeMap<String, f64>, f64)> {
         let value = |dims: &[String; 5]| -> String {
             match by {
                 "source_medium" if !dims[1].is_empty() && !dims[2].is_empty() => {
@@ -219,7 +219,7 @@ impl Spend {
                     .map_or(String::new(), |i| dims[i].clone()),
             }
         };
-        let mut out: HashMap<String, f64> = HashMap::new();
+        let mut out: BTreeMap<String, f64> = BTreeMap::new();
         let mut unkeyed = 0.0;
         for ((day, dims), cost) in &self.rows {
             if from.is_some_and(|f| *day < f) || to.is_some_and(|t| *day >= t) {

@@ -84,6 +84,9 @@ pub struct TrendsRequest {
     /// source_medium, campaign, content or landing_page.
     #[serde(default)]
     pub by: Option<String>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -120,6 +123,7 @@ pub fn run(
     let from = req.from.as_deref().map(parse_time_bound).transpose()?;
     let to = req.to.as_deref().map(parse_time_bound).transpose()?;
     let need_path = matchers.iter().any(StepMatcher::needs_path);
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
@@ -129,7 +133,7 @@ pub fn run(
             keep: Some(Box::new(|kind, v| {
                 matchers.iter().any(|m| m.matches_event(kind, v[0], v[1]))
             })),
-            ..Default::default()
+            persons: only.as_ref(),
         },
     )?;
     let names = rows.dim(0);

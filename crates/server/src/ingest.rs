@@ -19,17 +19,6 @@ use throughline_store::{now_ms, AppendOutcome, Encoded};
 use crate::{AppError, AppState};
 
 /// Until the dashboard lands, `/` says what this server is and where to send events.
-pub async fn index() -> axum::response::Html<&'static str> {
-    axum::response::Html(concat!(
-        "<!doctype html><meta charset=utf-8><title>Throughline</title>",
-        "<h1>Throughline</h1><p>Collecting events with the Segment HTTP Tracking API: ",
-        "<code>POST /v1/track</code>, <code>/v1/identify</code>, <code>/v1/page</code>, ",
-        "<code>/v1/screen</code>, <code>/v1/group</code>, <code>/v1/alias</code>, ",
-        "<code>/v1/batch</code> with the project's write key as the HTTP Basic user name.</p>",
-        "<p><a href=/health>/health</a> · <a href=/metrics>/metrics</a></p>"
-    ))
-}
-
 pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }

@@ -9,6 +9,7 @@ mod ingest;
 mod metrics;
 mod query;
 mod survey;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio::sync::Semaphore;
 pub use config::{Config, ConfigError};
 pub use error::AppError;
 pub use metrics::ServerMetrics;
+pub use ui::CONTENT_SECURITY_POLICY;
 
 /// What every handler shares.
 pub struct AppState {
@@ -92,8 +94,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route(&format!("/v1/{short}"), post(ingest::collect));
     }
     r.route("/v1/import", post(ingest::collect))
-        .route("/", get(ingest::index))
+        .route("/", get(ui::index))
+        .route("/ui/{*path}", get(ui::file))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/whoami", get(query::whoami))
+        .route(
+            "/api/v1/projects/{project}/events/recent",
+            get(query::recent),
+        )
+        .route("/api/v1/projects/{project}/catalog", get(query::catalog))
         .route("/api/v1/projects/{project}/query/{kind}", post(query::run))
         .route(
             "/api/v1/projects/{project}/persons/{id}",

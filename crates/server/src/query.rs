@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::de::DeserializeOwned;
@@ -26,7 +26,8 @@ pub async fn person(
     let store = authorize(&state, &project, &headers)?;
     let answer = tokio::task::spawn_blocking(move || {
         let snap = store.snapshot();
-        match throughline_query::profile::run(&snap, &id, 100) {
+        let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
+        match throughline_query::profile::run(&snap, &rules, &id, 100) {
             Ok(Some(p)) => Ok(serde_json::to_value(p).expect("profiles serialize")),
             Ok(None) => Err(AppError::new(
                 StatusCode::NOT_FOUND,
@@ -90,17 +91,7 @@ fn authorize(
     project: &str,
     headers: &HeaderMap,
 ) -> Result<std::sync::Arc<throughline_store::ProjectStore>, AppError> {
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| {
-            AppError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing api key: send `Authorization: Bearer <api key>`",
-            )
-        })?;
+    let key = bearer(headers)?;
     let (info, store) = state
         .store
         .by_api_key(key)
@@ -123,6 +114,21 @@ fn authorize(
     Ok(store)
 }
 
+/// The api key of an `Authorization: Bearer <api key>` header.
+fn bearer(headers: &HeaderMap) -> Result<&str, AppError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing api key: send `Authorization: Bearer <api key>`",
+            )
+        })
+}
+
 pub async fn run(
     State(state): State<Arc<AppState>>,
     Path((project, kind)): Path<(String, String)>,
@@ -140,79 +146,39 @@ pub async fn run(
     // Queries are CPU work: keep them off the async workers that answer ingestion.
     let answer = tokio::task::spawn_blocking(move || -> Result<Value, AppError> {
         let snap = store.snapshot();
-        let value =
-            match kind_for_task.as_str() {
-                "funnel" => {
-                let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
-                to_json(throughline_query::funnel::run(&snap, &rules, &parse(&body)?))
+        let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
+        let registry = || throughline_query::assets::Registry::load(store.dir()).map_err(query_error);
+        use throughline_query as q;
+        match kind_for_task.as_str() {
+            "funnel" => to_json(q::funnel::run(&snap, &rules, &parse(&body)?)),
+            "trends" => to_json(q::trends::run(&snap, &rules, &parse(&body)?)),
+            "retention" => to_json(q::retention::run(&snap, &rules, &parse(&body)?)),
+            "paths" => to_json(q::paths::run(&snap, &rules, &parse(&body)?)),
+            "sessions" => to_json(q::sessions::run(&snap, &rules, &parse(&body)?)),
+            "assets" => to_json(q::assets::run(&snap, &rules, &registry()?, &parse(&body)?)),
+            "attribution" => {
+                let spend = q::spend::Spend::load(store.dir()).map_err(query_error)?;
+                to_json(q::attribution::run(
+                    &snap,
+                    &rules,
+                    &registry()?,
+                    &spend,
+                    &parse(&body)?,
+                ))
             }
-                "trends" => {
-                let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
-                to_json(throughline_query::trends::run(&snap, &rules, &parse(&body)?))
+            "emotion" => {
+                let stages = q::stages::Stages::load(store.dir()).map_err(query_error)?;
+                to_json(q::emotion::run(&snap, &rules, &registry()?, &stages, &parse(&body)?))
             }
-                "retention" => to_json(throughline_query::retention::run(&snap, &parse(&body)?)),
-                "paths" => {
-                let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
-                to_json(throughline_query::paths::run(&snap, &rules, &parse(&body)?))
-            }
-            "sessions" => {
-                    let rules = throughline_query::sessions::project_rules(store.dir())
-                        .map_err(query_error)?;
-                    to_json(throughline_query::sessions::run(
-                        &snap,
-                        &rules,
-                        &parse(&body)?,
-                    ))
-                }
-                "assets" => {
-                    let rules = throughline_query::sessions::project_rules(store.dir())
-                        .map_err(query_error)?;
-                    let registry = throughline_query::assets::Registry::load(store.dir())
-                        .map_err(query_error)?;
-                    to_json(throughline_query::assets::run(
-                        &snap,
-                        &rules,
-                        &registry,
-                        &parse(&body)?,
-                    ))
-                }
-                "attribution" => {
-                    let rules = throughline_query::sessions::project_rules(store.dir())
-                        .map_err(query_error)?;
-                    let registry = throughline_query::assets::Registry::load(store.dir())
-                        .map_err(query_error)?;
-                    let spend = throughline_query::spend::Spend::load(store.dir())
-                        .map_err(query_error)?;
-                    to_json(throughline_query::attribution::run(
-                        &snap,
-                        &rules,
-                        &registry,
-                        &spend,
-                        &parse(&body)?,
-                    ))
-                }
-                "emotion" => {
-                    let dir = store.dir();
-                    let rules = throughline_query::sessions::project_rules(dir).map_err(query_error)?;
-                    let registry = throughline_query::assets::Registry::load(dir).map_err(query_error)?;
-                    let stages = throughline_query::stages::Stages::load(dir).map_err(query_error)?;
-                    to_json(throughline_query::emotion::run(&snap, &rules, &registry, &stages, &parse(&body)?))
-                }
-                "fatigue" => to_json(throughline_query::fatigue::run(&snap, &parse(&body)?)),
-                "audit" => {
-                    let dir = store.dir();
-                    let rules = throughline_query::sessions::project_rules(dir).map_err(query_error)?;
-                    let registry = throughline_query::assets::Registry::load(dir).map_err(query_error)?;
-                    to_json(throughline_query::audit::run(&snap, &rules, &registry, &parse(&body)?))
-                }
-                other => return Err(AppError::new(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "unknown query kind {other:?}: use funnel, trends, retention, sessions, paths, assets, attribution, emotion, fatigue or audit"
-                    ),
-                )),
-            }?;
-        Ok(value)
+            "fatigue" => to_json(q::fatigue::run(&snap, &parse(&body)?)),
+            "audit" => to_json(q::audit::run(&snap, &rules, &registry()?, &parse(&body)?)),
+            other => Err(AppError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "unknown query kind {other:?}: use funnel, trends, retention, sessions, paths, assets, attribution, emotion, fatigue or audit"
+                ),
+            )),
+        }
     })
     .await
     .map_err(|e| {
@@ -222,6 +188,91 @@ pub async fn run(
         )
     })??;
     Ok(Json(answer))
+}
+
+/// `GET /api/v1/projects/{project}/events/recent?limit=N`: the newest events, for the
+/// dashboard's live feed.
+pub async fn recent(
+    State(state): State<Arc<AppState>>,
+    Path(project): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    let store = authorize(&state, &project, &headers)?;
+    let mut req = throughline_query::recent::RecentRequest::default();
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("limit", n)) => {
+                req.limit = Some(n.parse().map_err(|_| {
+                    AppError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit {n:?} is not a number"),
+                    )
+                    .field(Some("limit"))
+                })?)
+            }
+            _ => {
+                return Err(AppError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {pair:?}: only `limit` is read"),
+                ))
+            }
+        }
+    }
+    let answer = tokio::task::spawn_blocking(move || {
+        to_json(throughline_query::recent::run(&store.snapshot(), &req))
+    })
+    .await
+    .map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}"),
+        )
+    })??;
+    Ok(Json(answer))
+}
+
+/// `GET /api/v1/projects/{project}/catalog`: the event names, campaigns and channels.
+pub async fn catalog(
+    State(state): State<Arc<AppState>>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    let store = authorize(&state, &project, &headers)?;
+    let answer = tokio::task::spawn_blocking(move || {
+        let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
+        to_json(throughline_query::recent::catalog(
+            &store.snapshot(),
+            &rules,
+        ))
+    })
+    .await
+    .map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}"),
+        )
+    })??;
+    Ok(Json(answer))
+}
+
+/// `GET /api/v1/whoami`: the project the Bearer api key opens, so a client signing in
+/// with a key alone learns where it may go.
+pub async fn whoami(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    let key = bearer(&headers)?;
+    let (info, _) = state
+        .store
+        .by_api_key(key)
+        .ok_or_else(|| AppError::new(StatusCode::UNAUTHORIZED, "unknown api key"))?;
+    Ok(Json(serde_json::json!({ "project": info.name })))
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {

@@ -494,3 +494,148 @@ async fn breakdowns_and_sessions_reconcile_with_totals() {
     assert_eq!(sum, v["total"]["sessions"].as_u64().unwrap());
     assert_eq!(v["total"]["sessions"], 4);
 }
+
+async fn get(f: &Fixture, path: &str, headers: &[(&str, &str)]) -> axum::response::Response {
+    let mut req = Request::get(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    router(f.state.clone())
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// The dashboard is served from the binary: its page and modules with their content
+/// types, the strict policy, and a 304 for a file the browser already has.
+#[tokio::test]
+async fn the_dashboard_is_served_with_types_a_strict_policy_and_etags() {
+    let f = fixture("ui");
+    let page = get(&f, "/", &[]).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let h = page.headers().clone();
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    assert_eq!(h["content-security-policy"], crate::CONTENT_SECURITY_POLICY);
+    assert!(crate::CONTENT_SECURITY_POLICY.contains("script-src 'self';"));
+    assert!(!crate::CONTENT_SECURITY_POLICY.contains("unsafe"));
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let body = to_bytes(page.into_body(), 1 << 20).await.unwrap();
+    let html = String::from_utf8_lossy(&body);
+    assert!(html.contains("/ui/app.js"), "{html}");
+    assert!(!html.contains("<script>"), "no inline script: {html}");
+
+    for (path, ty) in [
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/views/funnel.js", "text/javascript; charset=utf-8"),
+        ("/ui/style.css", "text/css; charset=utf-8"),
+        (
+            "/ui/vendor/echarts.min.js",
+            "text/javascript; charset=utf-8",
+        ),
+        ("/ui/icon.svg", "image/svg+xml"),
+    ] {
+        let r = get(&f, path, &[]).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.headers()["content-type"], ty, "{path}");
+        let etag = r.headers()["etag"].to_str().unwrap().to_string();
+        let again = get(&f, path, &[("if-none-match", &etag)]).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
+    }
+    assert_eq!(
+        get(&f, "/ui/nope.js", &[]).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&f, "/ui/../Cargo.toml", &[]).await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+async fn json_of(resp: axum::response::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// `whoami` names the key's project; the newest events and the catalog answer with
+/// that key only, newest first and bounded.
+#[tokio::test]
+async fn whoami_recent_events_and_the_catalog_answer_with_the_api_key() {
+    let f = fixture("recent");
+    let api_key = f.api_key.clone();
+    let bearer = format!("Bearer {api_key}");
+    let body = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "Viewed", "timestamp": "2026-09-01T10:00:00Z"},
+        {"type": "page", "userId": "u2", "name": "Home", "timestamp": "2026-09-01T12:00:00Z",
+         "context": {"page": {"url": "https://x.example/?utm_source=news", "path": "/"}}},
+        {"type": "track", "userId": "u1", "event": "Bought", "timestamp": "2026-09-01T11:00:00Z"}
+    ]});
+    post(
+        &f,
+        "/v1/batch",
+        body.to_string().into_bytes(),
+        Some(&f.key),
+        false,
+    )
+    .await;
+
+    let (s, v) = json_of(get(&f, "/api/v1/whoami", &[("authorization", &bearer)]).await).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"project": "shop"})));
+    let (s, v) =
+        json_of(get(&f, "/api/v1/whoami", &[("authorization", "Bearer tl_nope")]).await).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert_eq!(
+        get(&f, "/api/v1/whoami", &[]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    let recent = "/api/v1/projects/shop/events/recent?limit=2";
+    let (s, v) = json_of(get(&f, recent, &[("authorization", &bearer)]).await).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["total_events"], 3);
+    let names: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Home", "Bought"], "newest first: {v}");
+    assert_eq!(v["events"][0]["utm_source"], "news");
+    assert_eq!(v["events"][0]["person_id"], "u2");
+    assert_eq!(
+        get(&f, recent, &[]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    for bad in ["limit=0", "limit=100000", "limit=x", "offset=3"] {
+        let path = format!("/api/v1/projects/shop/events/recent?{bad}");
+        let (s, v) = json_of(get(&f, &path, &[("authorization", &bearer)]).await).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+
+    let (s, v) = json_of(
+        get(
+            &f,
+            "/api/v1/projects/shop/catalog",
+            &[("authorization", &bearer)],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["names"], json!(["Bought", "Home", "Viewed"]));
+    assert_eq!(v["campaigns"], json!([]));
+    assert_eq!(v["truncated"], false);
+    let channels = v["channels"].as_array().unwrap();
+    for c in [
+        "Paid Search",
+        "Organic Search",
+        "Direct",
+        "Email",
+        "Unassigned",
+    ] {
+        assert!(channels.contains(&json!(c)), "{c} in {v}");
+    }
+}

@@ -555,6 +555,87 @@ impl Snapshot<'_> {
         Ok(())
     }
 
+    /// The `limit` newest events by timestamp (ties: the later arrival first), newest
+    /// first, with the node each was sent under. Reads the log, and of the segments only
+    /// the time column of those whose range can still hold one and the payload blocks of
+    /// the rows chosen.
+    pub fn newest_events(&self, limit: usize) -> Result<Vec<(NodeId, Event)>, StoreError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Min-heap of the best `limit` so far, keyed (ts, arrival); the source is a
+        // segment index or `usize::MAX` for the log, with its row.
+        let mut best: BinaryHeap<Reverse<(i64, u32, usize, usize)>> = BinaryHeap::new();
+        let offer = |best: &mut BinaryHeap<Reverse<(i64, u32, usize, usize)>>,
+                     key: (i64, u32, usize, usize)| {
+            if best.len() < limit {
+                best.push(Reverse(key));
+            } else if best.peek().is_some_and(|Reverse(low)| key > *low) {
+                best.pop();
+                best.push(Reverse(key));
+            }
+        };
+        let segments = &self.state.segments;
+        let mut first = Vec::with_capacity(segments.len());
+        let mut arrival = 0u32;
+        for seg in segments {
+            first.push(arrival);
+            arrival += seg.rows() as u32;
+        }
+        for (i, r) in self.state.mem.rows.iter().enumerate() {
+            offer(&mut best, (r.ts, arrival + i as u32, usize::MAX, i));
+        }
+        let mut order: Vec<usize> = (0..segments.len()).collect();
+        order.sort_by_key(|&k| Reverse(segments[k].time_range().1));
+        for k in order {
+            let floor = (best.len() == limit).then(|| best.peek().map(|Reverse(b)| b.0));
+            if floor
+                .flatten()
+                .is_some_and(|f| segments[k].time_range().1 < f)
+            {
+                break;
+            }
+            let ts = segments[k].read_column::<i64>("ts")?;
+            for (row, &t) in ts.iter().enumerate() {
+                offer(&mut best, (t, first[k] + row as u32, k, row));
+            }
+        }
+        let chosen: Vec<(i64, u32, usize, usize)> =
+            best.into_iter().map(|Reverse(key)| key).collect();
+        let mut out: Vec<((i64, u32), NodeId, Event)> = Vec::with_capacity(chosen.len());
+        let mem = &self.state.mem;
+        for &(t, seq, src, row) in &chosen {
+            if src == usize::MAX {
+                let r = &mem.rows[row];
+                out.push(((t, seq), r.node, decode(Path::new("wal"), mem.payload(r))?));
+            }
+        }
+        let mut by_segment: std::collections::BTreeMap<usize, Vec<(usize, i64, u32)>> =
+            Default::default();
+        for &(t, seq, src, row) in &chosen {
+            if src != usize::MAX {
+                by_segment.entry(src).or_default().push((row, t, seq));
+            }
+        }
+        for (k, mut rows) in by_segment {
+            rows.sort_unstable();
+            let seg = &segments[k];
+            let nodes = seg.read_column::<u32>("node")?;
+            let wanted: Vec<usize> = rows.iter().map(|r| r.0).collect();
+            let mut at = 0;
+            seg.for_each_payload_of(&wanted, |row, payload| {
+                let (_, t, seq) = rows[at];
+                at += 1;
+                out.push(((t, seq), nodes[row], decode(&seg.path, payload)?));
+                Ok(())
+            })?;
+        }
+        out.sort_by_key(|(key, _, _)| Reverse(*key));
+        Ok(out.into_iter().map(|(_, node, e)| (node, e)).collect())
+    }
+
     /// Scan columns of the events still in the log, in arrival order.
     pub fn log_rows(&self) -> impl Iterator<Item = LogRow<'_>> {
         self.state.mem.rows.iter().map(|r| LogRow {

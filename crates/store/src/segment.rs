@@ -390,6 +390,79 @@ impl Segment {
         Ok(())
     }
 
+    /// The dictionary of a `dim:` column alone: the distinct values the segment holds.
+    pub fn dictionary(&self, dim: &str) -> Result<Vec<String>, StoreError> {
+        let bytes = self.read_column::<u8>(&format!("dict:{dim}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            file: self.path.clone(),
+            why: format!("dictionary of {dim}: {e}"),
+        })
+    }
+
+    /// Calls `visit(row, payload)` for the given rows (ascending), reading and verifying
+    /// only the payload blocks that hold them: a few events without reading the column.
+    pub fn for_each_payload_of(
+        &self,
+        rows: &[usize],
+        mut visit: impl FnMut(usize, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let corrupt = |why: &str| StoreError::Corrupt {
+            file: self.path.clone(),
+            why: why.to_string(),
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let offsets = self.read_column::<u64>("payload_offsets")?;
+        let blocks = self.read_column::<u64>("payload_blocks")?;
+        let meta = self.meta("payload")?.clone();
+        if offsets.len() != self.rows() + 1 || offsets.last().copied().unwrap_or(0) != meta.len {
+            return Err(corrupt("payload offsets do not match the payload column"));
+        }
+        let mut buf = Vec::new();
+        let mut next = 0;
+        for (b, pair) in blocks.chunks_exact(2).enumerate() {
+            let first = pair[0] as usize;
+            let end_row = blocks.get(2 * b + 2).map_or(self.rows(), |&r| r as usize);
+            if first >= end_row || end_row > self.rows() {
+                return Err(corrupt("payload block index out of range"));
+            }
+            let wanted = rows[next..].iter().take_while(|&&r| r < end_row).count();
+            if wanted == 0 {
+                continue;
+            }
+            let (start, end) = (offsets[first], offsets[end_row]);
+            if start > end {
+                return Err(corrupt("payload offsets out of order"));
+            }
+            buf.resize((end - start) as usize, 0);
+            self.file
+                .read_exact_at(&mut buf, meta.offset + start)
+                .map_err(|e| StoreError::io(&self.path, e))?;
+            if u64::from(crc32fast::hash(&buf)) != pair[1] {
+                return Err(corrupt(&format!("payload block {b} checksum mismatch")));
+            }
+            for &r in &rows[next..next + wanted] {
+                if r < first {
+                    return Err(corrupt("rows not ascending"));
+                }
+                let (a, z) = (
+                    (offsets[r] - start) as usize,
+                    (offsets[r + 1] - start) as usize,
+                );
+                if a > z || z > buf.len() {
+                    return Err(corrupt("payload offsets out of order"));
+                }
+                visit(r, &buf[a..z])?;
+            }
+            next += wanted;
+            if next == rows.len() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether this segment stored a message with this id hash: the Bloom filter first,
     /// then a binary search of the sorted hash column on disk.
     pub fn contains_hash(&self, hash: u128) -> Result<bool, StoreError> {
