@@ -121,7 +121,7 @@ pub fn query(args: QueryArgs) -> Result<()> {
     let registry = throughline_query::assets::Registry::load(project.dir())?;
     let spend = throughline_query::spend::Spend::load(project.dir())?;
     let r =
-        throughline_query::attribution::run(&project.snapshot(), &rules, &registry, &spend, &req)?;
+        throughline_query::attribution::run(&(&project.snapshot()).into(), &rules, &registry, &spend, &req)?;
     print(&r, args.target.format)
 }
 

@@ -86,9 +86,14 @@ pub enum QueryCommand {
         /// End of the range, exclusive
         #[arg(long)]
         to: Option<String>,
-        /// One funnel per first-touch value: channel, source, medium, source_medium, campaign, content, landing_page
+        /// One funnel per value: first-touch channel, source, medium, source_medium, campaign, content,
+        /// landing_page; property:NAME (the event property on each person's first step-1 event);
+        /// person:NAME (the person's latest identify trait)
         #[arg(long)]
         by: Option<String>,
+        /// With --by: the values listed, most persons first; the rest are summed as (other)
+        #[arg(long = "by-limit")]
+        by_limit: Option<usize>,
         /// Drill-down: list the persons at this step (1-based)
         #[arg(long = "persons-at")]
         persons_step: Option<usize>,
@@ -116,9 +121,13 @@ pub enum QueryCommand {
         from: Option<String>,
         #[arg(long)]
         to: Option<String>,
-        /// Split by first-touch channel, source, medium, source_medium, campaign, content or landing_page
+        /// Split by first-touch channel, source, medium, source_medium, campaign, content or landing_page,
+        /// by each event's property:NAME, or by the person's latest identify trait person:NAME
         #[arg(long)]
         by: Option<String>,
+        /// With --by: the values listed, most persons first; the rest are summed as (other)
+        #[arg(long = "by-limit")]
+        by_limit: Option<usize>,
     },
     /// Sessions, engaged sessions and bounce rate by channel, source, campaign, landing page or day
     #[command(
@@ -269,6 +278,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             from,
             to,
             by,
+            by_limit,
             persons_step,
             persons_status,
             persons_offset,
@@ -286,6 +296,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
                 by,
+                by_limit,
                 persons: persons_step.map(|step| throughline_query::funnel::PersonsRequest {
                     step,
                     status: persons_status,
@@ -295,7 +306,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::funnel::run(&project.snapshot(), &rules, &req)?;
+            let r = throughline_query::funnel::run(&(&project.snapshot()).into(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => {
@@ -345,6 +356,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             from,
             to,
             by,
+            by_limit,
         } => {
             let req = TrendsRequest {
                 events,
@@ -353,9 +365,10 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 to,
                 by,
                 filter: target.filter(),
+                by_limit,
             };
             let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::trends::run(&project.snapshot(), &rules, &req)?;
+            let r = throughline_query::trends::run(&(&project.snapshot()).into(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => output::table(
@@ -391,7 +404,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::sessions::run(&project.snapshot(), &rules, &req)?;
+            let r = throughline_query::sessions::run(&(&project.snapshot()).into(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => output::table(
@@ -468,7 +481,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 let (_store, project, rules) = open_project(&target)?;
                 let registry = throughline_query::assets::Registry::load(project.dir())?;
                 let r = throughline_query::attribution::run(
-                    &project.snapshot(),
+                    &(&project.snapshot()).into(),
                     &rules,
                     &registry,
                     &Default::default(),
@@ -502,7 +515,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::paths::run(&project.snapshot(), &rules, &req)?;
+            let r = throughline_query::paths::run(&(&project.snapshot()).into(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => output::table(
@@ -545,7 +558,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             };
             let (_store, project, rules) = open_project(&target)?;
             let registry = throughline_query::assets::Registry::load(project.dir())?;
-            let r = throughline_query::assets::run(&project.snapshot(), &rules, &registry, &req)?;
+            let r = throughline_query::assets::run(&(&project.snapshot()).into(), &rules, &registry, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => {
@@ -634,7 +647,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             };
             let (_store, project, rules) = open_project(&target)?;
             {
-                let r = throughline_query::retention::run(&project.snapshot(), &rules, &req)?;
+                let r = throughline_query::retention::run(&(&project.snapshot()).into(), &rules, &req)?;
                 match target.format {
                     Format::Json => output::json(&serde_json::to_value(&r)?),
                     Format::Table => {

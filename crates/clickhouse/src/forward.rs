@@ -121,6 +121,11 @@ impl Backend {
         &self.target
     }
 
+    /// The read side of one project: what its queries read.
+    pub fn source(&self, project: &str) -> crate::source::Source {
+        crate::source::Source::new(self.target.clone(), project, self.options.identity.clone())
+    }
+
     /// The project's outbox and forwarder, opened (and its backlog resumed) on first use.
     pub fn project(&self, name: &str) -> Result<Arc<Project>, ClickHouseError> {
         let mut projects = self.projects.lock().expect("projects lock");

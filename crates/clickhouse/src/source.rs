@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use throughline_identity::{IdKind, IdentityConfig, IdentityGraph};
 use throughline_model::{Event, Millis, DIMS, DIM_COUNT};
-use throughline_query::rows::{Column, Rows};
+use throughline_query::rows::{Column, Load, Rows};
+use throughline_query::source::{EventFilter, RemoteSource, Visit};
+use throughline_query::QueryError;
 use throughline_store::NO_VALUE;
 
 use crate::client::quote;
@@ -480,6 +482,123 @@ impl Source {
             })
             .collect())
     }
+}
+
+/// Every query kind reads ClickHouse through this: rows with persons resolved in SQL,
+/// decoded events in arrival order, and the identity mapping rebuilt from `identities`.
+impl RemoteSource for Source {
+    fn rows(&self, req: &Load) -> Result<Rows, QueryError> {
+        Source::rows(
+            self,
+            &RowRequest {
+                from: req.from,
+                to: req.to,
+                dims: req.dims.clone(),
+                keep: req.keep.as_deref(),
+                persons: req.persons,
+            },
+        )
+        .map_err(backend)
+    }
+
+    fn events(&self, filter: &EventFilter, visit: &mut Visit) -> Result<(), QueryError> {
+        let events = self.target.table("events");
+        let mut w = format!("project = {}", quote(&self.project));
+        if let Some(name) = filter.name {
+            let bytes = self
+                .target
+                .client
+                .query_bytes(&format!(
+                    "SELECT DISTINCT name FROM {events} WHERE {w} FORMAT RowBinary"
+                ))
+                .map_err(backend)?;
+            let mut r = Reader::new(&bytes[..]);
+            let (mut kept, mut null, mut all) = (Vec::new(), false, true);
+            while !r.at_end().map_err(backend)? {
+                let n = r.opt_string().map_err(backend)?;
+                if !name(n.as_deref()) {
+                    all = false;
+                    continue;
+                }
+                match n {
+                    Some(n) => kept.push(quote(&n)),
+                    None => null = true,
+                }
+            }
+            if !all {
+                let mut any = Vec::new();
+                if !kept.is_empty() {
+                    any.push(format!("name IN ({})", kept.join(", ")));
+                }
+                if null {
+                    any.push("isNull(name)".to_string());
+                }
+                if any.is_empty() {
+                    return Ok(());
+                }
+                w.push_str(&format!(" AND ({})", any.join(" OR ")));
+            }
+        }
+        let list = |xs: &mut dyn Iterator<Item = u32>| -> String {
+            xs.map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+        };
+        if let Some(nodes) = filter.nodes {
+            if nodes.is_empty() {
+                return Ok(());
+            }
+            let mut sorted: Vec<u32> = nodes.iter().copied().collect();
+            sorted.sort_unstable();
+            w.push_str(&format!(" AND node IN ({})", list(&mut sorted.into_iter())));
+        }
+        if let Some(seqs) = filter.seqs {
+            if seqs.is_empty() {
+                return Ok(());
+            }
+            w.push_str(&format!(" AND seq IN ({})", list(&mut seqs.iter().copied())));
+        }
+        let mut failed = None;
+        let done = self.decode(
+            &format!(
+                "SELECT seq, node, payload FROM {events} WHERE {w} ORDER BY seq FORMAT RowBinary"
+            ),
+            &mut |seq, node, e| {
+                visit(seq, node, e).map_err(|e| {
+                    let stop = ClickHouseError::Invalid(e.to_string());
+                    failed = Some(e);
+                    stop
+                })
+            },
+        );
+        match (done, failed) {
+            (_, Some(e)) => Err(e),
+            (Err(e), None) => Err(backend(e)),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+
+    fn identity(&self) -> Result<IdentityGraph, QueryError> {
+        let mut table: Vec<(IdKind, String, u32, bool)> = Vec::new();
+        for (person, m) in self.identities(None).map_err(backend)? {
+            let node = m.node as usize;
+            // Node numbers are dense; one missing from the table (not forwarded yet) stands
+            // alone with no id, as an erased node does.
+            while table.len() < node {
+                let n = table.len() as u32;
+                table.push((IdKind::Anonymous, String::new(), n, false));
+            }
+            if table.len() == node {
+                table.push((m.kind, m.id, person, m.is_user));
+            }
+        }
+        Ok(IdentityGraph::from_nodes(
+            self.junk.config().clone(),
+            table,
+        ))
+    }
+}
+
+fn backend(e: ClickHouseError) -> QueryError {
+    QueryError::Backend(e.to_string())
 }
 
 fn seq_u32(seq: u64) -> Result<u32, ClickHouseError> {

@@ -165,6 +165,33 @@ impl IdentityGraph {
         Ok(g)
     }
 
+    /// A graph rebuilt from the node table a remote backend keeps (ClickHouse's
+    /// `identities`): node `n`'s kind, id, person and whether it is the person's user id,
+    /// for every `n` in order. It answers lookups, persons and canonical ids as the graph
+    /// that wrote the table; merge counts are not part of the table and start at zero.
+    pub fn from_nodes(
+        config: IdentityConfig,
+        table: impl IntoIterator<Item = (IdKind, String, PersonId, bool)>,
+    ) -> IdentityGraph {
+        let mut g = IdentityGraph::new(config);
+        for (n, (kind, id, person, is_user)) in table.into_iter().enumerate() {
+            let node = n as NodeId;
+            let p = g.persons.entry(person).or_default();
+            p.members.push(node);
+            if is_user {
+                p.user = Some(node);
+            }
+            match kind {
+                IdKind::Anonymous => p.anonymous += 1,
+                IdKind::Email => p.emails += 1,
+                IdKind::User => {}
+            }
+            g.nodes.push(Node { kind, id, person });
+        }
+        g.rebuild_derived();
+        g
+    }
+
     /// A compact, checksummed binary snapshot: loading one is a linear read, so opening a
     /// store for one query stays cheap as the graph grows.
     pub fn to_snapshot(&self) -> Vec<u8> {

@@ -88,9 +88,29 @@ fn ordered(spec: &Spec, ts: &[Millis], masks: &[u64], out: &mut Outcome) {
         }
         return;
     }
-    let mut start = [UNSET; STEPS_MAX];
-    let mut prev_at = [UNSET; STEPS_MAX];
-    let mut at = [UNSET; STEPS_MAX];
+    // Per step: (chain start, time of the previous step, time of this step). This runs
+    // once per person, so short funnels keep their state in a small array.
+    const SMALL: usize = 8;
+    if n <= SMALL {
+        let mut state = [(UNSET, UNSET, UNSET); SMALL];
+        chains(spec, ts, masks, &mut state[..n], step_bits, strict, out);
+    } else {
+        let mut state = vec![(UNSET, UNSET, UNSET); n];
+        chains(spec, ts, masks, &mut state, step_bits, strict, out);
+    }
+}
+
+/// The chain search of [`ordered`] over `chain`, one entry per step, all unset.
+fn chains(
+    spec: &Spec,
+    ts: &[Millis],
+    masks: &[u64],
+    chain: &mut [ChainTimes],
+    step_bits: u64,
+    strict: bool,
+    out: &mut Outcome,
+) {
+    let n = chain.len();
     let mut best: Option<(usize, Vec<ChainTimes>)> = None;
     let mut started = false;
     let mut i = 0;
@@ -110,11 +130,13 @@ fn ordered(spec: &Spec, ts: &[Millis], masks: &[u64], out: &mut Outcome) {
         }
         i = j;
         if excluded {
-            let level = level_of(&start, n);
+            let level = level_of(chain);
             if level > best.as_ref().map_or(0, |b| b.0) {
-                best = Some((level, snapshot(&start, &prev_at, &at, level)));
+                best = Some((level, chain[..level].to_vec()));
             }
-            start = [UNSET; STEPS_MAX];
+            for c in chain.iter_mut() {
+                c.0 = UNSET;
+            }
             started = false;
         }
         // Before the chain starts an interruption is skipped alone: the group's step
@@ -127,20 +149,16 @@ fn ordered(spec: &Spec, ts: &[Millis], masks: &[u64], out: &mut Outcome) {
             let k = bits.trailing_zeros() as usize;
             bits &= bits - 1;
             if k == 0 {
-                start[0] = t;
-                prev_at[0] = t;
-                at[0] = t;
+                chain[0] = (t, t, t);
                 started = true;
-            } else if strict && started && start[k - 1] == UNSET {
+            } else if strict && started && chain[k - 1].0 == UNSET {
                 break 'events;
-            } else if start[k - 1] != UNSET {
-                let first = start[k - 1];
+            } else if chain[k - 1].0 != UNSET {
+                let (first, _, prev) = chain[k - 1];
                 let within = t <= first.saturating_add(spec.window)
-                    && spec.step_windows[k].is_none_or(|w| t - at[k - 1] <= w);
+                    && spec.step_windows[k].is_none_or(|w| t - prev <= w);
                 if within {
-                    start[k] = first;
-                    prev_at[k] = at[k - 1];
-                    at[k] = t;
+                    chain[k] = (first, prev, t);
                     if k + 1 == n {
                         break 'events;
                     }
@@ -148,7 +166,7 @@ fn ordered(spec: &Spec, ts: &[Millis], masks: &[u64], out: &mut Outcome) {
             }
         }
     }
-    let level = level_of(&start, n);
+    let level = level_of(chain);
     match best {
         Some((b, snap)) if b >= level => {
             out.level = b;
@@ -156,25 +174,17 @@ fn ordered(spec: &Spec, ts: &[Millis], masks: &[u64], out: &mut Outcome) {
         }
         _ => {
             out.level = level;
-            out.at = snapshot(&start, &prev_at, &at, level);
+            out.at.extend_from_slice(&chain[..level]);
         }
     }
 }
 
-fn level_of(start: &[Millis; STEPS_MAX], n: usize) -> usize {
-    (0..n)
-        .rev()
-        .find(|&k| start[k] != UNSET)
+/// The deepest step a chain reached: the last one with a start.
+fn level_of(chain: &[ChainTimes]) -> usize {
+    chain
+        .iter()
+        .rposition(|c| c.0 != UNSET)
         .map_or(0, |k| k + 1)
-}
-
-fn snapshot(
-    start: &[Millis; STEPS_MAX],
-    prev_at: &[Millis; STEPS_MAX],
-    at: &[Millis; STEPS_MAX],
-    level: usize,
-) -> Vec<ChainTimes> {
-    (0..level).map(|k| (start[k], prev_at[k], at[k])).collect()
 }
 
 /// The largest k such that steps 1..k all occur within one window, in any order.

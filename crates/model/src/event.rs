@@ -165,6 +165,21 @@ impl Event {
             .unwrap_or_default()
     }
 
+    /// The referrer's host, unless it is the page's own host: a referrer from the site
+    /// itself is navigation within it, never where a visit came from (GA4 ignores such
+    /// self-referrals too), so the `referrer_host` column keeps only outside referrers.
+    pub fn external_referrer_host(&self) -> Option<&str> {
+        let host = referrer_host(self.referrer.as_deref()?);
+        fn bare(h: &str) -> &str {
+            match h.get(..4) {
+                Some(w) if w.eq_ignore_ascii_case("www.") => &h[4..],
+                _ => h,
+            }
+        }
+        let own = self.page_url.as_deref().map(referrer_host);
+        (!own.is_some_and(|o| bare(o).eq_ignore_ascii_case(bare(host)))).then_some(host)
+    }
+
     /// The values of [`DIMS`], in order.
     pub fn dims(&self) -> [Option<&str>; DIM_COUNT] {
         [
@@ -175,7 +190,7 @@ impl Event {
             self.utm.campaign.as_deref(),
             self.utm.content.as_deref(),
             self.utm.term.as_deref(),
-            self.referrer.as_deref().map(referrer_host),
+            self.external_referrer_host(),
             self.click_id.as_ref().map(|c| c.param.as_str()),
         ]
     }
@@ -245,5 +260,30 @@ mod host_tests {
             "l.facebook.com"
         );
         assert_eq!(super::referrer_host("news.example"), "news.example");
+    }
+
+    /// Navigation within the site is no referral: the column keeps outside referrers only.
+    #[test]
+    fn own_host_is_no_referrer() {
+        let event = |page: &str, referrer: &str| -> super::Event {
+            serde_json::from_value(serde_json::json!({
+                "message_id": "m", "type": "page", "timestamp": 0, "received_at": 0,
+                "page_url": page, "referrer": referrer,
+            }))
+            .unwrap()
+        };
+        let e = event(
+            "https://www.shop.example/cart",
+            "https://WWW.Shop.example/p/1?utm_source=x",
+        );
+        assert_eq!(e.external_referrer_host(), None);
+        let e = event("https://www.shop.example/cart", "https://www.google.com/");
+        assert_eq!(e.external_referrer_host(), Some("google.com"));
+        // Another host of the same company is still a referrer (exclude it by rule).
+        let e = event(
+            "https://shop.example/",
+            "https://checkout.shop.example/done",
+        );
+        assert_eq!(e.external_referrer_host(), Some("checkout.shop.example"));
     }
 }

@@ -27,8 +27,9 @@ use throughline_classify::Rules;
 use throughline_kernels::attribution::{self as kernel, Credit, Heuristic, PathTable, Touch};
 use throughline_kernels::sessions;
 use throughline_model::Millis;
-use throughline_store::{Snapshot, NO_VALUE};
+use throughline_store::NO_VALUE;
 
+use crate::source::Source;
 use crate::assets::{asset_key, property_path, read_conversions, KeySource, Registry};
 use crate::rows::{load, Load};
 use crate::sessions::{is_visit, Attributor};
@@ -501,7 +502,7 @@ struct Session {
 
 /// Attribution from the project's events.
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     registry: &Registry,
     spend: &Spend,
@@ -565,6 +566,7 @@ pub fn run(
             keep: Some(Box::new(|kind, v| {
                 is_visit(kind, v[1].is_some()) || conversion.matches_event(kind, v[0], v[1])
             })),
+            keep_reads: Some(vec![0, 1]),
             persons: only.as_ref(),
         },
     )?;

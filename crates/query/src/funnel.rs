@@ -1,16 +1,17 @@
 //! `query funnel`: how many persons reach each step, conversion between steps, time to
 //! convert.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_kernels::funnel::{self, Order, Outcome, Spec, EXCLUSION_BIT, STEPS_MAX};
 use throughline_model::Millis;
-use throughline_store::Snapshot;
 
-use crate::rows::{load, Load};
-use crate::spec::{parse_duration, parse_time_bound, StepMatcher};
+use crate::source::Source;
+use crate::breakdown::{self, By};
+use crate::rows::Scan;
+use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -34,10 +35,14 @@ pub struct FunnelRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
-    /// One funnel per value of the person's first touch in range: channel, source,
-    /// medium, source_medium, campaign, content or landing_page.
+    /// One funnel per value: of the person's first touch in range (channel, source,
+    /// medium, source_medium, campaign, content or landing_page), of an event property on
+    /// their first step-1 event (`property:NAME`), or of a trait (`person:NAME`).
     #[serde(default)]
     pub by: Option<String>,
+    /// With `by`: the values listed, most persons first; the rest are summed as `(other)`.
+    #[serde(default)]
+    pub by_limit: Option<usize>,
     /// Drill-down: list the persons who converted at a step or dropped after it.
     #[serde(default)]
     pub persons: Option<PersonsRequest>,
@@ -93,7 +98,7 @@ pub struct FunnelResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
     pub steps: Vec<StepRow>,
-    /// With `by`: the funnel of each value, most persons first.
+    /// With `by`: the funnel of each value, most persons first, then `(other)`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breakdown: Option<Vec<Breakdown>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,7 +137,7 @@ const HISTOGRAM_SECONDS: [u64; 9] = [
 ];
 
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     req: &FunnelRequest,
 ) -> Result<FunnelResponse, QueryError> {
@@ -181,83 +186,9 @@ pub fn run(
     for (k, w) in req.step_windows.iter().enumerate() {
         spec.step_windows[k + 1] = w.as_deref().map(parse_duration).transpose()?;
     }
-
-    let need_path = steps.iter().chain(&exclude).any(StepMatcher::needs_path);
-    let mask_of = |kind: u8, name: Option<&str>, path: Option<&str>| -> u64 {
-        let mut m = 0u64;
-        for (k, s) in steps.iter().enumerate() {
-            if s.matches_event(kind, name, path) {
-                m |= 1 << k;
-            }
-        }
-        if exclude.iter().any(|x| x.matches_event(kind, name, path)) {
-            m |= EXCLUSION_BIT;
-        }
-        m
-    };
-    let strict = order == Order::Strict;
-    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
-    let rows = load(
-        snap,
-        &Load {
-            from,
-            to,
-            dims: if need_path { vec![0, 1] } else { vec![0] },
-            // A strict funnel must see every event: any of them interrupts.
-            keep: (!strict).then(|| {
-                Box::new(
-                    move |kind: u8, v: &[Option<&str>; throughline_model::DIM_COUNT]| {
-                        mask_of(kind, v[0], v[1]) != 0
-                    },
-                )
-                    as Box<
-                        dyn Fn(u8, &[Option<&str>; throughline_model::DIM_COUNT]) -> bool
-                            + Send
-                            + Sync,
-                    >
-            }),
-            persons: only.as_ref(),
-        },
-    )?;
-    // Masks per distinct (type, name, path): matching strings once, not once per row.
-    let names = rows.dim(0);
-    let paths = need_path.then(|| rows.dim(1));
-    // Without path steps the mask depends on (type, name) only: a dense table by name code.
-    let mut dense: Vec<Option<u64>> = if paths.is_none() {
-        vec![None; 8 * (names.dict.len() + 1)]
-    } else {
-        Vec::new()
-    };
-    let mut cache: HashMap<(u8, u32, u32), u64> = HashMap::new();
-    let mut masks: Vec<u64> = (0..rows.len())
-        .map(|i| {
-            let compute = || mask_of(rows.kind[i], names.get(i), paths.and_then(|p| p.get(i)));
-            if paths.is_none() {
-                let code = if names.codes[i] == throughline_store::NO_VALUE {
-                    names.dict.len()
-                } else {
-                    names.codes[i] as usize
-                };
-                let slot = (rows.kind[i] as usize % 8) * (names.dict.len() + 1) + code;
-                *dense[slot].get_or_insert_with(compute)
-            } else {
-                let key = (
-                    rows.kind[i],
-                    names.codes[i],
-                    paths.map_or(0, |p| p.codes[i]),
-                );
-                *cache.entry(key).or_insert_with(compute)
-            }
-        })
-        .collect();
-
-    apply_filters(snap, &rows, &steps, &exclude, &mut masks)?;
-
+    let by = req.by.as_deref().map(By::parse).transpose()?;
+    let by_limit = breakdown::limit(req.by_limit)?;
     let n = steps.len();
-    let groups = match req.by.as_deref() {
-        None => None,
-        Some(by) => Some(crate::sessions::first_touch(snap, rules, from, to, by)?),
-    };
     let drill = match &req.persons {
         None => None,
         Some(p) => {
@@ -279,56 +210,174 @@ pub fn run(
             Some(p)
         }
     };
-    let mut drilled: Vec<u32> = Vec::new();
-    let mut drilled_total = 0u64;
-    let mut total = Tally::new(n);
-    let mut by_group: HashMap<&str, Tally> = HashMap::new();
-    let mut out = Outcome::default();
-    for r in rows.persons() {
-        funnel::evaluate(&spec, &rows.ts[r.clone()], &masks[r.clone()], &mut out);
-        total.add(&out);
-        if let Some(p) = drill {
-            let hit = if p.status == "converted" {
-                out.level >= p.step
-            } else {
-                out.level == p.step
-            };
-            if hit {
-                // Only the requested page is kept: memory stays bounded by the page size.
-                if drilled_total as usize >= p.offset && drilled.len() < p.limit {
-                    drilled.push(rows.person[r.start]);
-                }
-                drilled_total += 1;
+
+    let need_path = steps.iter().chain(&exclude).any(StepMatcher::needs_path);
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
+    let scan = Scan::new(snap, from, to, if need_path { &[0, 1] } else { &[0] })?;
+    let bits: Vec<(u64, &StepMatcher)> = steps
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (1u64 << k, s))
+        .chain(exclude.iter().map(|x| (EXCLUSION_BIT, x)))
+        .collect();
+    let masks = MaskTable::new(&bits, scan.dict(0), need_path.then(|| scan.dict(1)));
+    // A strict funnel must see every event: any of them interrupts. `KEPT_BIT` keeps a row
+    // that matches no step; the kernel reads it as the interruption it is.
+    let strict = order == Order::Strict;
+    let tag = |kind: u8, codes: &[u32]| -> u64 {
+        let m = masks.of(kind, codes);
+        if strict {
+            m | KEPT_BIT
+        } else {
+            m
+        }
+    };
+    let filters = Filters::new(snap, &steps, &exclude)?;
+
+    // Who counts under which value: per person, an index into `values`.
+    let mut values: Vec<String> = Vec::new();
+    let mut group_of: HashMap<u32, u32> = HashMap::new();
+    let mut value_index: HashMap<String, u32> = HashMap::new();
+    let mut add_value = |v: String| -> u32 {
+        *value_index.entry(v.clone()).or_insert_with(|| {
+            values.push(v);
+            (values.len() - 1) as u32
+        })
+    };
+    match &by {
+        None => {}
+        Some(By::Touch(attribute)) => {
+            for (p, v) in crate::sessions::first_touch(snap, rules, from, to, attribute)? {
+                let g = add_value(v);
+                group_of.insert(p, g);
             }
         }
-        if let Some(g) = &groups {
-            let value = g
-                .get(&rows.person[r.start])
-                .map_or(NO_TOUCH, String::as_str);
-            by_group
-                .entry(value)
-                .or_insert_with(|| Tally::new(n))
-                .add(&out);
+        Some(By::Person(path)) => {
+            for (p, v) in breakdown::person_traits(snap, path)? {
+                let g = add_value(v);
+                group_of.insert(p, g);
+            }
+        }
+        Some(By::Event(path)) => {
+            // The value on each person's first step-1 event in range: find those events
+            // (a scan of the step-1 rows alone), then decode only them.
+            let firsts = scan.run(
+                only.as_ref(),
+                |kind, codes| masks.of(kind, codes) & 1,
+                Vec::new,
+                |seqs: &mut Vec<(u32, u32)>, r| {
+                    if let Some(i) = (0..r.ts.len()).find(|&i| filters.keeps(r.seq[i], 1)) {
+                        seqs.push((r.person, r.seq[i]));
+                    }
+                },
+            )?;
+            let firsts: Vec<(u32, u32)> = firsts.into_iter().flatten().collect();
+            let mut seqs: Vec<u32> = firsts.iter().map(|&(_, s)| s).collect();
+            seqs.sort_unstable();
+            let decoded = breakdown::event_values(snap, &seqs, path)?;
+            for (p, seq) in firsts {
+                let v = decoded
+                    .get(&seq)
+                    .cloned()
+                    .unwrap_or_else(|| NO_TOUCH.into());
+                let g = add_value(v);
+                group_of.insert(p, g);
+            }
         }
     }
-    let breakdown = groups.as_ref().map(|_| {
-        let mut rows: Vec<Breakdown> = by_group
+    let none_group = by.is_some().then(|| add_value(NO_TOUCH.to_string()));
+    let groups = values.len();
+
+    struct Part {
+        total: Tally,
+        by_group: Vec<Option<Tally>>,
+        drilled: Vec<u32>,
+        drilled_total: u64,
+        out: Outcome,
+        masks: Vec<u64>,
+    }
+    let keep_drilled = drill.map_or(0, |p| p.offset.saturating_add(p.limit));
+    let parts = scan.run(
+        only.as_ref(),
+        tag,
+        || Part {
+            total: Tally::new(n),
+            by_group: (0..groups).map(|_| None).collect(),
+            drilled: Vec::new(),
+            drilled_total: 0,
+            out: Outcome::default(),
+            masks: Vec::new(),
+        },
+        |part, r| {
+            let tags = if filters.is_empty() {
+                r.tag
+            } else {
+                part.masks.clear();
+                part.masks.extend(
+                    r.tag
+                        .iter()
+                        .zip(r.seq)
+                        .map(|(&m, &seq)| filters.apply(seq, m)),
+                );
+                &part.masks
+            };
+            funnel::evaluate(&spec, r.ts, tags, &mut part.out);
+            part.total.add(&part.out);
+            if let Some(p) = drill {
+                let hit = if p.status == "converted" {
+                    part.out.level >= p.step
+                } else {
+                    part.out.level == p.step
+                };
+                if hit {
+                    // Only the requested page is kept: memory stays bounded by the page.
+                    if part.drilled.len() < keep_drilled {
+                        part.drilled.push(r.person);
+                    }
+                    part.drilled_total += 1;
+                }
+            }
+            if let Some(none) = none_group {
+                let g = group_of.get(&r.person).copied().unwrap_or(none) as usize;
+                part.by_group[g]
+                    .get_or_insert_with(|| Tally::new(n))
+                    .add(&part.out);
+            }
+        },
+    )?;
+    let mut total = Tally::new(n);
+    let mut by_group: Vec<Tally> = (0..groups).map(|_| Tally::new(n)).collect();
+    let mut drilled: Vec<u32> = Vec::new();
+    let mut drilled_total = 0u64;
+    for part in parts {
+        total.merge(part.total);
+        for (g, t) in part.by_group.into_iter().enumerate() {
+            if let Some(t) = t {
+                by_group[g].merge(t);
+            }
+        }
+        drilled.extend(part.drilled);
+        drilled_total += part.drilled_total;
+    }
+    let breakdown = by.as_ref().map(|_| {
+        let weights: Vec<u64> = by_group.iter().map(Tally::entered).collect();
+        let (slot, names) = breakdown::top(&values, &weights, by_limit);
+        let mut listed: Vec<Tally> = names.iter().map(|_| Tally::new(n)).collect();
+        for (g, t) in by_group.into_iter().enumerate() {
+            if slot[g] != usize::MAX {
+                listed[slot[g]].merge(t);
+            }
+        }
+        names
             .into_iter()
+            .zip(listed)
             .map(|(value, t)| Breakdown {
-                value: value.to_string(),
+                value,
                 steps: t.rows(&steps),
             })
-            .filter(|b| b.steps[0].persons > 0)
-            .collect();
-        rows.sort_by(|a, b| {
-            b.steps[0]
-                .persons
-                .cmp(&a.steps[0].persons)
-                .then(a.value.cmp(&b.value))
-        });
-        rows.truncate(BREAKDOWN_VALUES_MAX);
-        rows
+            .collect()
     });
+    let identity = drill.is_some().then(|| snap.identity()).transpose()?;
     Ok(FunnelResponse {
         order: req.order.clone().unwrap_or_else(|| "ordered".into()),
         window_seconds: window as f64 / 1000.0,
@@ -342,59 +391,81 @@ pub fn run(
             offset: p.offset,
             person_ids: drilled
                 .iter()
-                .map(|&q| snap.identity().canonical_id(q).to_string())
+                .skip(p.offset)
+                .take(p.limit)
+                .map(|&q| identity.expect("read for a drill").canonical_id(q).to_string())
                 .collect(),
         }),
     })
 }
 
-/// Clears the step bits of events that match a step's name but fail its `where`
-/// conditions. Only events of those steps' names are decoded, once each.
-fn apply_filters(
-    snap: &Snapshot,
-    rows: &crate::rows::Rows,
-    steps: &[StepMatcher],
-    exclude: &[StepMatcher],
-    masks: &mut [u64],
-) -> Result<(), QueryError> {
-    let filtered: Vec<(u64, &StepMatcher)> = steps
-        .iter()
-        .enumerate()
-        .map(|(k, s)| (1u64 << k, s))
-        .chain(exclude.iter().map(|x| (EXCLUSION_BIT, x)))
-        .filter(|(_, s)| !s.filters.is_empty())
-        .collect();
-    if filtered.is_empty() {
-        return Ok(());
-    }
-    let mut passing: Vec<std::collections::HashSet<u32>> = vec![Default::default(); filtered.len()];
-    let wanted = |name: &str| {
-        filtered
+/// Marks a kept row of a strict funnel that matches no step (bit 62: steps use 0..62,
+/// exclusions bit 63).
+const KEPT_BIT: u64 = 1 << 62;
+
+/// The `where` conditions of steps and exclusions: which events (by arrival number) of
+/// their names pass. Only events of those names are decoded, once each.
+struct Filters {
+    /// (the bit of the step, the events that pass its conditions).
+    passing: Vec<(u64, HashSet<u32>)>,
+}
+
+impl Filters {
+    fn new(
+        snap: &Source,
+        steps: &[StepMatcher],
+        exclude: &[StepMatcher],
+    ) -> Result<Filters, QueryError> {
+        let filtered: Vec<(u64, &StepMatcher)> = steps
             .iter()
-            .any(|(_, s)| s.needs_path() || s.matches(Some(name), None))
-    };
-    snap.for_each_event_named(wanted, |seq, e| {
-        for (j, (_, s)) in filtered.iter().enumerate() {
-            if s.filters.iter().all(|f| f.holds(&e)) {
-                passing[j].insert(seq);
-            }
+            .enumerate()
+            .map(|(k, s)| (1u64 << k, s))
+            .chain(exclude.iter().map(|x| (EXCLUSION_BIT, x)))
+            .filter(|(_, s)| !s.filters.is_empty())
+            .collect();
+        let mut passing: Vec<(u64, HashSet<u32>)> =
+            filtered.iter().map(|&(b, _)| (b, HashSet::new())).collect();
+        if filtered.is_empty() {
+            return Ok(Filters { passing });
         }
-        Ok(())
-    })?;
-    for (i, m) in masks.iter_mut().enumerate() {
-        for (j, (bit, _)) in filtered.iter().enumerate() {
-            if *m & bit != 0 && !passing[j].contains(&rows.seq[i]) {
-                *m &= !bit;
+        let wanted = |name: &str| {
+            filtered
+                .iter()
+                .any(|(_, s)| s.needs_path() || s.matches(Some(name), None))
+        };
+        snap.for_each_event_named(wanted, |seq, e| {
+            for (j, (_, s)) in filtered.iter().enumerate() {
+                if s.filters.iter().all(|f| f.holds(&e)) {
+                    passing[j].1.insert(seq);
+                }
             }
-        }
+            Ok(())
+        })?;
+        Ok(Filters { passing })
     }
-    Ok(())
+
+    fn is_empty(&self) -> bool {
+        self.passing.is_empty()
+    }
+
+    /// The mask without the bits whose conditions this event fails.
+    fn apply(&self, seq: u32, mut mask: u64) -> u64 {
+        for (bit, pass) in &self.passing {
+            if mask & bit != 0 && !pass.contains(&seq) {
+                mask &= !bit;
+            }
+        }
+        mask
+    }
+
+    /// Whether the event keeps `bit` (one that its name set).
+    fn keeps(&self, seq: u32, bit: u64) -> bool {
+        self.apply(seq, bit) != 0
+    }
 }
 
 /// Persons without a visit in range have no first touch.
-const NO_TOUCH: &str = "(none)";
-/// Breakdown values listed, most persons first.
-pub const BREAKDOWN_VALUES_MAX: usize = 50;
+const NO_TOUCH: &str = breakdown::NONE;
 
 /// The per-step counts and conversion times of a set of persons.
 struct Tally {
@@ -418,6 +489,23 @@ impl Tally {
             self.from_prev[k].push(secs(at - prev));
             self.from_first[k].push(secs(at - start));
         }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (a, b) in self.reached.iter_mut().zip(other.reached) {
+            *a += b;
+        }
+        for (a, b) in self.from_prev.iter_mut().zip(other.from_prev) {
+            a.extend(b);
+        }
+        for (a, b) in self.from_first.iter_mut().zip(other.from_first) {
+            a.extend(b);
+        }
+    }
+
+    /// Persons who reached step 1.
+    fn entered(&self) -> u64 {
+        self.reached[1..].iter().sum()
     }
 
     fn rows(mut self, steps: &[StepMatcher]) -> Vec<StepRow> {

@@ -10,6 +10,8 @@
 pub mod assets;
 pub mod attribution;
 pub mod audit;
+pub mod breakdown;
+pub mod cache;
 pub mod emotion;
 mod error;
 pub mod fatigue;
@@ -23,6 +25,7 @@ pub mod recent;
 pub mod retention;
 pub mod rows;
 pub mod sessions;
+pub mod source;
 pub mod spec;
 pub mod spend;
 pub mod stages;

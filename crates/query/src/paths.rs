@@ -2,17 +2,17 @@
 //! before an end event (ranked, and as Sankey nodes and links), and per-person channel
 //! journeys: the ordered channels of a person's sessions up to a conversion.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_kernels::sessions;
 use throughline_model::EventType;
-use throughline_store::Snapshot;
 
-use crate::rows::{load, Load};
+use crate::source::Source;
+use crate::rows::{load, Load, Scan};
 use crate::sessions::{is_visit, Attributor};
-use crate::spec::{parse_duration, parse_time_bound, StepMatcher};
+use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
 
 pub const DEPTH_MAX: usize = 20;
@@ -86,7 +86,7 @@ pub struct PathsResponse {
 }
 
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     req: &PathsRequest,
 ) -> Result<PathsResponse, QueryError> {
@@ -105,91 +105,90 @@ pub fn run(
     if start.is_some() && end.is_some() {
         return Err(QueryError::invalid("give `start` or `end`, not both"));
     }
-    // path -> (persons, conversions, nulls)
-    let mut counts: HashMap<Vec<String>, (u64, u64, u64)> = HashMap::new();
+    // Paths are label ids until the end: path -> (persons, conversions, nulls).
+    let mut labels = Labels::default();
+    let mut counts: HashMap<Vec<u32>, (u64, u64, u64)> = HashMap::new();
     let mut persons = 0u64;
     let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     match of.as_str() {
         "events" => {
-            // With an anchor event, a first narrow pass finds the persons who did it, so
-            // the full pass reads only their rows.
             let anchor = start.as_ref().or(end.as_ref());
-            let with_anchor: Option<std::collections::HashSet<u32>> = match anchor {
+            // With an anchor event, a first narrow pass finds the persons who did it, so
+            // the full pass keeps only their rows.
+            let with_anchor: Option<HashSet<u32>> = match anchor {
                 None => None,
                 Some(a) => {
-                    let hits = load(
-                        snap,
-                        &Load {
-                            from,
-                            to,
-                            dims: vec![0, 1],
-                            keep: Some(Box::new(|kind, v| a.matches_event(kind, v[0], v[1]))),
-                            persons: only.as_ref(),
-                        },
+                    let dims: &[usize] = if a.needs_path() { &[0, 1] } else { &[0] };
+                    let scan = Scan::new(snap, from, to, dims)?;
+                    let paths = a.needs_path().then(|| scan.dict(1));
+                    let hits = MaskTable::new(&[(1, a)], scan.dict(0), paths);
+                    let found = scan.run(
+                        only.as_ref(),
+                        |kind, codes| hits.of(kind, codes),
+                        Vec::new,
+                        |found: &mut Vec<u32>, r| found.push(r.person),
                     )?;
-                    Some(hits.person.into_iter().collect())
+                    Some(found.into_iter().flatten().collect())
                 }
             };
             let with_anchor = crate::filter::both(with_anchor, only.as_ref());
-            let rows = load(
-                snap,
-                &Load {
-                    from,
-                    to,
-                    dims: vec![0, 1],
-                    keep: None,
-                    persons: with_anchor.as_ref(),
+            let scan = Scan::new(snap, from, to, &[0, 1])?;
+            let table = LabelTable::new(&scan, &mut labels);
+            let hits = anchor.map(|a| MaskTable::new(&[(1, a)], scan.dict(0), Some(scan.dict(1))));
+            // Tag: label id + 1, and bit 32 when the row is an anchor event.
+            let tag = |kind: u8, codes: &[u32]| -> u64 {
+                let anchor = hits.as_ref().map_or(0, |h| h.of(kind, codes));
+                (table.of(kind, codes) as u64 + 1) | (anchor << 32)
+            };
+            let from_start = start.is_some();
+            let by_end = end.is_some();
+            let parts = scan.run(
+                with_anchor.as_ref(),
+                tag,
+                || (HashMap::<Vec<u32>, u64>::new(), 0u64, Vec::<u32>::new()),
+                |(counts, persons, path), r| {
+                    let is_anchor = |i: usize| r.tag[i] >> 32 != 0;
+                    let range = if from_start {
+                        match (0..r.tag.len()).find(|&i| is_anchor(i)) {
+                            Some(a) => a..r.tag.len(),
+                            None => return,
+                        }
+                    } else if by_end {
+                        match (0..r.tag.len()).find(|&i| is_anchor(i)) {
+                            Some(z) => 0..z + 1,
+                            None => return,
+                        }
+                    } else {
+                        0..r.tag.len()
+                    };
+                    // Consecutive repeats (reloads, several page views of one page) are one step.
+                    path.clear();
+                    for i in range {
+                        let l = (r.tag[i] as u32) - 1;
+                        if path.last() != Some(&l) {
+                            path.push(l);
+                        }
+                    }
+                    if by_end {
+                        let cut = path.len().saturating_sub(depth);
+                        path.drain(..cut);
+                    } else {
+                        path.truncate(depth);
+                    }
+                    *persons += 1;
+                    match counts.get_mut(path.as_slice()) {
+                        Some(n) => *n += 1,
+                        None => {
+                            counts.insert(path.clone(), 1);
+                        }
+                    }
                 },
             )?;
-            let (names, paths) = (rows.dim(0), rows.dim(1));
-            let page = EventType::Page.code();
-            let screen = EventType::Screen.code();
-            let label = |i: usize| -> String {
-                if rows.kind[i] == page || rows.kind[i] == screen {
-                    match paths.get(i) {
-                        Some(p) => format!("page:{p}"),
-                        None => format!("page:{}", names.get(i).unwrap_or("(not set)")),
-                    }
-                } else {
-                    names
-                        .get(i)
-                        .unwrap_or(
-                            EventType::from_code(rows.kind[i]).map_or("event", |t| t.as_str()),
-                        )
-                        .to_string()
+            for (part, n, _) in parts {
+                persons += n;
+                for (path, k) in part {
+                    counts.entry(path).or_default().0 += k;
                 }
-            };
-            for r in rows.persons() {
-                let matches = |m: &StepMatcher, i: usize| {
-                    m.matches_event(rows.kind[i], names.get(i), paths.get(i))
-                };
-                let range: Vec<usize> = match (&start, &end) {
-                    (Some(s), _) => match r.clone().find(|&i| matches(s, i)) {
-                        Some(a) => (a..r.end).collect(),
-                        None => continue,
-                    },
-                    (_, Some(e)) => match r.clone().find(|&i| matches(e, i)) {
-                        Some(z) => (r.start..=z).collect(),
-                        None => continue,
-                    },
-                    _ => r.clone().collect(),
-                };
-                // Consecutive repeats (reloads, several page views of one page) are one step.
-                let mut path: Vec<String> = Vec::new();
-                for i in range {
-                    let l = label(i);
-                    if path.last() != Some(&l) {
-                        path.push(l);
-                    }
-                }
-                if end.is_some() {
-                    let cut = path.len().saturating_sub(depth);
-                    path.drain(..cut);
-                } else {
-                    path.truncate(depth);
-                }
-                persons += 1;
-                counts.entry(path).or_default().0 += 1;
             }
         }
         "channels" => {
@@ -200,41 +199,55 @@ pub fn run(
                 .transpose()?
                 .ok_or_else(|| QueryError::invalid("channel journeys need a `conversion` event"))?;
             let timeout = parse_duration(req.timeout.as_deref().unwrap_or("30m"))?;
+            // A journey reads visits (its sessions) and the conversion event alone.
             let rows = load(
                 snap,
                 &Load {
                     from,
                     to,
                     dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
-                    keep: None,
+                    keep: Some(Box::new(|kind, v| {
+                        is_visit(kind, v[1].is_some()) || conversion.matches_event(kind, v[0], v[1])
+                    })),
+                    keep_reads: Some(vec![0, 1]),
                     persons: only.as_ref(),
+                    ..Default::default()
                 },
             )?;
             let (names, paths) = (rows.dim(0), rows.dim(1));
             let mut attributor = Attributor::new(rules);
+            // The channel label id of each of the attributor's touches.
+            let mut channel_of: Vec<u32> = Vec::new();
+            let mut visits: Vec<usize> = Vec::new();
+            let mut ts: Vec<i64> = Vec::new();
+            let mut path: Vec<u32> = Vec::new();
             for r in rows.persons() {
                 let conv = r
                     .clone()
                     .find(|&i| conversion.matches_event(rows.kind[i], names.get(i), paths.get(i)));
                 let end = conv.map_or(r.end, |c| c + 1);
                 // Sessions of the visits before (and including) the conversion.
-                let visits: Vec<usize> = (r.start..end)
-                    .filter(|&i| {
-                        is_visit(rows.kind[i], paths.codes[i] != throughline_store::NO_VALUE)
-                    })
-                    .collect();
-                let ts: Vec<i64> = visits.iter().map(|&i| rows.ts[i]).collect();
-                let mut path: Vec<String> = Vec::new();
+                visits.clear();
+                visits.extend((r.start..end).filter(|&i| {
+                    is_visit(rows.kind[i], paths.codes[i] != throughline_store::NO_VALUE)
+                }));
+                ts.clear();
+                ts.extend(visits.iter().map(|&i| rows.ts[i]));
+                path.clear();
                 sessions::split(&ts, timeout, |a, _| {
                     let t = attributor.attribute(&rows, visits[a]);
-                    path.push(attributor.touch(t).channel.clone());
+                    while channel_of.len() <= t {
+                        let c = &attributor.touch(channel_of.len()).channel;
+                        channel_of.push(labels.id(c));
+                    }
+                    path.push(channel_of[t]);
                 });
                 if path.is_empty() {
                     continue;
                 }
                 path.truncate(DEPTH_MAX.max(depth));
                 persons += 1;
-                let c = counts.entry(path).or_default();
+                let c = counts.entry(path.clone()).or_default();
                 c.0 += 1;
                 if conv.is_some() {
                     c.1 += 1;
@@ -249,8 +262,18 @@ pub fn run(
             )))
         }
     }
-    let mut ranked: Vec<(Vec<String>, (u64, u64, u64))> = counts.into_iter().collect();
-    ranked.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+    // Ranked by persons, then by the path's labels; strings only for what is listed.
+    let mut ranked: Vec<(Vec<u32>, (u64, u64, u64))> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| {
+        b.1 .0
+            .cmp(&a.1 .0)
+            .then_with(|| labels.cmp_paths(&a.0, &b.0))
+    });
+    ranked.truncate(limit);
+    let ranked: Vec<(Vec<String>, (u64, u64, u64))> = ranked
+        .into_iter()
+        .map(|(p, c)| (p.iter().map(|&l| labels.name(l).to_string()).collect(), c))
+        .collect();
     let journeys = of == "channels";
     // The Sankey diagram of the top paths: nodes per (position, label), links between them.
     // A node is (position, label).
@@ -313,4 +336,82 @@ pub fn run(
         nodes,
         links,
     })
+}
+
+/// Path labels interned: ids while counting, strings for the answer.
+#[derive(Default)]
+struct Labels {
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+impl Labels {
+    fn id(&mut self, label: &str) -> u32 {
+        if let Some(&i) = self.ids.get(label) {
+            return i;
+        }
+        self.names.push(label.to_string());
+        let i = (self.names.len() - 1) as u32;
+        self.ids.insert(label.to_string(), i);
+        i
+    }
+
+    fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// Paths compared as their lists of label strings.
+    fn cmp_paths(&self, a: &[u32], b: &[u32]) -> std::cmp::Ordering {
+        a.iter()
+            .map(|&l| self.name(l))
+            .cmp(b.iter().map(|&l| self.name(l)))
+    }
+}
+
+/// The label of an event in a path, by codes: page and screen views are `page:` and their
+/// path (else their name, else `(not set)`); other events their name, else their type.
+struct LabelTable {
+    path: Vec<u32>,
+    view_name: Vec<u32>,
+    view_none: u32,
+    name: Vec<u32>,
+    kind: [u32; 8],
+}
+
+impl LabelTable {
+    /// For a scan of dimensions `[0, 1]` (name, path).
+    fn new(scan: &Scan, labels: &mut Labels) -> LabelTable {
+        let names = scan.dict(0);
+        let paths = scan.dict(1);
+        LabelTable {
+            path: paths
+                .iter()
+                .map(|p| labels.id(&format!("page:{p}")))
+                .collect(),
+            view_name: names
+                .iter()
+                .map(|n| labels.id(&format!("page:{n}")))
+                .collect(),
+            view_none: labels.id("page:(not set)"),
+            name: names.iter().map(|n| labels.id(n)).collect(),
+            kind: std::array::from_fn(|k| {
+                labels.id(EventType::from_code(k as u8).map_or("event", |t| t.as_str()))
+            }),
+        }
+    }
+
+    #[inline]
+    fn of(&self, kind: u8, codes: &[u32]) -> u32 {
+        let (name, path) = (codes[0] as usize, codes[1] as usize);
+        if kind == EventType::Page.code() || kind == EventType::Screen.code() {
+            if let Some(&l) = self.path.get(path) {
+                return l;
+            }
+            return self.view_name.get(name).copied().unwrap_or(self.view_none);
+        }
+        self.name
+            .get(name)
+            .copied()
+            .unwrap_or(self.kind[kind as usize % 8])
+    }
 }

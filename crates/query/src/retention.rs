@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use throughline_kernels::retention;
-use throughline_store::Snapshot;
 
-use crate::rows::{load, Load};
-use crate::spec::{parse_time_bound, StepMatcher};
+use crate::source::Source;
+use crate::rows::Scan;
+use crate::spec::{parse_time_bound, MaskTable, StepMatcher};
 use crate::trends::Interval;
 use crate::QueryError;
 
@@ -54,7 +54,7 @@ pub struct RetentionResponse {
 }
 
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &throughline_classify::Rules,
     req: &RetentionRequest,
 ) -> Result<RetentionResponse, QueryError> {
@@ -69,37 +69,62 @@ pub fn run(
     let to = req.to.as_deref().map(parse_time_bound).transpose()?;
     let need_path = start.needs_path() || ret.needs_path();
     let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
-    let rows = load(
-        snap,
-        &Load {
-            from,
-            to,
-            dims: if need_path { vec![0, 1] } else { vec![0] },
-            keep: Some(Box::new(|kind, v| {
-                start.matches_event(kind, v[0], v[1]) || ret.matches_event(kind, v[0], v[1])
-            })),
-            persons: only.as_ref(),
+    let scan = Scan::new(snap, from, to, if need_path { &[0, 1] } else { &[0] })?;
+    const START: u64 = 1;
+    const RETURN: u64 = 2;
+    let masks = MaskTable::new(
+        &[(START, &start), (RETURN, &ret)],
+        scan.dict(0),
+        need_path.then(|| scan.dict(1)),
+    );
+    struct Part {
+        cohorts: BTreeMap<i32, Vec<u64>>,
+        returned: Vec<bool>,
+        period: Vec<i32>,
+        is_start: Vec<bool>,
+        is_ret: Vec<bool>,
+    }
+    let parts = scan.run(
+        only.as_ref(),
+        |kind, codes| masks.of(kind, codes),
+        || Part {
+            cohorts: BTreeMap::new(),
+            returned: vec![false; req.periods + 1],
+            period: Vec::new(),
+            is_start: Vec::new(),
+            is_ret: Vec::new(),
+        },
+        |part, r| {
+            part.period.clear();
+            part.is_start.clear();
+            part.is_ret.clear();
+            for (&t, &m) in r.ts.iter().zip(r.tag) {
+                part.period.push(req.period.index(t));
+                part.is_start.push(m & START != 0);
+                part.is_ret.push(m & RETURN != 0);
+            }
+            if let Some(c) = retention::person(
+                &part.period,
+                &part.is_start,
+                &part.is_ret,
+                &mut part.returned,
+            ) {
+                let row = part
+                    .cohorts
+                    .entry(c)
+                    .or_insert_with(|| vec![0; req.periods + 1]);
+                for (p, &r) in part.returned.iter().enumerate() {
+                    row[p] += u64::from(r);
+                }
+            }
         },
     )?;
-    let names = rows.dim(0);
-    let paths = need_path.then(|| rows.dim(1));
     let mut cohorts: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
-    let mut returned = vec![false; req.periods + 1];
-    let (mut period, mut is_start, mut is_ret) = (Vec::new(), Vec::new(), Vec::new());
-    for r in rows.persons() {
-        period.clear();
-        is_start.clear();
-        is_ret.clear();
-        for i in r {
-            let (n, p) = (names.get(i), paths.and_then(|p| p.get(i)));
-            period.push(req.period.index(rows.ts[i]));
-            is_start.push(start.matches_event(rows.kind[i], n, p));
-            is_ret.push(ret.matches_event(rows.kind[i], n, p));
-        }
-        if let Some(c) = retention::person(&period, &is_start, &is_ret, &mut returned) {
-            let row = cohorts.entry(c).or_insert_with(|| vec![0; req.periods + 1]);
-            for (p, &r) in returned.iter().enumerate() {
-                row[p] += u64::from(r);
+    for part in parts {
+        for (c, row) in part.cohorts {
+            let into = cohorts.entry(c).or_insert_with(|| vec![0; req.periods + 1]);
+            for (a, b) in into.iter_mut().zip(row) {
+                *a += b;
             }
         }
     }

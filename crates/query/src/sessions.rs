@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use throughline_classify::{Rules, Touch};
 use throughline_kernels::sessions;
 use throughline_model::{EventType, Millis};
-use throughline_store::{Snapshot, NO_VALUE};
+use throughline_store::NO_VALUE;
 
+use crate::source::Source;
 use crate::rows::{load, Load, Rows};
 use crate::spec::{parse_duration, parse_time_bound};
 use crate::trends::Interval;
@@ -145,7 +146,7 @@ impl<'r> Attributor<'r> {
 /// `source`, `medium`, `source_medium`, `campaign`, `content` or `landing_page`) of their
 /// first visit event.
 pub fn first_touch(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     from: Option<Millis>,
     to: Option<Millis>,
@@ -187,7 +188,7 @@ pub fn first_touch(
 /// email sent, a ticket closed) happen to a person without them visiting, so they neither
 /// start nor extend a session.
 fn load_visits(
-    snap: &Snapshot,
+    snap: &Source,
     from: Option<Millis>,
     to: Option<Millis>,
     persons: Option<&std::collections::HashSet<u32>>,
@@ -200,6 +201,8 @@ fn load_visits(
             dims: TOUCH_DIMS.to_vec(),
             keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
             persons,
+            keep_reads: Some(vec![1]),
+            ..Default::default()
         },
     )?)
 }
@@ -210,7 +213,7 @@ pub fn is_visit(kind: u8, has_path: bool) -> bool {
 }
 
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     req: &SessionsRequest,
 ) -> Result<SessionsResponse, QueryError> {

@@ -237,6 +237,62 @@ impl StepMatcher {
     }
 }
 
+/// Steps matched by dictionary code instead of by string: each step is a bit, and a row's
+/// mask is the bits of the steps its name matches, or'ed (for page and screen views) with
+/// those its path matches. A step matches when one of its alternatives does and each
+/// alternative reads the name or the path alone, so two tables decide every row, and
+/// strings are compared once per distinct value.
+pub struct MaskTable {
+    by_name: Vec<u64>,
+    by_path: Vec<u64>,
+}
+
+impl MaskTable {
+    /// `steps`: each step with its bit(s). `names`/`paths`: the dictionaries the codes
+    /// index (`paths` only when a step matches paths).
+    pub fn new(
+        steps: &[(u64, &StepMatcher)],
+        names: &[String],
+        paths: Option<&[String]>,
+    ) -> MaskTable {
+        let table = |dict: &[String], name_side: bool| -> Vec<u64> {
+            dict.iter()
+                .map(|v| {
+                    steps
+                        .iter()
+                        .filter(|(_, s)| {
+                            if name_side {
+                                s.matches(Some(v), None)
+                            } else {
+                                s.matches(None, Some(v))
+                            }
+                        })
+                        .fold(0, |m, (bit, _)| m | bit)
+                })
+                // The last slot: no value, which matches nothing.
+                .chain([0])
+                .collect()
+        };
+        MaskTable {
+            by_name: table(names, true),
+            by_path: paths.map_or(Vec::new(), |p| table(p, false)),
+        }
+    }
+
+    /// The mask of a row: its type and its name code (and path code, second, when the
+    /// table has paths); [`throughline_store::NO_VALUE`] for no value.
+    #[inline]
+    pub fn of(&self, kind: u8, codes: &[u32]) -> u64 {
+        let mut m = self.by_name[(codes[0] as usize).min(self.by_name.len() - 1)];
+        if !self.by_path.is_empty()
+            && (kind == EventType::Page.code() || kind == EventType::Screen.code())
+        {
+            m |= self.by_path[(codes[1] as usize).min(self.by_path.len() - 1)];
+        }
+        m
+    }
+}
+
 /// Glob match with `*` for any run of characters.
 pub fn wildcard(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();

@@ -1,14 +1,15 @@
 //! `query trends`: event counts and unique persons per day or week.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_model::{format_ms, Millis};
-use throughline_store::Snapshot;
 
-use crate::rows::{load, Load};
-use crate::spec::{parse_time_bound, StepMatcher};
+use crate::source::Source;
+use crate::breakdown::{self, By};
+use crate::rows::Scan;
+use crate::spec::{parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
 
 const DAY_MS: Millis = 86_400_000;
@@ -80,14 +81,21 @@ pub struct TrendsRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
-    /// Split by each person's first touch in range: channel, source, medium,
-    /// source_medium, campaign, content or landing_page.
+    /// Split by each person's first touch in range (channel, source, medium,
+    /// source_medium, campaign, content or landing_page), by each event's own property
+    /// (`property:NAME`), or by the person's latest trait (`person:NAME`).
     #[serde(default)]
     pub by: Option<String>,
+    /// With `by`: the values listed, most persons first; the rest are summed as `(other)`.
+    #[serde(default)]
+    pub by_limit: Option<usize>,
     /// Only persons whose first touch in range has these values (see [`crate::filter`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<crate::filter::Filter>,
 }
+
+/// Events asked for at most (each is a bit of a row's tag).
+pub const EVENTS_MAX: usize = 64;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct TrendRow {
@@ -107,13 +115,48 @@ pub struct TrendsResponse {
     pub totals: Vec<TrendRow>,
 }
 
+/// How each row finds its breakdown group.
+enum Groups {
+    None,
+    /// Per person (first touch, trait): a group index, or `none` for persons without one.
+    Person(HashMap<u32, u32>, u32),
+    /// Per event (its property), by arrival number.
+    Event(HashMap<u32, u32>, u32),
+}
+
+impl Groups {
+    #[inline]
+    fn of(&self, person: u32, seq: u32) -> u32 {
+        match self {
+            Groups::None => 0,
+            Groups::Person(m, none) => m.get(&person).copied().unwrap_or(*none),
+            Groups::Event(m, none) => m.get(&seq).copied().unwrap_or(*none),
+        }
+    }
+}
+
+/// Counts of one part of the persons: (period, event, group) -> (events, persons), and
+/// (event, group) -> (events, persons) over the range.
+#[derive(Default)]
+struct Counts {
+    rows: HashMap<(i32, u32, u32), (u64, u64)>,
+    totals: HashMap<(u32, u32), (u64, u64)>,
+    seen: HashSet<(i32, u32, u32)>,
+    seen_total: HashSet<(u32, u32)>,
+}
+
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     req: &TrendsRequest,
 ) -> Result<TrendsResponse, QueryError> {
     if req.events.is_empty() {
         return Err(QueryError::invalid("trends need at least one event"));
+    }
+    if req.events.len() > EVENTS_MAX {
+        return Err(QueryError::invalid(format!(
+            "trends take at most {EVENTS_MAX} events"
+        )));
     }
     let matchers: Vec<StepMatcher> = req
         .events
@@ -122,89 +165,164 @@ pub fn run(
         .collect::<Result<_, _>>()?;
     let from = req.from.as_deref().map(parse_time_bound).transpose()?;
     let to = req.to.as_deref().map(parse_time_bound).transpose()?;
+    let by = req.by.as_deref().map(By::parse).transpose()?;
+    let by_limit = breakdown::limit(req.by_limit)?;
     let need_path = matchers.iter().any(StepMatcher::needs_path);
     let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
-    let rows = load(
-        snap,
-        &Load {
-            from,
-            to,
-            dims: if need_path { vec![0, 1] } else { vec![0] },
-            keep: Some(Box::new(|kind, v| {
-                matchers.iter().any(|m| m.matches_event(kind, v[0], v[1]))
-            })),
-            persons: only.as_ref(),
-        },
-    )?;
-    let names = rows.dim(0);
-    let paths = need_path.then(|| rows.dim(1));
-    let groups = match req.by.as_deref() {
-        None => None,
-        Some(by) => Some(crate::sessions::first_touch(snap, rules, from, to, by)?),
+    let scan = Scan::new(snap, from, to, if need_path { &[0, 1] } else { &[0] })?;
+    let bits: Vec<(u64, &StepMatcher)> = matchers
+        .iter()
+        .enumerate()
+        .map(|(e, m)| (1u64 << e, m))
+        .collect();
+    let masks = MaskTable::new(&bits, scan.dict(0), need_path.then(|| scan.dict(1)));
+    let tag = |kind: u8, codes: &[u32]| masks.of(kind, codes);
+
+    let mut values: Vec<String> = Vec::new();
+    let mut index: HashMap<String, u32> = HashMap::new();
+    let mut intern = |v: String| -> u32 {
+        *index.entry(v.clone()).or_insert_with(|| {
+            values.push(v);
+            (values.len() - 1) as u32
+        })
     };
-    // Keyed by (period, event, group); the group is "" without a breakdown.
-    let mut counts: BTreeMap<(i32, usize, &str), (u64, u64)> = BTreeMap::new();
-    let mut totals: BTreeMap<(usize, &str), (u64, u64)> = BTreeMap::new();
-    let mut seen: HashSet<(i32, usize)> = HashSet::new();
-    let mut seen_total: HashSet<usize> = HashSet::new();
-    for r in rows.persons() {
-        seen.clear();
-        seen_total.clear();
-        let group = match &groups {
-            Some(g) => g
-                .get(&rows.person[r.start])
-                .map_or("(none)", String::as_str),
-            None => "",
-        };
-        for i in r {
-            let bucket = req.interval.index(rows.ts[i]);
-            for (e, m) in matchers.iter().enumerate() {
-                if m.matches_event(rows.kind[i], names.get(i), paths.and_then(|p| p.get(i))) {
-                    let c = counts.entry((bucket, e, group)).or_default();
-                    c.0 += 1;
-                    let t = totals.entry((e, group)).or_default();
-                    t.0 += 1;
-                    if seen.insert((bucket, e)) {
-                        c.1 += 1;
-                    }
-                    if seen_total.insert(e) {
-                        t.1 += 1;
-                    }
+    let groups = match &by {
+        None => Groups::None,
+        Some(By::Touch(attribute)) => {
+            let g = crate::sessions::first_touch(snap, rules, from, to, attribute)?;
+            let map = g.into_iter().map(|(p, v)| (p, intern(v))).collect();
+            Groups::Person(map, intern(breakdown::NONE.into()))
+        }
+        Some(By::Person(path)) => {
+            let g = breakdown::person_traits(snap, path)?;
+            let map = g.into_iter().map(|(p, v)| (p, intern(v))).collect();
+            Groups::Person(map, intern(breakdown::NONE.into()))
+        }
+        Some(By::Event(path)) => {
+            // Every counted event's own value: find them, then decode only them.
+            let seqs = scan.run(only.as_ref(), tag, Vec::new, |seqs: &mut Vec<u32>, r| {
+                seqs.extend_from_slice(r.seq)
+            })?;
+            let mut seqs: Vec<u32> = seqs.into_iter().flatten().collect();
+            seqs.sort_unstable();
+            let decoded = breakdown::event_values(snap, &seqs, path)?;
+            let map = decoded.into_iter().map(|(s, v)| (s, intern(v))).collect();
+            Groups::Event(map, intern(breakdown::NONE.into()))
+        }
+    };
+
+    // The listed groups: the values with the most persons, then `(other)`. Counting goes
+    // by listed slot, so `(other)` counts each person once however many values it holds.
+    let slot: Vec<u32> = if by.is_some() {
+        let weights = scan.run(
+            only.as_ref(),
+            tag,
+            || (vec![0u64; values.len()], Vec::<u32>::new()),
+            |(w, mine), r| {
+                mine.clear();
+                mine.extend(r.seq.iter().map(|&s| groups.of(r.person, s)));
+                mine.sort_unstable();
+                mine.dedup();
+                for &g in mine.iter() {
+                    w[g as usize] += 1;
+                }
+            },
+        )?;
+        let mut total = vec![0u64; values.len()];
+        for (w, _) in weights {
+            for (t, x) in total.iter_mut().zip(w) {
+                *t += x;
+            }
+        }
+        let (slot, names) = breakdown::top(&values, &total, by_limit);
+        values = names;
+        slot.into_iter().map(|s| s as u32).collect()
+    } else {
+        vec![0]
+    };
+
+    let interval = req.interval;
+    let parts = scan.run(only.as_ref(), tag, Counts::default, |c, r| {
+        c.seen.clear();
+        c.seen_total.clear();
+        for i in 0..r.ts.len() {
+            let bucket = interval.index(r.ts[i]);
+            let g = slot[groups.of(r.person, r.seq[i]) as usize];
+            let mut m = r.tag[i];
+            while m != 0 {
+                let e = m.trailing_zeros();
+                m &= m - 1;
+                let row = c.rows.entry((bucket, e, g)).or_default();
+                row.0 += 1;
+                if c.seen.insert((bucket, e, g)) {
+                    row.1 += 1;
+                }
+                let t = c.totals.entry((e, g)).or_default();
+                t.0 += 1;
+                if c.seen_total.insert((e, g)) {
+                    t.1 += 1;
                 }
             }
         }
+    })?;
+    let mut rows: HashMap<(i32, u32, u32), (u64, u64)> = HashMap::new();
+    let mut totals: HashMap<(u32, u32), (u64, u64)> = HashMap::new();
+    for part in parts {
+        for (k, (a, b)) in part.rows {
+            let x = rows.entry(k).or_default();
+            x.0 += a;
+            x.1 += b;
+        }
+        for (k, (a, b)) in part.totals {
+            let x = totals.entry(k).or_default();
+            x.0 += a;
+            x.1 += b;
+        }
     }
-    let group_of = |g: &str| groups.is_some().then(|| g.to_string());
+    let grouped = by.is_some();
+    let group_of = |g: u32| grouped.then(|| values[g as usize].clone());
+    type Keyed = ((i32, u32, String), (u64, u64));
+    let mut rows: Vec<Keyed> = rows
+        .into_iter()
+        .map(|((b, e, g), c)| ((b, e, group_of(g).unwrap_or_default()), c))
+        .collect();
+    rows.sort();
+    let mut totals: Vec<((u32, String), (u64, u64))> = totals
+        .into_iter()
+        .map(|((e, g), c)| ((e, group_of(g).unwrap_or_default()), c))
+        .collect();
+    totals.sort();
+    let label = |e: u32| matchers[e as usize].label.clone();
     Ok(TrendsResponse {
-        interval: req.interval,
-        rows: counts
+        interval,
+        rows: rows
             .into_iter()
             .map(|((b, e, g), (events, persons))| TrendRow {
-                date: req.interval.label(b),
-                event: matchers[e].label.clone(),
-                group: group_of(g),
+                date: interval.label(b),
+                event: label(e),
+                group: grouped.then_some(g),
                 events,
                 persons,
             })
             .collect(),
         // Every event has a total row, zero when it never happened.
-        totals: (0..matchers.len())
+        totals: (0..matchers.len() as u32)
             .flat_map(|e| {
                 let mut rows: Vec<TrendRow> = totals
                     .iter()
                     .filter(|((te, _), _)| *te == e)
-                    .map(|((_, g), &(events, persons))| TrendRow {
+                    .map(|((_, g), (events, persons))| TrendRow {
                         date: String::new(),
-                        event: matchers[e].label.clone(),
-                        group: group_of(g),
-                        events,
-                        persons,
+                        event: label(e),
+                        group: grouped.then(|| g.clone()),
+                        events: *events,
+                        persons: *persons,
                     })
                     .collect();
-                if rows.is_empty() && groups.is_none() {
+                if rows.is_empty() && !grouped {
                     rows.push(TrendRow {
                         date: String::new(),
-                        event: matchers[e].label.clone(),
+                        event: label(e),
                         group: None,
                         events: 0,
                         persons: 0,

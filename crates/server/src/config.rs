@@ -13,6 +13,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub identity: IdentitySettings,
     pub clickhouse: ClickHouseConfig,
+    pub query: QuerySettings,
 }
 
 /// `[clickhouse]`: the outbox and forwarder of `--backend clickhouse`.
@@ -37,6 +38,21 @@ impl Default for ClickHouseConfig {
             batch_events_max: d.batch_events_max,
             retry_ms_max: d.retry_ms_max,
             log_file_bytes_max: d.outbox.log_file_bytes_max,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySettings {
+    /// Memory for verified segment columns kept between queries (0 turns the cache off).
+    pub column_cache_bytes: usize,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        QuerySettings {
+            column_cache_bytes: 1 << 30,
         }
     }
 }

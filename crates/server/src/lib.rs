@@ -132,6 +132,11 @@ async fn not_found(uri: axum::http::Uri) -> AppError {
 
 /// Binds `listen` and serves until SIGINT or SIGTERM, then closes the store.
 pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> std::io::Result<()> {
+    // A server answers many queries over the same immutable segments: keep their verified
+    // columns in memory between queries.
+    if state.config.query.column_cache_bytes > 0 {
+        throughline_query::cache::configure(state.config.query.column_cache_bytes);
+    }
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "accepting events");
     let app = router(state.clone());

@@ -158,5 +158,35 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             }
         }
     }
+    if let Some(cache) = throughline_query::cache::global() {
+        let c = cache.stats();
+        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "throughline_query_cache_bytes",
+            "Bytes of verified segment columns kept in memory for queries.",
+            c.bytes as u64,
+        );
+        gauge(
+            &mut out,
+            "throughline_query_cache_bytes_max",
+            "The column cache's budget ([query] column_cache_bytes).",
+            c.bytes_max as u64,
+        );
+        counter(
+            &mut out,
+            "throughline_query_cache_hits_total",
+            "Column reads answered from memory.",
+            c.hits,
+        );
+        counter(
+            &mut out,
+            "throughline_query_cache_misses_total",
+            "Column reads that went to the segment file (and were checksummed).",
+            c.misses,
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -38,7 +38,7 @@ pub use lock::DirLock;
 pub use project::{
     AppendOutcome, Encoded, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats,
 };
-pub use segment::{Segment, NO_VALUE};
+pub use segment::{ColumnReader, Segment, NO_VALUE};
 pub use store::Store;
 
 mod store;

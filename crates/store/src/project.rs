@@ -625,7 +625,7 @@ impl Snapshot<'_> {
             let nodes = seg.read_column::<u32>("node")?;
             let wanted: Vec<usize> = rows.iter().map(|r| r.0).collect();
             let mut at = 0;
-            seg.for_each_payload_of(&wanted, |row, payload| {
+            seg.for_each_payload_at(&wanted, |row, payload| {
                 let (_, t, seq) = rows[at];
                 at += 1;
                 out.push(((t, seq), nodes[row], decode(&seg.path, payload)?));
@@ -634,6 +634,49 @@ impl Snapshot<'_> {
         }
         out.sort_by_key(|(key, _, _)| Reverse(*key));
         Ok(out.into_iter().map(|(_, node, e)| (node, e)).collect())
+    }
+
+    /// Visits the events with these arrival numbers (ascending; the numbering of
+    /// [`Snapshot::for_each_event_named`]), decoding only them and reading only the
+    /// payload blocks that hold them: the properties of a few events without decoding all.
+    pub fn for_each_event_at(
+        &self,
+        seqs: &[u32],
+        mut visit: impl FnMut(u32, Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut at = 0;
+        let mut first = 0u32;
+        let mut rows = Vec::new();
+        for seg in &self.state.segments {
+            let end = first + seg.rows() as u32;
+            rows.clear();
+            while at < seqs.len() && seqs[at] < end {
+                if seqs[at] < first {
+                    return Err(StoreError::Corrupt {
+                        file: seg.path.clone(),
+                        why: "arrival numbers asked for out of order".into(),
+                    });
+                }
+                rows.push((seqs[at] - first) as usize);
+                at += 1;
+            }
+            seg.for_each_payload_at(&rows, |row, payload| {
+                visit(first + row as u32, decode(&seg.path, payload)?)
+            })?;
+            first = end;
+        }
+        let mem = &self.state.mem;
+        for &seq in &seqs[at..] {
+            let r = seq
+                .checked_sub(first)
+                .and_then(|i| mem.rows.get(i as usize))
+                .ok_or_else(|| StoreError::Corrupt {
+                    file: "wal".into(),
+                    why: format!("no event with arrival number {seq}"),
+                })?;
+            visit(seq, decode(Path::new("wal"), mem.payload(r))?)?;
+        }
+        Ok(())
     }
 
     /// Scan columns of the events still in the log, in arrival order.

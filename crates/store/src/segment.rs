@@ -228,6 +228,46 @@ impl Writer {
     }
 }
 
+/// Reads one per-row column of a segment in pieces, in order, checksumming on the way
+/// (see [`Segment::column_reader`]).
+pub struct ColumnReader<'s, T> {
+    seg: &'s Segment,
+    meta: ColumnMeta,
+    done: u64,
+    crc: crc32fast::Hasher,
+    _values: std::marker::PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> ColumnReader<'_, T> {
+    /// Replaces `out` with the next `n` values (fewer at the end of the column).
+    pub fn read(&mut self, out: &mut Vec<T>, n: usize) -> Result<(), StoreError> {
+        let width = std::mem::size_of::<T>() as u64;
+        let left = (self.meta.len - self.done) / width;
+        let n = (n as u64).min(left) as usize;
+        out.clear();
+        out.resize(n, T::zeroed());
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+        self.seg
+            .file
+            .read_exact_at(bytes, self.meta.offset + self.done)
+            .map_err(|e| StoreError::io(&self.seg.path, e))?;
+        self.crc.update(bytes);
+        self.done += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Checks that the whole column was read and that its checksum matches.
+    pub fn finish(self) -> Result<(), StoreError> {
+        if self.done != self.meta.len || self.crc.finalize() != self.meta.crc {
+            return Err(StoreError::Corrupt {
+                file: self.seg.path.clone(),
+                why: format!("column {:?} checksum mismatch", self.meta.name),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// An open segment: its footer and dedupe filter in memory, columns read on demand.
 #[derive(Debug)]
 pub struct Segment {
@@ -320,16 +360,45 @@ impl Segment {
         Ok(out)
     }
 
+    /// Reads a fixed-width column a piece at a time: memory stays bounded by the piece and
+    /// nothing is copied twice. The checksum covers the whole column, so it is checked by
+    /// [`ColumnReader::finish`]: a caller must not let anything computed from the pieces
+    /// out before `finish` succeeded, and must bounds-check values it uses as indexes.
+    pub fn column_reader<T: bytemuck::Pod>(
+        &self,
+        name: &str,
+    ) -> Result<ColumnReader<'_, T>, StoreError> {
+        let meta = self.meta(name)?.clone();
+        let width = std::mem::size_of::<T>() as u64;
+        if meta.len % width != 0 || meta.len / width != self.footer.rows {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: format!("column {name:?} does not hold one {width}-byte value per row"),
+            });
+        }
+        Ok(ColumnReader {
+            seg: self,
+            meta,
+            done: 0,
+            crc: crc32fast::Hasher::new(),
+            _values: std::marker::PhantomData,
+        })
+    }
+
+    /// The dictionary of a `dim:` column, verified.
+    pub fn dict(&self, dim: &str) -> Result<Vec<String>, StoreError> {
+        let bytes = self.read_column::<u8>(&format!("dict:{dim}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            file: self.path.clone(),
+            why: format!("dictionary of {dim}: {e}"),
+        })
+    }
+
     /// The codes of a `dim:` column, one per row ([`NO_VALUE`] where absent), and its
     /// dictionary.
     pub fn dim(&self, dim: &str) -> Result<(Vec<u32>, Vec<String>), StoreError> {
         let codes = self.read_column::<u32>(&format!("dim:{dim}"))?;
-        let bytes = self.read_column::<u8>(&format!("dict:{dim}"))?;
-        let dict: Vec<String> =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                file: self.path.clone(),
-                why: format!("dictionary of {dim}: {e}"),
-            })?;
+        let dict = self.dict(dim)?;
         if codes
             .iter()
             .any(|&c| c != NO_VALUE && c as usize >= dict.len())
@@ -399,37 +468,39 @@ impl Segment {
         })
     }
 
-    /// Calls `visit(row, payload)` for the given rows (ascending), reading and verifying
-    /// only the payload blocks that hold them: a few events without reading the column.
-    pub fn for_each_payload_of(
+    /// Calls `visit(row, payload)` for the given rows only (ascending), reading and
+    /// verifying just the checksummed blocks that hold them.
+    pub fn for_each_payload_at(
         &self,
         rows: &[usize],
         mut visit: impl FnMut(usize, &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let corrupt = |why: &str| StoreError::Corrupt {
             file: self.path.clone(),
             why: why.to_string(),
         };
-        if rows.is_empty() {
-            return Ok(());
-        }
         let offsets = self.read_column::<u64>("payload_offsets")?;
         let blocks = self.read_column::<u64>("payload_blocks")?;
         let meta = self.meta("payload")?.clone();
         if offsets.len() != self.rows() + 1 || offsets.last().copied().unwrap_or(0) != meta.len {
             return Err(corrupt("payload offsets do not match the payload column"));
         }
+        let firsts: Vec<usize> = blocks.chunks_exact(2).map(|p| p[0] as usize).collect();
         let mut buf = Vec::new();
-        let mut next = 0;
-        for (b, pair) in blocks.chunks_exact(2).enumerate() {
-            let first = pair[0] as usize;
-            let end_row = blocks.get(2 * b + 2).map_or(self.rows(), |&r| r as usize);
-            if first >= end_row || end_row > self.rows() {
-                return Err(corrupt("payload block index out of range"));
+        let mut at = 0;
+        while at < rows.len() {
+            let row = rows[at];
+            if row >= self.rows() || (at > 0 && row <= rows[at - 1]) {
+                return Err(corrupt("rows asked for out of range or out of order"));
             }
-            let wanted = rows[next..].iter().take_while(|&&r| r < end_row).count();
-            if wanted == 0 {
-                continue;
+            let b = firsts.partition_point(|&f| f <= row).saturating_sub(1);
+            let first = firsts.get(b).copied().unwrap_or(0);
+            let end_row = firsts.get(b + 1).copied().unwrap_or(self.rows());
+            if first > row || end_row > self.rows() || first >= end_row {
+                return Err(corrupt("payload block index out of range"));
             }
             let (start, end) = (offsets[first], offsets[end_row]);
             if start > end {
@@ -439,13 +510,11 @@ impl Segment {
             self.file
                 .read_exact_at(&mut buf, meta.offset + start)
                 .map_err(|e| StoreError::io(&self.path, e))?;
-            if u64::from(crc32fast::hash(&buf)) != pair[1] {
+            if u64::from(crc32fast::hash(&buf)) != blocks[2 * b + 1] {
                 return Err(corrupt(&format!("payload block {b} checksum mismatch")));
             }
-            for &r in &rows[next..next + wanted] {
-                if r < first {
-                    return Err(corrupt("rows not ascending"));
-                }
+            while at < rows.len() && rows[at] < end_row {
+                let r = rows[at];
                 let (a, z) = (
                     (offsets[r] - start) as usize,
                     (offsets[r + 1] - start) as usize,
@@ -454,10 +523,7 @@ impl Segment {
                     return Err(corrupt("payload offsets out of order"));
                 }
                 visit(r, &buf[a..z])?;
-            }
-            next += wanted;
-            if next == rows.len() {
-                break;
+                at += 1;
             }
         }
         Ok(())
