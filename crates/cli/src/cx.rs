@@ -198,7 +198,13 @@ pub fn emotion(a: EmotionArgs) -> Result<()> {
     let rules = throughline_query::sessions::project_rules(project.dir())?;
     let registry = throughline_query::assets::Registry::load(project.dir())?;
     let stages = throughline_query::stages::Stages::load(project.dir())?;
-    let r = throughline_query::emotion::run(&(&project.snapshot()).into(), &rules, &registry, &stages, &req)?;
+    let r = throughline_query::emotion::run(
+        &(&project.snapshot()).into(),
+        &rules,
+        &registry,
+        &stages,
+        &req,
+    )?;
     match a.target.format {
         Format::Json => output::json(&serde_json::to_value(&r)?),
         Format::Table => {

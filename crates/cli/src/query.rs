@@ -558,7 +558,12 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             };
             let (_store, project, rules) = open_project(&target)?;
             let registry = throughline_query::assets::Registry::load(project.dir())?;
-            let r = throughline_query::assets::run(&(&project.snapshot()).into(), &rules, &registry, &req)?;
+            let r = throughline_query::assets::run(
+                &(&project.snapshot()).into(),
+                &rules,
+                &registry,
+                &req,
+            )?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => {
@@ -647,7 +652,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             };
             let (_store, project, rules) = open_project(&target)?;
             {
-                let r = throughline_query::retention::run(&(&project.snapshot()).into(), &rules, &req)?;
+                let r =
+                    throughline_query::retention::run(&(&project.snapshot()).into(), &rules, &req)?;
                 match target.format {
                     Format::Json => output::json(&serde_json::to_value(&r)?),
                     Format::Table => {

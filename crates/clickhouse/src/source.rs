@@ -554,7 +554,10 @@ impl RemoteSource for Source {
             if seqs.is_empty() {
                 return Ok(());
             }
-            w.push_str(&format!(" AND seq IN ({})", list(&mut seqs.iter().copied())));
+            w.push_str(&format!(
+                " AND seq IN ({})",
+                list(&mut seqs.iter().copied())
+            ));
         }
         let mut failed = None;
         let done = self.decode(
@@ -590,10 +593,7 @@ impl RemoteSource for Source {
                 table.push((m.kind, m.id, person, m.is_user));
             }
         }
-        Ok(IdentityGraph::from_nodes(
-            self.junk.config().clone(),
-            table,
-        ))
+        Ok(IdentityGraph::from_nodes(self.junk.config().clone(), table))
     }
 }
 

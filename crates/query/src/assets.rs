@@ -36,9 +36,9 @@ use throughline_kernels::sessions;
 use throughline_model::{EventType, Millis};
 use throughline_store::{StoreError, NO_VALUE};
 
-use crate::source::Source;
 use crate::rows::{load, Load, Rows};
 use crate::sessions::{is_visit, Attributor};
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, Alternative, StepMatcher};
 use crate::QueryError;
 

@@ -29,10 +29,10 @@ use throughline_kernels::sessions;
 use throughline_model::Millis;
 use throughline_store::NO_VALUE;
 
-use crate::source::Source;
 use crate::assets::{asset_key, property_path, read_conversions, KeySource, Registry};
 use crate::rows::{load, Load};
 use crate::sessions::{is_visit, Attributor};
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, StepMatcher};
 use crate::spend::Spend;
 use crate::QueryError;

@@ -30,10 +30,10 @@ use throughline_model::{EventType, Millis};
 use throughline_store::NO_VALUE;
 use throughline_text::tfidf::Corpus;
 
-use crate::source::{EventFilter, Source};
 use crate::assets::{asset_key, Registry};
 use crate::rows::{load, Load};
 use crate::sessions::{is_visit, Attributor};
+use crate::source::{EventFilter, Source};
 use crate::spec::{parse_duration, parse_time_bound, StepMatcher};
 use crate::QueryError;
 

@@ -35,10 +35,10 @@ use throughline_model::{format_ms, Millis};
 use throughline_store::StoreError;
 use throughline_text::{terms, vader};
 
-use crate::source::Source;
 use crate::assets::{asset_key, Registry, RegistryIndex};
 use crate::rows::{load, Load, Rows};
 use crate::sessions::{is_visit, Attributor};
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound};
 use crate::stages::Stages;
 use crate::trends::Interval;

@@ -29,8 +29,8 @@ use throughline_kernels::fatigue::{self, Curve, Values, Window};
 use throughline_kernels::stats;
 use throughline_model::{format_ms, Millis};
 
-use crate::source::Source;
 use crate::rows::{load, Load};
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, StepMatcher};
 use crate::QueryError;
 

@@ -8,9 +8,9 @@ use throughline_classify::Rules;
 use throughline_kernels::funnel::{self, Order, Outcome, Spec, EXCLUSION_BIT, STEPS_MAX};
 use throughline_model::Millis;
 
-use crate::source::Source;
 use crate::breakdown::{self, By};
 use crate::rows::Scan;
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
 
@@ -393,7 +393,12 @@ pub fn run(
                 .iter()
                 .skip(p.offset)
                 .take(p.limit)
-                .map(|&q| identity.expect("read for a drill").canonical_id(q).to_string())
+                .map(|&q| {
+                    identity
+                        .expect("read for a drill")
+                        .canonical_id(q)
+                        .to_string()
+                })
                 .collect(),
         }),
     })

@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use throughline_identity::IdKind;
 use throughline_model::{format_ms, EventType};
 
-use crate::source::{EventFilter, Source};
 use crate::sessions::is_visit;
+use crate::source::{EventFilter, Source};
 use crate::QueryError;
 use throughline_classify::{Rules, Touch};
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use throughline_kernels::retention;
 
-use crate::source::Source;
 use crate::rows::Scan;
+use crate::source::Source;
 use crate::spec::{parse_time_bound, MaskTable, StepMatcher};
 use crate::trends::Interval;
 use crate::QueryError;

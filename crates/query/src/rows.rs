@@ -176,7 +176,10 @@ enum Inner<'s, 'a> {
     Store(Sources<'s, 'a>),
     /// A remote backend's rows of the requested dimensions, read once: tags are computed
     /// and rows dropped here.
-    Rows { rows: Rows, dims: Vec<usize> },
+    Rows {
+        rows: Rows,
+        dims: Vec<usize>,
+    },
 }
 
 /// One person's kept rows in (ts, arrival) order.
@@ -240,7 +243,9 @@ impl<'s, 'a> Scan<'s, 'a> {
     {
         let sources = match &self.inner {
             Inner::Store(sources) => sources,
-            Inner::Rows { rows, dims } => return Ok(vec![run_rows(rows, dims, persons, tag, init, visit)]),
+            Inner::Rows { rows, dims } => {
+                return Ok(vec![run_rows(rows, dims, persons, tag, init, visit)])
+            }
         };
         let persons = persons.map(Bitmap::of);
         let all: Vec<usize> = (0..sources.dims.len()).collect();

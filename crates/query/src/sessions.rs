@@ -10,8 +10,8 @@ use throughline_kernels::sessions;
 use throughline_model::{EventType, Millis};
 use throughline_store::NO_VALUE;
 
-use crate::source::Source;
 use crate::rows::{load, Load, Rows};
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound};
 use crate::trends::Interval;
 use crate::QueryError;

@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_model::{format_ms, Millis};
 
-use crate::source::Source;
 use crate::breakdown::{self, By};
 use crate::rows::Scan;
+use crate::source::Source;
 use crate::spec::{parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
 
