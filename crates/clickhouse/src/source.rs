@@ -266,6 +266,7 @@ impl Source {
         let mut interned: Vec<HashMap<String, u32>> = vec![HashMap::new(); dims.len()];
         let mut last: Option<(u32, u64)> = None;
         let mut values: Vec<Option<String>> = vec![None; dims.len()];
+        let mut codes = vec![NO_VALUE; dims.len()];
         while !r.at_end()? {
             let person = r.u32()?;
             let ts = r.i64()?;
@@ -273,6 +274,18 @@ impl Source {
             let kind = r.u8()?;
             for v in values.iter_mut() {
                 *v = r.opt_string()?;
+            }
+            // Dictionaries hold every value seen, kept or not, as the first path's do (a
+            // scan reads its dictionaries through a filter that keeps nothing).
+            for (j, &d) in dims.iter().enumerate() {
+                let col = out.dims[d].as_mut().expect("requested");
+                codes[j] = match &values[j] {
+                    None => NO_VALUE,
+                    Some(v) => *interned[j].entry(v.clone()).or_insert_with(|| {
+                        col.dict.push(v.clone());
+                        (col.dict.len() - 1) as u32
+                    }),
+                };
             }
             if last == Some((person, seq)) || req.persons.is_some_and(|p| !p.contains(&person)) {
                 continue;
@@ -290,15 +303,7 @@ impl Source {
             out.seq.push(seq_u32(seq)?);
             out.kind.push(kind);
             for (j, &d) in dims.iter().enumerate() {
-                let col = out.dims[d].as_mut().expect("requested");
-                let code = match &values[j] {
-                    None => NO_VALUE,
-                    Some(v) => *interned[j].entry(v.clone()).or_insert_with(|| {
-                        col.dict.push(v.clone());
-                        (col.dict.len() - 1) as u32
-                    }),
-                };
-                col.codes.push(code);
+                out.dims[d].as_mut().expect("requested").codes.push(codes[j]);
             }
         }
         Ok(out)

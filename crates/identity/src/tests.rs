@@ -178,3 +178,34 @@ fn the_journal_lists_the_nodes_a_merge_relabelled() {
     listed.sort_unstable();
     assert_eq!(listed, erased);
 }
+
+#[test]
+fn a_graph_rebuilt_from_its_node_table_answers_as_the_original() {
+    let mut g = IdentityGraph::default();
+    g.observe(&track_anon("phone"));
+    g.observe(&track_anon("laptop"));
+    g.observe(&identify("ann", "phone"));
+    g.observe(&identify("ann", "laptop"));
+    g.observe(&identify("bob", "tablet"));
+    g.observe(&track_anon("kiosk"));
+    // What a backend's table holds per node: kind, id, person, whether it is the user id.
+    let table: Vec<_> = (0..g.node_count() as NodeId)
+        .map(|n| {
+            let (kind, id) = g.node(n);
+            let person = g.person_of(n);
+            (kind, id.to_string(), person, g.user_of(person) == Some(n))
+        })
+        .collect();
+    let r = IdentityGraph::from_nodes(IdentityConfig::default(), table);
+    assert_eq!(r.node_count(), g.node_count());
+    for n in 0..g.node_count() as NodeId {
+        let p = g.person_of(n);
+        assert_eq!(r.person_of(n), p);
+        assert_eq!(r.canonical_id(p), g.canonical_id(p));
+        assert_eq!(r.ids_of(p), g.ids_of(p));
+        assert_eq!(r.user_of(p), g.user_of(p));
+    }
+    for id in ["ann", "bob", "phone", "laptop", "tablet", "kiosk", "nobody"] {
+        assert_eq!(r.find_person(id), g.find_person(id), "{id}");
+    }
+}

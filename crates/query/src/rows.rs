@@ -25,7 +25,7 @@ use throughline_model::{Millis, DIMS, DIM_COUNT};
 use throughline_store::{Segment, Snapshot, StoreError, NO_VALUE};
 
 use crate::cache::{self, ColumnCache};
-use crate::source::Source;
+use crate::source::{RemoteSource, Source};
 use crate::QueryError;
 
 /// Rows per piece when a segment's columns stream from its file: a few hundred KB, so a
@@ -174,11 +174,15 @@ pub struct Scan<'s, 'a> {
 
 enum Inner<'s, 'a> {
     Store(Sources<'s, 'a>),
-    /// A remote backend's rows of the requested dimensions, read once: tags are computed
-    /// and rows dropped here.
-    Rows {
-        rows: Rows,
+    /// A remote backend: its dictionaries are read first (no rows); each run sends the
+    /// combinations the tag keeps as the filter, so only kept rows travel.
+    Remote {
+        backend: &'s dyn RemoteSource,
+        from: Option<Millis>,
+        to: Option<Millis>,
         dims: Vec<usize>,
+        dicts: Vec<Vec<String>>,
+        index: Vec<HashMap<String, u32>>,
     },
 }
 
@@ -201,15 +205,32 @@ impl<'s, 'a> Scan<'s, 'a> {
             Source::Store(snap) => {
                 Inner::Store(Sources::new(snap, from, to, dims, cache::global())?)
             }
-            Source::Remote(r) => Inner::Rows {
-                rows: r.backend().rows(&Load {
+            Source::Remote(r) => {
+                // A filter that keeps nothing: the dictionaries alone come back.
+                let mut none = r.backend().rows(&Load {
                     from,
                     to,
                     dims: dims.to_vec(),
+                    keep: Some(Box::new(|_, _| false)),
                     ..Default::default()
-                })?,
-                dims: dims.to_vec(),
-            },
+                })?;
+                let dicts: Vec<Vec<String>> = dims
+                    .iter()
+                    .map(|&d| none.dims[d].take().map_or_else(Vec::new, |c| c.dict))
+                    .collect();
+                let index = dicts
+                    .iter()
+                    .map(|d| (0u32..).zip(d).map(|(c, v)| (v.clone(), c)).collect())
+                    .collect();
+                Inner::Remote {
+                    backend: r.backend(),
+                    from,
+                    to,
+                    dims: dims.to_vec(),
+                    dicts,
+                    index,
+                }
+            }
         };
         Ok(Scan { inner })
     }
@@ -219,7 +240,7 @@ impl<'s, 'a> Scan<'s, 'a> {
     pub fn dict(&self, j: usize) -> &[String] {
         match &self.inner {
             Inner::Store(sources) => &sources.dicts.values[j],
-            Inner::Rows { rows, dims } => &rows.dim(dims[j]).dict,
+            Inner::Remote { dicts, .. } => &dicts[j],
         }
     }
 
@@ -243,8 +264,49 @@ impl<'s, 'a> Scan<'s, 'a> {
     {
         let sources = match &self.inner {
             Inner::Store(sources) => sources,
-            Inner::Rows { rows, dims } => {
-                return Ok(vec![run_rows(rows, dims, persons, tag, init, visit)])
+            Inner::Remote {
+                backend,
+                from,
+                to,
+                dims,
+                dicts: _,
+                index,
+            } => {
+                // The scan's code of each value, `None` for one it has not seen (a value
+                // stored since `new`: dropped, as the embedded snapshot would not hold it).
+                let code = |j: usize, v: Option<&str>| -> Option<u32> {
+                    match v {
+                        None => Some(NO_VALUE),
+                        Some(v) => index[j].get(v).copied(),
+                    }
+                };
+                let codes_of = |v: &[Option<&str>; DIM_COUNT]| -> Option<Vec<u32>> {
+                    dims.iter()
+                        .enumerate()
+                        .map(|(j, &d)| code(j, v[d]))
+                        .collect()
+                };
+                let rows = backend.rows(&Load {
+                    from: *from,
+                    to: *to,
+                    dims: dims.clone(),
+                    keep: Some(Box::new(|kind, v| {
+                        codes_of(v).is_some_and(|c| tag(kind, &c) != 0)
+                    })),
+                    persons,
+                    ..Default::default()
+                })?;
+                // The rows' own dictionaries, mapped onto the scan's.
+                let remap: Vec<Vec<u32>> = (0..dims.len())
+                    .map(|j| {
+                        rows.dim(dims[j])
+                            .dict
+                            .iter()
+                            .map(|v| code(j, Some(v)).unwrap_or(NO_VALUE))
+                            .collect()
+                    })
+                    .collect();
+                return Ok(vec![run_rows(&rows, dims, &remap, tag, init, visit)]);
             }
         };
         let persons = persons.map(Bitmap::of);
@@ -293,11 +355,12 @@ impl Drop for Scan<'_, '_> {
     }
 }
 
-/// [`Scan::run`] over rows already read: one state, persons in order.
+/// [`Scan::run`] over a remote backend's rows (codes mapped onto the scan's dictionaries
+/// by `remap`): one state, persons in order.
 fn run_rows<S, T, I, V>(
     rows: &Rows,
     dims: &[usize],
-    persons: Option<&HashSet<u32>>,
+    remap: &[Vec<u32>],
     tag: T,
     init: I,
     visit: V,
@@ -313,15 +376,17 @@ where
     let (mut ts, mut seq, mut tags) = (Vec::new(), Vec::new(), Vec::new());
     for r in rows.persons() {
         let person = rows.person[r.start];
-        if persons.is_some_and(|p| !p.contains(&person)) {
-            continue;
-        }
         ts.clear();
         seq.clear();
         tags.clear();
         for i in r {
-            for (c, col) in codes.iter_mut().zip(&columns) {
-                *c = col.codes[i];
+            for ((c, col), remap) in codes.iter_mut().zip(&columns).zip(remap) {
+                let code = col.codes[i];
+                *c = if code == NO_VALUE {
+                    NO_VALUE
+                } else {
+                    remap[code as usize]
+                };
             }
             let t = tag(rows.kind[i], &codes);
             if t != 0 {
