@@ -303,7 +303,11 @@ impl Source {
             out.seq.push(seq_u32(seq)?);
             out.kind.push(kind);
             for (j, &d) in dims.iter().enumerate() {
-                out.dims[d].as_mut().expect("requested").codes.push(codes[j]);
+                out.dims[d]
+                    .as_mut()
+                    .expect("requested")
+                    .codes
+                    .push(codes[j]);
             }
         }
         Ok(out)
