@@ -805,7 +805,6 @@ pub fn run(
             })),
             persons: only.as_ref(),
             keep_reads: Some(vec![0, 1]),
-            ..Default::default()
         },
     )?;
 

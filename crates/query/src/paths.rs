@@ -207,7 +207,6 @@ pub fn run(snap: &Source, rules: &Rules, req: &PathsRequest) -> Result<PathsResp
                     })),
                     keep_reads: Some(vec![0, 1]),
                     persons: only.as_ref(),
-                    ..Default::default()
                 },
             )?;
             let (names, paths) = (rows.dim(0), rows.dim(1));

@@ -193,7 +193,7 @@ fn load_visits(
     to: Option<Millis>,
     persons: Option<&std::collections::HashSet<u32>>,
 ) -> Result<Rows, QueryError> {
-    Ok(load(
+    load(
         snap,
         &Load {
             from,
@@ -202,9 +202,8 @@ fn load_visits(
             keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
             persons,
             keep_reads: Some(vec![1]),
-            ..Default::default()
         },
-    )?)
+    )
 }
 
 /// Whether an event is part of a visit: a page or screen view, or any event with a page.

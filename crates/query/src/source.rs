@@ -23,12 +23,15 @@ use crate::QueryError;
 #[derive(Clone, Copy, Default)]
 pub struct EventFilter<'f> {
     /// By event name (`None` for events without one: identify, alias, ...).
-    pub name: Option<&'f (dyn Fn(Option<&str>) -> bool + Sync)>,
+    pub name: Option<&'f NameFilter<'f>>,
     /// By the identity node the event was sent under.
     pub nodes: Option<&'f HashSet<u32>>,
     /// By arrival number (ascending).
     pub seqs: Option<&'f [u32]>,
 }
+
+/// Whether events of a name (`None`: no name) are wanted.
+pub type NameFilter<'f> = dyn Fn(Option<&str>) -> bool + Sync + 'f;
 
 /// Visits `(arrival number, node, event)`.
 pub type Visit<'v> = dyn FnMut(u32, u32, Event) -> Result<(), QueryError> + 'v;
