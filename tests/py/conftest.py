@@ -29,11 +29,12 @@ def data_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def make_server(throughline_bin, tmp_path):
-    """Factory: make_server(data_dir) -> Server (not started). All are killed at teardown."""
+    """Factory: make_server(data_dir, extra_args=(), config=FILE.toml) -> Server (not started).
+    All are killed at teardown."""
     servers: list[Server] = []
 
-    def factory(data_dir: Path) -> Server:
-        s = Server(throughline_bin, data_dir, tmp_path)
+    def factory(data_dir: Path, extra_args: tuple[str, ...] = (), config: Path | None = None) -> Server:
+        s = Server(throughline_bin, data_dir, tmp_path, extra_args, config)
         servers.append(s)
         return s
 

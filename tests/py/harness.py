@@ -115,10 +115,19 @@ def free_port() -> int:
 class Server:
     """One `throughline serve` process on a data dir; restartable on the same port."""
 
-    def __init__(self, bin_path: str, data_dir: Path, log_dir: Path):
+    def __init__(
+        self,
+        bin_path: str,
+        data_dir: Path,
+        log_dir: Path,
+        extra_args: tuple[str, ...] = (),
+        config: Path | None = None,
+    ):
         self.bin = bin_path
         self.data_dir = data_dir
+        self.config = config
         self.log_dir = log_dir
+        self.extra_args = tuple(extra_args)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -152,8 +161,11 @@ class Server:
         self.starts += 1
         self.log_path = self.log_dir / f"serve-{self.port}-{self.starts}.log"
         log = open(self.log_path, "wb")
+        args = [self.bin, "serve", "--data", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}", *self.extra_args]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
         self.proc = subprocess.Popen(
-            [self.bin, "serve", "--data", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
+            args,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

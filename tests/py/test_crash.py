@@ -3,7 +3,9 @@
 Client threads post /v1/batch with unique messageIds and, like the SDKs, retry a failed
 batch with the SAME messageIds until it is acknowledged. Meanwhile the server is killed
 with SIGKILL at random moments and restarted on the same data dir. At the end every
-acknowledged messageId must be in the export exactly once and none twice.
+acknowledged messageId must be in the export exactly once and none twice. The second test
+runs the same load with tiny in-memory tables, so the server flushes and compacts on its
+background threads all the time and the kills land in the middle of both.
 """
 
 from __future__ import annotations
@@ -100,12 +102,39 @@ class Client(threading.Thread):
                     return
 
 
+# Flush after every batch or two and merge segments as soon as two exist.
+SMALL_TABLES_CONFIG = """
+[store]
+flush_bytes = 65536
+frozen_tables_max = 2
+compact_segments_min = 2
+compact_rows_max = 20000
+"""
+
+
 def test_acknowledged_events_survive_kill9_and_retries_are_stored_once(throughline_bin, data_dir, make_server):
+    crash_under_load(throughline_bin, data_dir, make_server, ())
+
+
+def test_kill9_during_background_flushes_and_compactions_loses_and_duplicates_nothing(
+    throughline_bin, data_dir, make_server, tmp_path
+):
+    config = tmp_path / "small-tables.toml"
+    config.write_text(SMALL_TABLES_CONFIG)
+    crash_under_load(throughline_bin, data_dir, make_server, ("--config", str(config)), background=True)
+
+
+def metric_total(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def crash_under_load(throughline_bin, data_dir, make_server, extra_args, background=False):
     seed = int(os.environ.get("THROUGHLINE_CRASH_SEED") or random.SystemRandom().randrange(1 << 30))
     print(f"crash test seed: {seed} (rerun with THROUGHLINE_CRASH_SEED={seed})")
     rng = random.Random(seed)
     project = create_project(throughline_bin, data_dir, "crashy")
-    server = make_server(data_dir).start()
+    server = make_server(data_dir, extra_args).start()
+    background_work = []  # (flushes, compactions) each life did before its kill
 
     stop = threading.Event()
     hard_deadline = time.monotonic() + 45 + CLIENT_DRAIN_S
@@ -119,6 +148,10 @@ def test_acknowledged_events_survive_kill9_and_retries_are_stored_once(throughli
             before = sum(len(c.acked) for c in clients)
             time.sleep(rng.uniform(*RUN_BEFORE_KILL_S))  # a random moment to crash at, not an assertion
             mode = KILL_MODES[k % len(KILL_MODES)]
+            if background:
+                metrics = requests.get(server.url + "/metrics", timeout=REQUEST_TIMEOUT_S).text
+                background_work.append((metric_total(metrics, "throughline_flushes_total"),
+                                        metric_total(metrics, "throughline_compactions_total")))
             if mode == "while-stopping":  # SIGTERM, then SIGKILL before the graceful stop completes
                 server.proc.send_signal(signal.SIGTERM)
                 time.sleep(rng.uniform(0, 0.05))
@@ -149,6 +182,11 @@ def test_acknowledged_events_survive_kill9_and_retries_are_stored_once(throughli
           f"connection_errors={sum(c.connection_errors for c in clients)}")
     assert kill9s >= 3
     assert len(acked) >= THREADS * 50, "test did not get traffic through"
+    if background:
+        print(f"(flushes, compactions) per life before its kill: {background_work}")
+        assert sum(1 for f, c in background_work if f > 0 and c > 0) >= 3, (
+            f"the kills should land among background flushes and compactions: {background_work}"
+        )
 
     # Retrying batches that were acknowledged before the crashes: all duplicates now.
     replay = [b for c in clients for b in c.acked_batches[:1]]

@@ -9,6 +9,8 @@ mod clickhouse;
 mod cx;
 mod demo;
 mod import;
+mod journeys;
+mod ops;
 mod output;
 mod people;
 mod projects;
@@ -122,6 +124,16 @@ enum Command {
         #[command(subcommand)]
         command: assets::AssetsCommand,
     },
+    /// Follow-up journeys: validate, create, list, show, pause, resume, archive, backtest
+    Journeys {
+        #[command(subcommand)]
+        command: journeys::JourneysCommand,
+    },
+    /// The global suppression list of journeys: import (CSV of ids or emails), list
+    Suppressions {
+        #[command(subcommand)]
+        command: journeys::SuppressionsCommand,
+    },
     /// Who created, re-keyed or erased what, when and from where (DIR/audit.jsonl)
     #[command(
         name = "audit-log",
@@ -139,6 +151,26 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: output::Format,
     },
+    /// Verify every file of the store against its checksums; --repair rebuilds what the log allows
+    #[command(after_help = "Examples:
+  throughline check --data ./data
+  throughline check --data ./data --project shop --repair
+
+Prints a JSON report per project (files checked, events, problems, what was repaired and
+what could not be) and exits 1 while any file is damaged. Needs the directory to itself.")]
+    Check(ops::CheckArgs),
+    /// Write a consistent copy of a data directory to one file, also while a server runs
+    #[command(after_help = "Example:
+  throughline backup --data ./data --out ./data-2026-12-01.tar
+
+A tar of every project's live segments, identity files and log, the catalog and the audit
+log, with BACKUP.json listing each file's SHA-256. Holds every event acknowledged before
+it started.")]
+    Backup(ops::BackupArgs),
+    /// Restore a backup into a new data directory, verifying every file
+    #[command(after_help = "Example:
+  throughline restore --from ./data-2026-12-01.tar --data ./data-restored")]
+    Restore(ops::RestoreArgs),
     /// Counts of a project's store: events, segments, events still in the log, ids
     #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
     Stats(people::StatsArgs),
@@ -215,6 +247,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Generate(args) => demo::generate(args),
         Command::Stats(args) => people::stats(args),
+        Command::Check(args) => ops::check(args),
+        Command::Backup(args) => ops::backup(args),
+        Command::Restore(args) => ops::restore(args),
         Command::AuditLog {
             data,
             project,
@@ -229,10 +264,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit { command } => cx::audit_command(command),
         Command::Survey { command } => cx::survey_command(command),
         Command::Sentiment(args) => cx::sentiment(args),
+        Command::Journeys { command } => journeys::run(command),
+        Command::Suppressions { command } => journeys::suppressions(command),
     }
 }
 
-fn load_config(path: Option<PathBuf>) -> Result<throughline_server::Config> {
+pub fn load_config(path: Option<PathBuf>) -> Result<throughline_server::Config> {
     Ok(match path {
         Some(p) => throughline_server::Config::load(&p)?,
         None => throughline_server::Config::default(),
@@ -242,6 +279,7 @@ fn load_config(path: Option<PathBuf>) -> Result<throughline_server::Config> {
 pub fn serve(data: PathBuf, listen: &str, config: Option<PathBuf>) -> Result<()> {
     let addr = throughline_server::parse_listen(listen).map_err(anyhow::Error::msg)?;
     let config = load_config(config)?;
+    migrate(&data)?;
     let store = throughline_store::Store::open(&data, config.project_options())?;
     serve_store(store, config, addr)
 }
@@ -305,7 +343,52 @@ pub fn open_store_with(
             data.display()
         );
     }
+    migrate(data)?;
     Ok(throughline_store::Store::open(data, options)?)
+}
+
+/// Migrates every project whose store an older Throughline wrote, with a progress bar;
+/// opening would migrate too, silently. Holds the directory lock meanwhile.
+fn migrate(data: &std::path::Path) -> Result<()> {
+    use throughline_store::manifest;
+    let Ok(catalog) = throughline_store::Catalog::load(data) else {
+        return Ok(()); // a new directory, or one Store::open reports on
+    };
+    let dirs: Vec<_> = catalog
+        .projects
+        .iter()
+        .map(|p| data.join("projects").join(&p.name))
+        .collect();
+    let mut due = Vec::new();
+    for d in &dirs {
+        if let Some(from) = manifest::pending_migration(d)? {
+            due.push((d, from));
+        }
+    }
+    if due.is_empty() {
+        return Ok(());
+    }
+    let _lock = throughline_store::DirLock::acquire(data)?;
+    let bar = indicatif::ProgressBar::new(due.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} projects")
+            .expect("template parses"),
+    );
+    bar.set_message(format!(
+        "migrating to store format {}",
+        manifest::STORE_FORMAT_VERSION
+    ));
+    for (d, _) in &due {
+        manifest::load(d, &mut |_, _| {})?;
+        bar.inc(1);
+    }
+    bar.finish();
+    eprintln!(
+        "migrated {} projects from store format {} to {}",
+        due.len(),
+        due.iter().map(|(_, v)| *v).min().unwrap_or(0),
+        manifest::STORE_FORMAT_VERSION
+    );
+    Ok(())
 }
 
 /// Who runs this command, for the audit log: the OS user, the host and the process.

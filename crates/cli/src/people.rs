@@ -177,7 +177,10 @@ pub fn delete(args: DeleteArgs) -> Result<()> {
         &args.data,
         "person.delete",
         Some(&args.project),
-        format!("id {:?}: {erased} events erased", args.id),
+        format!(
+            "{}: {erased} events erased",
+            throughline_store::audit::erased_id(&args.id)
+        ),
     )?;
     output::json(&json!({"erased_events": erased, "id": args.id}));
     store.close();

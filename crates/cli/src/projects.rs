@@ -39,6 +39,19 @@ pub enum ProjectsCommand {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Set the origins whose web pages may send events with the project's write key (CORS)
+    #[command(
+        name = "set-cors",
+        after_help = "Examples:\n  throughline projects set-cors shop --data ./data --origin https://shop.example --origin https://www.shop.example\n  throughline projects set-cors shop --data ./data            # no --origin: CORS off again\n\nOrigins are scheme://host[:port] as browsers send them, or '*' for any. The list replaces the previous one\nand takes effect at once, also on a running server: browsers on listed origins get CORS answers from /v1/*,\nrequests from other origins are refused (403); requests without an Origin (server SDKs) are unaffected."
+    )]
+    SetCors {
+        name: String,
+        #[arg(long)]
+        data: PathBuf,
+        /// An allowed origin, e.g. https://shop.example (repeat for more)
+        #[arg(long = "origin")]
+        origins: Vec<String>,
+    },
 }
 
 // The catalog has its own short lock, so these work while a server runs; the server picks
@@ -58,7 +71,7 @@ pub fn run(cmd: ProjectsCommand) -> Result<()> {
                 output::Format::Json => output::json(&json!(c
                     .projects
                     .iter()
-                    .map(|p| json!({"name": p.name, "write_key": p.write_key, "created_at": p.created_at}))
+                    .map(|p| json!({"name": p.name, "write_key": p.write_key, "created_at": p.created_at, "cors_origins": p.cors_origins}))
                     .collect::<Vec<_>>())),
                 output::Format::Table => output::table(
                     &["name", "write_key", "created_at"],
@@ -78,6 +91,20 @@ pub fn run(cmd: ProjectsCommand) -> Result<()> {
                 "write and api keys replaced",
             )?;
             output::json(&json!({"name": p.name, "write_key": p.write_key, "api_key": p.api_key}));
+        }
+        ProjectsCommand::SetCors {
+            name,
+            data,
+            origins,
+        } => {
+            let p = Catalog::set_cors_origins(&data, &name, &origins)?;
+            let detail = if p.cors_origins.is_empty() {
+                "cors off".to_string()
+            } else {
+                format!("cors origins: {}", p.cors_origins.join(" "))
+            };
+            crate::audit(&data, "project.set_cors", Some(&name), &detail)?;
+            output::json(&json!({"name": p.name, "cors_origins": p.cors_origins}));
         }
     }
     Ok(())

@@ -364,8 +364,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 from,
                 to,
                 by,
-                filter: target.filter(),
                 by_limit,
+                filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
             let r = throughline_query::trends::run(&(&project.snapshot()).into(), &rules, &req)?;

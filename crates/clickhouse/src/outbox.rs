@@ -44,6 +44,18 @@ impl Record {
             hash: message_hash(&event.message_id),
         }
     }
+
+    /// The records of a batch encoded for the embedded store (the same event JSON), so
+    /// the request's thread encodes each message once whichever backend keeps it.
+    pub fn of_batch(batch: &throughline_store::EventBatch) -> Vec<Record> {
+        batch
+            .records()
+            .map(|(hash, payload)| Record {
+                payload: payload.to_vec(),
+                hash,
+            })
+            .collect()
+    }
 }
 
 /// A place in the log: the record at `seq` starts at `offset` in file `file`. Positions

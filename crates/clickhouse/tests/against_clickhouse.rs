@@ -14,7 +14,7 @@ use throughline_clickhouse::source::{RowRequest, Source};
 use throughline_clickhouse::Target;
 use throughline_model::{Event, DIMS, DIM_COUNT};
 use throughline_query::rows::{load, Load, Rows};
-use throughline_store::{Encoded, ProjectOptions, ProjectStore};
+use throughline_store::{EventBatch, ProjectOptions, ProjectStore};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -308,9 +308,7 @@ fn forwarded_events_read_back_as_the_embedded_store_reads_them() {
     .unwrap();
     let project = backend.project("p").unwrap();
     for chunk in evs.chunks(500) {
-        store
-            .append(chunk.iter().map(Encoded::new).collect())
-            .unwrap();
+        store.append(EventBatch::of(chunk)).unwrap();
         project
             .append(chunk.iter().map(Record::new).collect())
             .unwrap();
@@ -361,9 +359,7 @@ fn migrated_events_read_back_identically() {
     )
     .unwrap();
     for (i, chunk) in evs.chunks(1200).enumerate() {
-        store
-            .append(chunk.iter().map(Encoded::new).collect())
-            .unwrap();
+        store.append(EventBatch::of(chunk)).unwrap();
         if i < 3 {
             store.flush().unwrap();
         }

@@ -1,16 +1,20 @@
-//! Segment HTTP Tracking API messages in, normalized [`Event`]s out.
+//! Segment HTTP Tracking API messages in, normalized events out.
 //!
 //! Parsing never fails a whole request for one bad message: a batch yields one
-//! `Result<Event, Rejection>` per message, in order, so the caller stores the good ones and
-//! reports each bad one. This crate is pure: the caller passes `receivedAt` and the ids
+//! `Result<NewEvent, Rejection>` per message, in order, so the caller stores the good ones
+//! and reports each bad one. The events borrow from the request body: the JSON the client
+//! sent for `properties`, `context` and `traits` is validated and kept as text, never
+//! built into trees. This crate is pure: the caller passes `receivedAt` and the ids
 //! generator seed, so the same input always gives the same output.
-//!
-//! [`Event`]: throughline_model::Event
 
+mod message;
 mod normalize;
+#[cfg(test)]
+mod reference;
 mod url;
 
-pub use normalize::{normalize, Batch, Envelope, IdGen, Rejection};
+pub use message::NESTING_DEPTH_MAX;
+pub use normalize::{normalize, normalize_json, Batch, Envelope, IdGen, Rejection};
 pub use url::{parse_url, percent_decode, ParsedUrl};
 
 /// Segment's documented limit for one message (32 KB).

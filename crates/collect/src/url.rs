@@ -13,10 +13,33 @@ pub struct ParsedUrl<'a> {
 impl<'a> ParsedUrl<'a> {
     /// The first value of query parameter `name`, percent-decoded.
     pub fn param(&self, name: &str) -> Option<String> {
-        self.query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then(|| percent_decode(v))
-        })
+        self.pairs()
+            .find_map(|(k, v)| (k == name).then(|| percent_decode(v)))
+    }
+
+    /// The query's `(name, raw value)` pairs in order, not decoded.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.query
+            .split('&')
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+    }
+
+    /// [`ParsedUrl::param`] for each of `names` at once, in one pass over the query.
+    pub fn params<const N: usize>(&self, names: [&str; N]) -> [Option<String>; N] {
+        let mut raw: [Option<&str>; N] = [None; N];
+        let mut left = N;
+        for (k, v) in self.pairs() {
+            if let Some(i) = names.iter().position(|n| *n == k) {
+                if raw[i].is_none() {
+                    raw[i] = Some(v);
+                    left -= 1;
+                    if left == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        raw.map(|v| v.map(percent_decode))
     }
 }
 
@@ -73,6 +96,15 @@ mod tests {
         assert_eq!(u.param("utm_source").as_deref(), Some("a b"));
         assert_eq!(u.param("gclid").as_deref(), Some("1"));
         assert_eq!(u.param("missing"), None);
+        let [source, gclid, missing] = u.params(["utm_source", "gclid", "missing"]);
+        assert_eq!(source.as_deref(), Some("a b"));
+        assert_eq!(gclid.as_deref(), Some("1"));
+        assert_eq!(missing, None);
+        let twice = parse_url("https://x.example/?a=1&a=2&b");
+        assert_eq!(
+            twice.params(["a", "b"]),
+            [Some("1".into()), Some(String::new())]
+        );
         assert_eq!(parse_url("https://a.example").path, "/");
         assert_eq!(parse_url("/only/path?x=1").path, "/only/path");
     }

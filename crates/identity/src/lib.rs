@@ -97,6 +97,16 @@ impl IdKeys {
     }
 }
 
+/// [`IdKeys`] borrowed from wherever the event's ids live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdRefs<'a> {
+    pub alias: bool,
+    pub user_id: Option<&'a str>,
+    pub anonymous_id: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub previous_id: Option<&'a str>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Node {
     kind: IdKind,
@@ -254,9 +264,20 @@ impl IdentityGraph {
 
     /// [`IdentityGraph::observe`] for keys extracted beforehand.
     pub fn observe_keys(&mut self, e: &IdKeys) -> NodeId {
-        let user = self.real(e.user_id.as_deref(), IdKind::User);
-        let anon = self.real(e.anonymous_id.as_deref(), IdKind::Anonymous);
-        let email = self.real(e.email.as_deref(), IdKind::Email);
+        self.observe_ids(IdRefs {
+            alias: e.alias,
+            user_id: e.user_id.as_deref(),
+            anonymous_id: e.anonymous_id.as_deref(),
+            email: e.email.as_deref(),
+            previous_id: e.previous_id.as_deref(),
+        })
+    }
+
+    /// [`IdentityGraph::observe`] for borrowed keys: what the store's writer hands over.
+    pub fn observe_ids(&mut self, e: IdRefs<'_>) -> NodeId {
+        let user = self.real(e.user_id, IdKind::User);
+        let anon = self.real(e.anonymous_id, IdKind::Anonymous);
+        let email = self.real(e.email, IdKind::Email);
         let subject = user.or(anon);
 
         if let (Some(u), Some(a)) = (user, anon) {
@@ -266,7 +287,7 @@ impl IdentityGraph {
             self.merge(s, m, false);
         }
         if e.alias {
-            if let (Some(s), Some(prev)) = (subject, e.previous_id.as_deref()) {
+            if let (Some(s), Some(prev)) = (subject, e.previous_id) {
                 if !self.is_junk(prev) {
                     let p = match self.lookup(IdKind::User, prev) {
                         Some(p) => p,
@@ -282,9 +303,9 @@ impl IdentityGraph {
             Some(n) => n,
             // Only junk ids: the event still belongs somewhere, to a node that never merges.
             None => {
-                let (kind, id) = match &e.user_id {
-                    Some(u) => (IdKind::User, u.as_str()),
-                    None => (IdKind::Anonymous, e.anonymous_id.as_deref().unwrap_or("")),
+                let (kind, id) = match e.user_id {
+                    Some(u) => (IdKind::User, u),
+                    None => (IdKind::Anonymous, e.anonymous_id.unwrap_or("")),
                 };
                 self.intern(kind, id)
             }

@@ -169,15 +169,7 @@ impl Event {
     /// itself is navigation within it, never where a visit came from (GA4 ignores such
     /// self-referrals too), so the `referrer_host` column keeps only outside referrers.
     pub fn external_referrer_host(&self) -> Option<&str> {
-        let host = referrer_host(self.referrer.as_deref()?);
-        fn bare(h: &str) -> &str {
-            match h.get(..4) {
-                Some(w) if w.eq_ignore_ascii_case("www.") => &h[4..],
-                _ => h,
-            }
-        }
-        let own = self.page_url.as_deref().map(referrer_host);
-        (!own.is_some_and(|o| bare(o).eq_ignore_ascii_case(bare(host)))).then_some(host)
+        external_referrer_host(self.referrer.as_deref(), self.page_url.as_deref())
     }
 
     /// The values of [`DIMS`], in order.
@@ -247,6 +239,23 @@ pub fn referrer_host(url: &str) -> &str {
     host.strip_prefix("www.").unwrap_or(host)
 }
 
+/// The referrer's host unless it is the page's own (see [`Event::external_referrer_host`]);
+/// one function so that events stored through [`crate::NewEvent`] get the same column.
+pub fn external_referrer_host<'a>(
+    referrer: Option<&'a str>,
+    page_url: Option<&str>,
+) -> Option<&'a str> {
+    let host = referrer_host(referrer?);
+    fn bare(h: &str) -> &str {
+        match h.get(..4) {
+            Some(w) if w.eq_ignore_ascii_case("www.") => &h[4..],
+            _ => h,
+        }
+    }
+    let own = page_url.map(referrer_host);
+    (!own.is_some_and(|o| bare(o).eq_ignore_ascii_case(bare(host)))).then_some(host)
+}
+
 #[cfg(test)]
 mod host_tests {
     #[test]
@@ -285,5 +294,26 @@ mod host_tests {
             "https://checkout.shop.example/done",
         );
         assert_eq!(e.external_referrer_host(), Some("checkout.shop.example"));
+    }
+
+    /// Events reach the store as `NewEvent`s (HTTP, import) and as `Event`s (tools, logs
+    /// replayed): both must give the same dimension columns, self-referrals included.
+    #[test]
+    fn new_events_give_the_same_dimensions() {
+        for (page, referrer) in [
+            ("https://www.shop.example/cart", "https://shop.example/p/1"),
+            ("https://www.shop.example/cart", "https://www.google.com/"),
+            (
+                "https://shop.example/",
+                "https://checkout.shop.example/done",
+            ),
+        ] {
+            let e: super::Event = serde_json::from_value(serde_json::json!({
+                "message_id": "m", "type": "page", "timestamp": 0, "received_at": 0,
+                "page_url": page, "referrer": referrer, "event": "Home",
+            }))
+            .unwrap();
+            assert_eq!(e.as_new().dims(), e.dims(), "{page} from {referrer}");
+        }
     }
 }

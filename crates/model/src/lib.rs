@@ -5,9 +5,14 @@
 //! whole in `properties`, `context` and `traits`. This crate does no IO.
 
 mod event;
+mod new_event;
 mod time;
 
-pub use event::{referrer_host, ClickId, Event, EventType, Utm, CLICK_ID_PARAMS, DIMS, DIM_COUNT};
+pub use event::{
+    external_referrer_host, referrer_host, ClickId, Event, EventType, Utm, CLICK_ID_PARAMS, DIMS,
+    DIM_COUNT,
+};
+pub use new_event::{NewEvent, NewUtm};
 pub use time::{format_ms, parse_timestamp};
 
 /// Milliseconds since the Unix epoch, UTC. The one time unit inside Throughline.

@@ -803,8 +803,8 @@ pub fn run(
                             || step_patterns.iter().any(|p| crate::spec::wildcard(p, n))
                     })
             })),
-            persons: only.as_ref(),
             keep_reads: Some(vec![0, 1]),
+            persons: only.as_ref(),
         },
     )?;
 

@@ -566,6 +566,7 @@ pub fn run(
             keep: Some(Box::new(|kind, v| {
                 is_visit(kind, v[1].is_some()) || conversion.matches_event(kind, v[0], v[1])
             })),
+            // Memoized per distinct (name, path).
             keep_reads: Some(vec![0, 1]),
             persons: only.as_ref(),
         },

@@ -223,7 +223,7 @@ fn mismatch(seg: &Segment, name: &str) -> StoreError {
 mod tests {
     use super::*;
     use throughline_model::Event;
-    use throughline_store::{Encoded, ProjectOptions, ProjectStore};
+    use throughline_store::{EventBatch, ProjectOptions, ProjectStore};
 
     fn store(dir: &std::path::Path, segments: u64) -> ProjectStore {
         let _ = std::fs::remove_dir_all(dir);
@@ -242,7 +242,7 @@ mod tests {
                     .unwrap()
                 })
                 .collect();
-            p.append(batch.iter().map(Encoded::new).collect()).unwrap();
+            p.append(EventBatch::of(&batch)).unwrap();
             p.flush().unwrap();
         }
         p

@@ -297,54 +297,51 @@ pub fn run(
         masks: Vec<u64>,
     }
     let keep_drilled = drill.map_or(0, |p| p.offset.saturating_add(p.limit));
-    let parts = scan.run(
-        only.as_ref(),
-        tag,
-        || Part {
-            total: Tally::new(n),
-            by_group: (0..groups).map(|_| None).collect(),
-            drilled: Vec::new(),
-            drilled_total: 0,
-            out: Outcome::default(),
-            masks: Vec::new(),
-        },
-        |part, r| {
-            let tags = if filters.is_empty() {
+    let init = || Part {
+        total: Tally::new(n),
+        by_group: (0..groups).map(|_| None).collect(),
+        drilled: Vec::new(),
+        drilled_total: 0,
+        out: Outcome::default(),
+        masks: Vec::new(),
+    };
+    let visit = |part: &mut Part, r: &crate::rows::PersonRows| {
+        let tags = if filters.is_empty() {
+            r.tag
+        } else {
+            part.masks.clear();
+            part.masks.extend(
                 r.tag
+                    .iter()
+                    .zip(r.seq)
+                    .map(|(&m, &seq)| filters.apply(seq, m)),
+            );
+            &part.masks
+        };
+        funnel::evaluate(&spec, r.ts, tags, &mut part.out);
+        part.total.add(&part.out);
+        if let Some(p) = drill {
+            let hit = if p.status == "converted" {
+                part.out.level >= p.step
             } else {
-                part.masks.clear();
-                part.masks.extend(
-                    r.tag
-                        .iter()
-                        .zip(r.seq)
-                        .map(|(&m, &seq)| filters.apply(seq, m)),
-                );
-                &part.masks
+                part.out.level == p.step
             };
-            funnel::evaluate(&spec, r.ts, tags, &mut part.out);
-            part.total.add(&part.out);
-            if let Some(p) = drill {
-                let hit = if p.status == "converted" {
-                    part.out.level >= p.step
-                } else {
-                    part.out.level == p.step
-                };
-                if hit {
-                    // Only the requested page is kept: memory stays bounded by the page.
-                    if part.drilled.len() < keep_drilled {
-                        part.drilled.push(r.person);
-                    }
-                    part.drilled_total += 1;
+            if hit {
+                // Only the requested page is kept: memory stays bounded by the page.
+                if part.drilled.len() < keep_drilled {
+                    part.drilled.push(r.person);
                 }
+                part.drilled_total += 1;
             }
-            if let Some(none) = none_group {
-                let g = group_of.get(&r.person).copied().unwrap_or(none) as usize;
-                part.by_group[g]
-                    .get_or_insert_with(|| Tally::new(n))
-                    .add(&part.out);
-            }
-        },
-    )?;
+        }
+        if let Some(none) = none_group {
+            let g = group_of.get(&r.person).copied().unwrap_or(none) as usize;
+            part.by_group[g]
+                .get_or_insert_with(|| Tally::new(n))
+                .add(&part.out);
+        }
+    };
+    let parts = scan.run(only.as_ref(), tag, init, visit)?;
     let mut total = Tally::new(n);
     let mut by_group: Vec<Tally> = (0..groups).map(|_| Tally::new(n)).collect();
     let mut drilled: Vec<u32> = Vec::new();

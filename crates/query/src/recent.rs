@@ -73,11 +73,11 @@ pub fn catalog(snap: &Snapshot, rules: &Rules) -> Result<CatalogResponse, QueryE
     let distinct = |d: usize| -> Result<Vec<String>, QueryError> {
         let mut all: std::collections::BTreeSet<String> = Default::default();
         for seg in snap.segments() {
-            all.extend(seg.dictionary(throughline_model::DIMS[d])?);
+            all.extend(seg.dict(throughline_model::DIMS[d])?);
         }
         all.extend(
             snap.log_rows()
-                .filter_map(|r| r.dims[d].as_deref().map(str::to_string)),
+                .filter_map(|r| r.dims[d].map(str::to_string)),
         );
         Ok(all.into_iter().collect())
     };

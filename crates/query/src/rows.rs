@@ -493,7 +493,7 @@ impl<'s, 'a> Sources<'s, 'a> {
             log.ts.push(row.ts);
             log.kind.push(row.kind);
             for (j, &d) in dims.iter().enumerate() {
-                log.codes[j].push(row.dims[d].as_deref().map_or(NO_VALUE, |v| intern(j, v)));
+                log.codes[j].push(row.dims[d].map_or(NO_VALUE, |v| intern(j, v)));
             }
         }
         Ok(Sources {

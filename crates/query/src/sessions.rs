@@ -200,8 +200,8 @@ fn load_visits(
             to,
             dims: TOUCH_DIMS.to_vec(),
             keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
-            persons,
             keep_reads: Some(vec![1]),
+            persons,
         },
     )
 }

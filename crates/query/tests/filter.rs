@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use throughline_classify::Rules;
 use throughline_collect::{normalize, Envelope, IdGen};
 use throughline_query::filter::Filter;
-use throughline_store::{Encoded, ProjectOptions, ProjectStore};
+use throughline_store::{EventBatch, ProjectOptions, ProjectStore};
 
 const HISTORICAL: Envelope = Envelope {
     kind: None,
@@ -84,14 +84,12 @@ fn store(tag: &str, users: &[&str]) -> Store {
     let _ = std::fs::remove_dir_all(&dir);
     let project = ProjectStore::open("p", &dir, ProjectOptions::default()).unwrap();
     let mut ids = IdGen::new(7);
-    let events: Vec<Encoded> = messages()
+    let events: Vec<_> = messages()
         .into_iter()
         .filter(|(u, _)| users.contains(u))
-        .map(|(_, m)| {
-            Encoded::new(&normalize(m, &HISTORICAL, 1_900_000_000_000, &mut ids).unwrap())
-        })
+        .map(|(_, m)| normalize(m, &HISTORICAL, 1_900_000_000_000, &mut ids).unwrap())
         .collect();
-    project.append(events).unwrap();
+    project.append(EventBatch::of(&events)).unwrap();
     project.flush().unwrap();
     Store { dir, project }
 }

@@ -1,5 +1,6 @@
 //! `--config FILE.toml`: every setting has a default, so the file holds only changes.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -10,10 +11,12 @@ use throughline_store::ProjectOptions;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
+    pub rate_limit: RateLimitConfig,
     pub store: StoreConfig,
     pub identity: IdentitySettings,
     pub clickhouse: ClickHouseConfig,
     pub query: QuerySettings,
+    pub orchestrate: crate::orchestrate::OrchestrateConfig,
 }
 
 /// `[clickhouse]`: the outbox and forwarder of `--backend clickhouse`.
@@ -61,20 +64,71 @@ impl Default for QuerySettings {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub inflight_requests_max: usize,
+    /// Open connections at once; past it new connections wait in the listen backlog.
+    pub connections_max: usize,
+    /// A connection that has not sent a whole request head within this time (from the
+    /// connection's start, or from the end of its previous request) is closed.
+    pub header_read_timeout_ms: u64,
+    /// A request body not received in full within this time gets 408.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             inflight_requests_max: 4096,
+            connections_max: 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
         }
     }
+}
+
+/// Token buckets per project write key on the collection API (`/v1/*`). A rate of 0 turns
+/// that limit off. The defaults sit above what one server ingests on the reference machine
+/// (BENCHMARKS.md: about 800 requests/s, 80k events/s), so they stop a runaway client
+/// without slowing honest ones; lower them per project for fairness between projects.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_second: f64,
+    pub requests_burst: f64,
+    pub events_per_second: f64,
+    pub events_burst: f64,
+    /// Buckets kept at once; idle (full) buckets are evicted first.
+    pub buckets_max: usize,
+    /// Per-project overrides, by project name.
+    pub projects: BTreeMap<String, RateLimitOverride>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            requests_per_second: 2_000.0,
+            requests_burst: 4_000.0,
+            events_per_second: 200_000.0,
+            events_burst: 400_000.0,
+            buckets_max: 10_000,
+            projects: BTreeMap::new(),
+        }
+    }
+}
+
+/// A project's own limits; what it leaves out comes from `[rate_limit]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitOverride {
+    pub requests_per_second: Option<f64>,
+    pub requests_burst: Option<f64>,
+    pub events_per_second: Option<f64>,
+    pub events_burst: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub flush_bytes: usize,
+    pub frozen_tables_max: usize,
     pub queue_requests_max: usize,
     pub group_events_max: usize,
     pub compact_segments_min: usize,
@@ -86,6 +140,7 @@ impl Default for StoreConfig {
         let d = ProjectOptions::default();
         StoreConfig {
             flush_bytes: d.flush_bytes,
+            frozen_tables_max: d.frozen_tables_max,
             queue_requests_max: d.queue_requests_max,
             group_events_max: d.group_events_max,
             compact_segments_min: d.compact_segments_min,
@@ -126,6 +181,8 @@ pub enum ConfigError {
         path: String,
         source: toml::de::Error,
     },
+    #[error("invalid config {path}: {why}")]
+    Invalid { path: String, why: String },
 }
 
 impl Config {
@@ -134,10 +191,62 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.display().to_string(),
             source,
-        })
+        })?;
+        config.validate().map_err(|why| ConfigError::Invalid {
+            path: path.display().to_string(),
+            why,
+        })?;
+        Ok(config)
+    }
+
+    /// Settings that parse but cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        let h = &self.http;
+        if h.connections_max == 0 || h.inflight_requests_max == 0 {
+            return Err(
+                "http.connections_max and http.inflight_requests_max must be at least 1".into(),
+            );
+        }
+        if h.header_read_timeout_ms == 0 || h.body_read_timeout_ms == 0 {
+            return Err("http timeouts must be at least 1 ms".into());
+        }
+        let r = &self.rate_limit;
+        let mut rates = vec![(
+            "rate_limit".to_string(),
+            [
+                r.requests_per_second,
+                r.requests_burst,
+                r.events_per_second,
+                r.events_burst,
+            ],
+        )];
+        for (name, o) in &r.projects {
+            rates.push((
+                format!("rate_limit.projects.{name}"),
+                [
+                    o.requests_per_second.unwrap_or(0.0),
+                    o.requests_burst.unwrap_or(1.0),
+                    o.events_per_second.unwrap_or(0.0),
+                    o.events_burst.unwrap_or(1.0),
+                ],
+            ));
+        }
+        for (section, [rps, rb, eps, eb]) in rates {
+            if [rps, eps].iter().any(|v| !v.is_finite() || *v < 0.0)
+                || [rb, eb].iter().any(|v| !v.is_finite() || *v < 1.0)
+            {
+                return Err(format!(
+                    "{section}: rates must be >= 0 (0 turns a limit off) and bursts >= 1"
+                ));
+            }
+        }
+        if r.buckets_max == 0 {
+            return Err("rate_limit.buckets_max must be at least 1".into());
+        }
+        Ok(())
     }
 
     /// The ClickHouse backend's options these settings describe.
@@ -168,6 +277,7 @@ impl Config {
         identity.emails_per_person_max = self.identity.emails_per_person_max;
         ProjectOptions {
             flush_bytes: self.store.flush_bytes,
+            frozen_tables_max: self.store.frozen_tables_max,
             queue_requests_max: self.store.queue_requests_max,
             group_events_max: self.store.group_events_max,
             compact_segments_min: self.store.compact_segments_min,

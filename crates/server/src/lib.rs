@@ -1,13 +1,18 @@
 //! The server: configuration, the HTTP router and the process's metrics.
 //!
 //! `router(state)` is the whole HTTP surface, testable without a socket; `serve` binds it
-//! and shuts down gracefully, letting the store's writers answer everything queued.
+//! (through `edge`, which bounds connections and slow clients) and shuts down gracefully,
+//! letting the store's writers answer everything queued.
 
 mod config;
+mod cors;
+mod edge;
 mod error;
 mod ingest;
 mod metrics;
+pub mod orchestrate;
 mod query;
+mod ratelimit;
 mod survey;
 mod ui;
 
@@ -20,7 +25,7 @@ use throughline_collect::IdGen;
 use throughline_store::Store;
 use tokio::sync::Semaphore;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, RateLimitConfig, RateLimitOverride};
 pub use error::AppError;
 pub use metrics::ServerMetrics;
 pub use ui::CONTENT_SECURITY_POLICY;
@@ -39,6 +44,10 @@ pub struct AppState {
     ids_next: std::sync::atomic::AtomicU64,
     /// Requests being handled at once; beyond it the server answers 503 instead of queueing.
     inflight: Semaphore,
+    /// The journeys' runtime, once started (by `serve`, or a test).
+    pub orchestrator: std::sync::OnceLock<Arc<orchestrate::Orchestrator>>,
+    /// Per write key token buckets of the collection API.
+    rate_limits: ratelimit::RateLimiter,
 }
 
 impl AppState {
@@ -58,10 +67,24 @@ impl AppState {
             clickhouse,
             metrics: ServerMetrics::default(),
             inflight: Semaphore::new(config.http.inflight_requests_max),
+            rate_limits: ratelimit::RateLimiter::new(config.rate_limit.clone()),
             config,
             ids_base: throughline_store::random_seed(),
             ids_next: std::sync::atomic::AtomicU64::new(0),
+            orchestrator: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts the journeys' runtime over this state's store (once).
+    pub fn start_orchestrator(&self) -> Result<(), orchestrate::RuntimeError> {
+        if self.config.orchestrate.enabled && self.orchestrator.get().is_none() {
+            let o = orchestrate::Orchestrator::start(
+                self.store.clone(),
+                self.config.orchestrate.clone(),
+            )?;
+            let _ = self.orchestrator.set(o);
+        }
+        Ok(())
     }
 }
 
@@ -90,10 +113,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         ("batch", "b"),
     ] {
         r = r
-            .route(&format!("/v1/{long}"), post(ingest::collect))
-            .route(&format!("/v1/{short}"), post(ingest::collect));
+            .route(
+                &format!("/v1/{long}"),
+                post(ingest::collect).options(cors::preflight),
+            )
+            .route(
+                &format!("/v1/{short}"),
+                post(ingest::collect).options(cors::preflight),
+            );
     }
-    r.route("/v1/import", post(ingest::collect))
+    r.route("/v1/import", post(ingest::collect).options(cors::preflight))
         .route("/", get(ui::index))
         .route("/ui/{*path}", get(ui::file))
         .route("/api/v1/openapi.json", get(openapi))
@@ -109,8 +138,51 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(query::person).delete(query::delete_person),
         )
         .route("/s/{token}", get(survey::show).post(survey::answer))
+        .merge(journey_routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::read_body_in_time,
+        ))
         .with_state(state)
+}
+
+/// Journeys, tracked links, opens, unsubscribes and the test clock (`orchestrate`).
+fn journey_routes() -> Router<Arc<AppState>> {
+    use orchestrate::{api, links};
+    Router::new()
+        .route(
+            "/api/v1/projects/{project}/journeys",
+            get(api::list_journeys).post(api::create),
+        )
+        .route(
+            "/api/v1/projects/{project}/journeys/validate",
+            post(api::validate),
+        )
+        .route(
+            "/api/v1/projects/{project}/journeys/backtest",
+            post(api::run_backtest),
+        )
+        .route("/api/v1/projects/{project}/journeys/{name}", get(api::show))
+        .route(
+            "/api/v1/projects/{project}/journeys/{name}/persons",
+            get(api::persons_at),
+        )
+        .route(
+            "/api/v1/projects/{project}/journeys/{name}/{action}",
+            post(api::set_status),
+        )
+        .route(
+            "/api/v1/projects/{project}/suppressions",
+            get(api::suppressions).post(api::suppress),
+        )
+        .route("/api/v1/admin/clock", get(api::clock).post(api::clock))
+        .route("/r/{token}", get(links::click))
+        .route("/o/{file}", get(links::pixel))
+        .route(
+            "/u/{token}",
+            get(links::unsubscribe_get).post(links::unsubscribe_post),
+        )
 }
 
 /// The OpenAPI 3.1 document of every endpoint, kept beside the router it describes.
@@ -138,18 +210,23 @@ pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> std::io::Result<
         throughline_query::cache::configure(state.config.query.column_cache_bytes);
     }
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || st.start_orchestrator())
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|e| std::io::Error::other(format!("journeys: {e}")))?;
+    }
     tracing::info!(addr = %listener.local_addr()?, "accepting events");
     let app = router(state.clone());
-    // The peer address reaches handlers that record who did what (the audit log).
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    edge::run(listener, app, state.clone(), shutdown_signal()).await;
     let store = state.store.clone();
     let clickhouse = state.clickhouse.clone();
+    let orchestrator = state.orchestrator.get().cloned();
     tokio::task::spawn_blocking(move || {
+        if let Some(o) = orchestrator {
+            o.shutdown();
+        }
         if let Some(ch) = clickhouse {
             ch.close();
         }

@@ -19,6 +19,10 @@ pub struct ServerMetrics {
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     pub batch_messages: Histogram,
     pub request_seconds: Histogram,
+    /// Connections accepted, open now, and closed for not sending a request head in time.
+    pub connections: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub header_timeouts: AtomicU64,
 }
 
 impl Default for ServerMetrics {
@@ -29,6 +33,9 @@ impl Default for ServerMetrics {
             rejected: Mutex::new(BTreeMap::new()),
             batch_messages: Histogram::new(SIZE_BUCKETS),
             request_seconds: Histogram::new(SECONDS_BUCKETS),
+            connections: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            header_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -72,6 +79,28 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "throughline_events_rejected_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    counter(
+        &mut out,
+        "throughline_http_connections_total",
+        "Connections accepted.",
+        m.connections.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP throughline_http_connections_open Connections open now (at most http.connections_max).\n# TYPE throughline_http_connections_open gauge\nthroughline_http_connections_open {}",
+        m.connections_open.load(Ordering::Relaxed)
+    );
+    counter(
+        &mut out,
+        "throughline_http_header_timeouts_total",
+        "Connections closed for not sending a request head within http.header_read_timeout_ms.",
+        m.header_timeouts.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP throughline_rate_limit_buckets Write keys with a rate limit bucket held now (at most rate_limit.buckets_max).\n# TYPE throughline_rate_limit_buckets gauge\nthroughline_rate_limit_buckets {}",
+        state.rate_limits.buckets()
+    );
     let _ = writeln!(out, "# HELP throughline_batch_messages Messages per request.\n# TYPE throughline_batch_messages histogram");
     m.batch_messages
         .render(&mut out, "throughline_batch_messages", "");
@@ -187,6 +216,52 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "Column reads that went to the segment file (and were checksummed).",
             c.misses,
         );
+    }
+    let _ = writeln!(out, "# HELP throughline_wal_failures_total Group commits whose log write or fsync failed (a full disk), answered 503.\n# TYPE throughline_wal_failures_total counter");
+    for p in &projects {
+        let _ = writeln!(
+            out,
+            "throughline_wal_failures_total{{project=\"{}\"}} {}",
+            p.name(),
+            p.metrics.wal_failures.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP throughline_flush_failures_total Segment writes that failed and were retried (a full disk).\n# TYPE throughline_flush_failures_total counter");
+    for p in &projects {
+        let _ = writeln!(
+            out,
+            "throughline_flush_failures_total{{project=\"{}\"}} {}",
+            p.name(),
+            p.metrics.flush_failures.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP throughline_compactions_total Segment merges.\n# TYPE throughline_compactions_total counter");
+    for p in &projects {
+        let _ = writeln!(
+            out,
+            "throughline_compactions_total{{project=\"{}\"}} {}",
+            p.name(),
+            p.metrics.compactions.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP throughline_flush_seconds Time to write and publish one segment from the log (background).\n# TYPE throughline_flush_seconds histogram");
+    for p in &projects {
+        p.metrics.flush_seconds.render(
+            &mut out,
+            "throughline_flush_seconds",
+            &format!("project=\"{}\"", p.name()),
+        );
+    }
+    let _ = writeln!(out, "# HELP throughline_compaction_seconds Time of one segment merge (background).\n# TYPE throughline_compaction_seconds histogram");
+    for p in &projects {
+        p.metrics.compaction_seconds.render(
+            &mut out,
+            "throughline_compaction_seconds",
+            &format!("project=\"{}\"", p.name()),
+        );
+    }
+    if let Some(o) = state.orchestrator.get() {
+        out.push_str(&crate::orchestrate::api::metrics(o));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

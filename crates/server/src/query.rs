@@ -76,7 +76,10 @@ pub async fn delete_person(
             "person.delete",
             Some(&project),
             &format!("http {peer}"),
-            format!("id {id:?}: {erased} events erased"),
+            format!(
+                "{}: {erased} events erased",
+                throughline_store::audit::erased_id(&id)
+            ),
         );
         throughline_store::audit::append(&data, &entry)?;
         Ok(Json(serde_json::json!({"erased_events": erased, "id": id})))
@@ -91,7 +94,7 @@ pub async fn delete_person(
 }
 
 /// The project's store if the Bearer api key opens it.
-fn authorize(
+pub(crate) fn authorize(
     state: &AppState,
     project: &str,
     headers: &HeaderMap,

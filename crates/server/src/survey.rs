@@ -19,7 +19,7 @@ use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 use throughline_collect::{percent_decode, Batch};
 use throughline_model::{format_ms, EventType};
-use throughline_store::{now_ms, Encoded, ProjectStore};
+use throughline_store::{now_ms, ProjectStore};
 use throughline_token::{Claims, Secret, TokenError};
 
 use crate::AppState;
@@ -237,13 +237,13 @@ pub async fn answer(
     let mut ids = state.id_generator();
     let batch = Batch::parse_single(&bytes, EventType::Track, now, &mut ids)
         .map_err(|r| crate::AppError::new(StatusCode::BAD_REQUEST, r.error).into_response())?;
-    let mut events = Vec::new();
-    let mut parsed = Vec::new();
+    let mut events = store.new_batch(batch.messages.len(), bytes.len());
     for m in batch.messages {
         let e =
             m.map_err(|r| crate::AppError::new(StatusCode::BAD_REQUEST, r.error).into_response())?;
-        events.push(Encoded::new(&e));
-        parsed.push(e);
+        events
+            .push(&e)
+            .map_err(|e| crate::AppError::from(e).into_response())?;
     }
     if let Some(ch) = &state.clickhouse {
         // The ClickHouse backend: the answer goes through the outbox like any event (its
@@ -254,10 +254,7 @@ pub async fn answer(
         let (tx, rx) = tokio::sync::oneshot::channel();
         project
             .submit(
-                parsed
-                    .iter()
-                    .map(throughline_clickhouse::outbox::Record::new)
-                    .collect(),
+                throughline_clickhouse::outbox::Record::of_batch(&events),
                 move |r| {
                     let _ = tx.send(r);
                 },

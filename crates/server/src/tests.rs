@@ -401,6 +401,18 @@ async fn the_openapi_document_describes_every_route() {
             "{kind} undocumented"
         );
     }
+    for p in [
+        "/api/v1/projects/{project}/journeys",
+        "/api/v1/projects/{project}/journeys/{name}",
+        "/api/v1/projects/{project}/journeys/{name}/persons",
+        "/api/v1/projects/{project}/journeys/backtest",
+        "/api/v1/projects/{project}/suppressions",
+        "/r/{token}",
+        "/o/{token}.gif",
+        "/u/{token}",
+    ] {
+        assert!(paths.contains_key(p), "{p} undocumented");
+    }
     // Every $ref points at a schema that exists.
     let text = doc.to_string();
     for part in text.split("#/components/schemas/").skip(1) {
@@ -637,5 +649,146 @@ async fn whoami_recent_events_and_the_catalog_answer_with_the_api_key() {
         "Unassigned",
     ] {
         assert!(channels.contains(&json!(c)), "{c} in {v}");
+    }
+}
+
+fn fixture_with(tag: &str, config: Config) -> Fixture {
+    let mut f = fixture(tag);
+    f.state = AppState::new(f.state.store.clone(), config);
+    f
+}
+
+#[tokio::test]
+async fn a_write_key_over_its_request_rate_gets_429_with_retry_after_and_the_limit() {
+    let mut config = Config::default();
+    config.rate_limit.requests_per_second = 0.5;
+    config.rate_limit.requests_burst = 2.0;
+    let f = fixture_with("ratelimit", config);
+    let msg = |id: &str| {
+        serde_json::to_vec(&json!({"userId": "u", "event": "E", "messageId": id})).unwrap()
+    };
+    for id in ["a", "b"] {
+        let (s, _) = post(&f, "/v1/track", msg(id), Some(&f.key), false).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let req = Request::post("/v1/track")
+        .header("authorization", basic(&f.key))
+        .body(Body::from(msg("c")))
+        .unwrap();
+    let resp = router(f.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        resp.headers()["retry-after"],
+        "2",
+        "one token in 2 s at 0.5/s"
+    );
+    let body: Value =
+        serde_json::from_slice(&to_bytes(resp.into_body(), 1 << 16).await.unwrap()).unwrap();
+    assert_eq!(body["limit"], "requests_per_second");
+    assert_eq!(body["burst"], 2.0);
+    assert_eq!(stored_ids(&f).len(), 2, "the refused message is not stored");
+}
+
+#[tokio::test]
+async fn cors_preflight_answers_only_for_allowed_origins_and_never_on_the_query_api() {
+    let f = fixture("cors");
+    Catalog::set_cors_origins(&f.dir, "shop", &["https://shop.example".into()]).unwrap();
+    let preflight = |path: &str, origin: &str| {
+        Request::options(path)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let app = router(f.state.clone());
+    let ok = app
+        .clone()
+        .oneshot(preflight("/v1/batch", "https://shop.example"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    assert_eq!(
+        ok.headers()["access-control-allow-headers"],
+        "authorization, content-type"
+    );
+    let other = app
+        .clone()
+        .oneshot(preflight("/v1/batch", "https://evil.example"))
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let api = app
+        .clone()
+        .oneshot(preflight(
+            "/api/v1/projects/shop/query/funnel",
+            "https://shop.example",
+        ))
+        .await
+        .unwrap();
+    assert!(api.headers().get("access-control-allow-origin").is_none());
+
+    let track = |origin: &str| {
+        Request::post("/v1/track")
+            .header("authorization", basic(&f.key))
+            .header("origin", origin)
+            .body(Body::from(r#"{"userId":"u","event":"E"}"#))
+            .unwrap()
+    };
+    let resp = app
+        .clone()
+        .oneshot(track("https://shop.example"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    let resp = app.oneshot(track("https://evil.example")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(stored_ids(&f).len(), 1);
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_gets_408() {
+    let mut config = Config::default();
+    config.http.body_read_timeout_ms = 200;
+    let f = fixture_with("bodytimeout", config);
+    let req = Request::post("/v1/track")
+        .header("authorization", basic(&f.key))
+        .body(Body::new(Stalled(false)))
+        .unwrap();
+    let resp = router(f.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(resp.headers()["connection"], "close");
+}
+
+/// A request body that sends one chunk and then nothing, as a slow client does.
+struct Stalled(bool);
+
+impl axum::body::HttpBody for Stalled {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if self.0 {
+            return std::task::Poll::Pending;
+        }
+        self.0 = true;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(
+            axum::body::Bytes::from_static(b"{\"userId\":"),
+        ))))
     }
 }

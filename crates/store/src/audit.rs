@@ -3,7 +3,8 @@
 //!
 //! Bounded: past [`AUDIT_FILE_BYTES_MAX`] the file becomes `audit.1.jsonl` (replacing the
 //! one before) and a new one starts, so the log keeps at least the last 64 MiB of actions.
-//! It records actions, never secrets: no keys, no event contents.
+//! It records actions, never secrets: no keys, no event contents, and an erased person's
+//! id only as its SHA-256 ([`erased_id`]).
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, Write};
@@ -31,6 +32,13 @@ pub struct AuditEntry {
     /// What was acted on, e.g. the person id given, and the outcome.
     #[serde(default)]
     pub detail: String,
+}
+
+/// How an erasure names the person in the log: the SHA-256 of the id given, so the log
+/// proves that a given id was erased (hash it and compare) without keeping the id, which
+/// an erasure must not leave behind (also not in backups, which copy this log).
+pub fn erased_id(id: &str) -> String {
+    format!("id sha256:{}", crate::api_key_hash(id))
 }
 
 impl AuditEntry {

@@ -31,7 +31,43 @@ pub struct ProjectInfo {
     #[serde(default, rename = "api_key", skip_serializing)]
     legacy_api_key: Option<String>,
     pub created_at: String,
+    /// Origins (`scheme://host[:port]`, or `*`) whose browser pages may post events with
+    /// this project's write key; empty means no CORS answer and no Origin check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cors_origins: Vec<String>,
 }
+
+impl ProjectInfo {
+    /// Whether a browser page from `origin` may send events to this project.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.cors_origins.iter().any(|o| o == "*" || o == origin)
+    }
+}
+
+/// The canonical form of an allowed origin as browsers send it in `Origin`:
+/// `scheme://host[:port]`, lowercase, no path, no trailing slash; `*` allows every origin.
+pub fn normalize_origin(text: &str) -> Result<String, StoreError> {
+    let t = text.trim();
+    if t == "*" {
+        return Ok(t.to_string());
+    }
+    let bad = || StoreError::BadOrigin(text.to_string());
+    let (scheme, rest) = t.split_once("://").ok_or_else(bad)?;
+    let scheme = scheme.to_ascii_lowercase();
+    let rest = rest.strip_suffix('/').unwrap_or(rest).to_ascii_lowercase();
+    let host_ok = !rest.is_empty()
+        && rest.len() <= 253
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if !(scheme == "http" || scheme == "https") || !host_ok {
+        return Err(bad());
+    }
+    Ok(format!("{scheme}://{rest}"))
+}
+
+/// At most this many allowed origins per project.
+pub const CORS_ORIGINS_MAX: usize = 64;
 
 /// A project's keys as issued: the only time the api key is shown.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +189,7 @@ impl Catalog {
                 api_key_sha256: api_key_hash(&issued.api_key),
                 legacy_api_key: None,
                 created_at: issued.created_at.clone(),
+                cors_origins: Vec::new(),
             });
             Ok(issued)
         })
@@ -175,6 +212,39 @@ impl Catalog {
                 api_key,
                 created_at: p.created_at.clone(),
             })
+        })
+    }
+}
+
+impl Catalog {
+    /// Replaces a project's allowed CORS origins (validated and normalized); an empty list
+    /// turns CORS off for it. A running server sees the change with its next request.
+    pub fn set_cors_origins(
+        dir: &Path,
+        name: &str,
+        origins: &[String],
+    ) -> Result<ProjectInfo, StoreError> {
+        let mut list = Vec::new();
+        for o in origins {
+            let o = normalize_origin(o)?;
+            if !list.contains(&o) {
+                list.push(o);
+            }
+        }
+        if list.len() > CORS_ORIGINS_MAX {
+            return Err(StoreError::BadOrigin(format!(
+                "{} origins (at most {CORS_ORIGINS_MAX})",
+                list.len()
+            )));
+        }
+        Catalog::update(dir, |c| {
+            let p = c
+                .projects
+                .iter_mut()
+                .find(|p| p.name == name)
+                .ok_or_else(|| StoreError::NoProject(name.to_string()))?;
+            p.cors_origins = list;
+            Ok(p.clone())
         })
     }
 }
@@ -234,6 +304,44 @@ mod tests {
             "the old key stops working"
         );
         assert_eq!(c.by_api_key(&rotated.api_key).unwrap().name, "shop");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cors_origins_are_normalized_and_matched_exactly() {
+        assert_eq!(
+            normalize_origin("HTTPS://Shop.Example/").unwrap(),
+            "https://shop.example"
+        );
+        assert_eq!(
+            normalize_origin("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(normalize_origin("*").unwrap(), "*");
+        for bad in [
+            "shop.example",
+            "ftp://a.example",
+            "https://a.example/path",
+            "https://",
+        ] {
+            assert!(normalize_origin(bad).is_err(), "{bad}");
+        }
+        let dir = std::env::temp_dir().join(format!("tl-catalog-cors-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Catalog::create_project(&dir, "shop").unwrap();
+        let p = Catalog::set_cors_origins(
+            &dir,
+            "shop",
+            &["https://a.example/".into(), "https://a.example".into()],
+        )
+        .unwrap();
+        assert_eq!(p.cors_origins, vec!["https://a.example"]);
+        let c = Catalog::load(&dir).unwrap();
+        let shop = c.get("shop").unwrap();
+        assert!(shop.allows_origin("https://a.example"));
+        assert!(!shop.allows_origin("https://a.example.evil"));
+        assert!(!shop.allows_origin("http://a.example"));
+        assert!(Catalog::set_cors_origins(&dir, "nope", &[]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

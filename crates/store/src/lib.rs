@@ -8,38 +8,54 @@
 //! DIR/projects/NAME/wal/        numbered, checksummed logs: what is acknowledged
 //! DIR/projects/NAME/segments/   immutable sorted column files
 //! DIR/projects/NAME/MANIFEST    which segments and identity snapshot are live, and
-//!                               the first log file not yet folded into segments
+//!                               the first log file not yet folded into segments; the
+//!                               store format version and a checksum (`manifest`)
 //! ```
 //!
 //! What "acknowledged" promises: [`ProjectStore::append`] reports success only after the
 //! events' log records are fsynced, so they survive `kill -9` and power loss; a message id
 //! the project already stored is reported as a duplicate and not stored again, before and
-//! after a crash, because deduplication state is rebuilt from what is on disk. The store
+//! after a crash, because deduplication state is rebuilt from what is on disk. Flushes
+//! and compactions run on their own threads and publish through the manifest, so they
+//! never hold up a group commit and a crash during either loses and duplicates nothing. The store
 //! never interprets events beyond ids, time and name: channels, sessions and funnels live
 //! in the query layer.
 
 pub mod audit;
+pub mod backup;
+mod batch;
 mod bloom;
 mod catalog;
+pub mod check;
 mod fsutil;
+mod idhash;
+mod idlog;
 mod lock;
+mod maintenance;
+pub mod manifest;
+mod memtable;
 pub mod metrics;
 mod project;
 mod segment;
+mod tail;
 mod wal;
+mod writer;
 
 #[cfg(test)]
 mod testutil;
 
 use std::path::{Path, PathBuf};
 
-pub use catalog::{api_key_hash, now_ms, random_seed, Catalog, IssuedKeys, ProjectInfo};
-pub use lock::DirLock;
-pub use project::{
-    AppendOutcome, Encoded, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats,
+pub use batch::EventBatch;
+pub use catalog::{
+    api_key_hash, normalize_origin, now_ms, random_seed, Catalog, IssuedKeys, ProjectInfo,
+    CORS_ORIGINS_MAX,
 };
+pub use lock::DirLock;
+pub use project::{AppendOutcome, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats};
 pub use segment::{ColumnReader, Segment, NO_VALUE};
 pub use store::Store;
+pub use tail::{Tail, TailFilter};
 
 mod store;
 
@@ -61,18 +77,30 @@ pub enum StoreError {
     Corrupt { file: PathBuf, why: String },
     #[error("data directory {} is in use by process {holder} (a running `throughline serve`?); stop it first", dir.display())]
     Locked { dir: PathBuf, holder: String },
+    #[error("{} was written by a newer Throughline (store format {found}; this binary reads up to {supported}): upgrade throughline to open it", file.display())]
+    NewerFormat {
+        file: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("no project named {0:?}")]
     NoProject(String),
     #[error("a project named {0:?} already exists")]
     ProjectExists(String),
     #[error("invalid project name {0:?}: use 1-64 characters a-z, 0-9, '-' or '_'")]
     BadProjectName(String),
+    #[error("invalid origin {0:?}: use scheme://host[:port] (http or https, no path) or *")]
+    BadOrigin(String),
     #[error("the write queue is full; retry later")]
     Overloaded,
     #[error("the store is shutting down")]
     Closed,
     #[error("the log could not be made durable: {0}")]
     WalFailed(String),
+    #[error("writing a segment failed: {0}")]
+    FlushFailed(String),
+    #[error("an event record of {bytes} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge { bytes: usize, max: usize },
 }
 
 impl StoreError {
@@ -87,10 +115,16 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Overloaded | StoreError::WalFailed(_) | StoreError::Closed
+            StoreError::Overloaded
+                | StoreError::WalFailed(_)
+                | StoreError::FlushFailed(_)
+                | StoreError::Closed
         )
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod faults_tests;

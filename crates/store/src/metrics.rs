@@ -71,10 +71,16 @@ pub struct StoreMetrics {
     pub events_stored: AtomicU64,
     pub duplicates: AtomicU64,
     pub flushes: AtomicU64,
+    pub flush_failures: AtomicU64,
     pub compactions: AtomicU64,
+    pub compaction_failures: AtomicU64,
     pub wal_failures: AtomicU64,
     pub fsync_seconds: Histogram,
     pub group_commit_events: Histogram,
+    /// Time to write and publish one frozen table's segment (on the flusher thread).
+    pub flush_seconds: Histogram,
+    /// Time of one merge (on the compactor thread).
+    pub compaction_seconds: Histogram,
 }
 
 impl Default for StoreMetrics {
@@ -83,10 +89,14 @@ impl Default for StoreMetrics {
             events_stored: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            flush_failures: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
+            compaction_failures: AtomicU64::new(0),
             wal_failures: AtomicU64::new(0),
             fsync_seconds: Histogram::new(SECONDS_BUCKETS),
             group_commit_events: Histogram::new(SIZE_BUCKETS),
+            flush_seconds: Histogram::new(SECONDS_BUCKETS),
+            compaction_seconds: Histogram::new(SECONDS_BUCKETS),
         }
     }
 }

@@ -1,39 +1,49 @@
-//! One project's store: the writer thread (group commit, dedupe, flush, compaction,
-//! erasure) and consistent read snapshots.
+//! One project's store: opening and recovery, the request API, and consistent read
+//! snapshots. The threads that change it live in `writer` and `maintenance`.
 //!
-//! Only the writer thread mutates state. It takes append requests from a bounded queue,
-//! stages every new event in the log, fsyncs once for the whole group, then applies the
-//! group to the in-memory table and the identity graph under a short write lock and
-//! answers each request. Readers take the read lock and see segments plus the in-memory
-//! table, so events still in the log are visible.
+//! Three threads per project. The writer takes append requests from a bounded queue,
+//! logs every new event, fsyncs once for the whole group, applies the group to the
+//! in-memory table and the identity graph under a short write lock and answers each
+//! request; when the table is full it freezes it and starts a new one. The flusher turns
+//! frozen tables into segments and the compactor merges segments, both beside the writer,
+//! so neither stalls ingestion. Readers take the read lock and see segments, frozen
+//! tables and the active table: events still in the log are visible.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-use throughline_identity::{IdKeys, IdentityConfig, IdentityGraph, NodeId};
-use throughline_model::{Event, DIMS, DIM_COUNT};
+use serde::Serialize;
+use throughline_identity::{IdentityConfig, IdentityGraph, NodeId};
+use throughline_model::{Event, DIM_COUNT};
 
-use crate::fsutil::write_atomic;
+use crate::batch::{BufferPool, EventBatch};
+use crate::maintenance::{self, CompactState, FlushQueue};
+pub(crate) use crate::manifest::Manifest;
+use crate::memtable::{Frozen, MemTable};
 use crate::metrics::StoreMetrics;
-use crate::segment::{self, RowMeta, Segment};
+use crate::segment::Segment;
 use crate::wal::{self, WalWriter};
-use crate::{message_hash, StoreError};
+use crate::writer::{IdentityOnDisk, Request, Writer};
+use crate::StoreError;
 
 #[derive(Clone, Debug)]
 pub struct ProjectOptions {
-    /// Fold the in-memory table into a segment once its events take this many bytes.
+    /// Freeze the in-memory table for a flush once it holds this many bytes.
     pub flush_bytes: usize,
+    /// Frozen tables waiting for their flush at most; beyond it the writer waits, and
+    /// requests queue (then `Overloaded`).
+    pub frozen_tables_max: usize,
     /// Append requests waiting for the writer; beyond it callers get `Overloaded`.
     pub queue_requests_max: usize,
     /// Events committed under one fsync at most.
     pub group_events_max: usize,
-    /// Compact once this many segments are below `compact_rows_max`.
+    /// Merge a size tier once it holds this many segments (below `compact_rows_max`): a
+    /// wider tier rewrites each event fewer times, and leaves more segments for reads
+    /// and deduplication to visit.
     pub compact_segments_min: usize,
     /// Compaction output rows at most, which bounds its memory.
     pub compact_rows_max: usize,
@@ -44,9 +54,10 @@ impl Default for ProjectOptions {
     fn default() -> Self {
         ProjectOptions {
             flush_bytes: 64 << 20,
+            frozen_tables_max: 2,
             queue_requests_max: 1024,
             group_events_max: 50_000,
-            compact_segments_min: 4,
+            compact_segments_min: 8,
             compact_rows_max: 2_000_000,
             identity: IdentityConfig::default(),
         }
@@ -76,140 +87,77 @@ pub struct StoreStats {
     pub persons_ids: usize,
 }
 
-/// An event encoded for the log on the caller's thread (HTTP handler, import worker), so
-/// the one writer thread only checks ids and copies bytes.
-pub struct Encoded {
-    payload: Vec<u8>,
-    hash: u128,
-    keys: IdKeys,
-    ts: i64,
-    kind: u8,
-    dims: Dims,
+pub(crate) type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+
+/// A tail and the records of one append it wants, by index in the append.
+type TailCopy = (Arc<crate::tail::TailInner>, Vec<(usize, Vec<u8>)>);
+
+/// What readers see, changed only under the write lock.
+pub(crate) struct State {
+    pub identity: IdentityGraph,
+    pub segments: Vec<Arc<Segment>>,
+    /// Oldest first; each leaves when its segment is published.
+    pub frozen: VecDeque<Arc<Frozen>>,
+    pub mem: MemTable,
+    pub manifest: Manifest,
 }
 
-/// Owned values of [`DIMS`] for one event.
-type Dims = [Option<Box<str>>; DIM_COUNT];
+/// What the writer, the flusher and the compactor share.
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub state: RwLock<State>,
+    pub metrics: Arc<StoreMetrics>,
+    pub options: ProjectOptions,
+    /// Serializes every manifest change (flush, compaction, erasure). Taken before the
+    /// state lock, never while holding it.
+    pub manifest_lock: Mutex<()>,
+    /// Held for a whole compaction; erasure takes it so no merge runs beside it.
+    pub compaction_lock: Mutex<()>,
+    pub flush: Mutex<FlushQueue>,
+    pub flush_cv: Condvar,
+    pub compact: Mutex<CompactState>,
+    pub compact_cv: Condvar,
+    /// Numbers for segment and identity snapshot files.
+    pub next_number: AtomicU64,
+    /// Set by `close`: a compaction in progress abandons its output.
+    pub closing: AtomicBool,
+    /// Frame buffers of flushed tables, for new batches.
+    pub pool: Arc<BufferPool>,
+}
 
-impl Encoded {
-    pub fn new(event: &Event) -> Encoded {
-        let payload = serde_json::to_vec(event).expect("event serializes");
-        Encoded::with_payload(event, payload)
+impl Shared {
+    /// A new, empty active table.
+    pub fn new_table(&self) -> MemTable {
+        MemTable::new(self.pool.clone(), events_per_table(&self.options))
     }
 
-    fn with_payload(event: &Event, payload: Vec<u8>) -> Encoded {
-        Encoded {
-            payload,
-            hash: message_hash(&event.message_id),
-            keys: IdKeys::of(event),
-            ts: event.timestamp,
-            kind: event.event_type.code(),
-            dims: event.dims().map(|d| d.map(Into::into)),
-        }
-    }
-}
-
-type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
-
-enum Request {
-    Append {
-        events: Vec<Encoded>,
-        /// False for bulk import: the events skip the log and are durable at the next flush.
-        logged: bool,
-        reply: Reply<AppendOutcome>,
-    },
-    Flush {
-        reply: Reply<()>,
-    },
-    DeletePerson {
-        id: String,
-        reply: Reply<usize>,
-    },
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Manifest {
-    version: u32,
-    segments: Vec<String>,
-    next_segment: u64,
-    /// First log file whose records are not in any segment.
-    wal_start: u64,
-    identity: Option<String>,
-}
-
-/// Arena blocks: big enough to amortize allocation, small enough that growing never
-/// copies megabytes.
-const ARENA_BLOCK_BYTES: usize = 1 << 20;
-
-/// Events not yet in a segment: their WAL payloads in an arena plus the scan columns.
-#[derive(Default)]
-struct MemTable {
-    rows: Vec<MemRow>,
-    blocks: Vec<Vec<u8>>,
-    bytes: usize,
-    hashes: HashSet<u128>,
-}
-
-struct MemRow {
-    node: NodeId,
-    ts: i64,
-    kind: u8,
-    dims: Dims,
-    block: u32,
-    start: u32,
-    end: u32,
-}
-
-impl MemTable {
-    fn push(&mut self, node: NodeId, e: Encoded) {
-        let fits = self
-            .blocks
-            .last()
-            .is_some_and(|b| b.capacity() - b.len() >= e.payload.len());
-        if !fits {
-            self.blocks
-                .push(Vec::with_capacity(ARENA_BLOCK_BYTES.max(e.payload.len())));
-        }
-        let block_index = (self.blocks.len() - 1) as u32;
-        let block = self.blocks.last_mut().expect("a block");
-        let start = block.len();
-        block.extend_from_slice(&e.payload);
-        self.bytes += e.payload.len();
-        self.rows.push(MemRow {
-            node,
-            ts: e.ts,
-            kind: e.kind,
-            dims: e.dims,
-            block: block_index,
-            start: start as u32,
-            end: block.len() as u32,
-        });
-        self.hashes.insert(e.hash);
+    pub fn seg_dir(&self) -> PathBuf {
+        self.dir.join("segments")
     }
 
-    fn payload(&self, r: &MemRow) -> &[u8] {
-        &self.blocks[r.block as usize][r.start as usize..r.end as usize]
+    pub fn wal_dir(&self) -> PathBuf {
+        self.dir.join("wal")
     }
 }
 
-struct State {
-    identity: IdentityGraph,
-    segments: Vec<Arc<Segment>>,
-    mem: MemTable,
-    manifest: Manifest,
+/// About how many events fill a table: what tables and their hash sets are sized for.
+fn events_per_table(options: &ProjectOptions) -> usize {
+    (options.flush_bytes / 1024).clamp(1024, 1 << 20)
 }
 
 pub struct ProjectStore {
     name: String,
     dir: PathBuf,
     tx: Mutex<Option<SyncSender<Request>>>,
-    state: Arc<RwLock<State>>,
+    shared: Arc<Shared>,
     pub metrics: Arc<StoreMetrics>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    tails: Arc<Mutex<Vec<std::sync::Weak<crate::tail::TailInner>>>>,
 }
 
 impl ProjectStore {
     /// Opens (or creates) a project directory: loads the manifest, the identity snapshot
-    /// and the segments, replays the log, and starts the writer thread.
+    /// and the segments, replays the log, and starts the writer, flusher and compactor.
     pub fn open(
         name: &str,
         dir: &Path,
@@ -220,23 +168,13 @@ impl ProjectStore {
         for d in [dir, &wal_dir, &seg_dir] {
             std::fs::create_dir_all(d).map_err(|e| StoreError::io(d, e))?;
         }
-        let manifest_path = dir.join("MANIFEST");
-        let manifest: Manifest = match std::fs::read(&manifest_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
-                file: manifest_path.clone(),
-                why: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest {
-                version: 1,
-                wal_start: 1,
-                ..Manifest::default()
-            },
-            Err(e) => return Err(StoreError::io(&manifest_path, e)),
-        };
-        let identity = match &manifest.identity {
+        let manifest = crate::manifest::load(dir, &mut |_, _| {})?;
+        let mut snapshot_bytes = 0;
+        let mut identity = match &manifest.identity {
             Some(file) => {
                 let p = dir.join(file);
                 let bytes = std::fs::read(&p).map_err(|e| StoreError::io(&p, e))?;
+                snapshot_bytes = bytes.len();
                 let mut g =
                     IdentityGraph::from_snapshot(&bytes).map_err(|e| StoreError::Corrupt {
                         file: p.clone(),
@@ -247,6 +185,16 @@ impl ProjectStore {
             }
             None => IdentityGraph::new(options.identity.clone()),
         };
+        let mut log_bytes = 0;
+        for file in &manifest.identity_logs {
+            let p = dir.join(file);
+            let bytes = std::fs::read(&p).map_err(|e| StoreError::io(&p, e))?;
+            log_bytes += bytes.len();
+            crate::idlog::replay(&bytes, &mut identity).map_err(|why| StoreError::Corrupt {
+                file: p.clone(),
+                why,
+            })?;
+        }
         let segments = manifest
             .segments
             .iter()
@@ -254,78 +202,87 @@ impl ProjectStore {
             .collect::<Result<Vec<_>, _>>()?;
         remove_unlisted(dir, &seg_dir, &manifest)?;
 
+        let pool = Arc::new(BufferPool::default());
         let mut state = State {
             identity,
             segments,
-            mem: MemTable::default(),
+            frozen: VecDeque::new(),
+            mem: MemTable::new(pool.clone(), events_per_table(&options)),
             manifest,
         };
-        let seqs = wal::list(&wal_dir).map_err(|e| StoreError::io(&wal_dir, e))?;
-        let mut last_seq = state.manifest.wal_start.saturating_sub(1);
-        for seq in seqs {
-            let path = wal_dir.join(wal::file_name(seq));
-            if seq < state.manifest.wal_start {
-                // Folded into segments before a crash cut the cleanup short.
-                std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
-                continue;
-            }
-            let rec = wal::recover(&path).map_err(|e| StoreError::io(&path, e))?;
-            if rec.torn_bytes > 0 {
-                tracing::warn!(file = %path.display(), bytes = rec.torn_bytes, "cut a torn log tail (never acknowledged)");
-            }
-            last_seq = seq;
-            // Every open starts a fresh log file; one that never got a record holds nothing
-            // to keep, so read-only commands do not leave a trail of empty files.
-            if rec.records.is_empty() {
-                std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
-                continue;
-            }
-            for payload in rec.records {
-                let event: Event =
-                    serde_json::from_slice(&payload).map_err(|e| StoreError::Corrupt {
-                        file: path.clone(),
-                        why: format!("log record: {e}"),
-                    })?;
-                let encoded = Encoded::with_payload(&event, payload);
-                if state.mem.hashes.contains(&encoded.hash)
-                    || in_segments(&state.segments, encoded.hash)?
-                {
-                    continue;
-                }
-                let node = state.identity.observe_keys(&encoded.keys);
-                state.mem.push(node, encoded);
-            }
-        }
+        let last_seq = replay_log(&wal_dir, &mut state)?;
         let wal =
             WalWriter::create(&wal_dir, last_seq + 1).map_err(|e| StoreError::io(&wal_dir, e))?;
 
-        let state = Arc::new(RwLock::new(state));
         let metrics = Arc::new(StoreMetrics::default());
-        let (tx, rx) = mpsc::sync_channel(options.queue_requests_max);
-        let mut writer = Writer {
+        let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
-            wal,
-            state: state.clone(),
+            next_number: AtomicU64::new(state.manifest.next_segment),
+            state: RwLock::new(state),
             metrics: metrics.clone(),
             options,
-            wal_broken: false,
+            manifest_lock: Mutex::new(()),
+            compaction_lock: Mutex::new(()),
+            flush: Mutex::new(FlushQueue::default()),
+            flush_cv: Condvar::new(),
+            compact: Mutex::new(CompactState::default()),
+            compact_cv: Condvar::new(),
+            closing: AtomicBool::new(false),
+            pool,
+        });
+        let (tx, rx) = mpsc::sync_channel(shared.options.queue_requests_max);
+        let spawn = |role: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(format!("{role}-{name}"))
+                .spawn(f)
+                .map_err(|e| StoreError::io(dir, e))
         };
-        let handle = std::thread::Builder::new()
-            .name(format!("writer-{name}"))
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::io(dir, e))?;
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(spawn(
+            "flusher",
+            Box::new(move || maintenance::flusher(&s)),
+        )?);
+        let s = shared.clone();
+        threads.push(spawn(
+            "compactor",
+            Box::new(move || maintenance::compactor(&s)),
+        )?);
+        let mut writer = Writer::new(
+            shared.clone(),
+            wal,
+            IdentityOnDisk {
+                snapshot_bytes,
+                log_bytes,
+                logs: shared
+                    .state
+                    .read()
+                    .expect("state lock")
+                    .manifest
+                    .identity_logs
+                    .len(),
+            },
+        );
+        threads.push(spawn("writer", Box::new(move || writer.run(rx)))?);
         Ok(ProjectStore {
             name: name.to_string(),
             dir: dir.to_path_buf(),
             tx: Mutex::new(Some(tx)),
-            state,
+            shared,
             metrics,
-            writer: Mutex::new(Some(handle)),
+            threads: Mutex::new(threads),
+            tails: Arc::default(),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// An empty batch for about `events` events whose records take about `record_bytes`,
+    /// reusing the memory of flushed tables.
+    pub fn new_batch(&self, events: usize, record_bytes: usize) -> EventBatch {
+        EventBatch::from_pool(&self.shared.pool, events, record_bytes)
     }
 
     pub fn dir(&self) -> &Path {
@@ -349,21 +306,87 @@ impl ProjectStore {
     /// (or failed). A full queue answers `Overloaded` at once: the caller sheds load.
     pub fn submit(
         &self,
-        events: Vec<Encoded>,
+        events: EventBatch,
         done: impl FnOnce(Result<AppendOutcome, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
+        let done = self.tailed(&events, done);
         self.send(
             Request::Append {
                 events,
                 logged: true,
-                reply: Box::new(done),
+                reply: done,
             },
             false,
         )
     }
 
+    /// A tail of the events stored from now on that `filter` wants, at most `events_max`
+    /// queued (see [`crate::Tail`]).
+    pub fn tail(&self, filter: crate::TailFilter, events_max: usize) -> crate::Tail {
+        let t = crate::Tail::new(filter, events_max);
+        let mut tails = self.tails.lock().expect("tails");
+        tails.retain(|w| w.strong_count() > 0);
+        tails.push(Arc::downgrade(&t.inner));
+        t
+    }
+
+    /// Wraps an append's reply so that, once durable, the wanted records of its stored
+    /// (non-duplicate) events go to the tails.
+    fn tailed(
+        &self,
+        events: &EventBatch,
+        done: impl FnOnce(Result<AppendOutcome, StoreError>) + Send + 'static,
+    ) -> Reply<AppendOutcome> {
+        let tails: Vec<Arc<crate::tail::TailInner>> = {
+            let t = self.tails.lock().expect("tails");
+            t.iter().filter_map(|w| w.upgrade()).collect()
+        };
+        if tails.is_empty() {
+            return Box::new(done);
+        }
+        // Copy what each tail wants now, on the caller's thread.
+        let wanted: Vec<(usize, Vec<usize>)> = tails
+            .iter()
+            .enumerate()
+            .map(|(ti, t)| {
+                let idx = (0..events.len())
+                    .filter(|&i| t.wants(events.rows()[i].kind, events.dim(i, 0)))
+                    .collect();
+                (ti, idx)
+            })
+            .filter(|(_, idx): &(usize, Vec<usize>)| !idx.is_empty())
+            .collect();
+        if wanted.is_empty() {
+            return Box::new(done);
+        }
+        let copies: Vec<TailCopy> = wanted
+            .into_iter()
+            .map(|(ti, idx)| {
+                (
+                    tails[ti].clone(),
+                    idx.into_iter()
+                        .map(|i| (i, events.record(i).to_vec()))
+                        .collect(),
+                )
+            })
+            .collect();
+        Box::new(move |r: Result<AppendOutcome, StoreError>| {
+            if let Ok(outcome) = &r {
+                for (tail, records) in copies {
+                    let fresh = records
+                        .into_iter()
+                        .filter(|(i, _)| !outcome.duplicate.get(*i).copied().unwrap_or(true))
+                        .map(|(_, p)| p)
+                        .collect();
+                    tail.push(fresh);
+                }
+            }
+            done(r)
+        })
+    }
+
     /// Appends events and blocks until they are durable.
-    pub fn append(&self, events: Vec<Encoded>) -> Result<AppendOutcome, StoreError> {
+    pub fn append(&self, events: EventBatch) -> Result<AppendOutcome, StoreError> {
         self.append_inner(events, true)
     }
 
@@ -371,30 +394,46 @@ impl ProjectStore {
     /// [`ProjectStore::flush`], which a bulk import calls before it reports success. A
     /// crash before that loses them, and re-running the import stores them (deduplication
     /// makes the re-run idempotent). Writes each byte once instead of twice.
-    pub fn append_unlogged(&self, events: Vec<Encoded>) -> Result<AppendOutcome, StoreError> {
+    pub fn append_unlogged(&self, events: EventBatch) -> Result<AppendOutcome, StoreError> {
         self.append_inner(events, false)
     }
 
-    fn append_inner(
+    /// [`ProjectStore::append_unlogged`] without waiting: blocks only while the queue is
+    /// full, and `done` runs once the events are in the in-memory table.
+    pub fn submit_unlogged(
         &self,
-        events: Vec<Encoded>,
-        logged: bool,
-    ) -> Result<AppendOutcome, StoreError> {
+        events: EventBatch,
+        done: impl FnOnce(Result<AppendOutcome, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let done = self.tailed(&events, done);
+        self.send(
+            Request::Append {
+                events,
+                logged: false,
+                reply: done,
+            },
+            true,
+        )
+    }
+
+    fn append_inner(&self, events: EventBatch, logged: bool) -> Result<AppendOutcome, StoreError> {
         let (tx, rx) = mpsc::channel();
+        let reply = self.tailed(&events, move |r| {
+            let _ = tx.send(r);
+        });
         self.send(
             Request::Append {
                 events,
                 logged,
-                reply: Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
+                reply,
             },
             true,
         )?;
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
-    /// Folds the log into a segment now.
+    /// Writes every event appended so far into segments, and returns once they are
+    /// published.
     pub fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::channel();
         self.send(
@@ -406,6 +445,14 @@ impl ProjectStore {
             true,
         )?;
         rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`ProjectStore::flush`], then waits until no compaction is due: the store as a
+    /// long-running server would leave it. A bulk import ends with this.
+    pub fn settle(&self) -> Result<(), StoreError> {
+        self.flush()?;
+        maintenance::wait_compactions(&self.shared);
+        Ok(())
     }
 
     /// Erases every event and id of the person known by `id` (any of their ids).
@@ -424,11 +471,11 @@ impl ProjectStore {
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
-    /// A consistent view for reading. Holding it delays the writer's next apply step, so
-    /// keep it for one query, not longer.
+    /// A consistent view for reading. Holding it delays the writer's next apply step and
+    /// the publishing of flushes and compactions, so keep it for one query, not longer.
     pub fn snapshot(&self) -> Snapshot<'_> {
         Snapshot {
-            state: self.state.read().expect("state lock"),
+            state: self.shared.state.read().expect("state lock"),
         }
     }
 
@@ -437,16 +484,19 @@ impl ProjectStore {
         StoreStats {
             events: s.event_count(),
             segments: s.state.segments.len(),
-            events_in_log: s.state.mem.rows.len(),
+            events_in_log: s.log_len(),
             persons_ids: s.state.identity.node_count(),
         }
     }
 
-    /// Stops the writer after it has answered everything queued.
+    /// Stops the writer after it has answered everything queued, lets the flusher write
+    /// the tables it holds, and abandons a compaction in progress (it is redone later).
     pub fn close(&self) {
         self.tx.lock().expect("sender lock").take();
-        if let Some(h) = self.writer.lock().expect("writer lock").take() {
-            let _ = h.join();
+        maintenance::begin_close(&self.shared);
+        let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
+        for t in threads {
+            let _ = t.join();
         }
     }
 }
@@ -457,12 +507,62 @@ impl Drop for ProjectStore {
     }
 }
 
+/// Replays every log file from the manifest's `wal_start` into the active table,
+/// skipping what segments hold; returns the last file's number.
+fn replay_log(wal_dir: &Path, state: &mut State) -> Result<u64, StoreError> {
+    let seqs = wal::list(wal_dir).map_err(|e| StoreError::io(wal_dir, e))?;
+    let mut last_seq = state.manifest.wal_start.saturating_sub(1);
+    for seq in seqs {
+        let path = wal_dir.join(wal::file_name(seq));
+        if seq < state.manifest.wal_start {
+            // Folded into segments before a crash cut the cleanup short.
+            std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+            continue;
+        }
+        let rec = wal::recover(&path).map_err(|e| StoreError::io(&path, e))?;
+        if rec.torn_bytes > 0 {
+            tracing::warn!(file = %path.display(), bytes = rec.torn_bytes, "cut a torn log tail (never acknowledged)");
+        }
+        last_seq = seq;
+        // Every open starts a fresh log file; one that never got a record holds nothing
+        // to keep, so read-only commands do not leave a trail of empty files.
+        if rec.records.is_empty() {
+            std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+            continue;
+        }
+        let mut batch = EventBatch::new();
+        for record in &rec.records {
+            batch.push_record(record).map_err(|e| StoreError::Corrupt {
+                file: path.clone(),
+                why: format!("log record: {e}"),
+            })?;
+        }
+        let mut stored = Vec::new();
+        let mut seen = crate::idhash::HashSet128::default();
+        for (i, row) in batch.rows().iter().enumerate() {
+            if !seen.insert(row.hash)
+                || state.mem.hashes.contains(&row.hash)
+                || in_segments(&state.segments, row.hash)?
+            {
+                continue;
+            }
+            let node = state
+                .mem
+                .identity_log
+                .observe(&mut state.identity, batch.ids(i));
+            stored.push((i, node));
+        }
+        state.mem.add(batch, stored);
+    }
+    Ok(last_seq)
+}
+
 /// One event still in the log, as scans see it.
 pub struct LogRow<'a> {
     pub node: NodeId,
     pub ts: i64,
     pub kind: u8,
-    pub dims: &'a [Option<Box<str>>; DIM_COUNT],
+    pub dims: [Option<&'a str>; DIM_COUNT],
 }
 
 /// A read view: the identity graph, the segments and the events still in the log.
@@ -480,7 +580,21 @@ impl Snapshot<'_> {
     }
 
     pub fn event_count(&self) -> usize {
-        self.state.segments.iter().map(|s| s.rows()).sum::<usize>() + self.state.mem.rows.len()
+        self.state.segments.iter().map(|s| s.rows()).sum::<usize>() + self.log_len()
+    }
+
+    /// The tables of events not yet in a published segment, in arrival order: frozen
+    /// tables oldest first, then the active one.
+    fn tables(&self) -> impl Iterator<Item = &MemTable> {
+        self.state
+            .frozen
+            .iter()
+            .map(|f| &f.table)
+            .chain(std::iter::once(&self.state.mem))
+    }
+
+    fn log_len(&self) -> usize {
+        self.tables().map(MemTable::len).sum()
     }
 
     /// Visits every stored event once, with the identity node it was sent under:
@@ -496,9 +610,10 @@ impl Snapshot<'_> {
                 visit(event, nodes[row])
             })?;
         }
-        let mem = &self.state.mem;
-        for r in &mem.rows {
-            visit(decode(Path::new("wal"), mem.payload(r))?, r.node)?;
+        for t in self.tables() {
+            for r in &t.rows {
+                visit(decode(Path::new("wal"), t.record(r))?, r.node)?;
+            }
         }
         Ok(())
     }
@@ -542,15 +657,60 @@ impl Snapshot<'_> {
             }
             first += seg.rows() as u32;
         }
-        let mem = &self.state.mem;
-        for (i, r) in mem.rows.iter().enumerate() {
-            if keep(r.node, r.dims[0].as_deref()) {
-                visit(
-                    first + i as u32,
-                    r.node,
-                    decode(Path::new("wal"), mem.payload(r))?,
-                )?;
+        for t in self.tables() {
+            for r in &t.rows {
+                if keep(r.node, t.dims(r)[0]) {
+                    visit(first, r.node, decode(Path::new("wal"), t.record(r))?)?;
+                }
+                first += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// Visits the events with these arrival numbers (ascending; the numbering of
+    /// [`Snapshot::for_each_event_named`]), decoding only them and reading only the
+    /// payload blocks that hold them: the properties of a few events without decoding all.
+    pub fn for_each_event_at(
+        &self,
+        seqs: &[u32],
+        mut visit: impl FnMut(u32, Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut at = 0;
+        let mut first = 0u32;
+        let mut rows = Vec::new();
+        for seg in &self.state.segments {
+            let end = first + seg.rows() as u32;
+            rows.clear();
+            while at < seqs.len() && seqs[at] < end {
+                if seqs[at] < first {
+                    return Err(StoreError::Corrupt {
+                        file: seg.path.clone(),
+                        why: "arrival numbers asked for out of order".into(),
+                    });
+                }
+                rows.push((seqs[at] - first) as usize);
+                at += 1;
+            }
+            seg.for_each_payload_of(&rows, |row, payload| {
+                visit(first + row as u32, decode(&seg.path, payload)?)
+            })?;
+            first = end;
+        }
+        // The log: frozen tables, then the active one, in arrival order.
+        let log: Vec<(&MemTable, &crate::memtable::MemRow)> = self
+            .tables()
+            .flat_map(|t| t.rows.iter().map(move |r| (t, r)))
+            .collect();
+        for &seq in &seqs[at..] {
+            let (t, r) = seq
+                .checked_sub(first)
+                .and_then(|i| log.get(i as usize).copied())
+                .ok_or_else(|| StoreError::Corrupt {
+                    file: "wal".into(),
+                    why: format!("no event with arrival number {seq}"),
+                })?;
+            visit(seq, decode(Path::new("wal"), t.record(r))?)?;
         }
         Ok(())
     }
@@ -584,7 +744,12 @@ impl Snapshot<'_> {
             first.push(arrival);
             arrival += seg.rows() as u32;
         }
-        for (i, r) in self.state.mem.rows.iter().enumerate() {
+        // The log: frozen tables, then the active one, in arrival order.
+        let log: Vec<(&MemTable, &crate::memtable::MemRow)> = self
+            .tables()
+            .flat_map(|t| t.rows.iter().map(move |r| (t, r)))
+            .collect();
+        for (i, (_, r)) in log.iter().enumerate() {
             offer(&mut best, (r.ts, arrival + i as u32, usize::MAX, i));
         }
         let mut order: Vec<usize> = (0..segments.len()).collect();
@@ -605,11 +770,10 @@ impl Snapshot<'_> {
         let chosen: Vec<(i64, u32, usize, usize)> =
             best.into_iter().map(|Reverse(key)| key).collect();
         let mut out: Vec<((i64, u32), NodeId, Event)> = Vec::with_capacity(chosen.len());
-        let mem = &self.state.mem;
         for &(t, seq, src, row) in &chosen {
             if src == usize::MAX {
-                let r = &mem.rows[row];
-                out.push(((t, seq), r.node, decode(Path::new("wal"), mem.payload(r))?));
+                let (table, r) = log[row];
+                out.push(((t, seq), r.node, decode(Path::new("wal"), table.record(r))?));
             }
         }
         let mut by_segment: std::collections::BTreeMap<usize, Vec<(usize, i64, u32)>> =
@@ -625,7 +789,7 @@ impl Snapshot<'_> {
             let nodes = seg.read_column::<u32>("node")?;
             let wanted: Vec<usize> = rows.iter().map(|r| r.0).collect();
             let mut at = 0;
-            seg.for_each_payload_at(&wanted, |row, payload| {
+            seg.for_each_payload_of(&wanted, |row, payload| {
                 let (_, t, seq) = rows[at];
                 at += 1;
                 out.push(((t, seq), nodes[row], decode(&seg.path, payload)?));
@@ -636,56 +800,15 @@ impl Snapshot<'_> {
         Ok(out.into_iter().map(|(_, node, e)| (node, e)).collect())
     }
 
-    /// Visits the events with these arrival numbers (ascending; the numbering of
-    /// [`Snapshot::for_each_event_named`]), decoding only them and reading only the
-    /// payload blocks that hold them: the properties of a few events without decoding all.
-    pub fn for_each_event_at(
-        &self,
-        seqs: &[u32],
-        mut visit: impl FnMut(u32, Event) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let mut at = 0;
-        let mut first = 0u32;
-        let mut rows = Vec::new();
-        for seg in &self.state.segments {
-            let end = first + seg.rows() as u32;
-            rows.clear();
-            while at < seqs.len() && seqs[at] < end {
-                if seqs[at] < first {
-                    return Err(StoreError::Corrupt {
-                        file: seg.path.clone(),
-                        why: "arrival numbers asked for out of order".into(),
-                    });
-                }
-                rows.push((seqs[at] - first) as usize);
-                at += 1;
-            }
-            seg.for_each_payload_at(&rows, |row, payload| {
-                visit(first + row as u32, decode(&seg.path, payload)?)
-            })?;
-            first = end;
-        }
-        let mem = &self.state.mem;
-        for &seq in &seqs[at..] {
-            let r = seq
-                .checked_sub(first)
-                .and_then(|i| mem.rows.get(i as usize))
-                .ok_or_else(|| StoreError::Corrupt {
-                    file: "wal".into(),
-                    why: format!("no event with arrival number {seq}"),
-                })?;
-            visit(seq, decode(Path::new("wal"), mem.payload(r))?)?;
-        }
-        Ok(())
-    }
-
     /// Scan columns of the events still in the log, in arrival order.
     pub fn log_rows(&self) -> impl Iterator<Item = LogRow<'_>> {
-        self.state.mem.rows.iter().map(|r| LogRow {
-            node: r.node,
-            ts: r.ts,
-            kind: r.kind,
-            dims: &r.dims,
+        self.tables().flat_map(|t| {
+            t.rows.iter().map(move |r| LogRow {
+                node: r.node,
+                ts: r.ts,
+                kind: r.kind,
+                dims: t.dims(r),
+            })
         })
     }
 }
@@ -697,62 +820,21 @@ fn decode(file: &Path, payload: &[u8]) -> Result<Event, StoreError> {
     })
 }
 
-fn in_segments(segments: &[Arc<Segment>], hash: u128) -> Result<bool, StoreError> {
+/// Whether any segment stored a message with this id hash.
+pub(crate) fn in_segments(segments: &[Arc<Segment>], hash: u128) -> Result<bool, StoreError> {
     for s in segments {
-        if s.contains_hash(hash)? {
+        if s.may_contain(hash) && s.contains_hash(hash)? {
             return Ok(true);
         }
     }
     Ok(false)
 }
 
-/// The segments to merge next, if some size tier holds `min` of them: the tier of a
-/// segment is how many times `min` fits between the smallest segment and it, so merging a
-/// full tier yields one segment of the next tier.
-fn pick_tier(segments: &[Arc<Segment>], min: usize, rows_max: usize) -> Option<Vec<Arc<Segment>>> {
-    let min = min.max(2);
-    let small: Vec<&Arc<Segment>> = segments.iter().filter(|s| s.rows() < rows_max).collect();
-    let base = small.iter().map(|s| s.rows().max(1)).min()?;
-    let tier = |rows: usize| {
-        let mut t = 0;
-        let mut bound = base * min;
-        while rows.max(1) >= bound {
-            t += 1;
-            bound = bound.saturating_mul(min);
-        }
-        t
-    };
-    let mut tiers: std::collections::BTreeMap<usize, Vec<Arc<Segment>>> = Default::default();
-    for s in small {
-        tiers.entry(tier(s.rows())).or_default().push(s.clone());
-    }
-    // The merged segment stays within `rows_max`, which bounds compaction's memory and
-    // the time the writer spends on one merge.
-    tiers
-        .into_values()
-        .filter(|t| t.len() >= min)
-        .find_map(|mut t| {
-            t.sort_by_key(|s| s.rows());
-            let mut total = 0;
-            let picked: Vec<Arc<Segment>> = t
-                .into_iter()
-                .take(min)
-                .take_while(|s| {
-                    total += s.rows();
-                    total <= rows_max
-                })
-                .collect();
-            (picked.len() >= 2).then_some(picked)
-        })
-}
-
 /// Deletes segment and snapshot files the manifest does not name: leftovers of a crash
 /// between writing a file and publishing the manifest that would have named it.
 fn remove_unlisted(dir: &Path, seg_dir: &Path, m: &Manifest) -> Result<(), StoreError> {
-    for (d, keep) in [
-        (seg_dir, m.segments.clone()),
-        (dir, m.identity.iter().cloned().collect::<Vec<_>>()),
-    ] {
+    let identity: Vec<String> = m.identity.iter().chain(&m.identity_logs).cloned().collect();
+    for (d, keep) in [(seg_dir, m.segments.clone()), (dir, identity)] {
         for entry in std::fs::read_dir(d).map_err(|e| StoreError::io(d, e))? {
             let entry = entry.map_err(|e| StoreError::io(d, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -769,421 +851,12 @@ fn remove_unlisted(dir: &Path, seg_dir: &Path, m: &Manifest) -> Result<(), Store
     Ok(())
 }
 
-struct Writer {
-    dir: PathBuf,
-    wal: WalWriter,
-    state: Arc<RwLock<State>>,
-    metrics: Arc<StoreMetrics>,
-    options: ProjectOptions,
-    /// Set when a commit failed and the file could not be cut back: the next commit
-    /// starts a fresh file so no acknowledged record ever follows a torn one.
-    wal_broken: bool,
-}
-
-impl Writer {
-    fn run(&mut self, rx: Receiver<Request>) {
-        let mut carried: Option<Request> = None;
-        loop {
-            let first = match carried.take() {
-                Some(r) => r,
-                None => match rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => return,
-                },
-            };
-            match first {
-                Request::Append {
-                    events,
-                    logged,
-                    reply,
-                } => {
-                    let mut group = vec![(events, logged, reply)];
-                    let mut n = group[0].0.len();
-                    while n < self.options.group_events_max {
-                        match rx.try_recv() {
-                            Ok(Request::Append {
-                                events,
-                                logged,
-                                reply,
-                            }) => {
-                                n += events.len();
-                                group.push((events, logged, reply));
-                            }
-                            Ok(other) => {
-                                carried = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.commit_group(group);
-                }
-                Request::Flush { reply } => reply(self.flush()),
-                Request::DeletePerson { id, reply } => reply(self.delete_person(&id)),
-            }
-            if self.mem_bytes() >= self.options.flush_bytes {
-                if let Err(e) = self.flush() {
-                    tracing::error!(error = %e, "flush failed; events stay in the log");
-                }
-            }
-        }
-    }
-
-    fn mem_bytes(&self) -> usize {
-        self.state.read().expect("state lock").mem.bytes
-    }
-
-    fn commit_group(&mut self, mut group: Vec<(Vec<Encoded>, bool, Reply<AppendOutcome>)>) {
-        let mut outcomes = Vec::with_capacity(group.len());
-        let mut fresh: Vec<Encoded> = Vec::new();
-        let mut seen = HashSet::new();
-        let check = {
-            let state = self.state.read().expect("state lock");
-            let mut check = || -> Result<(), StoreError> {
-                for (events, logged, _) in &mut group {
-                    let mut dup = Vec::with_capacity(events.len());
-                    for e in std::mem::take(events) {
-                        let is_dup = seen.contains(&e.hash)
-                            || state.mem.hashes.contains(&e.hash)
-                            || in_segments(&state.segments, e.hash)?;
-                        dup.push(is_dup);
-                        if !is_dup {
-                            seen.insert(e.hash);
-                            if *logged {
-                                self.wal.stage(&e.payload);
-                            }
-                            fresh.push(e);
-                        }
-                    }
-                    outcomes.push(AppendOutcome { duplicate: dup });
-                }
-                Ok(())
-            };
-            check()
-        };
-        let committed = check.and_then(|_| self.commit_wal());
-        if let Err(e) = committed {
-            let msg = e.to_string();
-            for (_, _, reply) in group {
-                reply(Err(StoreError::WalFailed(msg.clone())));
-            }
-            return;
-        }
-        let stored = fresh.len() as u64;
-        {
-            let mut state = self.state.write().expect("state lock");
-            for e in fresh {
-                let node = state.identity.observe_keys(&e.keys);
-                state.mem.push(node, e);
-            }
-        }
-        let total: usize = outcomes.iter().map(|o| o.duplicate.len()).sum();
-        self.metrics
-            .events_stored
-            .fetch_add(stored, Ordering::Relaxed);
-        self.metrics
-            .duplicates
-            .fetch_add(total as u64 - stored, Ordering::Relaxed);
-        self.metrics.group_commit_events.observe(total as f64);
-        for ((_, _, reply), outcome) in group.into_iter().zip(outcomes) {
-            reply(Ok(outcome));
-        }
-    }
-
-    fn commit_wal(&mut self) -> Result<(), StoreError> {
-        if self.wal_broken {
-            let next = self.wal.seq + 1;
-            let staged = self.wal.take_staged();
-            self.wal = WalWriter::create(&self.dir.join("wal"), next)
-                .map_err(|e| StoreError::WalFailed(e.to_string()))?;
-            self.wal.restage(staged);
-            self.wal_broken = false;
-        }
-        let started = Instant::now();
-        match self.wal.commit() {
-            Ok(()) => {
-                self.metrics
-                    .fsync_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.wal_failures.fetch_add(1, Ordering::Relaxed);
-                if self.wal.rollback().is_err() {
-                    self.wal_broken = true;
-                }
-                Err(StoreError::WalFailed(e.to_string()))
-            }
-        }
-    }
-
-    /// Writes the in-memory table as a segment, publishes it in the manifest with a new
-    /// identity snapshot, and retires the log files it came from.
-    fn flush(&mut self) -> Result<(), StoreError> {
-        let seg_dir = self.dir.join("segments");
-        let (seg_name, seg) = {
-            let state = self.state.read().expect("state lock");
-            if state.mem.rows.is_empty() {
-                return Ok(());
-            }
-            let mem = &state.mem;
-            let mut order: Vec<usize> = (0..mem.rows.len()).collect();
-            let person = |i: usize| state.identity.person_of(mem.rows[i].node);
-            order.sort_by_key(|&i| (person(i), mem.rows[i].ts, i));
-            let rows: Vec<RowMeta> = order
-                .iter()
-                .map(|&i| {
-                    let r = &mem.rows[i];
-                    RowMeta {
-                        person: person(i),
-                        node: r.node,
-                        ts: r.ts,
-                        kind: r.kind,
-                        dims: r.dims.each_ref().map(|d| d.as_deref()),
-                    }
-                })
-                .collect();
-            let name = format!("{:08}.seg", state.manifest.next_segment);
-            let path = seg_dir.join(&name);
-            segment::write(
-                &path,
-                &rows,
-                |i, buf| {
-                    buf.extend_from_slice(mem.payload(&mem.rows[order[i]]));
-                    Ok(())
-                },
-                mem.hashes.iter().copied().collect(),
-            )?;
-            (name, Segment::open(&path)?)
-        };
-        let next_wal = self.wal.seq + 1;
-        let new_wal = WalWriter::create(&self.dir.join("wal"), next_wal)
-            .map_err(|e| StoreError::io(&self.dir, e))?;
-        {
-            let mut state = self.state.write().expect("state lock");
-            let mut manifest = state.manifest.clone();
-            manifest.segments.push(seg_name);
-            manifest.next_segment += 1;
-            manifest.wal_start = next_wal;
-            self.publish(&mut state, manifest)?;
-            state.segments.push(Arc::new(seg));
-            state.mem = MemTable::default();
-        }
-        let old = std::mem::replace(&mut self.wal, new_wal);
-        self.retire_wal_before(old.seq + 1);
-        self.metrics.flushes.fetch_add(1, Ordering::Relaxed);
-        self.maybe_compact()
-    }
-
-    /// Writes a new identity snapshot and the manifest naming it; the commit point of
-    /// every structural change.
-    fn publish(&self, state: &mut State, mut manifest: Manifest) -> Result<(), StoreError> {
-        let snap_name = format!("identity-{:08}.bin", manifest.next_segment);
-        let snap_path = self.dir.join(&snap_name);
-        write_atomic(&snap_path, &state.identity.to_snapshot())
-            .map_err(|e| StoreError::io(&snap_path, e))?;
-        let old_snap = manifest.identity.replace(snap_name.clone());
-        let path = self.dir.join("MANIFEST");
-        write_atomic(
-            &path,
-            &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
-        )
-        .map_err(|e| StoreError::io(&path, e))?;
-        let dropped: Vec<String> = state
-            .manifest
-            .segments
-            .iter()
-            .filter(|s| !manifest.segments.contains(s))
-            .cloned()
-            .collect();
-        state.manifest = manifest;
-        if let Some(old) = old_snap.filter(|o| *o != snap_name) {
-            let _ = std::fs::remove_file(self.dir.join(old));
-        }
-        for d in dropped {
-            let _ = std::fs::remove_file(self.dir.join("segments").join(d));
-        }
-        Ok(())
-    }
-
-    fn retire_wal_before(&self, seq: u64) {
-        let wal_dir = self.dir.join("wal");
-        if let Ok(seqs) = wal::list(&wal_dir) {
-            for s in seqs.into_iter().filter(|&s| s < seq) {
-                let _ = std::fs::remove_file(wal_dir.join(wal::file_name(s)));
-            }
-        }
-    }
-
-    /// Size-tiered compaction: once `compact_segments_min` segments share a size tier
-    /// (tiers grow by that factor), they are merged into one re-sorted by today's persons,
-    /// so persons stitched since they were written become contiguous again. Each event is
-    /// rewritten about log(total / flush) times, not at every flush; segments that reached
-    /// `compact_rows_max` are left alone.
-    fn maybe_compact(&mut self) -> Result<(), StoreError> {
-        let picked: Vec<Arc<Segment>> = {
-            let state = self.state.read().expect("state lock");
-            match pick_tier(
-                &state.segments,
-                self.options.compact_segments_min,
-                self.options.compact_rows_max,
-            ) {
-                Some(p) => p,
-                None => return Ok(()),
-            }
-        };
-        self.rewrite(&picked, &HashSet::new())?;
-        self.metrics.compactions.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Replaces `inputs` by one segment holding their rows minus those of `drop_nodes`,
-    /// sorted by current person. Message-id hashes are all kept, so a retry of an erased
-    /// or compacted message is still recognised as a duplicate.
-    fn rewrite(
-        &mut self,
-        inputs: &[Arc<Segment>],
-        drop_nodes: &HashSet<NodeId>,
-    ) -> Result<usize, StoreError> {
-        // Only the scan columns are held in memory (about 24 bytes a row); payloads stream
-        // from the inputs, verified block by block first, so compaction memory stays flat.
-        struct Row {
-            node: NodeId,
-            ts: i64,
-            kind: u8,
-            /// Codes into `dicts`, offset per input; NO_VALUE where absent.
-            dims: [u32; DIM_COUNT],
-            input: u32,
-            row: u32,
-        }
-        let mut dicts: Vec<Vec<String>> = vec![Vec::new(); DIM_COUNT];
-        let mut rows: Vec<Row> = Vec::new();
-        let mut offsets: Vec<Vec<u64>> = Vec::new();
-        let mut hashes: Vec<u128> = Vec::new();
-        let mut dropped = 0;
-        for (input, seg) in inputs.iter().enumerate() {
-            seg.verify_payload()?;
-            let nodes = seg.read_column::<u32>("node")?;
-            let ts = seg.read_column::<i64>("ts")?;
-            let kinds = seg.read_column::<u8>("type")?;
-            let mut codes = Vec::with_capacity(DIM_COUNT);
-            for (d, dim) in DIMS.iter().enumerate() {
-                let (c, dict) = seg.dim(dim)?;
-                let base = dicts[d].len() as u32;
-                dicts[d].extend(dict);
-                codes.push((c, base));
-            }
-            hashes.extend(seg.hashes()?);
-            offsets.push(seg.read_column::<u64>("payload_offsets")?);
-            for i in 0..seg.rows() {
-                if drop_nodes.contains(&nodes[i]) {
-                    dropped += 1;
-                    continue;
-                }
-                rows.push(Row {
-                    node: nodes[i],
-                    ts: ts[i],
-                    kind: kinds[i],
-                    dims: std::array::from_fn(|d| {
-                        let (c, base) = &codes[d];
-                        if c[i] == segment::NO_VALUE {
-                            segment::NO_VALUE
-                        } else {
-                            base + c[i]
-                        }
-                    }),
-                    input: input as u32,
-                    row: i as u32,
-                });
-            }
-        }
-        let seg_dir = self.dir.join("segments");
-        let (name, seg) = {
-            let state = self.state.read().expect("state lock");
-            let id = &state.identity;
-            // Stable: equal keys keep input order, which is arrival order within a person.
-            rows.sort_by_key(|r| (id.person_of(r.node), r.ts));
-            let metas: Vec<RowMeta> = rows
-                .iter()
-                .map(|r| RowMeta {
-                    person: id.person_of(r.node),
-                    node: r.node,
-                    ts: r.ts,
-                    kind: r.kind,
-                    dims: std::array::from_fn(|d| {
-                        (r.dims[d] != segment::NO_VALUE)
-                            .then(|| dicts[d][r.dims[d] as usize].as_str())
-                    }),
-                })
-                .collect();
-            let name = format!("{:08}.seg", state.manifest.next_segment);
-            let path = seg_dir.join(&name);
-            segment::write(
-                &path,
-                &metas,
-                |i, buf| {
-                    let r = &rows[i];
-                    inputs[r.input as usize].read_payload(
-                        &offsets[r.input as usize],
-                        r.row as usize,
-                        buf,
-                    )
-                },
-                hashes,
-            )?;
-            (name, Arc::new(Segment::open(&path)?))
-        };
-        let mut state = self.state.write().expect("state lock");
-        let gone: HashSet<&Path> = inputs.iter().map(|s| s.path.as_path()).collect();
-        let mut manifest = state.manifest.clone();
-        let keep: Vec<(String, Arc<Segment>)> = manifest
-            .segments
-            .iter()
-            .cloned()
-            .zip(state.segments.iter().cloned())
-            .filter(|(_, s)| !gone.contains(s.path.as_path()))
-            .collect();
-        manifest.segments = keep.iter().map(|(n, _)| n.clone()).collect();
-        manifest.segments.push(name);
-        manifest.next_segment += 1;
-        self.publish(&mut state, manifest)?;
-        state.segments = keep.into_iter().map(|(_, s)| s).collect();
-        state.segments.push(seg);
-        Ok(dropped)
-    }
-
-    fn delete_person(&mut self, id: &str) -> Result<usize, StoreError> {
-        // Fold the log first so the person's events exist only in segments, which are
-        // rewritten below; the retired log files go with the flush.
-        self.flush()?;
-        let (person_nodes, affected) = {
-            let state = self.state.read().expect("state lock");
-            let Some(person) = state.identity.find_person(id) else {
-                return Ok(0);
-            };
-            let nodes: HashSet<NodeId> = (0..state.identity.node_count() as NodeId)
-                .filter(|&n| state.identity.person_of(n) == person)
-                .collect();
-            let mut affected = Vec::new();
-            for s in &state.segments {
-                let seg_nodes = s.read_column::<u32>("node")?;
-                if seg_nodes.iter().any(|n| nodes.contains(n)) {
-                    affected.push(s.clone());
-                }
-            }
-            (nodes, affected)
-        };
-        let mut erased = 0;
-        for seg in affected {
-            erased += self.rewrite(&[seg], &person_nodes)?;
-        }
-        let mut state = self.state.write().expect("state lock");
-        let person = state
-            .identity
-            .person_of(*person_nodes.iter().next().expect("a node"));
-        state.identity.forget_person(person);
-        let manifest = state.manifest.clone();
-        self.publish(&mut state, manifest)?;
-        Ok(erased)
-    }
+/// The nodes of the person known by `id`, if any: what an erasure removes.
+pub(crate) fn person_nodes(identity: &IdentityGraph, id: &str) -> Option<HashSet<NodeId>> {
+    let person = identity.find_person(id)?;
+    Some(
+        (0..identity.node_count() as NodeId)
+            .filter(|&n| identity.person_of(n) == person)
+            .collect(),
+    )
 }

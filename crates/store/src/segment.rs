@@ -7,16 +7,18 @@
 //! versions add columns without breaking older files. The full event travels in the
 //! `payload` column (the same JSON as the WAL record), which export and Parquet use.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::BuildHasherDefault;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use throughline_model::{DIMS, DIM_COUNT};
+use throughline_model::DIMS;
 
-use crate::bloom::Bloom;
+use crate::bloom::{BlockedBloom, Bloom};
 use crate::fsutil::sync_dir;
 use crate::StoreError;
 
@@ -26,6 +28,10 @@ const TRAILER_BYTES: u64 = 8 + 4 + 8;
 /// The payload column is checksummed in blocks of about this size, so a reader can verify
 /// each piece before decoding it while keeping memory bounded.
 const PAYLOAD_BLOCK_BYTES: u64 = 1 << 20;
+/// The column of the split-block filter; segments without it carry the classic `bloom`.
+const BLOCKED_BLOOM: &str = "bloom_blocked";
+/// Payload blocks a [`PayloadReader`] keeps verified in memory per segment.
+const READER_BLOCKS_CACHED: usize = 4;
 /// Marks a row without a value in a `dim:` column.
 pub const NO_VALUE: u32 = u32::MAX;
 
@@ -46,34 +52,97 @@ struct Footer {
     columns: Vec<ColumnMeta>,
 }
 
-/// One row handed to [`write`]: rows must already be in (person, timestamp) order.
-pub struct RowMeta<'a> {
-    pub person: u32,
-    pub node: u32,
-    pub ts: i64,
-    pub kind: u8,
-    /// Values of [`throughline_model::DIMS`], dictionary-coded per segment on write.
-    pub dims: [Option<&'a str>; DIM_COUNT],
+/// The scan columns of a segment to [`write`], rows in (person, timestamp) order.
+pub struct Columns {
+    pub persons: Vec<u32>,
+    pub nodes: Vec<u32>,
+    pub ts: Vec<i64>,
+    pub kinds: Vec<u8>,
+    /// The message-id hashes the segment answers for in deduplication.
+    pub hashes: Vec<u128>,
+}
+
+/// One dictionary-coded string column: a code per row ([`NO_VALUE`] where absent) into
+/// the dictionary beside it.
+#[derive(Default)]
+pub struct DimColumn<'a> {
+    pub codes: Vec<u32>,
+    pub dict: Vec<Cow<'a, str>>,
+}
+
+impl<'a> DimColumn<'a> {
+    /// Codes strings in row order, each distinct string once.
+    pub fn coder() -> DimCoder<'a> {
+        DimCoder::default()
+    }
+}
+
+/// Builds a [`DimColumn`] one row at a time.
+#[derive(Default)]
+pub struct DimCoder<'a> {
+    column: DimColumn<'a>,
+    ids: HashMap<&'a str, u32, BuildHasherDefault<StrHasher>>,
+}
+
+impl<'a> DimCoder<'a> {
+    pub fn push(&mut self, value: Option<&'a str>) {
+        let code = match value {
+            None => NO_VALUE,
+            Some(v) => {
+                let dict = &mut self.column.dict;
+                *self.ids.entry(v).or_insert_with(|| {
+                    dict.push(Cow::Borrowed(v));
+                    (dict.len() - 1) as u32
+                })
+            }
+        };
+        self.column.codes.push(code);
+    }
+
+    pub fn finish(self) -> DimColumn<'a> {
+        self.column
+    }
+}
+
+/// xxh3 for dictionary strings: dimension values are short, and SipHash is the slow
+/// part of coding them.
+#[derive(Default)]
+pub struct StrHasher(u64);
+
+impl std::hash::Hasher for StrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
 }
 
 /// Writes a segment durably (temp file, fsync, rename, directory fsync).
-/// `payload(i, buf)` fills `buf` with row `i`'s event: payloads stream from their source
-/// (the in-memory table, or input segments when compacting) so a segment of any size is
-/// written in bounded memory. `hashes` are the message-id hashes the segment answers for
-/// in deduplication.
-pub fn write(
+/// `dim(d)` gives the column of [`DIMS`]`[d]`, asked for one at a time so only one is
+/// held at once; `payload(i, out)` appends row `i`'s event record to `out`: payloads
+/// stream from their source (the in-memory table, or input segments when compacting) so
+/// a segment of any size is written in bounded memory.
+pub fn write<'a>(
     path: &Path,
-    rows: &[RowMeta],
+    columns: Columns,
+    mut dim: impl FnMut(usize) -> Result<DimColumn<'a>, StoreError>,
     mut payload: impl FnMut(usize, &mut Vec<u8>) -> Result<(), StoreError>,
-    mut hashes: Vec<u128>,
 ) -> Result<(), StoreError> {
-    write_inner(path, rows, &mut payload, &mut hashes).map_err(|e| match e {
-        WriteError::Io(e) => StoreError::io(path, e),
-        WriteError::Source(e) => e,
+    write_inner(path, columns, &mut dim, &mut payload).map_err(|e| {
+        // A half-written file would hold on to the space a full disk needs back.
+        let _ = std::fs::remove_file(path.with_extension("seg.tmp"));
+        match e {
+            WriteError::Io(e) => StoreError::io(path, e),
+            WriteError::Source(e) => e,
+        }
     })
 }
 
-/// Fills the buffer with one row's payload.
+/// Gives one dimension column.
+type DimSource<'s, 'a> = dyn FnMut(usize) -> Result<DimColumn<'a>, StoreError> + 's;
+
+/// Appends one row's payload to the buffer.
 type PayloadSource<'a> = dyn FnMut(usize, &mut Vec<u8>) -> Result<(), StoreError> + 'a;
 
 enum WriteError {
@@ -89,26 +158,35 @@ impl From<io::Error> for WriteError {
 
 fn write_inner(
     path: &Path,
-    rows: &[RowMeta],
+    columns: Columns,
+    dim: &mut DimSource,
     payload: &mut PayloadSource,
-    hashes: &mut Vec<u128>,
 ) -> Result<(), WriteError> {
+    let Columns {
+        persons,
+        nodes,
+        ts,
+        kinds,
+        mut hashes,
+    } = columns;
+    let rows = persons.len();
+    assert!(
+        nodes.len() == rows && ts.len() == rows && kinds.len() == rows,
+        "segment columns of unequal length"
+    );
     let tmp = path.with_extension("seg.tmp");
     let file = File::create(&tmp)?;
     let mut w = Writer {
         out: BufWriter::with_capacity(1 << 20, file),
         pos: 0,
         columns: Vec::new(),
+        synced: 0,
     };
     w.raw(MAGIC)?;
 
-    let persons: Vec<u32> = rows.iter().map(|r| r.person).collect();
-    let nodes: Vec<u32> = rows.iter().map(|r| r.node).collect();
-    let ts: Vec<i64> = rows.iter().map(|r| r.ts).collect();
-    let kinds: Vec<u8> = rows.iter().map(|r| r.kind).collect();
     hashes.sort_unstable();
     hashes.dedup();
-    let mut bloom = Bloom::with_keys(hashes.len());
+    let mut bloom = BlockedBloom::with_keys(hashes.len());
     for &h in hashes.iter() {
         bloom.insert(h);
     }
@@ -117,53 +195,44 @@ fn write_inner(
     w.column("node", bytemuck::cast_slice(&nodes))?;
     w.column("ts", bytemuck::cast_slice(&ts))?;
     w.column("type", &kinds)?;
-    for (d, dim) in DIMS.iter().enumerate() {
-        let mut dict: Vec<&str> = Vec::new();
-        let mut ids: HashMap<&str, u32> = HashMap::new();
-        let codes: Vec<u32> = rows
-            .iter()
-            .map(|r| match r.dims[d] {
-                None => NO_VALUE,
-                Some(v) => *ids.entry(v).or_insert_with(|| {
-                    dict.push(v);
-                    (dict.len() - 1) as u32
-                }),
-            })
-            .collect();
-        w.column(&format!("dim:{dim}"), bytemuck::cast_slice(&codes))?;
+    for (d, name) in DIMS.iter().enumerate() {
+        let col = dim(d).map_err(WriteError::Source)?;
+        assert_eq!(col.codes.len(), rows, "dimension column of unequal length");
+        w.column(&format!("dim:{name}"), bytemuck::cast_slice(&col.codes))?;
         w.column(
-            &format!("dict:{dim}"),
-            &serde_json::to_vec(&dict).expect("dictionary serializes"),
+            &format!("dict:{name}"),
+            &serde_json::to_vec(&col.dict).expect("dictionary serializes"),
         )?;
     }
-    // The payload streams row by row; its offsets and per-block checksums are collected on
-    // the way and written after it.
-    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    // The payload streams block by block; its offsets and per-block checksums are
+    // collected on the way and written after it.
+    let mut offsets = Vec::with_capacity(rows + 1);
     offsets.push(0u64);
     // Pairs of (first row, crc32) per block of whole rows.
     let mut blocks: Vec<u64> = Vec::new();
-    let (mut block_row, mut block_start, mut at) = (0usize, 0u64, 0u64);
-    let mut block_crc = crc32fast::Hasher::new();
+    let mut block_row = 0usize;
+    let mut at = 0u64;
     let mut column_crc = crc32fast::Hasher::new();
     w.align()?;
     let payload_offset = w.pos;
-    let mut buf = Vec::new();
-    for i in 0..rows.len() {
-        buf.clear();
-        payload(i, &mut buf).map_err(WriteError::Source)?;
-        if at - block_start >= PAYLOAD_BLOCK_BYTES {
-            blocks.extend([block_row as u64, u64::from(block_crc.clone().finalize())]);
-            (block_row, block_start) = (i, at);
-            block_crc = crc32fast::Hasher::new();
+    let mut block = Vec::with_capacity(PAYLOAD_BLOCK_BYTES as usize + (64 << 10));
+    for i in 0..rows {
+        if block.len() as u64 >= PAYLOAD_BLOCK_BYTES {
+            blocks.extend([block_row as u64, u64::from(crc32fast::hash(&block))]);
+            column_crc.update(&block);
+            w.raw(&block)?;
+            block.clear();
+            block_row = i;
         }
-        block_crc.update(&buf);
-        column_crc.update(&buf);
-        w.raw(&buf)?;
-        at += buf.len() as u64;
+        let before = block.len();
+        payload(i, &mut block).map_err(WriteError::Source)?;
+        at += (block.len() - before) as u64;
         offsets.push(at);
     }
-    if !rows.is_empty() {
-        blocks.extend([block_row as u64, u64::from(block_crc.finalize())]);
+    if rows > 0 {
+        blocks.extend([block_row as u64, u64::from(crc32fast::hash(&block))]);
+        column_crc.update(&block);
+        w.raw(&block)?;
     }
     w.columns.push(ColumnMeta {
         name: "payload".into(),
@@ -173,12 +242,12 @@ fn write_inner(
     });
     w.column("payload_offsets", bytemuck::cast_slice(&offsets))?;
     w.column("payload_blocks", bytemuck::cast_slice(&blocks))?;
-    w.column("msg_hash", bytemuck::cast_slice(hashes))?;
-    w.column("bloom", bytemuck::cast_slice(bloom.words()))?;
+    w.column("msg_hash", bytemuck::cast_slice(&hashes))?;
+    w.column(BLOCKED_BLOOM, bytemuck::cast_slice(bloom.words()))?;
 
     let footer = Footer {
         version: 1,
-        rows: rows.len() as u64,
+        rows: rows as u64,
         min_ts: ts.iter().copied().min().unwrap_or(0),
         max_ts: ts.iter().copied().max().unwrap_or(0),
         columns: w.columns.clone(),
@@ -199,12 +268,25 @@ struct Writer {
     out: BufWriter<File>,
     pos: u64,
     columns: Vec<ColumnMeta>,
+    /// Where the file was last synced.
+    synced: u64,
 }
+
+/// A segment being written is synced every this many bytes. Background writes then never
+/// pile up gigabytes of dirty pages, which the log's next fsync would wait for (ext4
+/// commits them with the journal): the cost of a flush or a merge is not passed on to
+/// the latency of group commits.
+const SYNC_EVERY_BYTES: u64 = 16 << 20;
 
 impl Writer {
     fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         self.pos += bytes.len() as u64;
+        if self.pos - self.synced >= SYNC_EVERY_BYTES {
+            self.out.flush()?;
+            self.out.get_ref().sync_data()?;
+            self.synced = self.pos;
+        }
         Ok(())
     }
 
@@ -274,7 +356,21 @@ pub struct Segment {
     pub path: PathBuf,
     file: File,
     footer: Footer,
-    bloom: Bloom,
+    filter: Filter,
+    /// Every [`HASH_GROUP`]-th message-id hash and each group's CRC32, built on the first
+    /// dedupe lookup (read-only opens never pay for it): a filter hit then costs one small
+    /// read, not a binary search over the file.
+    fences: std::sync::OnceLock<(Vec<u128>, Vec<u32>)>,
+}
+
+/// Sorted message-id hashes per fence: a group is one 4 KiB read.
+const HASH_GROUP: usize = 256;
+
+/// A segment's dedupe filter, in the format it was written with.
+#[derive(Debug)]
+enum Filter {
+    Classic(Bloom),
+    Blocked(BlockedBloom),
 }
 
 impl Segment {
@@ -311,9 +407,17 @@ impl Segment {
             path: path.to_path_buf(),
             file,
             footer,
-            bloom: Bloom::with_keys(0),
+            filter: Filter::Classic(Bloom::from_words(Vec::new())),
+            fences: std::sync::OnceLock::new(),
         };
-        seg.bloom = Bloom::from_words(seg.read_column::<u64>("bloom")?);
+        seg.filter = if seg.footer.columns.iter().any(|c| c.name == BLOCKED_BLOOM) {
+            let words = seg.read_column::<u64>(BLOCKED_BLOOM)?;
+            Filter::Blocked(
+                BlockedBloom::from_words(words).ok_or_else(|| corrupt("bloom filter length"))?,
+            )
+        } else {
+            Filter::Classic(Bloom::from_words(seg.read_column::<u64>("bloom")?))
+        };
         Ok(seg)
     }
 
@@ -468,39 +572,37 @@ impl Segment {
         })
     }
 
-    /// Calls `visit(row, payload)` for the given rows only (ascending), reading and
-    /// verifying just the checksummed blocks that hold them.
-    pub fn for_each_payload_at(
+    /// Calls `visit(row, payload)` for the given rows (ascending), reading and verifying
+    /// only the payload blocks that hold them: a few events without reading the column.
+    pub fn for_each_payload_of(
         &self,
         rows: &[usize],
         mut visit: impl FnMut(usize, &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
         let corrupt = |why: &str| StoreError::Corrupt {
             file: self.path.clone(),
             why: why.to_string(),
         };
+        if rows.is_empty() {
+            return Ok(());
+        }
         let offsets = self.read_column::<u64>("payload_offsets")?;
         let blocks = self.read_column::<u64>("payload_blocks")?;
         let meta = self.meta("payload")?.clone();
         if offsets.len() != self.rows() + 1 || offsets.last().copied().unwrap_or(0) != meta.len {
             return Err(corrupt("payload offsets do not match the payload column"));
         }
-        let firsts: Vec<usize> = blocks.chunks_exact(2).map(|p| p[0] as usize).collect();
         let mut buf = Vec::new();
-        let mut at = 0;
-        while at < rows.len() {
-            let row = rows[at];
-            if row >= self.rows() || (at > 0 && row <= rows[at - 1]) {
-                return Err(corrupt("rows asked for out of range or out of order"));
-            }
-            let b = firsts.partition_point(|&f| f <= row).saturating_sub(1);
-            let first = firsts.get(b).copied().unwrap_or(0);
-            let end_row = firsts.get(b + 1).copied().unwrap_or(self.rows());
-            if first > row || end_row > self.rows() || first >= end_row {
+        let mut next = 0;
+        for (b, pair) in blocks.chunks_exact(2).enumerate() {
+            let first = pair[0] as usize;
+            let end_row = blocks.get(2 * b + 2).map_or(self.rows(), |&r| r as usize);
+            if first >= end_row || end_row > self.rows() {
                 return Err(corrupt("payload block index out of range"));
+            }
+            let wanted = rows[next..].iter().take_while(|&&r| r < end_row).count();
+            if wanted == 0 {
+                continue;
             }
             let (start, end) = (offsets[first], offsets[end_row]);
             if start > end {
@@ -510,11 +612,13 @@ impl Segment {
             self.file
                 .read_exact_at(&mut buf, meta.offset + start)
                 .map_err(|e| StoreError::io(&self.path, e))?;
-            if u64::from(crc32fast::hash(&buf)) != blocks[2 * b + 1] {
+            if u64::from(crc32fast::hash(&buf)) != pair[1] {
                 return Err(corrupt(&format!("payload block {b} checksum mismatch")));
             }
-            while at < rows.len() && rows[at] < end_row {
-                let r = rows[at];
+            for &r in &rows[next..next + wanted] {
+                if r < first {
+                    return Err(corrupt("rows not ascending"));
+                }
                 let (a, z) = (
                     (offsets[r] - start) as usize,
                     (offsets[r + 1] - start) as usize,
@@ -523,64 +627,269 @@ impl Segment {
                     return Err(corrupt("payload offsets out of order"));
                 }
                 visit(r, &buf[a..z])?;
-                at += 1;
+            }
+            next += wanted;
+            if next == rows.len() {
+                break;
             }
         }
         Ok(())
     }
 
     /// Whether this segment stored a message with this id hash: the Bloom filter first,
-    /// then a binary search of the sorted hash column on disk.
+    /// then the group of the sorted hash column the in-memory fences point to.
     pub fn contains_hash(&self, hash: u128) -> Result<bool, StoreError> {
-        if !self.bloom.may_contain(hash) {
+        if !self.may_contain(hash) {
             return Ok(false);
         }
-        let meta = self.meta("msg_hash")?;
-        let (mut lo, mut hi) = (0u64, meta.len / 16);
-        let mut buf = [0u8; 16];
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            self.file
-                .read_exact_at(&mut buf, meta.offset + mid * 16)
-                .map_err(|e| StoreError::io(&self.path, e))?;
-            let h = u128::from_le_bytes(buf);
-            match h.cmp(&hash) {
-                std::cmp::Ordering::Equal => return Ok(true),
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
+        let (fences, group_crcs) = match self.fences.get() {
+            Some(f) => f,
+            None => {
+                // Read once, checksum verified; concurrent first calls build it twice.
+                // Each group's CRC is kept beside its fence, so the group read at lookup
+                // is verified too: a damaged hash would otherwise make a duplicate look
+                // new (stored twice) or a new event look stored (dropped).
+                let all = self.hashes()?;
+                let f = all.iter().step_by(HASH_GROUP).copied().collect();
+                let crcs = all
+                    .chunks(HASH_GROUP)
+                    .map(|g| crc32fast::hash(bytemuck::cast_slice(g)))
+                    .collect();
+                self.fences.get_or_init(|| (f, crcs))
             }
-        }
-        Ok(false)
-    }
-
-    /// Reads one row's payload with the offsets from `payload_offsets`, unverified: callers
-    /// verify the column first with [`Segment::verify_payload`].
-    pub fn read_payload(
-        &self,
-        offsets: &[u64],
-        row: usize,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), StoreError> {
-        let meta = self.meta("payload")?;
-        let (a, z) = (offsets[row], offsets[row + 1]);
-        if a > z || z > meta.len {
+        };
+        let Some(group) = fences.partition_point(|&f| f <= hash).checked_sub(1) else {
+            return Ok(false);
+        };
+        let meta = self.meta("msg_hash")?;
+        let total = (meta.len / 16) as usize;
+        let start = group * HASH_GROUP;
+        let len = HASH_GROUP.min(total.saturating_sub(start));
+        let mut buf = vec![0u128; len];
+        self.file
+            .read_exact_at(
+                bytemuck::cast_slice_mut(&mut buf),
+                meta.offset + (start * 16) as u64,
+            )
+            .map_err(|e| StoreError::io(&self.path, e))?;
+        if crc32fast::hash(bytemuck::cast_slice(&buf)) != group_crcs[group] {
             return Err(StoreError::Corrupt {
                 file: self.path.clone(),
-                why: "payload offsets out of range".into(),
+                why: format!("message-id hash group {group} checksum mismatch"),
             });
         }
-        buf.resize((z - a) as usize, 0);
-        self.file
-            .read_exact_at(buf, meta.offset + a)
-            .map_err(|e| StoreError::io(&self.path, e))
+        Ok(buf.binary_search(&hash).is_ok())
     }
 
-    /// Checks every payload block's checksum, streaming.
-    pub fn verify_payload(&self) -> Result<(), StoreError> {
-        self.for_each_payload(|_, _| Ok(()))
+    /// The Bloom filter's answer alone: false means the hash is certainly not here.
+    pub fn may_contain(&self, hash: u128) -> bool {
+        match &self.filter {
+            Filter::Classic(b) => b.may_contain(hash),
+            Filter::Blocked(b) => b.may_contain(hash),
+        }
+    }
+
+    /// Reads and verifies every column, every payload block and every dictionary, and
+    /// that each payload is JSON: what `throughline check` runs on each segment. Memory is
+    /// bounded by the largest non-payload column and one payload block.
+    pub fn verify(&self) -> Result<(), StoreError> {
+        for c in &self.footer.columns {
+            if c.name != "payload" {
+                self.read_column::<u8>(&c.name)?;
+            }
+        }
+        for d in DIMS {
+            self.dim(d)?;
+        }
+        let persons = self.read_column::<u32>("person")?.len();
+        let nodes = self.read_column::<u32>("node")?.len();
+        let ts = self.read_column::<i64>("ts")?.len();
+        if [persons, nodes, ts] != [self.rows(); 3] {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: "column lengths differ from the row count".into(),
+            });
+        }
+        self.for_each_payload(|row, payload| {
+            serde_json::from_slice::<serde::de::IgnoredAny>(payload).map_err(|e| {
+                StoreError::Corrupt {
+                    file: self.path.clone(),
+                    why: format!("event record of row {row}: {e}"),
+                }
+            })?;
+            Ok(())
+        })
     }
 
     pub fn hashes(&self) -> Result<Vec<u128>, StoreError> {
         self.read_column::<u128>("msg_hash")
+    }
+}
+
+/// Reads one segment's payloads in any order, each checksummed block verified before any
+/// of its rows is handed out and a few blocks kept: compaction's access is nearly in row
+/// order, so each block is read about once, in one `pread`.
+pub struct PayloadReader<'s> {
+    seg: &'s Segment,
+    offsets: Vec<u64>,
+    /// First row of each block, and its crc32.
+    first_rows: Vec<usize>,
+    crcs: Vec<u64>,
+    payload_offset: u64,
+    cache: Vec<CachedBlock>,
+    tick: u64,
+    /// Blocks read from disk so far.
+    pub blocks_read: u64,
+}
+
+struct CachedBlock {
+    block: usize,
+    start: u64,
+    bytes: Vec<u8>,
+    used: u64,
+}
+
+impl<'s> PayloadReader<'s> {
+    pub fn new(seg: &'s Segment) -> Result<PayloadReader<'s>, StoreError> {
+        let corrupt = |why: &str| StoreError::Corrupt {
+            file: seg.path.clone(),
+            why: why.to_string(),
+        };
+        let offsets = seg.read_column::<u64>("payload_offsets")?;
+        let blocks = seg.read_column::<u64>("payload_blocks")?;
+        let meta = seg.meta("payload")?.clone();
+        let rows = seg.rows();
+        if offsets.len() != rows + 1 || offsets.last().copied().unwrap_or(0) != meta.len {
+            return Err(corrupt("payload offsets do not match the payload column"));
+        }
+        if offsets.windows(2).any(|w| w[0] > w[1]) {
+            return Err(corrupt("payload offsets out of order"));
+        }
+        let first_rows: Vec<usize> = blocks.chunks_exact(2).map(|p| p[0] as usize).collect();
+        let crcs: Vec<u64> = blocks.chunks_exact(2).map(|p| p[1]).collect();
+        let ordered = first_rows.windows(2).all(|w| w[0] < w[1]);
+        if rows > 0
+            && (first_rows.first() != Some(&0)
+                || !ordered
+                || first_rows[first_rows.len() - 1] >= rows)
+        {
+            return Err(corrupt("payload block index out of range"));
+        }
+        Ok(PayloadReader {
+            seg,
+            offsets,
+            first_rows,
+            crcs,
+            payload_offset: meta.offset,
+            cache: Vec::with_capacity(READER_BLOCKS_CACHED),
+            tick: 0,
+            blocks_read: 0,
+        })
+    }
+
+    /// Appends row `row`'s payload to `out`.
+    pub fn append(&mut self, row: usize, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        let block = self.first_rows.partition_point(|&f| f <= row) - 1;
+        self.tick += 1;
+        let slot = match self.cache.iter().position(|c| c.block == block) {
+            Some(slot) => slot,
+            None => self.load(block)?,
+        };
+        let cached = &mut self.cache[slot];
+        cached.used = self.tick;
+        let a = (self.offsets[row] - cached.start) as usize;
+        let z = (self.offsets[row + 1] - cached.start) as usize;
+        out.extend_from_slice(&cached.bytes[a..z]);
+        Ok(())
+    }
+
+    fn load(&mut self, block: usize) -> Result<usize, StoreError> {
+        let end_row = self
+            .first_rows
+            .get(block + 1)
+            .copied()
+            .unwrap_or(self.seg.rows());
+        let (start, end) = (self.offsets[self.first_rows[block]], self.offsets[end_row]);
+        let slot = if self.cache.len() < READER_BLOCKS_CACHED {
+            self.cache.push(CachedBlock {
+                block,
+                start,
+                bytes: Vec::new(),
+                used: 0,
+            });
+            self.cache.len() - 1
+        } else {
+            let (slot, _) = self
+                .cache
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.used)
+                .expect("a full cache has blocks");
+            slot
+        };
+        let c = &mut self.cache[slot];
+        c.block = block;
+        c.start = start;
+        c.bytes.resize((end - start) as usize, 0);
+        self.seg
+            .file
+            .read_exact_at(&mut c.bytes, self.payload_offset + start)
+            .map_err(|e| StoreError::io(&self.seg.path, e))?;
+        self.blocks_read += 1;
+        if u64::from(crc32fast::hash(&c.bytes)) != self.crcs[block] {
+            c.block = usize::MAX;
+            return Err(StoreError::Corrupt {
+                file: self.seg.path.clone(),
+                why: format!("payload block {block} checksum mismatch"),
+            });
+        }
+        Ok(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns(hashes: Vec<u128>) -> Columns {
+        let rows = 3;
+        Columns {
+            persons: vec![0; rows],
+            nodes: vec![0; rows],
+            ts: vec![1, 2, 3],
+            kinds: vec![0; rows],
+            hashes,
+        }
+    }
+
+    fn no_dims(_: usize) -> Result<DimColumn<'static>, StoreError> {
+        Ok(DimColumn {
+            codes: vec![NO_VALUE; 3],
+            dict: Vec::new(),
+        })
+    }
+
+    /// Every stored hash is found, in the first, a middle and the last (partial) group of
+    /// the fence index, and hashes around them are not.
+    #[test]
+    fn stored_hashes_are_found_through_the_fences() {
+        let dir = crate::testutil::TempDir::new("fences");
+        let path = dir.path().join("1.seg");
+        let stored: Vec<u128> = (0..1000u128).map(|i| i * 10 + 5).collect();
+        write(&path, columns(stored.clone()), no_dims, |_, out| {
+            out.extend_from_slice(b"{}");
+            Ok(())
+        })
+        .unwrap();
+        let seg = Segment::open(&path).unwrap();
+        for &h in &stored {
+            assert!(seg.contains_hash(h).unwrap(), "{h} not found");
+            for other in [h - 1, h + 1] {
+                // A filter false positive must still come back false.
+                assert!(!seg.contains_hash(other).unwrap(), "{other} found");
+            }
+        }
+        assert!(!seg.contains_hash(0).unwrap());
+        assert!(!seg.contains_hash(u128::MAX).unwrap());
     }
 }

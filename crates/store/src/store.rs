@@ -89,6 +89,15 @@ impl Store {
         self.lookup(|c| c.by_api_key(key).cloned())
     }
 
+    /// `look` over the current catalog, re-read first when it changed on disk (so answers
+    /// that depend on every project, such as a CORS preflight, see changes at once).
+    pub fn with_catalog<T>(&self, look: impl FnOnce(&Catalog) -> T) -> T {
+        if let Err(e) = self.reload_catalog() {
+            tracing::warn!(error = %e, "catalog reload failed");
+        }
+        look(&self.catalog.read().expect("catalog lock").0)
+    }
+
     fn lookup(
         &self,
         find: impl Fn(&Catalog) -> Option<ProjectInfo>,

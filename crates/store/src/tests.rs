@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use throughline_model::{Event, EventType};
 
 use crate::testutil::{Rng, TempDir};
-use crate::{Encoded, ProjectOptions, ProjectStore};
+use crate::{EventBatch, ProjectOptions, ProjectStore};
 
-fn encode(events: &[Event]) -> Vec<Encoded> {
-    events.iter().map(Encoded::new).collect()
+pub(crate) fn encode(events: &[Event]) -> EventBatch {
+    EventBatch::of(events)
 }
 
-fn event(id: u64, user: u64, device: u64, ts: i64, identify: bool) -> Event {
+pub(crate) fn event(id: u64, user: u64, device: u64, ts: i64, identify: bool) -> Event {
     Event {
         message_id: format!("m{id}"),
         event_type: if identify {
@@ -45,7 +45,7 @@ fn event(id: u64, user: u64, device: u64, ts: i64, identify: bool) -> Event {
     }
 }
 
-fn options() -> ProjectOptions {
+pub(crate) fn options() -> ProjectOptions {
     ProjectOptions {
         flush_bytes: 8 << 10,
         compact_segments_min: 3,
@@ -54,7 +54,7 @@ fn options() -> ProjectOptions {
     }
 }
 
-fn contents(p: &ProjectStore) -> BTreeMap<String, Event> {
+pub(crate) fn contents(p: &ProjectStore) -> BTreeMap<String, Event> {
     let mut out = BTreeMap::new();
     p.snapshot()
         .for_each_event(|e, _| {
@@ -279,7 +279,7 @@ fn compaction_merges_segments_of_one_size_tier_only() {
             .collect();
         id += n;
         p.append(encode(&batch)).unwrap();
-        p.flush().unwrap();
+        p.settle().unwrap();
     };
     // Two small segments and a big one: no tier holds three yet.
     flush_rows(&p, 1000);
@@ -317,11 +317,371 @@ fn a_merge_never_grows_past_the_row_bound() {
             .map(|k| event(round * 100 + k, k % 5, k % 7, k as i64, false))
             .collect();
         p.append(encode(&batch)).unwrap();
-        p.flush().unwrap();
+        p.settle().unwrap();
     }
     let rows: Vec<usize> = p.snapshot().segments().iter().map(|s| s.rows()).collect();
     assert!(rows.iter().all(|&r| r <= 250), "{rows:?}");
     assert_eq!(rows.iter().sum::<usize>(), 900);
+}
+
+/// Options that keep the flusher and the compactor busy: a table per few batches, a
+/// merge as soon as two segments exist.
+fn busy_options() -> ProjectOptions {
+    ProjectOptions {
+        flush_bytes: 16 << 10,
+        frozen_tables_max: 2,
+        compact_segments_min: 2,
+        compact_rows_max: 5_000,
+        ..ProjectOptions::default()
+    }
+}
+
+/// Reads while flushes and compactions publish beside the writer: every snapshot holds
+/// each acknowledged event exactly once, whichever of the active table, a frozen table or
+/// a segment it is in at that moment.
+#[test]
+fn reads_during_background_flushes_see_every_acknowledged_event_once() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let dir = TempDir::new("concurrent-reads");
+    let p = ProjectStore::open("p", dir.path(), busy_options()).unwrap();
+    let acked = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let batches = 250u64;
+    let per_batch = 20u64;
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let mut reads = 0;
+                while !done.load(Ordering::Relaxed) || reads == 0 {
+                    // Acknowledged before the snapshot was taken: must all be in it.
+                    let before = acked.load(Ordering::Acquire);
+                    let snap = p.snapshot();
+                    let mut ids = HashSet::new();
+                    snap.for_each_event(|e, _| {
+                        assert!(ids.insert(e.message_id.clone()), "{} twice", e.message_id);
+                        Ok(())
+                    })
+                    .unwrap();
+                    assert_eq!(ids.len(), snap.event_count());
+                    let in_log = snap.log_rows().count();
+                    let in_segments: usize = snap.segments().iter().map(|s| s.rows()).sum();
+                    assert_eq!(in_log + in_segments, ids.len());
+                    for i in 0..before {
+                        assert!(ids.contains(&format!("m{i}")), "acknowledged m{i} missing");
+                    }
+                    reads += 1;
+                }
+            });
+        }
+        for b in 0..batches {
+            let batch: Vec<Event> = (b * per_batch..(b + 1) * per_batch)
+                .map(|i| event(i, i % 23, i % 31, (i * 37 % 1000) as i64, i % 11 == 0))
+                .collect();
+            // Every tenth batch retries the one before: all duplicates.
+            if b % 10 == 9 {
+                let retry: Vec<Event> = ((b - 1) * per_batch..b * per_batch)
+                    .map(|i| event(i, i % 23, i % 31, (i * 37 % 1000) as i64, i % 11 == 0))
+                    .collect();
+                assert_eq!(p.append(encode(&retry)).unwrap().duplicates(), retry.len());
+            }
+            assert_eq!(p.append(encode(&batch)).unwrap().stored(), batch.len());
+            acked.store((b + 1) * per_batch, Ordering::Release);
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    p.settle().unwrap();
+    assert!(p.metrics.flushes.load(Ordering::Relaxed) > 10);
+    assert!(p.metrics.compactions.load(Ordering::Relaxed) > 2);
+    assert_eq!(contents(&p).len() as u64, batches * per_batch);
+}
+
+/// The child half of [`a_crash_during_background_flushes_and_compactions_loses_nothing`]:
+/// appends numbered batches forever, saying on stdout what it is about to send and what
+/// was acknowledged, until the parent kills it.
+fn crash_child(dir: &std::path::Path, first: u64, retry: Option<(u64, u64)>) -> ! {
+    use std::io::Write;
+    let p = ProjectStore::open("p", dir, busy_options()).unwrap();
+    let mut out = std::io::stdout().lock();
+    let make = |a: u64, z: u64| -> Vec<Event> {
+        (a..z)
+            .map(|i| event(i, i % 41, i % 53, (i * 7 % 5000) as i64, i % 13 == 0))
+            .collect()
+    };
+    // Like an SDK after a crash, it first re-sends the batch that got no answer.
+    if let Some((a, z)) = retry {
+        p.append(encode(&make(a, z))).unwrap();
+        writeln!(out, "acked {a} {z}").unwrap();
+    }
+    let mut a = first;
+    loop {
+        let z = a + 1 + a % 37;
+        writeln!(out, "sending {a} {z}").unwrap();
+        out.flush().unwrap();
+        p.append(encode(&make(a, z))).unwrap();
+        writeln!(
+            out,
+            "acked {a} {z} flushes {} compactions {}",
+            p.metrics.flushes.load(std::sync::atomic::Ordering::Relaxed),
+            p.metrics
+                .compactions
+                .load(std::sync::atomic::Ordering::Relaxed)
+        )
+        .unwrap();
+        out.flush().unwrap();
+        a = z;
+    }
+}
+
+/// `kill -9` at random moments while the writer, the flusher and the compactor all work:
+/// after every restart each acknowledged event is stored once, retries included, and
+/// nothing that was never sent appears.
+#[test]
+fn a_crash_during_background_flushes_and_compactions_loses_nothing() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    const CHILD: &str = "THROUGHLINE_STORE_CRASH_CHILD";
+    if let Ok(spec) = std::env::var(CHILD) {
+        let parts: Vec<String> = spec.split(' ').map(str::to_string).collect();
+        let retry =
+            (parts.len() == 4).then(|| (parts[2].parse().unwrap(), parts[3].parse().unwrap()));
+        crash_child(
+            std::path::Path::new(&parts[0]),
+            parts[1].parse().unwrap(),
+            retry,
+        );
+    }
+    let dir = TempDir::new("crash-child");
+    let mut rng = Rng::new(7);
+    let mut acked = std::collections::BTreeSet::new();
+    let mut sent_max = 0u64;
+    let mut pending: Option<(u64, u64)> = None;
+    let mut busy_lives = 0;
+    for _life in 0..6 {
+        let mut spec = format!("{} {}", dir.path().display(), sent_max);
+        if let Some((a, z)) = pending {
+            spec = format!("{spec} {a} {z}");
+        }
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::a_crash_during_background_flushes_and_compactions_loses_nothing",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, spec)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300 + rng.below(700)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut last_counts = (0u64, 0u64);
+        pending = None;
+        for line in reader.join().unwrap() {
+            let w: Vec<&str> = line.split(' ').collect();
+            let (a, z): (u64, u64) = match (w.first(), w.get(1), w.get(2)) {
+                (Some(_), Some(a), Some(z)) => match (a.parse(), z.parse()) {
+                    (Ok(a), Ok(z)) => (a, z),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            match w[0] {
+                "sending" => {
+                    sent_max = sent_max.max(z);
+                    pending = Some((a, z));
+                }
+                "acked" => {
+                    acked.extend(a..z);
+                    if pending == Some((a, z)) {
+                        pending = None;
+                    }
+                    if w.len() == 7 {
+                        last_counts = (w[4].parse().unwrap(), w[6].parse().unwrap());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if last_counts.0 > 0 && last_counts.1 > 0 {
+            busy_lives += 1;
+        }
+        // Reopening recovers: every acknowledged event once, nothing never sent.
+        let p = ProjectStore::open("p", dir.path(), busy_options()).unwrap();
+        let got = contents(&p);
+        for i in &acked {
+            assert!(got.contains_key(&format!("m{i}")), "acknowledged m{i} lost");
+        }
+        for k in got.keys() {
+            let i: u64 = k[1..].parse().unwrap();
+            assert!(i < sent_max, "{k} was never sent");
+        }
+    }
+    assert!(acked.len() > 1000, "too little traffic: {}", acked.len());
+    assert!(
+        busy_lives >= 3,
+        "the kills should land among background flushes and compactions"
+    );
+}
+
+/// Flushes after the first write only what changed in the identity graph; reopening
+/// replays those logs onto the last full snapshot and gets the very same graph.
+#[test]
+fn the_identity_graph_reopens_from_a_snapshot_and_change_logs() {
+    let dir = TempDir::new("identity-logs");
+    let options = ProjectOptions {
+        compact_segments_min: 100,
+        ..ProjectOptions::default()
+    };
+    let p = ProjectStore::open("p", dir.path(), options.clone()).unwrap();
+    let base: Vec<Event> = (0..3000)
+        .map(|i| event(i, i, 10_000 + i, i as i64, false))
+        .collect();
+    p.append(encode(&base)).unwrap();
+    p.flush().unwrap();
+    for round in 0..5u64 {
+        // Known devices, a few of them identifying now: merges, and new user ids.
+        let batch: Vec<Event> = (0..200)
+            .map(|k| {
+                let i = 100_000 + round * 1000 + k;
+                event(
+                    i,
+                    5000 + round * 10 + k % 10,
+                    10_000 + k * 7,
+                    i as i64,
+                    k % 20 == 0,
+                )
+            })
+            .collect();
+        p.append(encode(&batch)).unwrap();
+        p.flush().unwrap();
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("MANIFEST")).unwrap()).unwrap();
+    let logs = manifest["identity_logs"].as_array().unwrap().len();
+    assert!(
+        logs >= 3,
+        "flushes should log changes, not snapshot: {manifest}"
+    );
+    let before = p.snapshot().identity().to_snapshot();
+    drop(p);
+    let p = ProjectStore::open("p", dir.path(), options).unwrap();
+    assert_eq!(p.snapshot().identity().to_snapshot(), before);
+    // An erasure publishes a full snapshot again.
+    p.delete_person("u5000").unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("MANIFEST")).unwrap()).unwrap();
+    assert!(manifest["identity_logs"].as_array().unwrap().is_empty());
+}
+
+/// After flushes and merges, every row's dimension columns still hold what its own
+/// event says (names, paths, UTM, referrer host, click id), and nothing is left out.
+#[test]
+fn merged_segments_keep_each_rows_dimensions() {
+    let dir = TempDir::new("merge-dims");
+    let p = ProjectStore::open("p", dir.path(), busy_options()).unwrap();
+    let mut n = 0;
+    for round in 0..40u64 {
+        let batch: Vec<Event> = (0..25u64)
+            .map(|k| {
+                let i = round * 25 + k;
+                let mut e = event(i, i % 19, i % 23, (i * 13 % 777) as i64, i % 9 == 0);
+                if i % 3 == 0 {
+                    e.page_path = Some(format!("/p/{}", i % 7));
+                    e.referrer = Some(format!("https://www.site{}.example/x", i % 4));
+                    e.utm.source = Some(format!("src{}", i % 5));
+                    e.utm.campaign = (i % 2 == 0).then(|| "spring ünï".to_string());
+                    e.click_id = (i % 6 == 0).then(|| throughline_model::ClickId {
+                        param: "gclid".into(),
+                        value: format!("g{i}"),
+                    });
+                }
+                e
+            })
+            .collect();
+        n += batch.len();
+        p.append(encode(&batch)).unwrap();
+    }
+    p.settle().unwrap();
+    assert!(
+        p.metrics
+            .compactions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    let snap = p.snapshot();
+    let mut rows = 0;
+    for seg in snap.segments() {
+        let dims: Vec<(Vec<u32>, Vec<String>)> = throughline_model::DIMS
+            .iter()
+            .map(|d| seg.dim(d).unwrap())
+            .collect();
+        seg.for_each_payload(|row, payload| {
+            let e: Event = serde_json::from_slice(payload).unwrap();
+            for (d, want) in e.dims().iter().enumerate() {
+                let (codes, dict) = &dims[d];
+                let got =
+                    (codes[row] != crate::NO_VALUE).then(|| dict[codes[row] as usize].as_str());
+                assert_eq!(got, *want, "dimension {d} of {}", e.message_id);
+            }
+            rows += 1;
+            Ok(())
+        })
+        .unwrap();
+    }
+    assert_eq!(rows + snap.log_rows().count(), n);
+}
+
+#[test]
+fn a_tail_sees_wanted_stored_events_once_in_commit_order_and_is_bounded() {
+    let dir = TempDir::new("tail");
+    let p = ProjectStore::open("p", dir.path(), options()).unwrap();
+    // Only identify events (no name) and tracks named like `Crash`: none here.
+    let tail = p.tail(
+        std::sync::Arc::new(|kind, name: Option<&str>| {
+            kind == EventType::Identify.code() || name == Some("x")
+        }),
+        3,
+    );
+    let evs: Vec<Event> = (0..4)
+        .map(|i| event(i, i, i, 1000 + i as i64, i % 2 == 0))
+        .collect();
+    p.append(encode(&evs)).unwrap();
+    // Duplicates are stored once and not tailed again.
+    p.append(encode(&evs)).unwrap();
+    let got = tail.poll(10, std::time::Duration::ZERO);
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| serde_json::from_slice::<Event>(r).unwrap().message_id)
+        .collect();
+    let want: Vec<String> = evs
+        .iter()
+        .filter(|e| e.event_type == EventType::Identify)
+        .map(|e| e.message_id.clone())
+        .collect();
+    assert_eq!(ids, want);
+    assert!(!tail.take_lagged());
+    // Past its bound the tail drops and says so.
+    let more: Vec<Event> = (10..20)
+        .map(|i| event(i, i, i, 2000 + i as i64, true))
+        .collect();
+    p.append(encode(&more)).unwrap();
+    assert_eq!(tail.poll(100, std::time::Duration::ZERO).len(), 3);
+    assert!(tail.take_lagged());
+    // A dropped tail costs appends nothing.
+    drop(tail);
+    p.append(encode(&[event(30, 30, 30, 3000, true)])).unwrap();
 }
 
 /// The newest events agree with sorting everything by (time, arrival), across segments

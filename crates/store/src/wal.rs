@@ -6,12 +6,12 @@
 //! acknowledged), so it is cut off and every whole record before it is kept.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, Write};
+use std::io::{self, BufReader, IoSlice, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::sync_dir;
 
-const HEADER_BYTES: usize = 8;
+pub(crate) const HEADER_BYTES: usize = 8;
 /// Bound on one record; a length above it can only be a corrupt header.
 pub const RECORD_BYTES_MAX: usize = 4 * 1024 * 1024;
 
@@ -39,6 +39,7 @@ pub struct WalWriter {
     pub seq: u64,
     #[cfg_attr(not(test), allow(dead_code))]
     pub path: PathBuf,
+    #[cfg(test)]
     buf: Vec<u8>,
     /// File length after the last successful commit: what a failed commit is cut back to.
     durable_len: u64,
@@ -59,12 +60,14 @@ impl WalWriter {
             file,
             seq,
             path,
-            buf: Vec::with_capacity(1 << 20),
+            #[cfg(test)]
+            buf: Vec::new(),
             durable_len: 0,
         })
     }
 
     /// Stages one record; nothing reaches the file until [`WalWriter::commit`].
+    #[cfg(test)]
     pub fn stage(&mut self, payload: &[u8]) {
         self.buf
             .extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -73,27 +76,31 @@ impl WalWriter {
         self.buf.extend_from_slice(payload);
     }
 
-    pub fn take_staged(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.buf)
-    }
-
-    pub fn restage(&mut self, frames: Vec<u8>) {
-        self.buf = frames;
-    }
-
     /// Writes the staged records and fsyncs: after `Ok`, they survive a crash.
+    #[cfg(test)]
     pub fn commit(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        let buf = std::mem::take(&mut self.buf);
+        self.commit_frames(&[&buf])
+    }
+
+    /// Writes whole frames (built by [`crate::EventBatch`]) with one vectored write and
+    /// fsyncs: after `Ok`, they survive a crash. After an error the caller must
+    /// [`WalWriter::rollback`] before writing again.
+    pub fn commit_frames(&mut self, chunks: &[&[u8]]) -> io::Result<()> {
+        let total: usize = chunks.iter().map(|c| c.len()).sum();
+        if total == 0 {
             return Ok(());
         }
-        let result = self
-            .file
-            .write_all(&self.buf)
-            .and_then(|_| self.file.sync_data());
+        let mut slices: Vec<IoSlice> = chunks
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(|c| IoSlice::new(c))
+            .collect();
+        let result =
+            write_all_vectored(&mut self.file, &mut slices).and_then(|_| self.file.sync_data());
         if result.is_ok() {
-            self.durable_len += self.buf.len() as u64;
+            self.durable_len += total as u64;
         }
-        self.buf.clear();
         result
     }
 
@@ -106,6 +113,24 @@ impl WalWriter {
     }
 }
 
+/// `write_all` for several buffers: one `writev` per call, as many calls as it takes.
+fn write_all_vectored(file: &mut File, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the log file took no bytes",
+                ))
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// What recovery found in one file.
 pub struct Recovered {
     pub records: Vec<Vec<u8>>,
@@ -116,8 +141,49 @@ pub struct Recovered {
 /// Reads every whole record of a WAL file and truncates a torn tail.
 pub fn recover(path: &Path) -> io::Result<Recovered> {
     let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let (rec, good) = read_records(&file)?;
+    if rec.torn_bytes > 0 {
+        file.set_len(good)?;
+        file.sync_all()?;
+    }
+    Ok(rec)
+}
+
+/// [`recover`] without changing the file: what `throughline check` and backups read.
+pub fn scan(path: &Path) -> io::Result<Recovered> {
+    Ok(read_records(&File::open(path)?)?.0)
+}
+
+/// The length of the whole records at the start of an open log file, read without keeping
+/// them: what a backup copies of a file the writer may be appending to.
+pub fn whole_records_len(mut file: &File) -> io::Result<u64> {
     let total = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, &file);
+    file.seek(io::SeekFrom::Start(0))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file.take(total));
+    let mut good: u64 = 0;
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER_BYTES];
+        if !read_full(&mut reader, &mut header)? {
+            return Ok(good);
+        }
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().unwrap());
+        if len > RECORD_BYTES_MAX {
+            return Ok(good);
+        }
+        payload.resize(len, 0);
+        if !read_full(&mut reader, &mut payload)? || crc32fast::hash(&payload) != crc {
+            return Ok(good);
+        }
+        good += (HEADER_BYTES + len) as u64;
+    }
+}
+
+/// The whole records of a log file and the length they end at.
+fn read_records(file: &File) -> io::Result<(Recovered, u64)> {
+    let total = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut records = Vec::new();
     let mut good: u64 = 0;
     loop {
@@ -137,15 +203,13 @@ pub fn recover(path: &Path) -> io::Result<Recovered> {
         good += (HEADER_BYTES + len) as u64;
         records.push(payload);
     }
-    drop(reader);
-    if good < total {
-        file.set_len(good)?;
-        file.sync_all()?;
-    }
-    Ok(Recovered {
-        records,
-        torn_bytes: total - good,
-    })
+    Ok((
+        Recovered {
+            records,
+            torn_bytes: total - good,
+        },
+        good,
+    ))
 }
 
 /// Fills `buf` completely; false on a clean or partial end of file.
