@@ -127,13 +127,13 @@ class Server:
         self.data_dir = data_dir
         self.config = config
         self.log_dir = log_dir
+        # More `serve` flags (e.g. the ClickHouse backend's); tests may replace them
+        # between starts.
         self.extra_args = tuple(extra_args)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.log_path: Path | None = None
-        # More `serve` flags, e.g. the ClickHouse backend's.
-        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
