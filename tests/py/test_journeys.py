@@ -273,8 +273,10 @@ def test_quiet_hours_follow_each_timezone_across_the_dst_change(make_server, dat
 
             time.sleep(0.4)
         wait_for(lambda: got() == expect, what=f"sends by {at}")
-    j = api.journey("q")
-    assert j["steps"][0]["quiet_delayed"] == 2 and j["steps"][0]["delivered"] == 3
+    # The receiver sees a mail before the server journals its outcome: wait for the counts.
+    step = wait_for(lambda: (s := api.journey("q")["steps"][0])["delivered"] == 3 and s,
+                    what="the third delivery journaled")
+    assert step["quiet_delayed"] == 2 and step["delivered"] == 3
 
 
 def test_backtest_and_suppression_list_import(make_server, data_dir, tmp_path, throughline_bin):

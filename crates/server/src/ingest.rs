@@ -223,33 +223,8 @@ async fn handle(
 
     let outcome = if events.is_empty() {
         AppendOutcome::default()
-    } else if let Some(ch) = &state.clickhouse {
-        // The ClickHouse backend's outbox: durable locally, forwarded in the background.
-        let project = ch.project(store.name())?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        project.submit(
-            throughline_clickhouse::outbox::Record::of_batch(&events),
-            move |r| {
-                let _ = tx.send(r);
-            },
-        )?;
-        rx.await.map_err(|_| {
-            AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the outbox is shutting down",
-            )
-        })??
     } else {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        store.submit(events, move |r| {
-            let _ = tx.send(r);
-        })?;
-        rx.await.map_err(|_| {
-            AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store is shutting down",
-            )
-        })??
+        submit(state, &store, events).await?
     };
     let m = &state.metrics;
     m.accepted
@@ -294,4 +269,62 @@ fn message_id_at(body: Option<&serde_json::Value>, index: usize) -> serde_json::
         .and_then(|m| m.get("messageId"))
         .cloned()
         .unwrap_or_default()
+}
+
+/// Stores one track message the server writes itself (a survey answer, a link click)
+/// through the project's writer, answering once it is durable. A message the rules refuse
+/// answers `refused` with the rule's message.
+pub(crate) async fn append_one(
+    state: &AppState,
+    store: &throughline_store::ProjectStore,
+    message: &serde_json::Value,
+    received_at: i64,
+    refused: StatusCode,
+) -> Result<AppendOutcome, Response> {
+    let bytes = serde_json::to_vec(message).expect("a message serializes");
+    let mut ids = state.id_generator();
+    let batch = Batch::parse_single(&bytes, EventType::Track, received_at, &mut ids)
+        .map_err(|r| AppError::new(refused, r.error).into_response())?;
+    let mut events = store.new_batch(batch.messages.len(), bytes.len());
+    for m in batch.messages {
+        let e = m.map_err(|r| AppError::new(refused, r.error).into_response())?;
+        events
+            .push(&e)
+            .map_err(|e| AppError::from(e).into_response())?;
+    }
+    submit(state, store, events)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+/// Makes `events` durable where this server keeps events: the ClickHouse backend's local
+/// outbox (forwarded in the background) or the project's own store. Answers once they are.
+async fn submit(
+    state: &AppState,
+    store: &throughline_store::ProjectStore,
+    events: throughline_store::EventBatch,
+) -> Result<AppendOutcome, AppError> {
+    fn closed(what: &str) -> AppError {
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what} is shutting down"),
+        )
+    }
+    if let Some(ch) = &state.clickhouse {
+        let project = ch.project(store.name())?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        project.submit(
+            throughline_clickhouse::outbox::Record::of_batch(&events),
+            move |r| {
+                let _ = tx.send(r);
+            },
+        )?;
+        Ok(rx.await.map_err(|_| closed("the outbox"))??)
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.submit(events, move |r| {
+            let _ = tx.send(r);
+        })?;
+        Ok(rx.await.map_err(|_| closed("the store"))??)
+    }
 }

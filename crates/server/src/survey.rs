@@ -17,8 +17,8 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
-use throughline_collect::{percent_decode, Batch};
-use throughline_model::{format_ms, EventType};
+use throughline_collect::percent_decode;
+use throughline_model::format_ms;
 use throughline_store::{now_ms, ProjectStore};
 use throughline_token::{Claims, Secret, TokenError};
 
@@ -233,61 +233,8 @@ pub async fn answer(
         "properties": properties,
         "context": context,
     });
-    let bytes = serde_json::to_vec(&message).expect("a message serializes");
-    let mut ids = state.id_generator();
-    let batch = Batch::parse_single(&bytes, EventType::Track, now, &mut ids)
-        .map_err(|r| crate::AppError::new(StatusCode::BAD_REQUEST, r.error).into_response())?;
-    let mut events = store.new_batch(batch.messages.len(), bytes.len());
-    for m in batch.messages {
-        let e =
-            m.map_err(|r| crate::AppError::new(StatusCode::BAD_REQUEST, r.error).into_response())?;
-        events
-            .push(&e)
-            .map_err(|e| crate::AppError::from(e).into_response())?;
-    }
-    if let Some(ch) = &state.clickhouse {
-        // The ClickHouse backend: the answer goes through the outbox like any event (its
-        // messageId makes a second answer a duplicate).
-        let project = ch
-            .project(store.name())
-            .map_err(|e| crate::AppError::from(e).into_response())?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        project
-            .submit(
-                throughline_clickhouse::outbox::Record::of_batch(&events),
-                move |r| {
-                    let _ = tx.send(r);
-                },
-            )
-            .map_err(|e| crate::AppError::from(e).into_response())?;
-        let outcome = rx
-            .await
-            .map_err(|_| {
-                crate::AppError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the outbox is shutting down",
-                )
-                .into_response()
-            })?
-            .map_err(|e| crate::AppError::from(e).into_response())?;
-        return Ok(thanks(outcome.duplicates() > 0).into_response());
-    }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    store
-        .submit(events, move |r| {
-            let _ = tx.send(r);
-        })
-        .map_err(|e| crate::AppError::from(e).into_response())?;
-    let outcome = rx
-        .await
-        .map_err(|_| {
-            crate::AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store is shutting down",
-            )
-            .into_response()
-        })?
-        .map_err(|e| crate::AppError::from(e).into_response())?;
+    let outcome =
+        crate::ingest::append_one(&state, &store, &message, now, StatusCode::BAD_REQUEST).await?;
     Ok(thanks(outcome.duplicates() > 0).into_response())
 }
 

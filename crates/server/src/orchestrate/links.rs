@@ -23,7 +23,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use throughline_model::{format_ms, EventType};
+use throughline_model::format_ms;
 use throughline_store::{now_ms, ProjectStore};
 use throughline_token::{Claims, Secret};
 
@@ -170,38 +170,14 @@ async fn record(
     store: &ProjectStore,
     message: serde_json::Value,
 ) -> Result<bool, Response> {
-    let bytes = serde_json::to_vec(&message).expect("a message serializes");
-    let mut ids = state.id_generator();
-    let batch =
-        throughline_collect::Batch::parse_single(&bytes, EventType::Track, now_ms(), &mut ids)
-            .map_err(|r| {
-                crate::AppError::new(StatusCode::INTERNAL_SERVER_ERROR, r.error).into_response()
-            })?;
-    let mut events = store.new_batch(batch.messages.len(), bytes.len());
-    for m in batch.messages {
-        let e = m.map_err(|r| {
-            crate::AppError::new(StatusCode::INTERNAL_SERVER_ERROR, r.error).into_response()
-        })?;
-        events
-            .push(&e)
-            .map_err(|e| crate::AppError::from(e).into_response())?;
-    }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    store
-        .submit(events, move |r| {
-            let _ = tx.send(r);
-        })
-        .map_err(|e| crate::AppError::from(e).into_response())?;
-    let outcome = rx
-        .await
-        .map_err(|_| {
-            crate::AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store is shutting down",
-            )
-            .into_response()
-        })?
-        .map_err(|e| crate::AppError::from(e).into_response())?;
+    let outcome = crate::ingest::append_one(
+        state,
+        store,
+        &message,
+        now_ms(),
+        StatusCode::INTERNAL_SERVER_ERROR,
+    )
+    .await?;
     Ok(outcome.duplicates() == 0)
 }
 
