@@ -469,7 +469,8 @@ fn query_requests() {
         .collect();
     project.append(EventBatch::of(&events)).unwrap();
     project.flush().unwrap();
-    let snap = project.snapshot();
+    let snapshot = project.snapshot();
+    let snap = q::source::Source::from(&snapshot);
     let rules = Rules::ga4_default();
     let registry = q::assets::Registry::default();
     let spend = q::spend::Spend::default();
@@ -545,6 +546,7 @@ fn query_requests() {
     );
     eprintln!("query requests: {ran} of {cases} cases ran a query");
     drop(snap);
+    drop(snapshot);
     drop(project);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -765,6 +765,11 @@ impl ProjectRuntime {
         let before = drained(self);
         self.submit(before, now, pool, ctx)?;
         let erased = self.store.delete_person(id)?;
+        // Records of the person not yet written must not reach the store from here on.
+        self.unwritten
+            .lock()
+            .expect("unwritten")
+            .retain(|r| !ids.contains(&r.person));
         let after = drained(self);
         self.submit(after, now, pool, ctx)?;
         self.submit(
@@ -776,10 +781,6 @@ impl ProjectRuntime {
             ctx,
         )?;
         snapshot_now(&mut self.driver.lock().expect("driver"))?;
-        self.unwritten
-            .lock()
-            .expect("unwritten")
-            .retain(|r| !ids.contains(&r.person));
         self.profiles
             .lock()
             .expect("profiles")
