@@ -295,15 +295,19 @@ fn serve_clickhouse(
     let addr = throughline_server::parse_listen(listen).map_err(anyhow::Error::msg)?;
     let config = load_config(config)?;
     let target = ch.target()?;
-    let store = throughline_store::Store::open(&data, config.project_options())?;
+    let store = std::sync::Arc::new(throughline_store::Store::open(
+        &data,
+        config.project_options(),
+    )?);
     let backend =
-        throughline_clickhouse::Backend::open(target, &data, config.clickhouse_options())?;
+        throughline_clickhouse::Backend::open(target, &data, config.clickhouse_options())?
+            .with_store(store.clone());
     // Resume forwarding whatever an earlier run left in the outboxes.
     for p in &store.catalog().projects {
         backend.project(&p.name)?;
     }
     let state = throughline_server::AppState::with_backend(
-        std::sync::Arc::new(store),
+        store,
         config,
         Some(std::sync::Arc::new(backend)),
     );
@@ -392,7 +396,7 @@ fn migrate(data: &std::path::Path) -> Result<()> {
 }
 
 /// Who runs this command, for the audit log: the OS user, the host and the process.
-fn actor() -> String {
+pub fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());

@@ -70,6 +70,22 @@ fn fingerprint(project: &ProjectStore) -> String {
     format!("{}|{}", snap.event_count(), segments.join(","))
 }
 
+/// Whether a migration of the project in `dir` (its `clickhouse/` directory) finished:
+/// then its embedded store numbers identity nodes as the forwarder's graph does.
+pub fn migrated(dir: &Path) -> Result<bool, ClickHouseError> {
+    let path = dir.join(MIGRATE_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice::<MigrateState>(&b)
+            .map(|s| s.finished)
+            .map_err(|e| ClickHouseError::Corrupt {
+                file: path,
+                why: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ClickHouseError::io(&path, e)),
+    }
+}
+
 /// Deletes every row of a project on every shard and waits until it is done.
 pub fn delete_project(target: &Target, project: &str) -> Result<(), ClickHouseError> {
     for table in ["events", "identities", "person_overrides"] {

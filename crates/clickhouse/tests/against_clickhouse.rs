@@ -378,3 +378,190 @@ fn migrated_events_read_back_identically() {
     compare(&store, &source, true);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every outbox log file's bytes, and whether one holds `needle`.
+fn log_holds(ch_dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(ch_dir.join("log"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .any(|b| b.windows(needle.len()).any(|w| w == needle))
+}
+
+/// GDPR erasure through the forwarder: a multi-device person (some of whose events still
+/// wait in the outbox when it is asked) is gone from ClickHouse, the outbox files, the
+/// identity checkpoint and the graph, and every other row reads back as the embedded
+/// store reads after its own erasure. Then the same, stopped after each durable step as
+/// a crash would stop it: the next start finishes it, and the audit log has one entry.
+#[test]
+fn erasure_leaves_nothing_and_finishes_after_a_stop_at_any_step() {
+    use throughline_clickhouse::erase;
+    use throughline_clickhouse::EraseStep;
+    let db = Db::new("erase");
+    let evs = events(4000);
+    let id = "user-3";
+    let needles: [&[u8]; 3] = [b"\"user-3\"", b"\"dev-3\"", b"\"dev-34\""];
+    let stops = [
+        None,
+        Some(EraseStep::Recorded),
+        Some(EraseStep::Checkpointed),
+        Some(EraseStep::Retired),
+        Some(EraseStep::Deleted),
+    ];
+    for (round, stop) in stops.into_iter().enumerate() {
+        let name = format!("p{round}");
+        let dir = temp(&format!("erase{round}"));
+        let reference =
+            ProjectStore::open(&name, &dir.join("embedded"), ProjectOptions::default()).unwrap();
+        reference.append(EventBatch::of(&evs)).unwrap();
+        let data = dir.join("ch");
+        let options = |stop| BackendOptions {
+            batch_events_max: 500,
+            erase_stop_after: stop,
+            ..BackendOptions::default()
+        };
+        let backend = Backend::open(db.target.clone(), &data, options(stop)).unwrap();
+        let project = backend.project(&name).unwrap();
+        for chunk in evs.chunks(400) {
+            project
+                .append(chunk.iter().map(Record::new).collect())
+                .unwrap();
+        }
+        let ch_dir = project.dir().to_path_buf();
+        assert!(needles.iter().all(|n| log_holds(&ch_dir, n)));
+        let nodes: Vec<String> = {
+            let snap = reference.snapshot();
+            let g = snap.identity();
+            let person = g.find_person(id).unwrap();
+            (0..g.node_count() as u32)
+                .filter(|&n| g.person_of(n) == person)
+                .map(|n| n.to_string())
+                .collect()
+        };
+        assert!(nodes.len() >= 4, "{nodes:?}");
+        let nodes = nodes.join(", ");
+        let expected = reference.delete_person(id).unwrap() as u64;
+        assert!(expected > 10, "the person has {expected} events");
+        let answer = project.erase(id, "test");
+        let source = Source::new(Arc::new(db.target.clone()), &name, Default::default());
+        match stop {
+            None => {
+                assert_eq!(answer.unwrap(), Some(expected));
+                backend.close();
+            }
+            Some(step) => {
+                assert!(
+                    matches!(answer, Err(throughline_clickhouse::ClickHouseError::Closed)),
+                    "{step:?}: {answer:?}"
+                );
+                assert!(erase::read_pending(&ch_dir).unwrap().is_some());
+                backend.close();
+                // The next start finishes it before forwarding anything else.
+                let backend = Backend::open(db.target.clone(), &data, options(None)).unwrap();
+                let project = backend.project(&name).unwrap();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                while erase::read_pending(&ch_dir).unwrap().is_some() {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{step:?}: not finished"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                assert!(project.wait_forwarded(60_000));
+                backend.close();
+            }
+        }
+        assert_eq!(source.find_person(id).unwrap(), None);
+        assert_eq!(source.find_person("dev-34").unwrap(), None);
+        for n in needles {
+            assert!(
+                !log_holds(&ch_dir, n),
+                "{stop:?}: the outbox still holds {n:?}"
+            );
+        }
+        let checkpoints: Vec<_> = std::fs::read_dir(&ch_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("identity-"))
+            .collect();
+        assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+        let graph = throughline_identity::IdentityGraph::from_snapshot(
+            &std::fs::read(ch_dir.join(&checkpoints[0])).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(graph.find_person(id), None);
+        assert_eq!(graph.find_person("dev-3"), None);
+        // Nothing of them on either shard, FINAL or not; the rest as the embedded store.
+        for c in db.target.shard_clients() {
+            let n = c
+                .query_text(&format!(
+                    "SELECT count() FROM {}.person_overrides_local FINAL WHERE project = '{name}' AND (old_person IN ({nodes}) OR override_person IN ({nodes}))",
+                    db.name
+                ))
+                .unwrap();
+            assert_eq!(n, "0", "{stop:?}: person_overrides");
+            for table in ["events_local", "identities_local"] {
+                let n = c
+                    .query_text(&format!(
+                        "SELECT count() FROM {}.{table} FINAL WHERE project = '{name}' AND node IN ({nodes})",
+                        db.name
+                    ))
+                    .unwrap();
+                assert_eq!(n, "0", "{stop:?}: {table}");
+            }
+            let ids = c
+                .query_text(&format!(
+                    "SELECT count() FROM {}.identities_local FINAL WHERE project = '{name}' AND id IN ('{id}', 'dev-3', 'dev-34', 'dev-65', 'dev-96')",
+                    db.name
+                ))
+                .unwrap();
+            assert_eq!(ids, "0", "{stop:?}");
+        }
+        compare(&reference, &source, false);
+        let audit = throughline_store::audit::read(&data).unwrap();
+        let erased: Vec<_> = audit
+            .iter()
+            .filter(|e| e.action == "person.delete")
+            .collect();
+        assert_eq!(erased.len(), 1, "{stop:?}: {audit:?}");
+        assert_eq!(
+            erased[0].detail,
+            format!(
+                "{}: {expected} events erased",
+                throughline_store::audit::erased_id(id)
+            )
+        );
+        if stop.is_none() {
+            // An event for the id after the erasure starts a new person.
+            let late: Event = serde_json::from_value(serde_json::json!({
+                "message_id": "late", "type": "track", "event": "Signed Up",
+                "user_id": id, "timestamp": 1_700_009_000_000i64, "received_at": 1_700_009_000_000i64,
+            }))
+            .unwrap();
+            let backend = Backend::open(db.target.clone(), &data, options(None)).unwrap();
+            let project = backend.project(&name).unwrap();
+            project.append(vec![Record::new(&late)]).unwrap();
+            reference.append(EventBatch::of(&[late])).unwrap();
+            assert!(project.wait_forwarded(60_000));
+            compare(&reference, &source, false);
+            let person = source.find_person(id).unwrap().expect("a new person");
+            let mut seen = 0;
+            source
+                .events_of_nodes(
+                    &source
+                        .identities(Some(&[person]))
+                        .unwrap()
+                        .iter()
+                        .map(|(_, m)| m.node)
+                        .collect::<Vec<_>>(),
+                    &mut |_, _, _| {
+                        seen += 1;
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(seen, 1);
+            backend.close();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

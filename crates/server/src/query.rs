@@ -51,19 +51,38 @@ pub async fn person(
 }
 
 /// `DELETE /api/v1/projects/{project}/persons/{id}`: GDPR erasure of a person (every event
-/// and id), recorded in the audit log with the caller's address.
+/// and id), recorded in the audit log with the caller's address. On ClickHouse the
+/// project's forwarder runs it in outbox order and writes the audit entry itself
+/// (crates/clickhouse/src/erase.rs), with the same answer.
 pub async fn delete_person(
     State(state): State<Arc<AppState>>,
     Path((project, id)): Path<(String, String)>,
     request: axum::extract::Request,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, request.headers())?;
-    embedded_only(&state, "erasure")?;
     let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map_or("unknown".to_string(), |c| c.0.to_string());
     let data = state.store.dir().to_path_buf();
+    if let Some(ch) = state.clickhouse.clone() {
+        return tokio::task::spawn_blocking(move || {
+            match ch.project(&project)?.erase(&id, &format!("http {peer}"))? {
+                Some(erased) => Ok(Json(serde_json::json!({"erased_events": erased, "id": id}))),
+                None => Err(AppError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no person with id {id:?}"),
+                )),
+            }
+        })
+        .await
+        .map_err(|e| {
+            AppError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("erasure failed: {e}"),
+            )
+        })?;
+    }
     tokio::task::spawn_blocking(move || {
         if store.snapshot().identity().find_person(&id).is_none() {
             return Err(AppError::new(

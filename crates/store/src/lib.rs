@@ -52,7 +52,9 @@ pub use catalog::{
     CORS_ORIGINS_MAX,
 };
 pub use lock::DirLock;
-pub use project::{AppendOutcome, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats};
+pub use project::{
+    AppendOutcome, Erase, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats,
+};
 pub use segment::{ColumnReader, Segment, NO_VALUE};
 pub use store::Store;
 pub use tail::{Tail, TailFilter};
