@@ -8,11 +8,12 @@ trait no one else has), so their payloads sit in the ClickHouse outbox too. One 
 over HTTP, the other with `delete-person --backend clickhouse`, on both sides. Afterwards
 no query answer, profile, export, table of either shard (read directly, `FINAL` too),
 outbox log, identity checkpoint, store file or backup of the project holds any of their
-ids, their email or that trait (the demo's persons are customers of both of its brands, and
-the other project keeps them); every answer equals the reference's after its own erasure (so everyone
-else's answers are what they were, minus the erased persons); the audit log names each
-erasure by the id's SHA-256 only. The CLI's `query`, `profile` and `export` with
-`--backend clickhouse` answer as the ClickHouse-backed server and as the embedded CLI.
+ids, their email or that trait (the demo's persons are customers of both of its brands,
+and the other project keeps them); every answer equals the reference's after its own
+erasure (so everyone else's answers are what they were, minus the erased persons); the
+audit log names each erasure by the id's SHA-256 only. The CLI's `query`, `profile` and
+`export` with `--backend clickhouse` answer as the ClickHouse-backed server and as the
+embedded CLI.
 """
 
 from __future__ import annotations

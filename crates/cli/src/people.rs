@@ -235,9 +235,14 @@ fn delete_clickhouse(
         config.project_options(),
     )?);
     store.project(&args.project)?;
-    let backend =
-        throughline_clickhouse::Backend::open(target, &args.data, config.clickhouse_options())?
-            .with_store(store.clone());
+    // This process is the forwarder: it waits for the erasure as long as it takes (an
+    // interrupted one is finished by the next start, of a server or of this command).
+    let options = throughline_clickhouse::BackendOptions {
+        erase_wait_ms: u64::MAX,
+        ..config.clickhouse_options()
+    };
+    let backend = throughline_clickhouse::Backend::open(target, &args.data, options)?
+        .with_store(store.clone());
     let erased = backend
         .project(&args.project)
         .and_then(|p| p.erase(&args.id, &crate::actor()));

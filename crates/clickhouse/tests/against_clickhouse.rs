@@ -565,3 +565,115 @@ fn erasure_leaves_nothing_and_finishes_after_a_stop_at_any_step() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Events for the person that arrive while the erasure runs are either erased with them
+/// or, arriving after its point in the outbox, make a new person: never half. The count
+/// answered says which: the old events plus exactly the concurrent ones that are gone.
+#[test]
+fn events_arriving_during_an_erasure_are_erased_or_start_a_new_person() {
+    let db = Db::new("erase_conc");
+    let dir = temp("erase-conc");
+    let evs = events(3000);
+    let id = "user-3";
+    let reference =
+        ProjectStore::open("p", &dir.join("embedded"), ProjectOptions::default()).unwrap();
+    reference.append(EventBatch::of(&evs)).unwrap();
+    let old = reference.delete_person(id).unwrap() as u64;
+    let backend = Backend::open(
+        db.target.clone(),
+        &dir.join("ch"),
+        BackendOptions {
+            batch_events_max: 300,
+            ..BackendOptions::default()
+        },
+    )
+    .unwrap();
+    let project = backend.project("p").unwrap();
+    for chunk in evs.chunks(500) {
+        project
+            .append(chunk.iter().map(Record::new).collect())
+            .unwrap();
+    }
+    const LATE: usize = 60;
+    let sender = {
+        let project = project.clone();
+        std::thread::spawn(move || {
+            for i in 0..LATE {
+                let e: Event = serde_json::from_value(serde_json::json!({
+                    "message_id": format!("c{i}"), "type": "track", "event": "Product Viewed",
+                    "user_id": id, "timestamp": 1_700_010_000_000i64 + i as i64,
+                    "received_at": 1_700_010_000_000i64,
+                }))
+                .unwrap();
+                project.append(vec![Record::new(&e)]).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    let erased = project
+        .erase(id, "test")
+        .unwrap()
+        .expect("the person exists");
+    sender.join().unwrap();
+    assert!(project.wait_forwarded(60_000));
+    let source = Source::new(Arc::new(db.target.clone()), "p", Default::default());
+    // Every concurrent event still stored, with the person of its node today.
+    let persons: std::collections::HashMap<u32, u32> = source
+        .identities(None)
+        .unwrap()
+        .into_iter()
+        .map(|(p, m)| (m.node, p))
+        .collect();
+    let mut kept: Vec<(String, u32)> = Vec::new();
+    let bytes = db
+        .target
+        .client
+        .query_bytes(&format!(
+            "SELECT node, payload FROM {}.events WHERE project = 'p' FORMAT RowBinary",
+            db.name
+        ))
+        .unwrap();
+    let mut r = throughline_clickhouse::rowbinary::Reader::new(&bytes[..]);
+    let mut buf = Vec::new();
+    while !r.at_end().unwrap() {
+        let node = r.u32().unwrap();
+        r.bytes_into(&mut buf).unwrap();
+        let e: Event = serde_json::from_slice(&buf).unwrap();
+        if e.message_id.starts_with('c') {
+            kept.push((e.message_id, persons[&node]));
+        }
+    }
+    assert_eq!(
+        erased,
+        old + (LATE - kept.len()) as u64,
+        "{} kept",
+        kept.len()
+    );
+    match source.find_person(id).unwrap() {
+        None => assert!(kept.is_empty(), "{kept:?}"),
+        Some(person) => {
+            // The new person holds the late events that survived, and nothing older.
+            assert!(kept.iter().all(|(_, p)| *p == person), "{kept:?}");
+            let nodes: Vec<u32> = source
+                .identities(Some(&[person]))
+                .unwrap()
+                .iter()
+                .map(|(_, m)| m.node)
+                .collect();
+            let mut theirs = Vec::new();
+            source
+                .events_of_nodes(&nodes, &mut |_, _, e| {
+                    theirs.push(e.message_id);
+                    Ok(())
+                })
+                .unwrap();
+            theirs.sort();
+            let mut want: Vec<String> = kept.iter().map(|(m, _)| m.clone()).collect();
+            want.sort();
+            assert_eq!(theirs, want);
+        }
+    }
+    backend.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
