@@ -139,18 +139,6 @@ fn remote(state: &AppState, project: &str) -> Option<throughline_clickhouse::sou
     state.clickhouse.as_ref().map(|ch| ch.source(project))
 }
 
-/// What the embedded store alone answers: on a ClickHouse-backed server its store holds
-/// no events, and answering from it would be silently empty.
-fn embedded_only(state: &AppState, what: &str) -> Result<(), AppError> {
-    if state.clickhouse.is_some() {
-        return Err(AppError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            format!("{what} is not served over the ClickHouse backend yet"),
-        ));
-    }
-    Ok(())
-}
-
 /// Runs `f` over the project's events: the embedded snapshot, or ClickHouse.
 fn with_source<T>(
     store: &throughline_store::ProjectStore,
@@ -250,7 +238,7 @@ pub async fn recent(
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, &headers)?;
-    embedded_only(&state, "the live feed")?;
+    let remote = remote(&state, &project);
     let mut req = throughline_query::recent::RecentRequest::default();
     for pair in query
         .as_deref()
@@ -277,7 +265,9 @@ pub async fn recent(
         }
     }
     let answer = tokio::task::spawn_blocking(move || {
-        to_json(throughline_query::recent::run(&store.snapshot(), &req))
+        to_json(with_source(&store, remote.as_ref(), |src| {
+            throughline_query::recent::run(src, &req)
+        }))
     })
     .await
     .map_err(|e| {
@@ -296,13 +286,12 @@ pub async fn catalog(
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, &headers)?;
-    embedded_only(&state, "the catalog")?;
+    let remote = remote(&state, &project);
     let answer = tokio::task::spawn_blocking(move || {
         let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
-        to_json(throughline_query::recent::catalog(
-            &store.snapshot(),
-            &rules,
-        ))
+        to_json(with_source(&store, remote.as_ref(), |src| {
+            throughline_query::recent::catalog(src, &rules)
+        }))
     })
     .await
     .map_err(|e| {
