@@ -109,8 +109,9 @@ enum Command {
     Generate(demo::GenerateArgs),
     /// Ask questions: funnels, trends, retention, sessions, paths, assets, attribution
     Query {
+        // Boxed: every query kind carries the ClickHouse flags now.
         #[command(subcommand)]
-        command: query::QueryCommand,
+        command: Box<query::QueryCommand>,
     },
     /// Attribution models over a path table in ChannelAttribution's format
     Attribution(attribution::TableArgs),
@@ -256,7 +257,7 @@ fn run(cli: Cli) -> Result<()> {
             limit,
             format,
         } => audit_log(&data, project.as_deref(), limit, format),
-        Command::Query { command } => query::run(command),
+        Command::Query { command } => query::run(*command),
         Command::Assets { command } => assets::run(command),
         Command::Attribution(args) => attribution::table(args),
         Command::Spend { command } => spend::run(command),
