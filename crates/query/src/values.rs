@@ -18,16 +18,28 @@ use throughline_store::numbers::{check_number_column, number_column_names};
 use throughline_store::{Segment, Snapshot, StoreError};
 
 use crate::cache;
+use crate::source::Source;
 use crate::QueryError;
 
 /// The number at `path` (as [`crate::assets::property_path`] gives it) of each event in
-/// `seqs` (arrival numbers, ascending, distinct); 0 where there is none.
+/// `seqs` (arrival numbers, ascending, distinct); 0 where there is none. A remote source
+/// has no segments: its events are decoded.
 pub(crate) fn values_at(
-    snap: &Snapshot,
+    src: &Source,
     path: &[String],
     seqs: &[u32],
 ) -> Result<HashMap<u32, f64>, QueryError> {
-    values_at_with(snap, path, seqs, true)
+    match src.store() {
+        Some(snap) => values_at_with(snap, path, seqs, true),
+        None => {
+            let mut out: HashMap<u32, f64> = seqs.iter().map(|&s| (s, 0.0)).collect();
+            src.for_each_event_at(seqs, |seq, e| {
+                out.insert(seq, crate::assets::number_at(&e, path).unwrap_or(0.0));
+                Ok(())
+            })?;
+            Ok(out)
+        }
+    }
 }
 
 /// [`values_at`], with `columns: false` decoding every event (the way the columns must
@@ -170,7 +182,7 @@ mod tests {
         for path in ["revenue", "order.total", "context.revenue", "missing"] {
             let path = crate::assets::property_path(path).unwrap();
             for seqs in [&all, &some] {
-                let fast = values_at(&snap, &path, seqs).unwrap();
+                let fast = values_at(&Source::Store(&snap), &path, seqs).unwrap();
                 let slow = values_at_with(&snap, &path, seqs, false).unwrap();
                 assert_eq!(fast.len(), seqs.len());
                 for s in seqs.iter() {
@@ -178,7 +190,12 @@ mod tests {
                 }
             }
         }
-        let revenue = values_at(&snap, &["properties".into(), "revenue".into()], &all).unwrap();
+        let revenue = values_at(
+            &Source::Store(&snap),
+            &["properties".into(), "revenue".into()],
+            &all,
+        )
+        .unwrap();
         assert!(revenue.values().any(|v| *v != 0.0));
         drop(snap);
         drop(p);
