@@ -35,6 +35,7 @@ mod maintenance;
 pub mod manifest;
 mod memtable;
 pub mod metrics;
+pub mod numbers;
 mod project;
 mod segment;
 mod tail;
