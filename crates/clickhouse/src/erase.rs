@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use throughline_store::audit::AuditEntry;
 
 use crate::client::quote;
-use crate::outbox::write_atomic;
+use crate::outbox::{read_json, write_atomic};
 use crate::schema::Target;
 use crate::ClickHouseError;
 
@@ -71,17 +71,7 @@ pub struct PendingErasure {
 }
 
 pub fn read_pending(dir: &Path) -> Result<Option<PendingErasure>, ClickHouseError> {
-    let path = dir.join(ERASE_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| ClickHouseError::Corrupt {
-                file: path,
-                why: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ClickHouseError::io(&path, e)),
-    }
+    read_json(&dir.join(ERASE_FILE))
 }
 
 pub fn write_pending(dir: &Path, p: &PendingErasure) -> Result<(), ClickHouseError> {

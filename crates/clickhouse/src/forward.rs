@@ -34,7 +34,7 @@ use throughline_store::audit::AuditEntry;
 use throughline_store::{message_hash, AppendOutcome, Erase, ProjectStore, Store};
 
 use crate::erase::{self, PendingErasure};
-use crate::outbox::{write_atomic, Outbox, OutboxOptions, Position, Record};
+use crate::outbox::{read_json, write_atomic, Outbox, OutboxOptions, Position, Record};
 use crate::rowbinary::Writer;
 use crate::schema::{event_columns, Target, IDENTITY_COLUMNS, OVERRIDE_COLUMNS};
 use crate::ClickHouseError;
@@ -240,19 +240,6 @@ pub fn read_cursor(dir: &Path) -> Result<Position, ClickHouseError> {
             seq: 0,
         })
     })
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, ClickHouseError> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| ClickHouseError::Corrupt {
-                file: path.to_path_buf(),
-                why: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ClickHouseError::io(path, e)),
-    }
 }
 
 pub fn write_cursor(dir: &Path, p: Position) -> Result<(), ClickHouseError> {
@@ -726,12 +713,8 @@ impl Forwarder {
                 s.last_error = Some(e.to_string());
             }
             tracing::warn!(project = %self.project, error = %e, retry_ms = wait_ms, "insert failed; retrying");
-            let until = Instant::now() + Duration::from_millis(wait_ms);
-            while Instant::now() < until {
-                if self.stop.load(Ordering::Acquire) {
-                    return Ok(Step::Abandoned);
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            if !self.pause(wait_ms) {
+                return Ok(Step::Abandoned);
             }
             wait_ms = (wait_ms * 2).min(self.options.retry_ms_max);
         }
@@ -839,6 +822,18 @@ impl Forwarder {
         erase::clear_pending(&self.dir)
     }
 
+    /// Sleeps `ms` between two attempts, waking early when the process stops: false then.
+    fn pause(&self, ms: u64) -> bool {
+        let until = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < until {
+            if self.stop.load(Ordering::Acquire) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     /// Runs `f` until it succeeds, with the inserts' backoff, while ClickHouse is away or
     /// refuses; `Closed` when the process stops first.
     fn retry<T>(
@@ -854,12 +849,8 @@ impl Forwarder {
                     self.status.lock().expect("status lock").last_error = Some(e.to_string());
                 }
             }
-            let until = Instant::now() + Duration::from_millis(wait_ms);
-            while Instant::now() < until {
-                if self.stop.load(Ordering::Acquire) {
-                    return Err(ClickHouseError::Closed);
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            if !self.pause(wait_ms) {
+                return Err(ClickHouseError::Closed);
             }
             wait_ms = (wait_ms * 2).min(self.options.retry_ms_max);
         }

@@ -20,7 +20,7 @@ use throughline_store::{message_hash, ProjectStore, StoreError};
 use crate::client::quote;
 use crate::dedupe::HashIndex;
 use crate::forward::{event_row, project_dir, read_cursor, write_cursor, write_identity};
-use crate::outbox::{write_atomic, Position};
+use crate::outbox::{read_json, write_atomic, Position};
 use crate::rowbinary::Writer;
 use crate::schema::{event_columns, Target, IDENTITY_COLUMNS};
 use crate::ClickHouseError;
@@ -73,17 +73,7 @@ fn fingerprint(project: &ProjectStore) -> String {
 /// Whether a migration of the project in `dir` (its `clickhouse/` directory) finished:
 /// then its embedded store numbers identity nodes as the forwarder's graph does.
 pub fn migrated(dir: &Path) -> Result<bool, ClickHouseError> {
-    let path = dir.join(MIGRATE_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice::<MigrateState>(&b)
-            .map(|s| s.finished)
-            .map_err(|e| ClickHouseError::Corrupt {
-                file: path,
-                why: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(ClickHouseError::io(&path, e)),
-    }
+    Ok(read_json::<MigrateState>(&dir.join(MIGRATE_FILE))?.is_some_and(|s| s.finished))
 }
 
 /// Deletes every row of a project on every shard and waits until it is done.

@@ -145,6 +145,22 @@ pub fn sync_dir(dir: &Path) -> Result<(), ClickHouseError> {
         .map_err(|e| ClickHouseError::io(dir, e))
 }
 
+/// A small JSON state file, or `None` when it does not exist yet.
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+) -> Result<Option<T>, ClickHouseError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| ClickHouseError::Corrupt {
+                file: path.to_path_buf(),
+                why: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ClickHouseError::io(path, e)),
+    }
+}
+
 /// Writes a small file atomically: temp file, fsync, rename, directory fsync.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ClickHouseError> {
     let tmp = path.with_extension("tmp");
