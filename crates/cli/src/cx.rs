@@ -170,15 +170,8 @@ pub struct SentimentArgs {
     pub texts: Vec<String>,
 }
 
-fn open(
-    target: &Target,
-) -> Result<(
-    throughline_store::Store,
-    std::sync::Arc<throughline_store::ProjectStore>,
-)> {
-    let store = crate::open_store(&target.data)?;
-    let project = store.project(&target.project)?;
-    Ok((store, project))
+fn open(target: &Target) -> Result<crate::clickhouse::Reader> {
+    crate::clickhouse::Reader::open(&target.data, &target.project, &target.backend)
 }
 
 pub fn emotion(a: EmotionArgs) -> Result<()> {
@@ -194,17 +187,12 @@ pub fn emotion(a: EmotionArgs) -> Result<()> {
         from: a.from,
         to: a.to,
     };
-    let (_store, project) = open(&a.target)?;
-    let rules = throughline_query::sessions::project_rules(project.dir())?;
-    let registry = throughline_query::assets::Registry::load(project.dir())?;
-    let stages = throughline_query::stages::Stages::load(project.dir())?;
-    let r = throughline_query::emotion::run(
-        &(&project.snapshot()).into(),
-        &rules,
-        &registry,
-        &stages,
-        &req,
-    )?;
+    let reader = open(&a.target)?;
+    let rules = throughline_query::sessions::project_rules(reader.dir())?;
+    let registry = throughline_query::assets::Registry::load(reader.dir())?;
+    let stages = throughline_query::stages::Stages::load(reader.dir())?;
+    let r = reader
+        .with(|src| throughline_query::emotion::run(src, &rules, &registry, &stages, &req))?;
     match a.target.format {
         Format::Json => output::json(&serde_json::to_value(&r)?),
         Format::Table => {
@@ -350,8 +338,8 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
         from: a.from,
         to: a.to,
     };
-    let (_store, project) = open(&a.target)?;
-    let mut r = throughline_query::fatigue::run(&(&project.snapshot()).into(), &req)?;
+    let reader = open(&a.target)?;
+    let mut r = reader.with(|src| throughline_query::fatigue::run(src, &req))?;
     if let Some(path) = &a.audience_out {
         write_audience(path, &r.audience.rows)?;
         eprintln!(
@@ -494,10 +482,10 @@ pub fn audit(a: AuditArgs) -> Result<()> {
         from: a.from,
         to: a.to,
     };
-    let (_store, project) = open(&a.target)?;
-    let rules = throughline_query::sessions::project_rules(project.dir())?;
-    let registry = throughline_query::assets::Registry::load(project.dir())?;
-    let r = throughline_query::audit::run(&(&project.snapshot()).into(), &rules, &registry, &req)?;
+    let reader = open(&a.target)?;
+    let rules = throughline_query::sessions::project_rules(reader.dir())?;
+    let registry = throughline_query::assets::Registry::load(reader.dir())?;
+    let r = reader.with(|src| throughline_query::audit::run(src, &rules, &registry, &req))?;
     match a.target.format {
         Format::Json => output::json(&serde_json::to_value(&r)?),
         Format::Table => {
