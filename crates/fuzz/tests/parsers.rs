@@ -545,7 +545,6 @@ fn query_requests() {
         "only {ran} of {cases} cases ran a query"
     );
     eprintln!("query requests: {ran} of {cases} cases ran a query");
-    drop(snap);
     drop(snapshot);
     drop(project);
     let _ = std::fs::remove_dir_all(&dir);
