@@ -44,3 +44,29 @@ def make_server(throughline_bin, tmp_path):
             s.kill9()
         except Exception:
             pass
+
+
+@pytest.fixture(scope="session")
+def clickhouse_cluster():
+    """Two real ClickHouse servers forming a two-shard cluster (scripts/clickhouse). Servers
+    this session started are stopped at its end; ones already running (CI starts them in
+    .ci/run) are left running."""
+    from clickhouse_env import cluster_running, start_cluster
+
+    was_running = cluster_running()
+    cluster = start_cluster()
+    yield cluster
+    if not was_running:
+        cluster.stop()
+
+
+@pytest.fixture
+def clickhouse_db(clickhouse_cluster, throughline_bin):
+    """A fresh database on the cluster with Throughline's tables (`clickhouse init`)."""
+    from clickhouse_env import drop_database, new_database
+    from harness import run_cli
+
+    db = new_database()
+    run_cli(throughline_bin, "clickhouse", "init", *clickhouse_cluster.args(db))
+    yield db
+    drop_database(clickhouse_cluster, db)

@@ -127,6 +127,8 @@ class Server:
         self.data_dir = data_dir
         self.config = config
         self.log_dir = log_dir
+        # More `serve` flags (e.g. the ClickHouse backend's); tests may replace them
+        # between starts.
         self.extra_args = tuple(extra_args)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None

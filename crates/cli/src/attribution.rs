@@ -120,8 +120,13 @@ pub fn query(args: QueryArgs) -> Result<()> {
     let (_store, project, rules) = crate::query::open_project(&args.target)?;
     let registry = throughline_query::assets::Registry::load(project.dir())?;
     let spend = throughline_query::spend::Spend::load(project.dir())?;
-    let r =
-        throughline_query::attribution::run(&project.snapshot(), &rules, &registry, &spend, &req)?;
+    let r = throughline_query::attribution::run(
+        &(&project.snapshot()).into(),
+        &rules,
+        &registry,
+        &spend,
+        &req,
+    )?;
     print(&r, args.target.format)
 }
 

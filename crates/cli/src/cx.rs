@@ -203,7 +203,13 @@ pub fn emotion(a: EmotionArgs) -> Result<()> {
     let rules = throughline_query::sessions::project_rules(project.dir())?;
     let registry = throughline_query::assets::Registry::load(project.dir())?;
     let stages = throughline_query::stages::Stages::load(project.dir())?;
-    let r = throughline_query::emotion::run(&project.snapshot(), &rules, &registry, &stages, &req)?;
+    let r = throughline_query::emotion::run(
+        &(&project.snapshot()).into(),
+        &rules,
+        &registry,
+        &stages,
+        &req,
+    )?;
     match a.target.format {
         Format::Json => output::json(&serde_json::to_value(&r)?),
         Format::Table => {
@@ -374,7 +380,7 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
         };
         throughline_query::fatigue::fill_from_orchestration(&mut req, &caps, &origin)?;
     }
-    let mut r = throughline_query::fatigue::run(&project.snapshot(), &req)?;
+    let mut r = throughline_query::fatigue::run(&(&project.snapshot()).into(), &req)?;
     if let Some(path) = &a.audience_out {
         write_audience(path, &r.audience.rows)?;
         eprintln!(
@@ -523,7 +529,7 @@ pub fn audit(a: AuditArgs) -> Result<()> {
     let (_store, project) = open(&a.target)?;
     let rules = throughline_query::sessions::project_rules(project.dir())?;
     let registry = throughline_query::assets::Registry::load(project.dir())?;
-    let r = throughline_query::audit::run(&project.snapshot(), &rules, &registry, &req)?;
+    let r = throughline_query::audit::run(&(&project.snapshot()).into(), &rules, &registry, &req)?;
     match a.target.format {
         Format::Json => output::json(&serde_json::to_value(&r)?),
         Format::Table => {

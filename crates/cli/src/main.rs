@@ -5,6 +5,7 @@
 mod assets;
 mod attribution;
 mod bench;
+mod clickhouse;
 mod cx;
 mod demo;
 mod import;
@@ -47,7 +48,7 @@ enum Command {
     },
     /// Run the collection server (Segment HTTP Tracking API) over a data directory
     #[command(
-        after_help = "Example:\n  throughline serve --data ./data --listen 127.0.0.1:8080 --config throughline.toml"
+        after_help = "Examples:\n  throughline serve --data ./data --listen 127.0.0.1:8080 --config throughline.toml\n  throughline serve --data ./data --backend clickhouse --clickhouse-url http://127.0.0.1:8123 --clickhouse-cluster two"
     )]
     Serve {
         /// Data directory (created if missing)
@@ -59,7 +60,22 @@ enum Command {
         /// TOML file with limits and identity rules (see README)
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Where events live: the data directory's own store, or ClickHouse
+        #[arg(long, value_enum, default_value = "embedded")]
+        backend: clickhouse::Backend,
+        #[command(flatten)]
+        clickhouse: clickhouse::ClickHouseArgs,
     },
+    /// The ClickHouse backend's tables
+    Clickhouse {
+        #[command(subcommand)]
+        command: clickhouse::ClickHouseCommand,
+    },
+    /// Move embedded projects into ClickHouse, resumably, verified by counts
+    #[command(
+        after_help = "Example:\n  throughline migrate --data ./data --to http://127.0.0.1:8123 --project shop\n  throughline serve --data ./data --backend clickhouse --clickhouse-url http://127.0.0.1:8123"
+    )]
+    Migrate(clickhouse::MigrateArgs),
     /// Import Segment-shaped messages from JSONL, CSV or Parquet files
     #[command(
         after_help = "Example:\n  throughline import --data ./data --project shop events.jsonl more.csv.gz old.parquet\n\nJSONL: one Segment message per line. CSV/Parquet columns: see crates/formats/README.md.\nThe same validation and messageId deduplication as the HTTP API apply."
@@ -216,7 +232,14 @@ fn run(cli: Cli) -> Result<()> {
             data,
             listen,
             config,
-        } => serve(data, &listen, config),
+            backend,
+            clickhouse,
+        } => match backend {
+            clickhouse::Backend::Embedded => serve(data, &listen, config),
+            clickhouse::Backend::Clickhouse => serve_clickhouse(data, &listen, config, &clickhouse),
+        },
+        Command::Clickhouse { command } => clickhouse::run(command),
+        Command::Migrate(args) => clickhouse::migrate(args),
         Command::Import(args) => import::run(args),
         Command::Export(args) => people::export(args),
         Command::Profile(args) => people::profile(args),
@@ -259,6 +282,36 @@ pub fn serve(data: PathBuf, listen: &str, config: Option<PathBuf>) -> Result<()>
     migrate(&data)?;
     let store = throughline_store::Store::open(&data, config.project_options())?;
     serve_store(std::sync::Arc::new(store), config, addr)
+}
+
+/// `serve --backend clickhouse`: the store holds the catalog and per-project files; events
+/// go through each project's outbox to ClickHouse, and queries read ClickHouse.
+fn serve_clickhouse(
+    data: PathBuf,
+    listen: &str,
+    config: Option<PathBuf>,
+    ch: &clickhouse::ClickHouseArgs,
+) -> Result<()> {
+    let addr = throughline_server::parse_listen(listen).map_err(anyhow::Error::msg)?;
+    let config = load_config(config)?;
+    let target = ch.target()?;
+    let store = throughline_store::Store::open(&data, config.project_options())?;
+    let backend =
+        throughline_clickhouse::Backend::open(target, &data, config.clickhouse_options())?;
+    // Resume forwarding whatever an earlier run left in the outboxes.
+    for p in &store.catalog().projects {
+        backend.project(&p.name)?;
+    }
+    let state = throughline_server::AppState::with_backend(
+        std::sync::Arc::new(store),
+        config,
+        Some(std::sync::Arc::new(backend)),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(throughline_server::serve(state, addr))?;
+    Ok(())
 }
 
 pub fn serve_store(

@@ -84,14 +84,13 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     let project = store.project(&args.project)?;
     let snap = project.snapshot();
     let rules = throughline_query::sessions::project_rules(project.dir())?;
-    let p = throughline_query::profile::run(&snap, &rules, &args.id, args.timeline)?.with_context(
-        || {
+    let p = throughline_query::profile::run(&(&snap).into(), &rules, &args.id, args.timeline)?
+        .with_context(|| {
             format!(
                 "no person with id {:?} in project {}",
                 args.id, args.project
             )
-        },
-    )?;
+        })?;
     match args.format {
         Format::Json => output::json(&serde_json::to_value(&p)?),
         Format::Table => {

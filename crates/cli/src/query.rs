@@ -306,7 +306,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::funnel::run(&project.snapshot(), &rules, &req)?;
+            let r = throughline_query::funnel::run(&(&project.snapshot()).into(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => {
@@ -368,7 +368,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::trends::run(&project.snapshot(), &rules, &req)?;
+            let r = throughline_query::trends::run(&(&project.snapshot()).into(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => output::table(
@@ -404,7 +404,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::sessions::run(&project.snapshot(), &rules, &req)?;
+            let r = throughline_query::sessions::run(&(&project.snapshot()).into(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => output::table(
@@ -481,7 +481,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 let (_store, project, rules) = open_project(&target)?;
                 let registry = throughline_query::assets::Registry::load(project.dir())?;
                 let r = throughline_query::attribution::run(
-                    &project.snapshot(),
+                    &(&project.snapshot()).into(),
                     &rules,
                     &registry,
                     &Default::default(),
@@ -515,7 +515,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 filter: target.filter(),
             };
             let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::paths::run(&project.snapshot(), &rules, &req)?;
+            let r = throughline_query::paths::run(&(&project.snapshot()).into(), &rules, &req)?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => output::table(
@@ -558,7 +558,12 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             };
             let (_store, project, rules) = open_project(&target)?;
             let registry = throughline_query::assets::Registry::load(project.dir())?;
-            let r = throughline_query::assets::run(&project.snapshot(), &rules, &registry, &req)?;
+            let r = throughline_query::assets::run(
+                &(&project.snapshot()).into(),
+                &rules,
+                &registry,
+                &req,
+            )?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => {
@@ -647,7 +652,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             };
             let (_store, project, rules) = open_project(&target)?;
             {
-                let r = throughline_query::retention::run(&project.snapshot(), &rules, &req)?;
+                let r =
+                    throughline_query::retention::run(&(&project.snapshot()).into(), &rules, &req)?;
                 match target.format {
                     Format::Json => output::json(&serde_json::to_value(&r)?),
                     Format::Table => {

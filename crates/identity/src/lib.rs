@@ -146,6 +146,10 @@ pub struct IdentityGraph {
     junk: std::collections::HashSet<String>,
     #[serde(skip)]
     junk_len_max: usize,
+    /// Nodes whose person changed since the last [`IdentityGraph::drain_journal`], when
+    /// journaling is on: what a backend that stores persons beside events must rewrite.
+    #[serde(skip)]
+    journal: Option<Vec<NodeId>>,
 }
 
 impl IdentityGraph {
@@ -158,6 +162,7 @@ impl IdentityGraph {
             index: std::sync::OnceLock::new(),
             junk: Default::default(),
             junk_len_max: 0,
+            journal: None,
         };
         g.rebuild_derived();
         g
@@ -168,6 +173,33 @@ impl IdentityGraph {
         let mut g = snapshot::decode(bytes)?;
         g.rebuild_derived();
         Ok(g)
+    }
+
+    /// A graph rebuilt from the node table a remote backend keeps (ClickHouse's
+    /// `identities`): node `n`'s kind, id, person and whether it is the person's user id,
+    /// for every `n` in order. It answers lookups, persons and canonical ids as the graph
+    /// that wrote the table; merge counts are not part of the table and start at zero.
+    pub fn from_nodes(
+        config: IdentityConfig,
+        table: impl IntoIterator<Item = (IdKind, String, PersonId, bool)>,
+    ) -> IdentityGraph {
+        let mut g = IdentityGraph::new(config);
+        for (n, (kind, id, person, is_user)) in table.into_iter().enumerate() {
+            let node = n as NodeId;
+            let p = g.persons.entry(person).or_default();
+            p.members.push(node);
+            if is_user {
+                p.user = Some(node);
+            }
+            match kind {
+                IdKind::Anonymous => p.anonymous += 1,
+                IdKind::Email => p.emails += 1,
+                IdKind::User => {}
+            }
+            g.nodes.push(Node { kind, id, person });
+        }
+        g.rebuild_derived();
+        g
     }
 
     /// A compact, checksummed binary snapshot: loading one is a linear read, so opening a
@@ -340,6 +372,9 @@ impl IdentityGraph {
         for &m in &absorbed.members {
             self.nodes[m as usize].person = keep;
         }
+        if let Some(j) = &mut self.journal {
+            j.extend_from_slice(&absorbed.members);
+        }
         let into = self.persons.get_mut(&keep).expect("person exists");
         into.members.extend(absorbed.members);
         into.user = into.user.or(absorbed.user);
@@ -351,6 +386,32 @@ impl IdentityGraph {
 
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// The kind and text of a node's id (empty once erased).
+    pub fn node(&self, node: NodeId) -> (IdKind, &str) {
+        let n = &self.nodes[node as usize];
+        (n.kind, n.id.as_str())
+    }
+
+    /// The node of a person's user id, when they have one: the id `canonical_id` names.
+    pub fn user_of(&self, person: PersonId) -> Option<NodeId> {
+        self.persons.get(&person).and_then(|p| p.user)
+    }
+
+    /// Starts recording which nodes change person (merges, erasure); off by default, so
+    /// the embedded store pays nothing.
+    pub fn start_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The nodes whose person changed since the last call, in the order it happened (a
+    /// node can appear more than once).
+    pub fn drain_journal(&mut self) -> Vec<NodeId> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn person_of(&self, node: NodeId) -> PersonId {
@@ -424,6 +485,9 @@ impl IdentityGraph {
                 },
             );
             self.nodes[m as usize].person = m;
+        }
+        if let Some(j) = &mut self.journal {
+            j.extend_from_slice(&p.members);
         }
         p.members
     }

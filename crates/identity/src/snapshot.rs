@@ -158,5 +158,6 @@ pub fn decode(bytes: &[u8]) -> Result<IdentityGraph, SnapshotError> {
         index: std::sync::OnceLock::new(),
         junk: Default::default(),
         junk_len_max: 0,
+        journal: None,
     })
 }

@@ -151,3 +151,61 @@ fn forgetting_a_person_erases_all_their_ids() {
     assert_eq!(back.find_person("bob"), g.find_person("bob"));
     assert_eq!(back.to_snapshot(), snap);
 }
+
+/// The journal names every node whose person a merge changed, so a backend that stored
+/// persons beside events can override exactly those.
+#[test]
+fn the_journal_lists_the_nodes_a_merge_relabelled() {
+    let mut g = IdentityGraph::default();
+    let phone = g.observe(&track_anon("phone"));
+    g.start_journal();
+    let laptop = g.observe(&track_anon("laptop"));
+    assert!(g.drain_journal().is_empty(), "a new node is no relabel");
+    // ann (a new node) and the phone are one set each: the phone's is absorbed.
+    let ann = g.observe(&identify("ann", "phone"));
+    assert_eq!(g.drain_journal(), vec![phone]);
+    assert_eq!(g.person_of(phone), ann);
+    // Two persons of two nodes and one: the smaller one moves.
+    g.observe(&identify("ann", "laptop"));
+    assert_eq!(g.drain_journal(), vec![laptop]);
+    assert_eq!(g.person_of(laptop), ann);
+    assert!(g.drain_journal().is_empty());
+    assert_eq!(g.node(laptop), (IdKind::Anonymous, "laptop"));
+    // Erasure gives every node a person of its own again: all are listed.
+    let mut erased = g.forget_person(ann);
+    erased.sort_unstable();
+    let mut listed = g.drain_journal();
+    listed.sort_unstable();
+    assert_eq!(listed, erased);
+}
+
+#[test]
+fn a_graph_rebuilt_from_its_node_table_answers_as_the_original() {
+    let mut g = IdentityGraph::default();
+    g.observe(&track_anon("phone"));
+    g.observe(&track_anon("laptop"));
+    g.observe(&identify("ann", "phone"));
+    g.observe(&identify("ann", "laptop"));
+    g.observe(&identify("bob", "tablet"));
+    g.observe(&track_anon("kiosk"));
+    // What a backend's table holds per node: kind, id, person, whether it is the user id.
+    let table: Vec<_> = (0..g.node_count() as NodeId)
+        .map(|n| {
+            let (kind, id) = g.node(n);
+            let person = g.person_of(n);
+            (kind, id.to_string(), person, g.user_of(person) == Some(n))
+        })
+        .collect();
+    let r = IdentityGraph::from_nodes(IdentityConfig::default(), table);
+    assert_eq!(r.node_count(), g.node_count());
+    for n in 0..g.node_count() as NodeId {
+        let p = g.person_of(n);
+        assert_eq!(r.person_of(n), p);
+        assert_eq!(r.canonical_id(p), g.canonical_id(p));
+        assert_eq!(r.ids_of(p), g.ids_of(p));
+        assert_eq!(r.user_of(p), g.user_of(p));
+    }
+    for id in ["ann", "bob", "phone", "laptop", "tablet", "kiosk", "nobody"] {
+        assert_eq!(r.find_person(id), g.find_person(id), "{id}");
+    }
+}

@@ -34,10 +34,11 @@ use throughline_classify::Rules;
 use throughline_kernels::funnel::{self, Order, Outcome, Spec, STEPS_MAX};
 use throughline_kernels::sessions;
 use throughline_model::{EventType, Millis};
-use throughline_store::{Snapshot, StoreError, NO_VALUE};
+use throughline_store::{StoreError, NO_VALUE};
 
 use crate::rows::{load, Load, Rows};
 use crate::sessions::{is_visit, Attributor};
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, Alternative, StepMatcher};
 use crate::QueryError;
 
@@ -750,7 +751,7 @@ struct Slot {
 }
 
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     registry: &Registry,
     req: &AssetsRequest,
@@ -1131,7 +1132,7 @@ fn asset_funnels(
 /// events named like the conversion and no others, and only when a value or a condition
 /// needs them: otherwise the map is empty.
 pub(crate) fn read_conversions(
-    snap: &Snapshot,
+    snap: &Source,
     conversion: &StepMatcher,
     value: Option<&[String]>,
     from: Option<Millis>,
@@ -1155,7 +1156,7 @@ pub(crate) fn read_conversions(
         if decoded.len() >= VALUED_CONVERSIONS_MAX {
             // Stops the scan; the error itself is replaced below.
             too_many = true;
-            return Err(StoreError::Closed);
+            return Err(StoreError::Closed.into());
         }
         let v = value.and_then(|p| number_at(&e, p));
         decoded.insert(seq, v.unwrap_or(0.0));

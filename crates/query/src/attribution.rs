@@ -27,11 +27,12 @@ use throughline_classify::Rules;
 use throughline_kernels::attribution::{self as kernel, Credit, Heuristic, PathTable, Touch};
 use throughline_kernels::sessions;
 use throughline_model::Millis;
-use throughline_store::{Snapshot, NO_VALUE};
+use throughline_store::NO_VALUE;
 
 use crate::assets::{asset_key, property_path, read_conversions, KeySource, Registry};
 use crate::rows::{load, Load};
 use crate::sessions::{is_visit, Attributor};
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, StepMatcher};
 use crate::spend::Spend;
 use crate::QueryError;
@@ -501,7 +502,7 @@ struct Session {
 
 /// Attribution from the project's events.
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     registry: &Registry,
     spend: &Spend,

@@ -27,12 +27,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_model::{EventType, Millis};
-use throughline_store::{Snapshot, StoreError, NO_VALUE};
+use throughline_store::NO_VALUE;
 use throughline_text::tfidf::Corpus;
 
 use crate::assets::{asset_key, Registry};
 use crate::rows::{load, Load};
 use crate::sessions::{is_visit, Attributor};
+use crate::source::{EventFilter, Source};
 use crate::spec::{parse_duration, parse_time_bound, StepMatcher};
 use crate::QueryError;
 
@@ -260,7 +261,7 @@ pub fn normalize_spelling(value: &str, aliases: bool) -> String {
 }
 
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     registry: &Registry,
     req: &AuditRequest,
@@ -670,7 +671,7 @@ pub fn run(
 }
 
 fn message_match(
-    snap: &Snapshot,
+    snap: &Source,
     registry: &Registry,
     landings: &Landings,
     similarity_min: f64,
@@ -711,8 +712,12 @@ fn message_match(
     // The text of each landing path, from sampled page views.
     let mut landing_texts: HashMap<String, Vec<String>> = HashMap::new();
     if !wanted.is_empty() {
-        snap.for_each_event_where(
-            |_, name| landings.names.contains(&name.map(str::to_string)),
+        let landing = |name: Option<&str>| landings.names.contains(&name.map(str::to_string));
+        snap.for_each_event(
+            &EventFilter {
+                name: Some(&landing),
+                ..Default::default()
+            },
             |seq, _, e| {
                 let Some(path) = wanted.get(&seq) else {
                     return Ok(());
@@ -742,8 +747,7 @@ fn message_match(
                 }
                 Ok(())
             },
-        )
-        .map_err(|e: StoreError| QueryError::Store(e))?;
+        )?;
     }
     let page_text = |path: &str| -> String {
         let slug: String = path

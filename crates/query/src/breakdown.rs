@@ -20,8 +20,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 use throughline_model::EventType;
-use throughline_store::Snapshot;
 
+use crate::source::{EventFilter, Source};
 use crate::QueryError;
 
 /// The value of persons or events without one (no visit, no such property or trait).
@@ -130,12 +130,16 @@ fn trait_value(traits: &serde_json::Map<String, Value>, path: &[String]) -> Opti
 
 /// Each person's latest value of a trait in their `identify` calls: by event time, ties
 /// by arrival. Persons who never set it are absent.
-pub fn person_traits(snap: &Snapshot, path: &[String]) -> Result<HashMap<u32, String>, QueryError> {
-    let identity = snap.identity();
+pub fn person_traits(snap: &Source, path: &[String]) -> Result<HashMap<u32, String>, QueryError> {
+    let identity = snap.identity()?;
     // Identify calls carry no event name; only unnamed events are decoded.
     let mut latest: HashMap<u32, (i64, u32, String)> = HashMap::new();
-    snap.for_each_event_where(
-        |_, name| name.is_none(),
+    let unnamed = |name: Option<&str>| name.is_none();
+    snap.for_each_event(
+        &EventFilter {
+            name: Some(&unnamed),
+            ..Default::default()
+        },
         |seq, node, e| {
             if e.event_type != EventType::Identify {
                 return Ok(());
@@ -156,7 +160,7 @@ pub fn person_traits(snap: &Snapshot, path: &[String]) -> Result<HashMap<u32, St
 
 /// The value at `path` of the events with these arrival numbers (ascending).
 pub fn event_values(
-    snap: &Snapshot,
+    snap: &Source,
     seqs: &[u32],
     path: &[String],
 ) -> Result<HashMap<u32, String>, QueryError> {

@@ -32,12 +32,13 @@ use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_kernels::stats::{self, Estimate, Moments};
 use throughline_model::{format_ms, Millis};
-use throughline_store::{Snapshot, StoreError};
+use throughline_store::StoreError;
 use throughline_text::{terms, vader};
 
 use crate::assets::{asset_key, Registry, RegistryIndex};
 use crate::rows::{load, Load, Rows};
 use crate::sessions::{is_visit, Attributor};
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound};
 use crate::stages::Stages;
 use crate::trends::Interval;
@@ -292,7 +293,7 @@ impl Acc {
 }
 
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     registry: &Registry,
     stages: &Stages,
@@ -361,7 +362,7 @@ pub fn run(
     )?;
     let (items, invalid_answers) = decode_items(snap, &survey_event, &item_names, from, to)?;
 
-    let identity = snap.identity();
+    let identity = snap.identity()?;
     let index = registry.index();
     let mut attributor = Attributor::new(rules);
     let mut stage_cache: HashMap<(u8, u32, u32), Option<usize>> = HashMap::new();
@@ -591,7 +592,7 @@ fn group_key(
 
 /// The answers and texts in range, by arrival number, and how many answers were invalid.
 fn decode_items(
-    snap: &Snapshot,
+    snap: &Source,
     survey_event: &str,
     names: &HashSet<&str>,
     from: Option<Millis>,
@@ -609,7 +610,7 @@ fn decode_items(
             }
             if items.len() >= DECODED_MAX {
                 too_many = true;
-                return Err(StoreError::Closed);
+                return Err(StoreError::Closed.into());
             }
             let name = e.event.clone().unwrap_or_default();
             let p = &e.properties;

@@ -1,4 +1,4 @@
-//! Query errors: bad input (the caller's to fix) apart from store failures.
+//! Query errors: bad input (the caller's to fix) apart from store and backend failures.
 
 use throughline_store::StoreError;
 
@@ -8,6 +8,9 @@ pub enum QueryError {
     Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A remote backend (ClickHouse) failed or was unreachable.
+    #[error("backend: {0}")]
+    Backend(String),
 }
 
 impl QueryError {

@@ -33,9 +33,9 @@ use throughline_identity::IdKind;
 use throughline_kernels::fatigue::{self, Curve, Values, Window};
 use throughline_kernels::stats;
 use throughline_model::{format_ms, Millis};
-use throughline_store::Snapshot;
 
 use crate::rows::{load, Load};
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, StepMatcher};
 use crate::QueryError;
 
@@ -340,7 +340,7 @@ struct Times {
     complaints: Vec<Millis>,
 }
 
-pub fn run(snap: &Snapshot, req: &FatigueRequest) -> Result<FatigueResponse, QueryError> {
+pub fn run(snap: &Source, req: &FatigueRequest) -> Result<FatigueResponse, QueryError> {
     let conversion = StepMatcher::parse(&req.conversion)?;
     if !conversion.filters.is_empty() {
         return Err(QueryError::invalid(
@@ -534,7 +534,7 @@ pub fn run(snap: &Snapshot, req: &FatigueRequest) -> Result<FatigueResponse, Que
         unsubscribe: unsubscribe_cost,
         complaint: complaint_cost,
     };
-    let identity = snap.identity();
+    let identity = snap.identity()?;
     let mut out_channels = Vec::new();
     let mut audience_rows: Vec<AudienceRow> = Vec::new();
     for (c, ch) in channels.iter().enumerate() {

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_model::Millis;
-use throughline_store::Snapshot;
 
+use crate::source::Source;
 use crate::QueryError;
 
 /// Which persons a query counts. Every given value must match (`channel` and `campaign`
@@ -42,7 +42,7 @@ impl Filter {
 /// Persons without a visit in `[from, to)` have no first touch and are never kept.
 pub fn persons(
     filter: Option<&Filter>,
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     from: Option<Millis>,
     to: Option<Millis>,

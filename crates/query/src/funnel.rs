@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_kernels::funnel::{self, Order, Outcome, Spec, EXCLUSION_BIT, STEPS_MAX};
 use throughline_model::Millis;
-use throughline_store::Snapshot;
 
 use crate::breakdown::{self, By};
 use crate::rows::Scan;
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
 
@@ -137,7 +137,7 @@ const HISTOGRAM_SECONDS: [u64; 9] = [
 ];
 
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     req: &FunnelRequest,
 ) -> Result<FunnelResponse, QueryError> {
@@ -374,6 +374,7 @@ pub fn run(
             })
             .collect()
     });
+    let identity = drill.is_some().then(|| snap.identity()).transpose()?;
     Ok(FunnelResponse {
         order: req.order.clone().unwrap_or_else(|| "ordered".into()),
         window_seconds: window as f64 / 1000.0,
@@ -389,7 +390,12 @@ pub fn run(
                 .iter()
                 .skip(p.offset)
                 .take(p.limit)
-                .map(|&q| snap.identity().canonical_id(q).to_string())
+                .map(|&q| {
+                    identity
+                        .expect("read for a drill")
+                        .canonical_id(q)
+                        .to_string()
+                })
                 .collect(),
         }),
     })
@@ -408,7 +414,7 @@ struct Filters {
 
 impl Filters {
     fn new(
-        snap: &Snapshot,
+        snap: &Source,
         steps: &[StepMatcher],
         exclude: &[StepMatcher],
     ) -> Result<Filters, QueryError> {

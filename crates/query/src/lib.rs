@@ -25,6 +25,7 @@ pub mod recent;
 pub mod retention;
 pub mod rows;
 pub mod sessions;
+pub mod source;
 pub mod spec;
 pub mod spend;
 pub mod stages;

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_kernels::sessions;
 use throughline_model::EventType;
-use throughline_store::Snapshot;
 
 use crate::rows::{load, Load, Scan};
 use crate::sessions::{is_visit, Attributor};
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
 
@@ -85,11 +85,7 @@ pub struct PathsResponse {
     pub links: Vec<SankeyLink>,
 }
 
-pub fn run(
-    snap: &Snapshot,
-    rules: &Rules,
-    req: &PathsRequest,
-) -> Result<PathsResponse, QueryError> {
+pub fn run(snap: &Source, rules: &Rules, req: &PathsRequest) -> Result<PathsResponse, QueryError> {
     let depth = req.depth.unwrap_or(5);
     if depth == 0 || depth > DEPTH_MAX {
         return Err(QueryError::invalid(format!(

@@ -8,9 +8,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use throughline_identity::IdKind;
 use throughline_model::{format_ms, EventType};
-use throughline_store::Snapshot;
 
 use crate::sessions::is_visit;
+use crate::source::{EventFilter, Source};
 use crate::QueryError;
 use throughline_classify::{Rules, Touch};
 
@@ -61,12 +61,12 @@ const SESSION_TIMEOUT_MS: i64 = 30 * 60 * 1000;
 
 /// The profile of the person known by `id` (a user id, email or anonymous id), or `None`.
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     id: &str,
     timeline: usize,
 ) -> Result<Option<Profile>, QueryError> {
-    let identity = snap.identity();
+    let identity = snap.identity()?;
     let Some(person) = identity.find_person(id) else {
         return Ok(None);
     };
@@ -78,8 +78,11 @@ pub fn run(
     let mut by_event: BTreeMap<String, u64> = BTreeMap::new();
     let mut sources: BTreeMap<String, u64> = BTreeMap::new();
     let mut entries: Vec<(i64, u32, TimelineEntry)> = Vec::new();
-    snap.for_each_event_where(
-        |node, _| nodes.contains(&node),
+    snap.for_each_event(
+        &EventFilter {
+            nodes: Some(&nodes),
+            ..Default::default()
+        },
         |seq, _, e| {
             count += 1;
             first = first.min(e.timestamp);

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use throughline_kernels::retention;
-use throughline_store::Snapshot;
 
 use crate::rows::Scan;
+use crate::source::Source;
 use crate::spec::{parse_time_bound, MaskTable, StepMatcher};
 use crate::trends::Interval;
 use crate::QueryError;
@@ -54,7 +54,7 @@ pub struct RetentionResponse {
 }
 
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &throughline_classify::Rules,
     req: &RetentionRequest,
 ) -> Result<RetentionResponse, QueryError> {

@@ -25,6 +25,8 @@ use throughline_model::{Millis, DIMS, DIM_COUNT};
 use throughline_store::{Segment, Snapshot, StoreError, NO_VALUE};
 
 use crate::cache::{self, ColumnCache};
+use crate::source::{RemoteSource, Source};
+use crate::QueryError;
 
 /// Rows per piece when a segment's columns stream from its file: a few hundred KB, so a
 /// piece stays in the CPU's cache between the read, the checksum and the filter.
@@ -125,8 +127,16 @@ pub struct Load<'a> {
     pub persons: Option<&'a HashSet<u32>>,
 }
 
-/// Loads the rows in range that pass the filter, sorted by (person, ts, arrival).
-pub fn load(snap: &Snapshot, req: &Load) -> Result<Rows, StoreError> {
+/// Loads the rows in range that pass the filter, sorted by (person, ts, arrival), from the
+/// embedded store or a remote backend.
+pub fn load<'s, 'a: 's>(src: impl Into<Source<'s, 'a>>, req: &Load) -> Result<Rows, QueryError> {
+    match src.into() {
+        Source::Store(snap) => Ok(load_store(snap, req)?),
+        Source::Remote(r) => r.backend().rows(req),
+    }
+}
+
+fn load_store(snap: &Snapshot, req: &Load) -> Result<Rows, StoreError> {
     let sources = Sources::new(snap, req.from, req.to, &req.dims, cache::global())?;
     let reads: Vec<usize> = match &req.keep_reads {
         None => (0..req.dims.len()).collect(),
@@ -159,7 +169,21 @@ pub fn load(snap: &Snapshot, req: &Load) -> Result<Rows, StoreError> {
 /// dictionaries of the dimensions the query reads; the query builds its per-code tables
 /// from [`Scan::dict`]; [`Scan::run`] then visits every person's tagged rows.
 pub struct Scan<'s, 'a> {
-    sources: Sources<'s, 'a>,
+    inner: Inner<'s, 'a>,
+}
+
+enum Inner<'s, 'a> {
+    Store(Sources<'s, 'a>),
+    /// A remote backend: its dictionaries are read first (no rows); each run sends the
+    /// combinations the tag keeps as the filter, so only kept rows travel.
+    Remote {
+        backend: &'s dyn RemoteSource,
+        from: Option<Millis>,
+        to: Option<Millis>,
+        dims: Vec<usize>,
+        dicts: Vec<Vec<String>>,
+        index: Vec<HashMap<String, u32>>,
+    },
 }
 
 /// One person's kept rows in (ts, arrival) order.
@@ -172,20 +196,52 @@ pub struct PersonRows<'r> {
 
 impl<'s, 'a> Scan<'s, 'a> {
     pub fn new(
-        snap: &'s Snapshot<'a>,
+        src: impl Into<Source<'s, 'a>>,
         from: Option<Millis>,
         to: Option<Millis>,
         dims: &[usize],
-    ) -> Result<Scan<'s, 'a>, StoreError> {
-        Ok(Scan {
-            sources: Sources::new(snap, from, to, dims, cache::global())?,
-        })
+    ) -> Result<Scan<'s, 'a>, QueryError> {
+        let inner = match src.into() {
+            Source::Store(snap) => {
+                Inner::Store(Sources::new(snap, from, to, dims, cache::global())?)
+            }
+            Source::Remote(r) => {
+                // A filter that keeps nothing: the dictionaries alone come back.
+                let mut none = r.backend().rows(&Load {
+                    from,
+                    to,
+                    dims: dims.to_vec(),
+                    keep: Some(Box::new(|_, _| false)),
+                    ..Default::default()
+                })?;
+                let dicts: Vec<Vec<String>> = dims
+                    .iter()
+                    .map(|&d| none.dims[d].take().map_or_else(Vec::new, |c| c.dict))
+                    .collect();
+                let index = dicts
+                    .iter()
+                    .map(|d| (0u32..).zip(d).map(|(c, v)| (v.clone(), c)).collect())
+                    .collect();
+                Inner::Remote {
+                    backend: r.backend(),
+                    from,
+                    to,
+                    dims: dims.to_vec(),
+                    dicts,
+                    index,
+                }
+            }
+        };
+        Ok(Scan { inner })
     }
 
     /// The dictionary of the `j`-th requested dimension: the codes `tag` sees index it,
     /// [`NO_VALUE`] for rows without a value.
     pub fn dict(&self, j: usize) -> &[String] {
-        &self.sources.dicts.values[j]
+        match &self.inner {
+            Inner::Store(sources) => &sources.dicts.values[j],
+            Inner::Remote { dicts, .. } => &dicts[j],
+        }
     }
 
     /// Visits every person with kept rows, persons split into ranges over the loader
@@ -199,16 +255,63 @@ impl<'s, 'a> Scan<'s, 'a> {
         tag: T,
         init: I,
         visit: V,
-    ) -> Result<Vec<S>, StoreError>
+    ) -> Result<Vec<S>, QueryError>
     where
         S: Send,
         T: Fn(u8, &[u32]) -> u64 + Sync,
         I: Fn() -> S + Sync,
         V: Fn(&mut S, &PersonRows) + Sync,
     {
+        let sources = match &self.inner {
+            Inner::Store(sources) => sources,
+            Inner::Remote {
+                backend,
+                from,
+                to,
+                dims,
+                dicts: _,
+                index,
+            } => {
+                // The scan's code of each value, `None` for one it has not seen (a value
+                // stored since `new`: dropped, as the embedded snapshot would not hold it).
+                let code = |j: usize, v: Option<&str>| -> Option<u32> {
+                    match v {
+                        None => Some(NO_VALUE),
+                        Some(v) => index[j].get(v).copied(),
+                    }
+                };
+                let codes_of = |v: &[Option<&str>; DIM_COUNT]| -> Option<Vec<u32>> {
+                    dims.iter()
+                        .enumerate()
+                        .map(|(j, &d)| code(j, v[d]))
+                        .collect()
+                };
+                let rows = backend.rows(&Load {
+                    from: *from,
+                    to: *to,
+                    dims: dims.clone(),
+                    keep: Some(Box::new(|kind, v| {
+                        codes_of(v).is_some_and(|c| tag(kind, &c) != 0)
+                    })),
+                    persons,
+                    ..Default::default()
+                })?;
+                // The rows' own dictionaries, mapped onto the scan's.
+                let remap: Vec<Vec<u32>> = (0..dims.len())
+                    .map(|j| {
+                        rows.dim(dims[j])
+                            .dict
+                            .iter()
+                            .map(|v| code(j, Some(v)).unwrap_or(NO_VALUE))
+                            .collect()
+                    })
+                    .collect();
+                return Ok(vec![run_rows(&rows, dims, &remap, tag, init, visit)]);
+            }
+        };
         let persons = persons.map(Bitmap::of);
-        let all: Vec<usize> = (0..self.sources.dims.len()).collect();
-        let runs = self.sources.runs(
+        let all: Vec<usize> = (0..sources.dims.len()).collect();
+        let runs = sources.runs(
             persons.as_ref(),
             false,
             &all,
@@ -246,8 +349,65 @@ impl<'s, 'a> Scan<'s, 'a> {
 
 impl Drop for Scan<'_, '_> {
     fn drop(&mut self) {
-        recycle_table(std::mem::take(&mut self.sources.table));
+        if let Inner::Store(sources) = &mut self.inner {
+            recycle_table(std::mem::take(&mut sources.table));
+        }
     }
+}
+
+/// [`Scan::run`] over a remote backend's rows (codes mapped onto the scan's dictionaries
+/// by `remap`): one state, persons in order.
+fn run_rows<S, T, I, V>(
+    rows: &Rows,
+    dims: &[usize],
+    remap: &[Vec<u32>],
+    tag: T,
+    init: I,
+    visit: V,
+) -> S
+where
+    T: Fn(u8, &[u32]) -> u64,
+    I: Fn() -> S,
+    V: Fn(&mut S, &PersonRows),
+{
+    let columns: Vec<&Column> = dims.iter().map(|&d| rows.dim(d)).collect();
+    let mut state = init();
+    let mut codes = vec![0u32; dims.len()];
+    let (mut ts, mut seq, mut tags) = (Vec::new(), Vec::new(), Vec::new());
+    for r in rows.persons() {
+        let person = rows.person[r.start];
+        ts.clear();
+        seq.clear();
+        tags.clear();
+        for i in r {
+            for ((c, col), remap) in codes.iter_mut().zip(&columns).zip(remap) {
+                let code = col.codes[i];
+                *c = if code == NO_VALUE {
+                    NO_VALUE
+                } else {
+                    remap[code as usize]
+                };
+            }
+            let t = tag(rows.kind[i], &codes);
+            if t != 0 {
+                ts.push(rows.ts[i]);
+                seq.push(rows.seq[i]);
+                tags.push(t);
+            }
+        }
+        if !tags.is_empty() {
+            visit(
+                &mut state,
+                &PersonRows {
+                    person,
+                    ts: &ts,
+                    seq: &seq,
+                    tag: &tags,
+                },
+            );
+        }
+    }
+    state
 }
 
 /// The global dictionaries of the requested dimensions, and how each source's codes map

@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use throughline_classify::{Rules, Touch};
 use throughline_kernels::sessions;
 use throughline_model::{EventType, Millis};
-use throughline_store::{Snapshot, NO_VALUE};
+use throughline_store::NO_VALUE;
 
 use crate::rows::{load, Load, Rows};
+use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound};
 use crate::trends::Interval;
 use crate::QueryError;
@@ -145,7 +146,7 @@ impl<'r> Attributor<'r> {
 /// `source`, `medium`, `source_medium`, `campaign`, `content` or `landing_page`) of their
 /// first visit event.
 pub fn first_touch(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     from: Option<Millis>,
     to: Option<Millis>,
@@ -187,12 +188,12 @@ pub fn first_touch(
 /// email sent, a ticket closed) happen to a person without them visiting, so they neither
 /// start nor extend a session.
 fn load_visits(
-    snap: &Snapshot,
+    snap: &Source,
     from: Option<Millis>,
     to: Option<Millis>,
     persons: Option<&std::collections::HashSet<u32>>,
 ) -> Result<Rows, QueryError> {
-    Ok(load(
+    load(
         snap,
         &Load {
             from,
@@ -202,7 +203,7 @@ fn load_visits(
             keep_reads: Some(vec![1]),
             persons,
         },
-    )?)
+    )
 }
 
 /// Whether an event is part of a visit: a page or screen view, or any event with a page.
@@ -211,7 +212,7 @@ pub fn is_visit(kind: u8, has_path: bool) -> bool {
 }
 
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     req: &SessionsRequest,
 ) -> Result<SessionsResponse, QueryError> {

@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_model::{format_ms, Millis};
-use throughline_store::Snapshot;
 
 use crate::breakdown::{self, By};
 use crate::rows::Scan;
+use crate::source::Source;
 use crate::spec::{parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
 
@@ -146,7 +146,7 @@ struct Counts {
 }
 
 pub fn run(
-    snap: &Snapshot,
+    snap: &Source,
     rules: &Rules,
     req: &TrendsRequest,
 ) -> Result<TrendsResponse, QueryError> {

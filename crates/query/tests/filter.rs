@@ -98,6 +98,7 @@ fn store(tag: &str, users: &[&str]) -> Store {
 fn answers(s: &Store, filter: Option<Filter>) -> Vec<(&'static str, Value)> {
     use throughline_query as q;
     let snap = s.project.snapshot();
+    let snap = throughline_query::source::Source::from(&snap);
     let rules = Rules::ga4_default();
     let f = || filter.clone();
     let j = |v: Result<Value, q::QueryError>| v.unwrap();
@@ -264,6 +265,7 @@ fn check(filter: Filter, persons: &[&str], tag: &str) {
 fn the_fixture_first_touches_are_as_described() {
     let all = store("touches", &["ann", "bob", "cy", "dee"]);
     let snap = all.project.snapshot();
+    let snap = throughline_query::source::Source::from(&snap);
     let rules = Rules::ga4_default();
     let touch = |attribute| {
         let by_person =
@@ -360,6 +362,7 @@ fn assets_count_each_rows_conversions_per_period() {
     use throughline_query::trends::Interval;
     let all = store("interval", &["ann", "bob", "cy", "dee"]);
     let snap = all.project.snapshot();
+    let snap = throughline_query::source::Source::from(&snap);
     let req = |from: Option<&str>, to: Option<&str>| AssetsRequest {
         conversion: "Order Completed".into(),
         window: "30d".into(),

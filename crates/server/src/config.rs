@@ -14,8 +14,35 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub store: StoreConfig,
     pub identity: IdentitySettings,
+    pub clickhouse: ClickHouseConfig,
     pub query: QuerySettings,
     pub orchestrate: crate::orchestrate::OrchestrateConfig,
+}
+
+/// `[clickhouse]`: the outbox and forwarder of `--backend clickhouse`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// Bytes durable locally but not yet in ClickHouse; beyond it ingestion answers 503.
+    pub backlog_bytes_max: u64,
+    /// Events per INSERT.
+    pub batch_events_max: usize,
+    /// Longest pause between two attempts of a failed INSERT.
+    pub retry_ms_max: u64,
+    /// Outbox log file size before a new one starts.
+    pub log_file_bytes_max: u64,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        let d = throughline_clickhouse::BackendOptions::default();
+        ClickHouseConfig {
+            backlog_bytes_max: d.outbox.backlog_bytes_max,
+            batch_events_max: d.batch_events_max,
+            retry_ms_max: d.retry_ms_max,
+            log_file_bytes_max: d.outbox.log_file_bytes_max,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -220,6 +247,24 @@ impl Config {
             return Err("rate_limit.buckets_max must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The ClickHouse backend's options these settings describe.
+    pub fn clickhouse_options(&self) -> throughline_clickhouse::BackendOptions {
+        let d = throughline_clickhouse::BackendOptions::default();
+        let store = self.project_options();
+        throughline_clickhouse::BackendOptions {
+            outbox: throughline_clickhouse::outbox::OutboxOptions {
+                queue_requests_max: store.queue_requests_max,
+                group_events_max: store.group_events_max,
+                backlog_bytes_max: self.clickhouse.backlog_bytes_max,
+                log_file_bytes_max: self.clickhouse.log_file_bytes_max,
+            },
+            batch_events_max: self.clickhouse.batch_events_max.max(1),
+            retry_ms_max: self.clickhouse.retry_ms_max.max(1),
+            identity: store.identity,
+            ..d
+        }
     }
 
     /// The store options these settings describe.

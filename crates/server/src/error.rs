@@ -89,6 +89,17 @@ impl From<StoreError> for AppError {
     }
 }
 
+impl From<throughline_clickhouse::ClickHouseError> for AppError {
+    fn from(e: throughline_clickhouse::ClickHouseError) -> AppError {
+        let status = if e.is_transient() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        AppError::new(status, e.to_string())
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let mut body = json!({"error": self.error});

@@ -224,16 +224,7 @@ async fn handle(
     let outcome = if events.is_empty() {
         AppendOutcome::default()
     } else {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        store.submit(events, move |r| {
-            let _ = tx.send(r);
-        })?;
-        rx.await.map_err(|_| {
-            AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store is shutting down",
-            )
-        })??
+        submit(state, &store, events).await?
     };
     let m = &state.metrics;
     m.accepted
@@ -301,19 +292,39 @@ pub(crate) async fn append_one(
             .push(&e)
             .map_err(|e| AppError::from(e).into_response())?;
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    store
-        .submit(events, move |r| {
+    submit(state, store, events)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+/// Makes `events` durable where this server keeps events: the ClickHouse backend's local
+/// outbox (forwarded in the background) or the project's own store. Answers once they are.
+async fn submit(
+    state: &AppState,
+    store: &throughline_store::ProjectStore,
+    events: throughline_store::EventBatch,
+) -> Result<AppendOutcome, AppError> {
+    fn closed(what: &str) -> AppError {
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what} is shutting down"),
+        )
+    }
+    if let Some(ch) = &state.clickhouse {
+        let project = ch.project(store.name())?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        project.submit(
+            throughline_clickhouse::outbox::Record::of_batch(&events),
+            move |r| {
+                let _ = tx.send(r);
+            },
+        )?;
+        Ok(rx.await.map_err(|_| closed("the outbox"))??)
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.submit(events, move |r| {
             let _ = tx.send(r);
-        })
-        .map_err(|e| AppError::from(e).into_response())?;
-    rx.await
-        .map_err(|_| {
-            AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store is shutting down",
-            )
-            .into_response()
-        })?
-        .map_err(|e| AppError::from(e).into_response())
+        })?;
+        Ok(rx.await.map_err(|_| closed("the store"))??)
+    }
 }

@@ -33,6 +33,9 @@ pub use ui::CONTENT_SECURITY_POLICY;
 /// What every handler shares.
 pub struct AppState {
     pub store: Arc<Store>,
+    /// With `--backend clickhouse`: events go to its outbox and queries read ClickHouse;
+    /// the store still holds the catalog, keys and per-project files.
+    pub clickhouse: Option<Arc<throughline_clickhouse::Backend>>,
     pub metrics: ServerMetrics,
     pub config: Config,
     /// Seeds per-request id generators: `ids_base + n` is unique per request, so requests
@@ -49,8 +52,19 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Arc<Store>, config: Config) -> Arc<AppState> {
+        AppState::with_backend(store, config, None)
+    }
+
+    /// The state of a server whose events live in ClickHouse (`clickhouse`) or, without
+    /// it, in the embedded store.
+    pub fn with_backend(
+        store: Arc<Store>,
+        config: Config,
+        clickhouse: Option<Arc<throughline_clickhouse::Backend>>,
+    ) -> Arc<AppState> {
         Arc::new(AppState {
             store,
+            clickhouse,
             metrics: ServerMetrics::default(),
             inflight: Semaphore::new(config.http.inflight_requests_max),
             rate_limits: ratelimit::RateLimiter::new(config.rate_limit.clone()),
@@ -207,10 +221,14 @@ pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> std::io::Result<
     let app = router(state.clone());
     edge::run(listener, app, state.clone(), shutdown_signal()).await;
     let store = state.store.clone();
+    let clickhouse = state.clickhouse.clone();
     let orchestrator = state.orchestrator.get().cloned();
     tokio::task::spawn_blocking(move || {
         if let Some(o) = orchestrator {
             o.shutdown();
+        }
+        if let Some(ch) = clickhouse {
+            ch.close();
         }
         store.close()
     })

@@ -143,6 +143,50 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             p.metrics.flushes.load(Ordering::Relaxed)
         );
     }
+    if let Some(ch) = &state.clickhouse {
+        let projects = ch.projects();
+        let statuses: Vec<_> = projects
+            .iter()
+            .map(|p| (p.name.clone(), p.status()))
+            .collect();
+        for (name, help, kind, value) in [
+            (
+                "throughline_clickhouse_durable_events",
+                "Events durable in the local outbox (its end).",
+                "gauge",
+                0,
+            ),
+            (
+                "throughline_clickhouse_forwarded_events",
+                "Events ClickHouse acknowledged (the forwarder's cursor).",
+                "gauge",
+                1,
+            ),
+            (
+                "throughline_clickhouse_backlog_bytes",
+                "Outbox bytes not yet in ClickHouse; past the bound ingestion answers 503.",
+                "gauge",
+                2,
+            ),
+            (
+                "throughline_clickhouse_failed_inserts_total",
+                "INSERTs into ClickHouse that failed and were retried.",
+                "counter",
+                3,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (project, s) in &statuses {
+                let v = [
+                    s.durable_seq,
+                    s.forwarded_seq,
+                    s.backlog_bytes,
+                    s.failed_inserts,
+                ][value];
+                let _ = writeln!(out, "{name}{{project=\"{project}\"}} {v}");
+            }
+        }
+    }
     if let Some(cache) = throughline_query::cache::global() {
         let c = cache.stats();
         let gauge = |out: &mut String, name: &str, help: &str, v: u64| {

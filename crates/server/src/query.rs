@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use throughline_query::source::{Remote, Source};
 use throughline_query::QueryError;
 
 use crate::{AppError, AppState};
@@ -24,10 +25,13 @@ pub async fn person(
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, &headers)?;
+    let remote = remote(&state, &project);
     let answer = tokio::task::spawn_blocking(move || {
-        let snap = store.snapshot();
         let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
-        match throughline_query::profile::run(&snap, &rules, &id, 100) {
+        let found = with_source(&store, remote.as_ref(), |snap| {
+            throughline_query::profile::run(snap, &rules, &id, 100)
+        });
+        match found {
             Ok(Some(p)) => Ok(serde_json::to_value(p).expect("profiles serialize")),
             Ok(None) => Err(AppError::new(
                 StatusCode::NOT_FOUND,
@@ -54,6 +58,7 @@ pub async fn delete_person(
     request: axum::extract::Request,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, request.headers())?;
+    embedded_only(&state, "erasure")?;
     let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -109,6 +114,36 @@ pub(crate) fn authorize(
     Ok(store)
 }
 
+/// Where a project's queries read: ClickHouse on a ClickHouse-backed server, else `None`
+/// (the embedded store).
+fn remote(state: &AppState, project: &str) -> Option<throughline_clickhouse::source::Source> {
+    state.clickhouse.as_ref().map(|ch| ch.source(project))
+}
+
+/// What the embedded store alone answers: on a ClickHouse-backed server its store holds
+/// no events, and answering from it would be silently empty.
+fn embedded_only(state: &AppState, what: &str) -> Result<(), AppError> {
+    if state.clickhouse.is_some() {
+        return Err(AppError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("{what} is not served over the ClickHouse backend yet"),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `f` over the project's events: the embedded snapshot, or ClickHouse.
+fn with_source<T>(
+    store: &throughline_store::ProjectStore,
+    remote: Option<&throughline_clickhouse::source::Source>,
+    f: impl FnOnce(&Source) -> T,
+) -> T {
+    match remote {
+        Some(r) => f(&Source::Remote(&Remote::new(r))),
+        None => f(&Source::Store(&store.snapshot())),
+    }
+}
+
 /// The api key of an `Authorization: Bearer <api key>` header.
 fn bearer(headers: &HeaderMap) -> Result<&str, AppError> {
     headers
@@ -131,6 +166,7 @@ pub async fn run(
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, &headers)?;
+    let remote = remote(&state, &project);
     if body.len() > QUERY_BODY_BYTES_MAX {
         return Err(AppError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -141,21 +177,21 @@ pub async fn run(
     let caps = state.config.orchestrate.fatigue_caps();
     // Queries are CPU work: keep them off the async workers that answer ingestion.
     let answer = tokio::task::spawn_blocking(move || -> Result<Value, AppError> {
-        let snap = store.snapshot();
+        with_source(&store, remote.as_ref(), |snap| {
         let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
         let registry = || throughline_query::assets::Registry::load(store.dir()).map_err(query_error);
         use throughline_query as q;
         match kind_for_task.as_str() {
-            "funnel" => to_json(q::funnel::run(&snap, &rules, &parse(&body)?)),
-            "trends" => to_json(q::trends::run(&snap, &rules, &parse(&body)?)),
-            "retention" => to_json(q::retention::run(&snap, &rules, &parse(&body)?)),
-            "paths" => to_json(q::paths::run(&snap, &rules, &parse(&body)?)),
-            "sessions" => to_json(q::sessions::run(&snap, &rules, &parse(&body)?)),
-            "assets" => to_json(q::assets::run(&snap, &rules, &registry()?, &parse(&body)?)),
+            "funnel" => to_json(q::funnel::run(snap, &rules, &parse(&body)?)),
+            "trends" => to_json(q::trends::run(snap, &rules, &parse(&body)?)),
+            "retention" => to_json(q::retention::run(snap, &rules, &parse(&body)?)),
+            "paths" => to_json(q::paths::run(snap, &rules, &parse(&body)?)),
+            "sessions" => to_json(q::sessions::run(snap, &rules, &parse(&body)?)),
+            "assets" => to_json(q::assets::run(snap, &rules, &registry()?, &parse(&body)?)),
             "attribution" => {
                 let spend = q::spend::Spend::load(store.dir()).map_err(query_error)?;
                 to_json(q::attribution::run(
-                    &snap,
+                    snap,
                     &rules,
                     &registry()?,
                     &spend,
@@ -164,15 +200,15 @@ pub async fn run(
             }
             "emotion" => {
                 let stages = q::stages::Stages::load(store.dir()).map_err(query_error)?;
-                to_json(q::emotion::run(&snap, &rules, &registry()?, &stages, &parse(&body)?))
+                to_json(q::emotion::run(snap, &rules, &registry()?, &stages, &parse(&body)?))
             }
             "fatigue" => {
                 let mut req = parse(&body)?;
                 q::fatigue::fill_from_orchestration(&mut req, &caps, "the server's [orchestrate] caps")
                     .map_err(query_error)?;
-                to_json(q::fatigue::run(&snap, &req))
+                to_json(q::fatigue::run(snap, &req))
             }
-            "audit" => to_json(q::audit::run(&snap, &rules, &registry()?, &parse(&body)?)),
+            "audit" => to_json(q::audit::run(snap, &rules, &registry()?, &parse(&body)?)),
             other => Err(AppError::new(
                 StatusCode::NOT_FOUND,
                 format!(
@@ -180,6 +216,7 @@ pub async fn run(
                 ),
             )),
         }
+        })
     })
     .await
     .map_err(|e| {
@@ -200,6 +237,7 @@ pub async fn recent(
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, &headers)?;
+    embedded_only(&state, "the live feed")?;
     let mut req = throughline_query::recent::RecentRequest::default();
     for pair in query
         .as_deref()
@@ -245,6 +283,7 @@ pub async fn catalog(
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, &headers)?;
+    embedded_only(&state, "the catalog")?;
     let answer = tokio::task::spawn_blocking(move || {
         let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
         to_json(throughline_query::recent::catalog(
@@ -290,5 +329,6 @@ fn query_error(e: QueryError) -> AppError {
     match e {
         QueryError::Invalid(msg) => AppError::new(StatusCode::BAD_REQUEST, msg),
         QueryError::Store(e) => e.into(),
+        QueryError::Backend(msg) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, msg),
     }
 }

@@ -243,6 +243,12 @@ impl EventBatch {
         &self.frames[start..start + r.record_len as usize]
     }
 
+    /// Each event's message-id hash and stored record, in batch order (for a backend that
+    /// keeps events elsewhere, such as the ClickHouse outbox).
+    pub fn records(&self) -> impl Iterator<Item = (u128, &[u8])> {
+        (0..self.rows.len()).map(|i| (self.rows[i].hash, self.record(i)))
+    }
+
     /// The bytes of the frames of rows `rows` (consecutive), for the log.
     pub(crate) fn frames_of(&self, rows: Range<usize>) -> &[u8] {
         if rows.is_empty() {

@@ -563,6 +563,15 @@ impl Segment {
         Ok(())
     }
 
+    /// The dictionary of a `dim:` column alone: the distinct values the segment holds.
+    pub fn dictionary(&self, dim: &str) -> Result<Vec<String>, StoreError> {
+        let bytes = self.read_column::<u8>(&format!("dict:{dim}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            file: self.path.clone(),
+            why: format!("dictionary of {dim}: {e}"),
+        })
+    }
+
     /// Calls `visit(row, payload)` for the given rows (ascending), reading and verifying
     /// only the payload blocks that hold them: a few events without reading the column.
     pub fn for_each_payload_of(

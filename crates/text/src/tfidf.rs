@@ -58,13 +58,15 @@ impl Corpus {
                 (t, w)
             })
             .collect();
+        // Sorted before summing: the norm must not depend on the hash map's order, which
+        // differs between processes, or the same texts would score a last bit apart.
+        v.sort_by(|a, b| a.0.cmp(&b.0));
         let norm = v.iter().map(|(_, w)| w * w).sum::<f64>().sqrt();
         if norm > 0.0 {
             for (_, w) in &mut v {
                 *w /= norm;
             }
         }
-        v.sort_by(|a, b| a.0.cmp(&b.0));
         Vector(v)
     }
 }

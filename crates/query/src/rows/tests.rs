@@ -114,7 +114,7 @@ fn scan_sees_what_load_keeps() {
     let cache = ColumnCache::new(1 << 20);
     for cached in [None, Some(&cache), Some(&cache)] {
         let scan = Scan {
-            sources: Sources::new(&snap, None, None, &[0], cached).unwrap(),
+            inner: Inner::Store(Sources::new(&snap, None, None, &[0], cached).unwrap()),
         };
         let dict = scan.dict(0).to_vec();
         let skip = dict.iter().position(|d| d == "e1").unwrap() as u32;
@@ -238,7 +238,11 @@ fn tag_of(dict: &[String], kind: u8, code: Option<u32>) -> u64 {
 /// Every person's tagged rows as [`Scan::run`] visits them; checks its contract on the
 /// way: persons in order and each once, a person's rows in (ts, arrival) order.
 fn visited(scan: &Scan, persons: Option<&HashSet<u32>>) -> Seen {
-    let dict = if scan.sources.dims.is_empty() {
+    let dims_empty = match &scan.inner {
+        Inner::Store(s) => s.dims.is_empty(),
+        Inner::Remote { dims, .. } => dims.is_empty(),
+    };
+    let dict = if dims_empty {
         Vec::new()
     } else {
         scan.dict(0).to_vec()
@@ -433,7 +437,7 @@ fn scan_equals_load_on_a_stitched_store() {
             assert!(want.len() >= 10, "{} persons", want.len());
             for cached in [None, Some(&cache), Some(&cache)] {
                 let scan = Scan {
-                    sources: Sources::new(&snap, from, to, dims, cached).unwrap(),
+                    inner: Inner::Store(Sources::new(&snap, from, to, dims, cached).unwrap()),
                 };
                 assert_eq!(visited(&scan, persons), want, "{from:?}..{to:?} {dims:?}");
             }
@@ -551,7 +555,7 @@ fn scan_equals_load_on_random_stores() {
                 let want = loaded(&snap, from, to, dims, persons);
                 for cached in [None, Some(&cache), Some(&cache)] {
                     let scan = Scan {
-                        sources: Sources::new(&snap, from, to, dims, cached).unwrap(),
+                        inner: Inner::Store(Sources::new(&snap, from, to, dims, cached).unwrap()),
                     };
                     assert_eq!(
                         visited(&scan, persons),
