@@ -181,6 +181,10 @@ fn open(
     throughline_store::Store,
     std::sync::Arc<throughline_store::ProjectStore>,
 )> {
+    // These analyses take no first-touch filter yet: refuse it rather than ignore it.
+    if target.channel.is_some() || target.campaign.is_some() {
+        bail!("--channel and --campaign do not apply here: emotion, fatigue and audit take no first-touch filter (use --from/--to)");
+    }
     let store = crate::open_store(&target.data)?;
     let project = store.project(&target.project)?;
     Ok((store, project))

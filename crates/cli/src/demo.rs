@@ -101,15 +101,17 @@ pub fn run(args: DemoArgs) -> Result<()> {
         spend.save(project.dir())?;
         answers.push(headlines(&project, &summary)?);
     }
-    let journeys = create_journeys(&store, &config)?;
     println!(
         "{}",
-        serde_json::to_string_pretty(&json!({"projects": answers, "journeys": journeys}))?
+        serde_json::to_string_pretty(&json!({"projects": answers}))?
     );
     if args.no_serve {
+        // The data alone: a reference data set stays as generated, with no journey to
+        // write events into it when a server later opens it.
         store.close();
         return Ok(());
     }
+    let journeys = create_journeys(&store, &config)?;
     eprintln!("\nDashboard: http://{addr}/  (sign in with a project's api key)");
     for k in &keys {
         eprintln!(
@@ -122,6 +124,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
     eprintln!(
         "Open signed in: http://{addr}/#key={}",
         keys.first().map_or("", |k| k.api_key.as_str())
+    );
+    eprintln!(
+        "Follow-up journeys (run over the demo's history as the server starts): {}",
+        journeys
+            .iter()
+            .map(|(p, j)| format!("{p}/{j}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     eprintln!("Query API: http://{addr}/api/v1/openapi.json");
     eprintln!("Send events:  curl -u {}: http://{addr}/v1/track -d '{{\"userId\":\"ann\",\"event\":\"Hello\"}}'", keys[0].write_key);
@@ -150,11 +160,11 @@ fn demo_config(addr: std::net::SocketAddr) -> throughline_server::Config {
 
 /// Journals each brand's follow-up journeys; they run once the server starts, its catch-up
 /// feeding them the demo's history. The journeys' sends are audience exports, so they are
-/// not registered as assets (they carry no links).
+/// not registered as assets (they carry no links). Returns (project, journey) pairs.
 fn create_journeys(
     store: &Arc<throughline_store::Store>,
     config: &throughline_server::Config,
-) -> Result<Vec<Value>> {
+) -> Result<Vec<(&'static str, String)>> {
     let o = throughline_server::orchestrate::Orchestrator::offline(
         store.clone(),
         config.orchestrate.clone(),
@@ -165,7 +175,7 @@ fn create_journeys(
         for text in throughline_demo::journeys_toml(brand) {
             let file = throughline_orchestrate::parse_file(text)
                 .map_err(|p| anyhow::anyhow!("a demo journey does not parse: {p:?}"))?;
-            out.push(json!({"project": brand.name(), "journey": file.name}));
+            out.push((brand.name(), file.name.clone()));
             o.submit(
                 &rt,
                 vec![throughline_orchestrate::Input::Create {
