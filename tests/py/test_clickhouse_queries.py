@@ -2,7 +2,7 @@
 embedded store, then migrated into the two-shard cluster and served by
 `serve --backend clickhouse` on the same data directory. Every query kind of the HTTP API
 (funnel modes, trends, retention, sessions, paths, assets, attribution models, emotion,
-fatigue, audit) and the person profile, with a few parameter variations each, must give
+fatigue, audit), the dashboard's catalog and live feed, and the person profile, with a few parameter variations each, must give
 byte-for-byte the same JSON on both.
 """
 
@@ -74,6 +74,14 @@ QUERIES: list[tuple[str, str, str, dict | None]] = [
     ("audit", "headphones", "audit", {"conversion": CONVERSION}),
 ]
 
+# (name, project, path under the project): the dashboard's GET reads.
+READS: list[tuple[str, str, str]] = [
+    ("catalog", "headphones", "catalog"),
+    ("catalog-subscription", "subscription", "catalog"),
+    ("recent", "headphones", "events/recent?limit=50"),
+    ("recent-subscription", "subscription", "events/recent?limit=200"),
+]
+
 
 def answers(server_url: str, keys: dict[str, str], person_ids: dict[str, list[str]]) -> dict[str, tuple[int, str]]:
     """Every query of QUERIES and the profiles of `person_ids`: name -> (status, JSON text)."""
@@ -84,6 +92,13 @@ def answers(server_url: str, keys: dict[str, str], person_ids: dict[str, list[st
             json=body,
             headers={"Authorization": f"Bearer {keys[project]}"},
             timeout=300,
+        )
+        out[name] = (r.status_code, r.text)
+    for name, project, path in READS:
+        r = requests.get(
+            f"{server_url}/api/v1/projects/{project}/{path}",
+            headers={"Authorization": f"Bearer {keys[project]}"},
+            timeout=60,
         )
         out[name] = (r.status_code, r.text)
     for project, ids in person_ids.items():
@@ -183,7 +198,7 @@ def differences(a, b, path: str = "$", out: list | None = None, limit: int = 8) 
     return out
 
 
-@pytest.mark.parametrize("name", [q[0] for q in QUERIES] + ["persons"])
+@pytest.mark.parametrize("name", [q[0] for q in QUERIES] + [r[0] for r in READS] + ["persons"])
 def test_clickhouse_answers_every_query_as_the_embedded_store(both, name):
     first, second = both
     names = [n for n in first if n.startswith("person-")] if name == "persons" else [name]

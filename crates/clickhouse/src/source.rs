@@ -588,6 +588,49 @@ impl RemoteSource for Source {
         }
     }
 
+    fn event_count(&self) -> Result<u64, QueryError> {
+        Source::event_count(self).map_err(backend)
+    }
+
+    fn newest_events(&self, limit: usize) -> Result<Vec<(u32, Event)>, QueryError> {
+        // `LIMIT 1 BY seq` drops a replayed insert's second row before the limit counts it.
+        let mut out = Vec::with_capacity(limit);
+        self.decode(
+            &format!(
+                "SELECT seq, node, payload FROM {} WHERE project = {} \
+                 ORDER BY ts DESC, seq DESC LIMIT 1 BY seq LIMIT {limit} FORMAT RowBinary",
+                self.target.table("events"),
+                quote(&self.project),
+            ),
+            &mut |_, node, e| {
+                out.push((node, e));
+                Ok(())
+            },
+        )
+        .map_err(backend)?;
+        Ok(out)
+    }
+
+    fn distinct(&self, dim: usize, limit: usize) -> Result<Vec<String>, QueryError> {
+        let col = DIMS[dim];
+        let bytes = self
+            .target
+            .client
+            .query_bytes(&format!(
+                "SELECT DISTINCT assumeNotNull({col}) AS v FROM {} WHERE project = {} AND isNotNull({col}) \
+                 ORDER BY v LIMIT {limit} FORMAT RowBinary",
+                self.target.table("events"),
+                quote(&self.project),
+            ))
+            .map_err(backend)?;
+        let mut r = Reader::new(&bytes[..]);
+        let mut out = Vec::new();
+        while !r.at_end().map_err(backend)? {
+            out.push(r.string().map_err(backend)?);
+        }
+        Ok(out)
+    }
+
     fn identity(&self) -> Result<IdentityGraph, QueryError> {
         let mut table: Vec<(IdKind, String, u32, bool)> = Vec::new();
         for (person, m) in self.identities(None).map_err(backend)? {

@@ -1,15 +1,15 @@
 //! What a project's events are, cheaply, for a dashboard: the newest events (a live feed
 //! of who did what, on which page, from which source) and the catalog of event names,
 //! campaigns and channels (for step pickers and filters). Reads only the newest events'
-//! payloads ([`Snapshot::newest_events`]) and the segments' dictionaries, never a column
-//! of every row, so a dashboard can ask on any store size.
+//! payloads ([`Source::newest_events`]) and the dimensions' distinct values (segment
+//! dictionaries, or ClickHouse's columns), never a column of every row, so a dashboard can
+//! ask on any store size.
 
+use crate::source::Source;
+use crate::QueryError;
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_model::{format_ms, EventType};
-use throughline_store::Snapshot;
-
-use crate::QueryError;
 
 /// Events returned at most.
 pub const RECENT_MAX: usize = 200;
@@ -69,20 +69,14 @@ pub struct CatalogResponse {
 
 /// The event names and campaigns in use (the segments' dictionaries and the log) and the
 /// channels the rules name.
-pub fn catalog(snap: &Snapshot, rules: &Rules) -> Result<CatalogResponse, QueryError> {
-    let distinct = |d: usize| -> Result<Vec<String>, QueryError> {
-        let mut all: std::collections::BTreeSet<String> = Default::default();
-        for seg in snap.segments() {
-            all.extend(seg.dict(throughline_model::DIMS[d])?);
-        }
-        all.extend(
-            snap.log_rows()
-                .filter_map(|r| r.dims[d].map(str::to_string)),
-        );
-        Ok(all.into_iter().collect())
-    };
-    let mut names = distinct(0)?;
-    let mut campaigns = distinct(4)?;
+pub fn catalog<'s, 'a: 's>(
+    src: impl Into<Source<'s, 'a>>,
+    rules: &Rules,
+) -> Result<CatalogResponse, QueryError> {
+    let src = src.into();
+    // One more than is returned, to tell a cut list from a full one.
+    let mut names = src.distinct(0, CATALOG_VALUES_MAX + 1)?;
+    let mut campaigns = src.distinct(4, CATALOG_VALUES_MAX + 1)?;
     let mut channels: Vec<String> = Vec::new();
     for c in rules.channel_names() {
         if !channels.iter().any(|x| x == c) {
@@ -100,15 +94,19 @@ pub fn catalog(snap: &Snapshot, rules: &Rules) -> Result<CatalogResponse, QueryE
     })
 }
 
-pub fn run(snap: &Snapshot, req: &RecentRequest) -> Result<RecentResponse, QueryError> {
+pub fn run<'s, 'a: 's>(
+    src: impl Into<Source<'s, 'a>>,
+    req: &RecentRequest,
+) -> Result<RecentResponse, QueryError> {
+    let src = src.into();
     let limit = req.limit.unwrap_or(RECENT_DEFAULT);
     if limit == 0 || limit > RECENT_MAX {
         return Err(QueryError::invalid(format!(
             "limit must be between 1 and {RECENT_MAX}"
         )));
     }
-    let identity = snap.identity();
-    let events = snap
+    let identity = src.identity()?;
+    let events = src
         .newest_events(limit)?
         .into_iter()
         .map(|(node, e)| RecentEvent {
@@ -127,7 +125,7 @@ pub fn run(snap: &Snapshot, req: &RecentRequest) -> Result<RecentResponse, Query
         })
         .collect();
     Ok(RecentResponse {
-        total_events: snap.event_count() as u64,
+        total_events: src.event_count()?,
         events,
     })
 }

@@ -46,6 +46,13 @@ pub trait RemoteSource: Sync {
     fn events(&self, filter: &EventFilter, visit: &mut Visit) -> Result<(), QueryError>;
     /// The identity mapping as of the rows: nodes, their ids and persons.
     fn identity(&self) -> Result<IdentityGraph, QueryError>;
+    /// Events stored, each counted once.
+    fn event_count(&self) -> Result<u64, QueryError>;
+    /// The `limit` newest events by (timestamp, arrival), newest first, with their node.
+    fn newest_events(&self, limit: usize) -> Result<Vec<(u32, Event)>, QueryError>;
+    /// The distinct values of dimension `dim` (an index into `DIMS`), sorted, at most
+    /// `limit` of them.
+    fn distinct(&self, dim: usize, limit: usize) -> Result<Vec<String>, QueryError>;
 }
 
 /// A remote backend for one query: the identity mapping is read once, when first needed.
@@ -105,6 +112,38 @@ impl<'s, 'a> Source<'s, 'a> {
                 let g = r.backend.identity()?;
                 Ok(r.identity.get_or_init(|| g))
             }
+        }
+    }
+
+    /// Events stored, each counted once.
+    pub fn event_count(&self) -> Result<u64, QueryError> {
+        match self {
+            Source::Store(s) => Ok(s.event_count() as u64),
+            Source::Remote(r) => r.backend.event_count(),
+        }
+    }
+
+    /// The `limit` newest events by (timestamp, arrival), newest first, with their node.
+    pub fn newest_events(&self, limit: usize) -> Result<Vec<(u32, Event)>, QueryError> {
+        match self {
+            Source::Store(s) => Ok(s.newest_events(limit)?),
+            Source::Remote(r) => r.backend.newest_events(limit),
+        }
+    }
+
+    /// The distinct values of dimension `dim` (an index into `DIMS`), sorted, at most
+    /// `limit` of them: the segments' dictionaries and the log, or the backend's column.
+    pub fn distinct(&self, dim: usize, limit: usize) -> Result<Vec<String>, QueryError> {
+        match self {
+            Source::Store(s) => {
+                let mut all: std::collections::BTreeSet<String> = Default::default();
+                for seg in s.segments() {
+                    all.extend(seg.dict(throughline_model::DIMS[dim])?);
+                }
+                all.extend(s.log_rows().filter_map(|r| r.dims[dim].map(str::to_string)));
+                Ok(all.into_iter().take(limit).collect())
+            }
+            Source::Remote(r) => r.backend.distinct(dim, limit),
         }
     }
 

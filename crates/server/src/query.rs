@@ -237,7 +237,7 @@ pub async fn recent(
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, &headers)?;
-    embedded_only(&state, "the live feed")?;
+    let remote = remote(&state, &project);
     let mut req = throughline_query::recent::RecentRequest::default();
     for pair in query
         .as_deref()
@@ -264,7 +264,9 @@ pub async fn recent(
         }
     }
     let answer = tokio::task::spawn_blocking(move || {
-        to_json(throughline_query::recent::run(&store.snapshot(), &req))
+        to_json(with_source(&store, remote.as_ref(), |src| {
+            throughline_query::recent::run(src, &req)
+        }))
     })
     .await
     .map_err(|e| {
@@ -283,13 +285,12 @@ pub async fn catalog(
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, &headers)?;
-    embedded_only(&state, "the catalog")?;
+    let remote = remote(&state, &project);
     let answer = tokio::task::spawn_blocking(move || {
         let rules = throughline_query::sessions::project_rules(store.dir()).map_err(query_error)?;
-        to_json(throughline_query::recent::catalog(
-            &store.snapshot(),
-            &rules,
-        ))
+        to_json(with_source(&store, remote.as_ref(), |src| {
+            throughline_query::recent::catalog(src, &rules)
+        }))
     })
     .await
     .map_err(|e| {
