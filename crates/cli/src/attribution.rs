@@ -117,16 +117,11 @@ pub fn query(args: QueryArgs) -> Result<()> {
         paths: args.settings.top_paths,
         filter: args.target.filter(),
     };
-    let (_store, project, rules) = crate::query::open_project(&args.target)?;
-    let registry = throughline_query::assets::Registry::load(project.dir())?;
-    let spend = throughline_query::spend::Spend::load(project.dir())?;
-    let r = throughline_query::attribution::run(
-        &(&project.snapshot()).into(),
-        &rules,
-        &registry,
-        &spend,
-        &req,
-    )?;
+    let (reader, rules) = crate::query::open_project(&args.target)?;
+    let registry = throughline_query::assets::Registry::load(reader.dir())?;
+    let spend = throughline_query::spend::Spend::load(reader.dir())?;
+    let r = reader
+        .with(|src| throughline_query::attribution::run(src, &rules, &registry, &spend, &req))?;
     print(&r, args.target.format)
 }
 

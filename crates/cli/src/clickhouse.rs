@@ -1,7 +1,9 @@
-//! `clickhouse init`, `migrate` and the ClickHouse flags of `serve`: glue over
+//! `clickhouse init`, `migrate`, the ClickHouse flags of `serve`, and [`Reader`]: where
+//! the reading commands (`query`, `profile`, `export`) find a project's events. Glue over
 //! crates/clickhouse.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -42,6 +44,94 @@ impl ClickHouseArgs {
             self.cluster.as_deref(),
             &self.shard_urls,
         )?)
+    }
+}
+
+/// `--backend` and the ClickHouse flags of a command that reads a project's events.
+#[derive(Args, Clone, Debug, Default)]
+pub struct BackendArgs {
+    /// Where the events are: the data directory's own store, or ClickHouse (read without
+    /// the data directory's lock, so also while `serve --backend clickhouse` runs)
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub backend: Backend,
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+}
+
+impl BackendArgs {
+    /// The ClickHouse target with `--backend clickhouse`, else `None`; ClickHouse flags
+    /// without it are a mistake worth saying.
+    pub fn clickhouse_target(&self) -> Result<Option<throughline_clickhouse::Target>> {
+        match self.backend {
+            Backend::Clickhouse => Ok(Some(self.clickhouse.target()?)),
+            Backend::Embedded if self.clickhouse.url.is_some() => anyhow::bail!(
+                "--clickhouse-url reads nothing without --backend clickhouse (the default backend is the embedded store)"
+            ),
+            Backend::Embedded => Ok(None),
+        }
+    }
+}
+
+/// A project opened for reading: its embedded store (holding the data directory's lock
+/// while open), or its events in ClickHouse and its files in the data directory.
+pub struct Reader {
+    _store: Option<throughline_store::Store>,
+    project: Option<Arc<throughline_store::ProjectStore>>,
+    remote: Option<throughline_clickhouse::source::Source>,
+    dir: PathBuf,
+}
+
+impl Reader {
+    pub fn open(data: &Path, project: &str, backend: &BackendArgs) -> Result<Reader> {
+        match backend.clickhouse_target()? {
+            None => {
+                let store = crate::open_store(data)?;
+                let p = store.project(project)?;
+                Ok(Reader {
+                    dir: p.dir().to_path_buf(),
+                    project: Some(p),
+                    _store: Some(store),
+                    remote: None,
+                })
+            }
+            Some(target) => {
+                // The per-project files (channel rules, registry, spend, stages) are read
+                // as a running server reads them: no lock needed.
+                let catalog = throughline_store::Catalog::load(data).with_context(|| {
+                    format!("{} is not a Throughline data directory", data.display())
+                })?;
+                if catalog.get(project).is_none() {
+                    anyhow::bail!("no project {project:?} in {}", data.display());
+                }
+                target.check_shards()?;
+                target.check()?;
+                Ok(Reader {
+                    _store: None,
+                    project: None,
+                    remote: Some(throughline_clickhouse::source::Source::new(
+                        Arc::new(target),
+                        project,
+                        Default::default(),
+                    )),
+                    dir: data.join("projects").join(project),
+                })
+            }
+        }
+    }
+
+    /// The project's directory (channel rules, asset registry, spend, stages).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `f` over the project's events: a snapshot of the store, or ClickHouse.
+    pub fn with<T>(&self, f: impl FnOnce(&throughline_query::source::Source) -> T) -> T {
+        use throughline_query::source::{Remote, Source};
+        match (&self.remote, &self.project) {
+            (Some(r), _) => f(&Source::Remote(&Remote::new(r))),
+            (None, Some(p)) => f(&Source::Store(&p.snapshot())),
+            (None, None) => unreachable!("a reader has a store or ClickHouse"),
+        }
     }
 }
 

@@ -175,19 +175,12 @@ pub struct SentimentArgs {
     pub texts: Vec<String>,
 }
 
-fn open(
-    target: &Target,
-) -> Result<(
-    throughline_store::Store,
-    std::sync::Arc<throughline_store::ProjectStore>,
-)> {
+fn open(target: &Target) -> Result<crate::clickhouse::Reader> {
     // These analyses take no first-touch filter yet: refuse it rather than ignore it.
     if target.channel.is_some() || target.campaign.is_some() {
         bail!("--channel and --campaign do not apply here: emotion, fatigue and audit take no first-touch filter (use --from/--to)");
     }
-    let store = crate::open_store(&target.data)?;
-    let project = store.project(&target.project)?;
-    Ok((store, project))
+    crate::clickhouse::Reader::open(&target.data, &target.project, &target.backend)
 }
 
 pub fn emotion(a: EmotionArgs) -> Result<()> {
@@ -203,17 +196,12 @@ pub fn emotion(a: EmotionArgs) -> Result<()> {
         from: a.from,
         to: a.to,
     };
-    let (_store, project) = open(&a.target)?;
-    let rules = throughline_query::sessions::project_rules(project.dir())?;
-    let registry = throughline_query::assets::Registry::load(project.dir())?;
-    let stages = throughline_query::stages::Stages::load(project.dir())?;
-    let r = throughline_query::emotion::run(
-        &(&project.snapshot()).into(),
-        &rules,
-        &registry,
-        &stages,
-        &req,
-    )?;
+    let reader = open(&a.target)?;
+    let rules = throughline_query::sessions::project_rules(reader.dir())?;
+    let registry = throughline_query::assets::Registry::load(reader.dir())?;
+    let stages = throughline_query::stages::Stages::load(reader.dir())?;
+    let r = reader
+        .with(|src| throughline_query::emotion::run(src, &rules, &registry, &stages, &req))?;
     match a.target.format {
         Format::Json => output::json(&serde_json::to_value(&r)?),
         Format::Table => {
@@ -360,7 +348,7 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
         to: a.to,
         configured_cap_sources: BTreeMap::new(),
     };
-    let (_store, project) = open(&a.target)?;
+    let reader = open(&a.target)?;
     if req.configured_caps.is_none() {
         let (caps, origin) = match &a.config {
             Some(p) => (
@@ -370,7 +358,7 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
                 format!("the [orchestrate] caps of {}", p.display()),
             ),
             None => {
-                let dir = project.dir().join("orchestrate");
+                let dir = reader.dir().join("orchestrate");
                 let policy = throughline_server::orchestrate::journal::last_policy(&dir)
                     .map_err(anyhow::Error::msg)?;
                 (
@@ -384,7 +372,7 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
         };
         throughline_query::fatigue::fill_from_orchestration(&mut req, &caps, &origin)?;
     }
-    let mut r = throughline_query::fatigue::run(&(&project.snapshot()).into(), &req)?;
+    let mut r = reader.with(|src| throughline_query::fatigue::run(src, &req))?;
     if let Some(path) = &a.audience_out {
         write_audience(path, &r.audience.rows)?;
         eprintln!(
@@ -530,10 +518,10 @@ pub fn audit(a: AuditArgs) -> Result<()> {
         from: a.from,
         to: a.to,
     };
-    let (_store, project) = open(&a.target)?;
-    let rules = throughline_query::sessions::project_rules(project.dir())?;
-    let registry = throughline_query::assets::Registry::load(project.dir())?;
-    let r = throughline_query::audit::run(&(&project.snapshot()).into(), &rules, &registry, &req)?;
+    let reader = open(&a.target)?;
+    let rules = throughline_query::sessions::project_rules(reader.dir())?;
+    let registry = throughline_query::assets::Registry::load(reader.dir())?;
+    let r = reader.with(|src| throughline_query::audit::run(src, &rules, &registry, &req))?;
     match a.target.format {
         Format::Json => output::json(&serde_json::to_value(&r)?),
         Format::Table => {

@@ -109,8 +109,9 @@ enum Command {
     Generate(demo::GenerateArgs),
     /// Ask questions: funnels, trends, retention, sessions, paths, assets, attribution
     Query {
+        // Boxed: every query kind carries the ClickHouse flags now.
         #[command(subcommand)]
-        command: query::QueryCommand,
+        command: Box<query::QueryCommand>,
     },
     /// Attribution models over a path table in ChannelAttribution's format
     Attribution(attribution::TableArgs),
@@ -256,7 +257,7 @@ fn run(cli: Cli) -> Result<()> {
             limit,
             format,
         } => audit_log(&data, project.as_deref(), limit, format),
-        Command::Query { command } => query::run(command),
+        Command::Query { command } => query::run(*command),
         Command::Assets { command } => assets::run(command),
         Command::Attribution(args) => attribution::table(args),
         Command::Spend { command } => spend::run(command),
@@ -295,15 +296,19 @@ fn serve_clickhouse(
     let addr = throughline_server::parse_listen(listen).map_err(anyhow::Error::msg)?;
     let config = load_config(config)?;
     let target = ch.target()?;
-    let store = throughline_store::Store::open(&data, config.project_options())?;
+    let store = std::sync::Arc::new(throughline_store::Store::open(
+        &data,
+        config.project_options(),
+    )?);
     let backend =
-        throughline_clickhouse::Backend::open(target, &data, config.clickhouse_options())?;
+        throughline_clickhouse::Backend::open(target, &data, config.clickhouse_options())?
+            .with_store(store.clone());
     // Resume forwarding whatever an earlier run left in the outboxes.
     for p in &store.catalog().projects {
         backend.project(&p.name)?;
     }
     let state = throughline_server::AppState::with_backend(
-        std::sync::Arc::new(store),
+        store,
         config,
         Some(std::sync::Arc::new(backend)),
     );
@@ -392,7 +397,7 @@ fn migrate(data: &std::path::Path) -> Result<()> {
 }
 
 /// Who runs this command, for the audit log: the OS user, the host and the process.
-fn actor() -> String {
+pub fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());

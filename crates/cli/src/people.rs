@@ -1,4 +1,5 @@
-//! `export`, `profile`, `delete-person` and `stats`: reading and erasing what is stored.
+//! `export`, `profile`, `delete-person` and `stats`: reading and erasing what is stored,
+//! in the embedded store or (`--backend clickhouse`) in ClickHouse.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,11 +23,12 @@ pub struct ExportArgs {
     /// Output file; standard output if absent
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub backend: crate::clickhouse::BackendArgs,
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
-    let store = crate::open_store(&args.data)?;
-    let project = store.project(&args.project)?;
+    let reader = crate::clickhouse::Reader::open(&args.data, &args.project, &args.backend)?;
     let out: Box<dyn Write + Send> = match &args.out {
         Some(p) => Box::new(std::io::BufWriter::with_capacity(
             1 << 20,
@@ -35,24 +37,46 @@ pub fn export(args: ExportArgs) -> Result<()> {
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
     let mut exporter = Exporter::new(args.format, out)?;
-    let snap = project.snapshot();
-    let identity = snap.identity();
     let mut failed = None;
-    snap.for_each_event(|event, node| {
-        let person = identity.canonical_id(identity.person_of(node));
-        if let Err(e) = exporter.write(ExportRow {
-            event: &event,
-            person_id: person,
-        }) {
-            failed = Some(e);
-            return Err(throughline_store::StoreError::Closed);
+    reader.with(|src| -> Result<()> {
+        let identity = src.identity()?;
+        match src.store() {
+            Some(snap) => snap
+                .for_each_event(|event, node| {
+                    let person = identity.canonical_id(identity.person_of(node));
+                    if let Err(e) = exporter.write(ExportRow {
+                        event: &event,
+                        person_id: person,
+                    }) {
+                        failed = Some(e);
+                        return Err(throughline_store::StoreError::Closed);
+                    }
+                    Ok(())
+                })
+                // A failed write stopped the scan; report the write's error, not the stop.
+                .map_err(|e| match failed.take() {
+                    Some(f) => anyhow::Error::from(f),
+                    None => e.into(),
+                }),
+            // ClickHouse: every event once, in arrival order, as the store visits them.
+            None => src
+                .for_each_event(&Default::default(), |_, node, event| {
+                    let person = identity.canonical_id(identity.person_of(node));
+                    exporter
+                        .write(ExportRow {
+                            event: &event,
+                            person_id: person,
+                        })
+                        .map_err(|e| {
+                            failed = Some(e);
+                            throughline_query::QueryError::Invalid("export stopped".into())
+                        })
+                })
+                .map_err(|e| match failed.take() {
+                    Some(f) => anyhow::Error::from(f),
+                    None => e.into(),
+                }),
         }
-        Ok(())
-    })
-    // A failed write stopped the scan; report the write's error, not the stop.
-    .map_err(|e| match failed.take() {
-        Some(f) => anyhow::Error::from(f),
-        None => e.into(),
     })?;
     let rows = exporter.rows();
     let mut out = exporter.finish()?;
@@ -77,14 +101,15 @@ pub struct ProfileArgs {
     /// Timeline entries to show, newest first
     #[arg(long, default_value_t = 50)]
     pub timeline: usize,
+    #[command(flatten)]
+    pub backend: crate::clickhouse::BackendArgs,
 }
 
 pub fn profile(args: ProfileArgs) -> Result<()> {
-    let store = crate::open_store(&args.data)?;
-    let project = store.project(&args.project)?;
-    let snap = project.snapshot();
-    let rules = throughline_query::sessions::project_rules(project.dir())?;
-    let p = throughline_query::profile::run(&(&snap).into(), &rules, &args.id, args.timeline)?
+    let reader = crate::clickhouse::Reader::open(&args.data, &args.project, &args.backend)?;
+    let rules = throughline_query::sessions::project_rules(reader.dir())?;
+    let p = reader
+        .with(|src| throughline_query::profile::run(src, &rules, &args.id, args.timeline))?
         .with_context(|| {
             format!(
                 "no person with id {:?} in project {}",
@@ -155,10 +180,20 @@ pub struct DeleteArgs {
     /// Any id of the person: user id, email or anonymous id
     #[arg(long)]
     pub id: String,
+    /// The TOML file the server runs with: with ClickHouse, the backlog still in the
+    /// outbox is forwarded first, under the same identity rules
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub backend: crate::clickhouse::BackendArgs,
 }
 
 pub fn delete(args: DeleteArgs) -> Result<()> {
-    let store = crate::open_store(&args.data)?;
+    let config = crate::load_config(args.config.clone())?;
+    if let Some(target) = args.backend.clickhouse_target()? {
+        return delete_clickhouse(&args, target, &config);
+    }
+    let store = crate::open_store_with(&args.data, config.project_options())?;
     let project = store.project(&args.project)?;
     let known = project
         .snapshot()
@@ -185,6 +220,45 @@ pub fn delete(args: DeleteArgs) -> Result<()> {
     output::json(&json!({"erased_events": erased, "id": args.id}));
     store.close();
     Ok(())
+}
+
+/// `delete-person --backend clickhouse`: the project's forwarder runs here (the data
+/// directory's lock says no server does), forwards what the outbox holds, and erases the
+/// person everywhere (crates/clickhouse/src/erase.rs), writing the audit entry itself.
+fn delete_clickhouse(
+    args: &DeleteArgs,
+    target: throughline_clickhouse::Target,
+    config: &throughline_server::Config,
+) -> Result<()> {
+    let store = std::sync::Arc::new(crate::open_store_with(
+        &args.data,
+        config.project_options(),
+    )?);
+    store.project(&args.project)?;
+    // This process is the forwarder: it waits for the erasure as long as it takes (an
+    // interrupted one is finished by the next start, of a server or of this command).
+    let options = throughline_clickhouse::BackendOptions {
+        erase_wait_ms: u64::MAX,
+        ..config.clickhouse_options()
+    };
+    let backend = throughline_clickhouse::Backend::open(target, &args.data, options)?
+        .with_store(store.clone());
+    let erased = backend
+        .project(&args.project)
+        .and_then(|p| p.erase(&args.id, &crate::actor()));
+    backend.close();
+    store.close();
+    match erased? {
+        Some(n) => {
+            output::json(&json!({"erased_events": n, "id": args.id}));
+            Ok(())
+        }
+        None => anyhow::bail!(
+            "no person with id {:?} in project {}",
+            args.id,
+            args.project
+        ),
+    }
 }
 
 #[derive(Args)]

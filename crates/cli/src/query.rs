@@ -37,6 +37,8 @@ pub struct Target {
     /// Only persons whose first touch in the range is from this campaign
     #[arg(long)]
     pub campaign: Option<String>,
+    #[command(flatten)]
+    pub backend: crate::clickhouse::BackendArgs,
 }
 
 impl Target {
@@ -191,6 +193,8 @@ pub enum QueryCommand {
         /// Only persons whose first touch in the range is from this campaign
         #[arg(long)]
         campaign: Option<String>,
+        #[command(flatten)]
+        backend: crate::clickhouse::BackendArgs,
     },
     /// One scorecard row per asset: reach, sessions, bounce, engaged time, conversions, revenue, funnel drop-off
     #[command(
@@ -305,8 +309,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 }),
                 filter: target.filter(),
             };
-            let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::funnel::run(&(&project.snapshot()).into(), &rules, &req)?;
+            let (reader, rules) = open_project(&target)?;
+            let r = reader.with(|src| throughline_query::funnel::run(src, &rules, &req))?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => {
@@ -367,8 +371,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 by_limit,
                 filter: target.filter(),
             };
-            let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::trends::run(&(&project.snapshot()).into(), &rules, &req)?;
+            let (reader, rules) = open_project(&target)?;
+            let r = reader.with(|src| throughline_query::trends::run(src, &rules, &req))?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => output::table(
@@ -403,8 +407,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 to,
                 filter: target.filter(),
             };
-            let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::sessions::run(&(&project.snapshot()).into(), &rules, &req)?;
+            let (reader, rules) = open_project(&target)?;
+            let r = reader.with(|src| throughline_query::sessions::run(src, &rules, &req))?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => output::table(
@@ -450,6 +454,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
             to,
             channel,
             campaign,
+            backend,
         } => {
             let target = Target {
                 data,
@@ -460,6 +465,7 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 },
                 channel,
                 campaign,
+                backend,
             };
             if let PathsFormat::Channelattribution = format {
                 if of != "channels" {
@@ -478,15 +484,17 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                     filter: target.filter(),
                     ..Default::default()
                 };
-                let (_store, project, rules) = open_project(&target)?;
-                let registry = throughline_query::assets::Registry::load(project.dir())?;
-                let r = throughline_query::attribution::run(
-                    &(&project.snapshot()).into(),
-                    &rules,
-                    &registry,
-                    &Default::default(),
-                    &req,
-                )?;
+                let (reader, rules) = open_project(&target)?;
+                let registry = throughline_query::assets::Registry::load(reader.dir())?;
+                let r = reader.with(|src| {
+                    throughline_query::attribution::run(
+                        src,
+                        &rules,
+                        &registry,
+                        &Default::default(),
+                        &req,
+                    )
+                })?;
                 if r.distinct_paths as usize > throughline_query::attribution::PATHS_MAX {
                     eprintln!(
                         "{} distinct paths: the {} with the most conversions are written",
@@ -514,8 +522,8 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 to,
                 filter: target.filter(),
             };
-            let (_store, project, rules) = open_project(&target)?;
-            let r = throughline_query::paths::run(&(&project.snapshot()).into(), &rules, &req)?;
+            let (reader, rules) = open_project(&target)?;
+            let r = reader.with(|src| throughline_query::paths::run(src, &rules, &req))?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => output::table(
@@ -556,14 +564,10 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 filter: target.filter(),
                 interval: interval.as_deref().map(Interval::parse).transpose()?,
             };
-            let (_store, project, rules) = open_project(&target)?;
-            let registry = throughline_query::assets::Registry::load(project.dir())?;
-            let r = throughline_query::assets::run(
-                &(&project.snapshot()).into(),
-                &rules,
-                &registry,
-                &req,
-            )?;
+            let (reader, rules) = open_project(&target)?;
+            let registry = throughline_query::assets::Registry::load(reader.dir())?;
+            let r =
+                reader.with(|src| throughline_query::assets::run(src, &rules, &registry, &req))?;
             match target.format {
                 Format::Json => output::json(&serde_json::to_value(&r)?),
                 Format::Table => {
@@ -650,10 +654,9 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
                 to,
                 filter: target.filter(),
             };
-            let (_store, project, rules) = open_project(&target)?;
+            let (reader, rules) = open_project(&target)?;
             {
-                let r =
-                    throughline_query::retention::run(&(&project.snapshot()).into(), &rules, &req)?;
+                let r = reader.with(|src| throughline_query::retention::run(src, &rules, &req))?;
                 match target.format {
                     Format::Json => output::json(&serde_json::to_value(&r)?),
                     Format::Table => {
@@ -679,18 +682,14 @@ pub fn run(cmd: QueryCommand) -> Result<()> {
     }
 }
 
-/// The store (kept open while the project is used), the project and its channel rules.
+/// The project's events (the embedded store, kept open while used, or ClickHouse) and
+/// its channel rules.
 pub(crate) fn open_project(
     target: &Target,
-) -> Result<(
-    throughline_store::Store,
-    std::sync::Arc<throughline_store::ProjectStore>,
-    throughline_classify::Rules,
-)> {
-    let store = crate::open_store(&target.data)?;
-    let project = store.project(&target.project)?;
-    let rules = throughline_query::sessions::project_rules(project.dir())?;
-    Ok((store, project, rules))
+) -> Result<(crate::clickhouse::Reader, throughline_classify::Rules)> {
+    let reader = crate::clickhouse::Reader::open(&target.data, &target.project, &target.backend)?;
+    let rules = throughline_query::sessions::project_rules(reader.dir())?;
+    Ok((reader, rules))
 }
 
 fn pct(v: Option<f64>) -> String {

@@ -14,10 +14,15 @@
 //! every read drops by `seq`. The identity graph is checkpointed (`IDENTITY` names a
 //! snapshot and the position it holds); a restart loads it and re-observes, without
 //! inserting, the records between it and the cursor.
+//!
+//! Erasures (GDPR) run on this thread too, between two batches, so they happen at one
+//! place in the outbox's order: see crates/clickhouse/src/erase.rs. A pending one (its
+//! `ERASE` file) is finished before anything else is forwarded.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,9 +30,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use throughline_identity::{IdKeys, IdentityConfig, IdentityGraph};
 use throughline_model::Event;
-use throughline_store::{message_hash, AppendOutcome};
+use throughline_store::audit::AuditEntry;
+use throughline_store::{message_hash, AppendOutcome, Erase, ProjectStore, Store};
 
-use crate::outbox::{write_atomic, Outbox, OutboxOptions, Position, Record};
+use crate::erase::{self, PendingErasure};
+use crate::outbox::{read_json, write_atomic, Outbox, OutboxOptions, Position, Record};
 use crate::rowbinary::Writer;
 use crate::schema::{event_columns, Target, IDENTITY_COLUMNS, OVERRIDE_COLUMNS};
 use crate::ClickHouseError;
@@ -46,6 +53,25 @@ pub struct BackendOptions {
     /// Checkpoint the identity graph after this many forwarded events.
     pub snapshot_events: u64,
     pub identity: IdentityConfig,
+    /// How long [`Project::erase`] waits for an erasure to finish before it answers that
+    /// the erasure goes on without it.
+    pub erase_wait_ms: u64,
+    /// Tests only: the erasure stops (as a crash would) after this step of
+    /// crates/clickhouse/src/erase.rs, leaving what is on disk.
+    pub erase_stop_after: Option<EraseStep>,
+}
+
+/// The durable steps of an erasure, for tests that stop one midway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EraseStep {
+    /// The pending record is written.
+    Recorded,
+    /// The graph forgot the person and its checkpoint is on disk.
+    Checkpointed,
+    /// The outbox files before the roll are gone.
+    Retired,
+    /// ClickHouse's rows are deleted.
+    Deleted,
 }
 
 impl Default for BackendOptions {
@@ -58,6 +84,8 @@ impl Default for BackendOptions {
             idle_ms: 100,
             snapshot_events: 1_000_000,
             identity: IdentityConfig::default(),
+            erase_wait_ms: 600_000,
+            erase_stop_after: None,
         }
     }
 }
@@ -92,6 +120,9 @@ pub struct Backend {
     data: PathBuf,
     options: BackendOptions,
     projects: Mutex<HashMap<String, Arc<Project>>>,
+    /// The data directory's embedded store, when open: an erasure also erases the person
+    /// from a migrated project's embedded copy.
+    store: Option<Arc<Store>>,
 }
 
 impl Backend {
@@ -114,7 +145,15 @@ impl Backend {
             data: data.to_path_buf(),
             options,
             projects: Mutex::new(HashMap::new()),
+            store: None,
         })
+    }
+
+    /// The embedded store of the same data directory (it holds the lock): erasures reach
+    /// its projects too. Set before the first project opens.
+    pub fn with_store(mut self, store: Arc<Store>) -> Backend {
+        self.store = Some(store);
+        self
     }
 
     pub fn target(&self) -> &Arc<Target> {
@@ -132,10 +171,11 @@ impl Backend {
         if let Some(p) = projects.get(name) {
             return Ok(p.clone());
         }
-        let dir = project_dir(&self.data, name);
+        let embedded = self.store.as_ref().and_then(|s| s.project(name).ok());
         let p = Arc::new(Project::open(
             name,
-            &dir,
+            &self.data,
+            embedded,
             self.target.clone(),
             self.options.clone(),
         )?);
@@ -176,6 +216,20 @@ pub struct Project {
     status: Arc<Mutex<ForwardStatus>>,
     forwarded: Arc<AtomicU64>,
     forwarder: Mutex<Option<JoinHandle<()>>>,
+    control: Mutex<Option<SyncSender<Control>>>,
+    erase_wait_ms: u64,
+}
+
+/// Erasure requests waiting for the forwarder, at most.
+const CONTROL_QUEUE_MAX: usize = 16;
+
+/// What the forwarder is asked to do between two batches.
+enum Control {
+    Erase {
+        id: String,
+        actor: String,
+        reply: mpsc::Sender<Result<Option<u64>, ClickHouseError>>,
+    },
 }
 
 pub fn read_cursor(dir: &Path) -> Result<Position, ClickHouseError> {
@@ -186,19 +240,6 @@ pub fn read_cursor(dir: &Path) -> Result<Position, ClickHouseError> {
             seq: 0,
         })
     })
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, ClickHouseError> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| ClickHouseError::Corrupt {
-                file: path.to_path_buf(),
-                why: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ClickHouseError::io(path, e)),
-    }
 }
 
 pub fn write_cursor(dir: &Path, p: Position) -> Result<(), ClickHouseError> {
@@ -265,10 +306,12 @@ fn load_identity(
 impl Project {
     fn open(
         name: &str,
-        dir: &Path,
+        data: &Path,
+        embedded: Option<Arc<ProjectStore>>,
         target: Arc<Target>,
         options: BackendOptions,
     ) -> Result<Project, ClickHouseError> {
+        let dir = &project_dir(data, name);
         std::fs::create_dir_all(dir).map_err(|e| ClickHouseError::io(dir, e))?;
         let cursor = read_cursor(dir)?;
         let outbox = Arc::new(Outbox::open(dir, cursor, options.outbox.clone())?);
@@ -302,7 +345,13 @@ impl Project {
             ..ForwardStatus::default()
         }));
         let forwarded = Arc::new(AtomicU64::new(cursor.seq));
+        let (control_tx, control) = mpsc::sync_channel(CONTROL_QUEUE_MAX);
+        let erase_wait_ms = options.erase_wait_ms;
         let mut f = Forwarder {
+            data: data.to_path_buf(),
+            embedded,
+            control,
+            abandoned: false,
             project: name.to_string(),
             dir: dir.to_path_buf(),
             target,
@@ -328,7 +377,39 @@ impl Project {
             status,
             forwarded,
             forwarder: Mutex::new(Some(handle)),
+            control: Mutex::new(Some(control_tx)),
+            erase_wait_ms,
         })
+    }
+
+    /// GDPR erasure of the person known by `id` (any of their ids), in the forwarder's
+    /// order: the number of their events ClickHouse held, or `None` when no person has
+    /// that id. `actor` goes into the audit log's entry, which names the person only by
+    /// the SHA-256 of `id`. Waits for the erasure up to `erase_wait_ms`; past it the
+    /// erasure goes on in the forwarder and this answers [`ClickHouseError::ErasureRunning`].
+    pub fn erase(&self, id: &str, actor: &str) -> Result<Option<u64>, ClickHouseError> {
+        let (tx, rx) = mpsc::channel();
+        {
+            let control = self.control.lock().expect("control lock");
+            let control = control.as_ref().ok_or(ClickHouseError::Closed)?;
+            control
+                .try_send(Control::Erase {
+                    id: id.to_string(),
+                    actor: actor.to_string(),
+                    reply: tx,
+                })
+                .map_err(|e| match e {
+                    TrySendError::Full(_) => ClickHouseError::Overloaded,
+                    TrySendError::Disconnected(_) => ClickHouseError::Closed,
+                })?;
+        }
+        match rx.recv_timeout(Duration::from_millis(self.erase_wait_ms)) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ClickHouseError::ErasureRunning {
+                waited_ms: self.erase_wait_ms,
+            }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ClickHouseError::Closed),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -370,6 +451,7 @@ impl Project {
 
     pub fn close(&self) {
         self.outbox.close();
+        self.control.lock().expect("control lock").take();
         self.stop.store(true, Ordering::Release);
         if let Some(h) = self.forwarder.lock().expect("forwarder lock").take() {
             let _ = h.join();
@@ -498,6 +580,12 @@ pub fn event_row(w: &mut Writer, project: &str, person: u32, seq: u64, node: u32
 }
 
 struct Forwarder {
+    data: PathBuf,
+    /// The project's embedded store (a migrated project's copy), for erasures.
+    embedded: Option<Arc<ProjectStore>>,
+    control: Receiver<Control>,
+    /// Set when stopping left a batch unsent: the graph ran ahead of the cursor.
+    abandoned: bool,
     project: String,
     dir: PathBuf,
     target: Arc<Target>,
@@ -521,11 +609,50 @@ enum Step {
 
 impl Forwarder {
     fn run(&mut self) {
+        // An erasure a crash interrupted is finished before anything else goes out.
+        match erase::read_pending(&self.dir) {
+            Ok(None) => {}
+            Ok(Some(p)) => {
+                tracing::info!(project = %self.project, "finishing an interrupted erasure");
+                if let Err(e) = self.finish_erasure(&p) {
+                    self.stopped_by(e);
+                    return;
+                }
+            }
+            Err(e) => {
+                self.stopped_by(e);
+                return;
+            }
+        }
         loop {
             if self.stop.load(Ordering::Acquire) && self.outbox.end().seq <= self.cursor.seq {
                 break;
             }
-            match self.step() {
+            if let Ok(Control::Erase { id, actor, reply }) = self.control.try_recv() {
+                let r = self.erase(&id, &actor);
+                // Stopping, or an erasure that was recorded and could not finish (its
+                // retries outlast ClickHouse's errors, so a local file failed): nothing
+                // may be forwarded before it is done, which the next start sees to.
+                let halt = match &r {
+                    Err(ClickHouseError::Closed) => true,
+                    Err(e) if !matches!(erase::read_pending(&self.dir), Ok(None)) => {
+                        self.stopped_by(ClickHouseError::Invalid(format!(
+                            "an erasure could not finish ({e}); the next start finishes it"
+                        )));
+                        true
+                    }
+                    _ => false,
+                };
+                let _ = reply.send(r);
+                if self.abandoned {
+                    return;
+                }
+                if halt {
+                    break;
+                }
+                continue;
+            }
+            match self.step(self.options.batch_events_max) {
                 Ok(Step::Forwarded) => {}
                 Ok(Step::Idle) => {
                     if self.stop.load(Ordering::Acquire) {
@@ -551,11 +678,17 @@ impl Forwarder {
         }
     }
 
-    /// Forwards one batch, retrying the INSERTs until they succeed or the process stops.
-    fn step(&mut self) -> Result<Step, ClickHouseError> {
+    fn stopped_by(&self, e: ClickHouseError) {
+        tracing::error!(project = %self.project, error = %e, "forwarding stopped");
+        self.status.lock().expect("status lock").last_error = Some(e.to_string());
+    }
+
+    /// Forwards one batch of at most `events_max` events, retrying the INSERTs until they
+    /// succeed or the process stops.
+    fn step(&mut self, events_max: usize) -> Result<Step, ClickHouseError> {
         let (records, next) = self.outbox.read(
             self.cursor,
-            self.options.batch_events_max,
+            events_max.min(self.options.batch_events_max),
             self.options.batch_bytes_max,
         )?;
         if records.is_empty() {
@@ -580,12 +713,8 @@ impl Forwarder {
                 s.last_error = Some(e.to_string());
             }
             tracing::warn!(project = %self.project, error = %e, retry_ms = wait_ms, "insert failed; retrying");
-            let until = Instant::now() + Duration::from_millis(wait_ms);
-            while Instant::now() < until {
-                if self.stop.load(Ordering::Acquire) {
-                    return Ok(Step::Abandoned);
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            if !self.pause(wait_ms) {
+                return Ok(Step::Abandoned);
             }
             wait_ms = (wait_ms * 2).min(self.options.retry_ms_max);
         }
@@ -609,6 +738,131 @@ impl Forwarder {
         write_identity(&self.dir, &self.graph, self.cursor)?;
         self.checkpoint_seq = self.cursor.seq;
         self.checkpoint_file = self.cursor.file;
+        Ok(())
+    }
+
+    /// Steps 1-5 of an erasure (crates/clickhouse/src/erase.rs), then the rest. `Closed`
+    /// when the process stops first.
+    fn erase(&mut self, id: &str, actor: &str) -> Result<Option<u64>, ClickHouseError> {
+        // 1-2: everything queued before the request, forwarded; later records wait.
+        let roll = self.outbox.roll()?;
+        while self.cursor.seq < roll.seq {
+            match self.step((roll.seq - self.cursor.seq) as usize)? {
+                Step::Forwarded => {}
+                Step::Idle if self.stop.load(Ordering::Acquire) => {
+                    return Err(ClickHouseError::Closed)
+                }
+                Step::Idle => std::thread::sleep(Duration::from_millis(10)),
+                Step::Abandoned => {
+                    self.abandoned = true;
+                    return Err(ClickHouseError::Closed);
+                }
+            }
+        }
+        if self.cursor != roll {
+            // The same place, named by the new file: the files before it can all go.
+            write_cursor(&self.dir, roll)?;
+            self.cursor = roll;
+        }
+        // 3: the person as the graph knows them after exactly those records.
+        let Some(person) = self.graph.find_person(id) else {
+            return Ok(None);
+        };
+        let nodes: Vec<u32> = (0..self.graph.node_count() as u32)
+            .filter(|&n| self.graph.person_of(n) == person)
+            .collect();
+        let events = self.retry(|f| erase::count_events(&f.target, &f.project, &nodes))?;
+        // 4: the embedded copy of a migrated project numbers nodes as the graph does;
+        // another embedded store is only reachable by the id.
+        if let Some(store) = &self.embedded {
+            let who = if crate::migrate::migrated(&self.dir)? {
+                Erase::Nodes(nodes.clone())
+            } else {
+                Erase::Id(id.to_string())
+            };
+            store.erase(who)?;
+        }
+        // 5: from here on the erasure finishes, whatever happens.
+        let pending = PendingErasure {
+            nodes,
+            events,
+            audit: AuditEntry::new(
+                "person.delete",
+                Some(&self.project),
+                actor,
+                format!(
+                    "{}: {events} events erased",
+                    throughline_store::audit::erased_id(id)
+                ),
+            ),
+        };
+        erase::write_pending(&self.dir, &pending)?;
+        self.stop_here(EraseStep::Recorded)?;
+        self.finish_erasure(&pending)?;
+        Ok(Some(events))
+    }
+
+    /// Steps 6-9: each repeats harmlessly, so a restart runs them again from the top.
+    fn finish_erasure(&mut self, p: &PendingErasure) -> Result<(), ClickHouseError> {
+        let count = self.graph.node_count();
+        for &n in p.nodes.iter().filter(|&&n| (n as usize) < count) {
+            let person = self.graph.person_of(n);
+            self.graph.forget_person(person);
+        }
+        // Erased nodes are in no table any more: no row is written for them.
+        self.graph.drain_journal();
+        self.checkpoint()?;
+        self.stop_here(EraseStep::Checkpointed)?;
+        self.outbox
+            .forwarded(0, self.cursor, self.checkpoint_file)?;
+        self.stop_here(EraseStep::Retired)?;
+        self.retry(|f| erase::delete_nodes(&f.target, &f.project, &p.nodes))?;
+        self.stop_here(EraseStep::Deleted)?;
+        erase::audit_once(&self.data, &p.audit)?;
+        erase::clear_pending(&self.dir)
+    }
+
+    /// Sleeps `ms` between two attempts, waking early when the process stops: false then.
+    fn pause(&self, ms: u64) -> bool {
+        let until = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < until {
+            if self.stop.load(Ordering::Acquire) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Runs `f` until it succeeds, with the inserts' backoff, while ClickHouse is away or
+    /// refuses; `Closed` when the process stops first.
+    fn retry<T>(
+        &self,
+        mut f: impl FnMut(&Self) -> Result<T, ClickHouseError>,
+    ) -> Result<T, ClickHouseError> {
+        let mut wait_ms = 50u64;
+        loop {
+            match f(self) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    tracing::warn!(project = %self.project, error = %e, retry_ms = wait_ms, "erasure step failed; retrying");
+                    self.status.lock().expect("status lock").last_error = Some(e.to_string());
+                }
+            }
+            if !self.pause(wait_ms) {
+                return Err(ClickHouseError::Closed);
+            }
+            wait_ms = (wait_ms * 2).min(self.options.retry_ms_max);
+        }
+    }
+
+    fn stop_here(&mut self, step: EraseStep) -> Result<(), ClickHouseError> {
+        if self.options.erase_stop_after == Some(step) {
+            // As a crash there would: nothing after this step happened, and the graph in
+            // memory must not become a checkpoint.
+            self.abandoned = true;
+            return Err(ClickHouseError::Closed);
+        }
         Ok(())
     }
 }

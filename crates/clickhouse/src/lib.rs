@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod dedupe;
+pub mod erase;
 pub mod fold;
 pub mod forward;
 pub mod migrate;
@@ -29,7 +30,7 @@ pub mod sql;
 use std::path::{Path, PathBuf};
 
 pub use client::Client;
-pub use forward::{Backend, BackendOptions, Project};
+pub use forward::{Backend, BackendOptions, EraseStep, Project};
 pub use schema::Target;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,8 @@ pub enum ClickHouseError {
     Overloaded,
     #[error("the outbox is shutting down")]
     Closed,
+    #[error("the erasure did not finish within {waited_ms} ms (ClickHouse is slow or away); it goes on, and asking again answers 404 once it is done")]
+    ErasureRunning { waited_ms: u64 },
     #[error("the outbox log could not be made durable: {0}")]
     WalFailed(String),
     #[error(transparent)]
@@ -82,6 +85,7 @@ impl ClickHouseError {
             ClickHouseError::Backlog { .. }
                 | ClickHouseError::Overloaded
                 | ClickHouseError::Closed
+                | ClickHouseError::ErasureRunning { .. }
                 | ClickHouseError::WalFailed(_)
                 | ClickHouseError::Transport { .. }
         )

@@ -20,7 +20,7 @@ use throughline_store::{message_hash, ProjectStore, StoreError};
 use crate::client::quote;
 use crate::dedupe::HashIndex;
 use crate::forward::{event_row, project_dir, read_cursor, write_cursor, write_identity};
-use crate::outbox::{write_atomic, Position};
+use crate::outbox::{read_json, write_atomic, Position};
 use crate::rowbinary::Writer;
 use crate::schema::{event_columns, Target, IDENTITY_COLUMNS};
 use crate::ClickHouseError;
@@ -68,6 +68,12 @@ fn fingerprint(project: &ProjectStore) -> String {
         })
         .collect();
     format!("{}|{}", snap.event_count(), segments.join(","))
+}
+
+/// Whether a migration of the project in `dir` (its `clickhouse/` directory) finished:
+/// then its embedded store numbers identity nodes as the forwarder's graph does.
+pub fn migrated(dir: &Path) -> Result<bool, ClickHouseError> {
+    Ok(read_json::<MigrateState>(&dir.join(MIGRATE_FILE))?.is_some_and(|s| s.finished))
 }
 
 /// Deletes every row of a project on every shard and waits until it is done.

@@ -95,6 +95,12 @@ struct Request {
     reply: Reply,
 }
 
+/// What the writer thread takes, in order: appends, and the roll an erasure asks for.
+enum Job {
+    Append(Request),
+    Roll(Box<dyn FnOnce(Result<Position, ClickHouseError>) + Send>),
+}
+
 /// What the writer and the forwarder share.
 pub(crate) struct Shared {
     /// The durable end: where the next record will go.
@@ -106,7 +112,7 @@ pub(crate) struct Shared {
 
 pub struct Outbox {
     log_dir: PathBuf,
-    tx: Mutex<Option<SyncSender<Request>>>,
+    tx: Mutex<Option<SyncSender<Job>>>,
     pub(crate) shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -137,6 +143,22 @@ pub fn sync_dir(dir: &Path) -> Result<(), ClickHouseError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| ClickHouseError::io(dir, e))
+}
+
+/// A small JSON state file, or `None` when it does not exist yet.
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+) -> Result<Option<T>, ClickHouseError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| ClickHouseError::Corrupt {
+                file: path.to_path_buf(),
+                why: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ClickHouseError::io(path, e)),
+    }
 }
 
 /// Writes a small file atomically: temp file, fsync, rename, directory fsync.
@@ -312,10 +334,10 @@ impl Outbox {
     ) -> Result<(), ClickHouseError> {
         let tx = self.tx.lock().expect("sender lock");
         let tx = tx.as_ref().ok_or(ClickHouseError::Closed)?;
-        tx.try_send(Request {
+        tx.try_send(Job::Append(Request {
             records,
             reply: Box::new(done),
-        })
+        }))
         .map_err(|e| match e {
             TrySendError::Full(_) => ClickHouseError::Overloaded,
             TrySendError::Disconnected(_) => ClickHouseError::Closed,
@@ -329,12 +351,31 @@ impl Outbox {
             let sender = self.tx.lock().expect("sender lock");
             let sender = sender.as_ref().ok_or(ClickHouseError::Closed)?;
             sender
-                .send(Request {
+                .send(Job::Append(Request {
                     records,
                     reply: Box::new(move |r| {
                         let _ = tx.send(r);
                     }),
-                })
+                }))
+                .map_err(|_| ClickHouseError::Closed)?;
+        }
+        rx.recv().map_err(|_| ClickHouseError::Closed)?
+    }
+
+    /// Ends the current log file after every append queued before this call, and returns
+    /// where the next record goes: the start of a new file, so every record before it lies
+    /// in files that can be retired whole once forwarded (an erasure's way of leaving no
+    /// payload of the person behind, without rewriting a file a reader may hold). An
+    /// empty current file is kept as it is.
+    pub fn roll(&self) -> Result<Position, ClickHouseError> {
+        let (tx, rx) = mpsc::channel();
+        {
+            let sender = self.tx.lock().expect("sender lock");
+            let sender = sender.as_ref().ok_or(ClickHouseError::Closed)?;
+            sender
+                .send(Job::Roll(Box::new(move |r| {
+                    let _ = tx.send(r);
+                })))
                 .map_err(|_| ClickHouseError::Closed)?;
         }
         rx.recv().map_err(|_| ClickHouseError::Closed)?
@@ -466,21 +507,44 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, rx: Receiver<Request>) {
+    fn run(&mut self, rx: Receiver<Job>) {
         while let Ok(first) = rx.recv() {
+            let first = match first {
+                Job::Append(r) => r,
+                Job::Roll(reply) => {
+                    reply(self.roll_now());
+                    continue;
+                }
+            };
+            let mut events: usize = first.records.len();
             let mut group = vec![first];
-            let mut events: usize = group[0].records.len();
+            let mut roll = None;
             while events < self.options.group_events_max {
                 match rx.try_recv() {
-                    Ok(r) => {
+                    Ok(Job::Append(r)) => {
                         events += r.records.len();
                         group.push(r);
+                    }
+                    // A roll ends the group: appends queued after it go to the new file.
+                    Ok(Job::Roll(reply)) => {
+                        roll = Some(reply);
+                        break;
                     }
                     Err(_) => break,
                 }
             }
             self.commit(group);
+            if let Some(reply) = roll {
+                reply(self.roll_now());
+            }
         }
+    }
+
+    fn roll_now(&mut self) -> Result<Position, ClickHouseError> {
+        if self.end.offset > 0 {
+            self.roll()?;
+        }
+        Ok(self.end)
     }
 
     fn commit(&mut self, group: Vec<Request>) {

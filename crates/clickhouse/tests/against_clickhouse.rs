@@ -378,3 +378,302 @@ fn migrated_events_read_back_identically() {
     compare(&store, &source, true);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every outbox log file's bytes, and whether one holds `needle`.
+fn log_holds(ch_dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(ch_dir.join("log"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .any(|b| b.windows(needle.len()).any(|w| w == needle))
+}
+
+/// GDPR erasure through the forwarder: a multi-device person (some of whose events still
+/// wait in the outbox when it is asked) is gone from ClickHouse, the outbox files, the
+/// identity checkpoint and the graph, and every other row reads back as the embedded
+/// store reads after its own erasure. Then the same, stopped after each durable step as
+/// a crash would stop it: the next start finishes it, and the audit log has one entry.
+#[test]
+fn erasure_leaves_nothing_and_finishes_after_a_stop_at_any_step() {
+    use throughline_clickhouse::erase;
+    use throughline_clickhouse::EraseStep;
+    let db = Db::new("erase");
+    let evs = events(4000);
+    let id = "user-3";
+    let needles: [&[u8]; 3] = [b"\"user-3\"", b"\"dev-3\"", b"\"dev-34\""];
+    let stops = [
+        None,
+        Some(EraseStep::Recorded),
+        Some(EraseStep::Checkpointed),
+        Some(EraseStep::Retired),
+        Some(EraseStep::Deleted),
+    ];
+    for (round, stop) in stops.into_iter().enumerate() {
+        let name = format!("p{round}");
+        let dir = temp(&format!("erase{round}"));
+        let reference =
+            ProjectStore::open(&name, &dir.join("embedded"), ProjectOptions::default()).unwrap();
+        reference.append(EventBatch::of(&evs)).unwrap();
+        let data = dir.join("ch");
+        let options = |stop| BackendOptions {
+            batch_events_max: 500,
+            erase_stop_after: stop,
+            ..BackendOptions::default()
+        };
+        let backend = Backend::open(db.target.clone(), &data, options(stop)).unwrap();
+        let project = backend.project(&name).unwrap();
+        for chunk in evs.chunks(400) {
+            project
+                .append(chunk.iter().map(Record::new).collect())
+                .unwrap();
+        }
+        let ch_dir = project.dir().to_path_buf();
+        assert!(needles.iter().all(|n| log_holds(&ch_dir, n)));
+        let nodes: Vec<String> = {
+            let snap = reference.snapshot();
+            let g = snap.identity();
+            let person = g.find_person(id).unwrap();
+            (0..g.node_count() as u32)
+                .filter(|&n| g.person_of(n) == person)
+                .map(|n| n.to_string())
+                .collect()
+        };
+        assert!(nodes.len() >= 4, "{nodes:?}");
+        let nodes = nodes.join(", ");
+        let expected = reference.delete_person(id).unwrap() as u64;
+        assert!(expected > 10, "the person has {expected} events");
+        let answer = project.erase(id, "test");
+        let source = Source::new(Arc::new(db.target.clone()), &name, Default::default());
+        match stop {
+            None => {
+                assert_eq!(answer.unwrap(), Some(expected));
+                backend.close();
+            }
+            Some(step) => {
+                assert!(
+                    matches!(answer, Err(throughline_clickhouse::ClickHouseError::Closed)),
+                    "{step:?}: {answer:?}"
+                );
+                assert!(erase::read_pending(&ch_dir).unwrap().is_some());
+                backend.close();
+                // The next start finishes it before forwarding anything else.
+                let backend = Backend::open(db.target.clone(), &data, options(None)).unwrap();
+                let project = backend.project(&name).unwrap();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                while erase::read_pending(&ch_dir).unwrap().is_some() {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{step:?}: not finished"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                assert!(project.wait_forwarded(60_000));
+                backend.close();
+            }
+        }
+        assert_eq!(source.find_person(id).unwrap(), None);
+        assert_eq!(source.find_person("dev-34").unwrap(), None);
+        for n in needles {
+            assert!(
+                !log_holds(&ch_dir, n),
+                "{stop:?}: the outbox still holds {n:?}"
+            );
+        }
+        let checkpoints: Vec<_> = std::fs::read_dir(&ch_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("identity-"))
+            .collect();
+        assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+        let graph = throughline_identity::IdentityGraph::from_snapshot(
+            &std::fs::read(ch_dir.join(&checkpoints[0])).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(graph.find_person(id), None);
+        assert_eq!(graph.find_person("dev-3"), None);
+        // Nothing of them on either shard, FINAL or not; the rest as the embedded store.
+        for c in db.target.shard_clients() {
+            let n = c
+                .query_text(&format!(
+                    "SELECT count() FROM {}.person_overrides_local FINAL WHERE project = '{name}' AND (old_person IN ({nodes}) OR override_person IN ({nodes}))",
+                    db.name
+                ))
+                .unwrap();
+            assert_eq!(n, "0", "{stop:?}: person_overrides");
+            for table in ["events_local", "identities_local"] {
+                let n = c
+                    .query_text(&format!(
+                        "SELECT count() FROM {}.{table} FINAL WHERE project = '{name}' AND node IN ({nodes})",
+                        db.name
+                    ))
+                    .unwrap();
+                assert_eq!(n, "0", "{stop:?}: {table}");
+            }
+            let ids = c
+                .query_text(&format!(
+                    "SELECT count() FROM {}.identities_local FINAL WHERE project = '{name}' AND id IN ('{id}', 'dev-3', 'dev-34', 'dev-65', 'dev-96')",
+                    db.name
+                ))
+                .unwrap();
+            assert_eq!(ids, "0", "{stop:?}");
+        }
+        compare(&reference, &source, false);
+        let audit = throughline_store::audit::read(&data).unwrap();
+        let erased: Vec<_> = audit
+            .iter()
+            .filter(|e| e.action == "person.delete")
+            .collect();
+        assert_eq!(erased.len(), 1, "{stop:?}: {audit:?}");
+        assert_eq!(
+            erased[0].detail,
+            format!(
+                "{}: {expected} events erased",
+                throughline_store::audit::erased_id(id)
+            )
+        );
+        if stop.is_none() {
+            // An event for the id after the erasure starts a new person.
+            let late: Event = serde_json::from_value(serde_json::json!({
+                "message_id": "late", "type": "track", "event": "Signed Up",
+                "user_id": id, "timestamp": 1_700_009_000_000i64, "received_at": 1_700_009_000_000i64,
+            }))
+            .unwrap();
+            let backend = Backend::open(db.target.clone(), &data, options(None)).unwrap();
+            let project = backend.project(&name).unwrap();
+            project.append(vec![Record::new(&late)]).unwrap();
+            reference.append(EventBatch::of(&[late])).unwrap();
+            assert!(project.wait_forwarded(60_000));
+            compare(&reference, &source, false);
+            let person = source.find_person(id).unwrap().expect("a new person");
+            let mut seen = 0;
+            source
+                .events_of_nodes(
+                    &source
+                        .identities(Some(&[person]))
+                        .unwrap()
+                        .iter()
+                        .map(|(_, m)| m.node)
+                        .collect::<Vec<_>>(),
+                    &mut |_, _, _| {
+                        seen += 1;
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(seen, 1);
+            backend.close();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Events for the person that arrive while the erasure runs are either erased with them
+/// or, arriving after its point in the outbox, make a new person: never half. The count
+/// answered says which: the old events plus exactly the concurrent ones that are gone.
+#[test]
+fn events_arriving_during_an_erasure_are_erased_or_start_a_new_person() {
+    let db = Db::new("erase_conc");
+    let dir = temp("erase-conc");
+    let evs = events(3000);
+    let id = "user-3";
+    let reference =
+        ProjectStore::open("p", &dir.join("embedded"), ProjectOptions::default()).unwrap();
+    reference.append(EventBatch::of(&evs)).unwrap();
+    let old = reference.delete_person(id).unwrap() as u64;
+    let backend = Backend::open(
+        db.target.clone(),
+        &dir.join("ch"),
+        BackendOptions {
+            batch_events_max: 300,
+            ..BackendOptions::default()
+        },
+    )
+    .unwrap();
+    let project = backend.project("p").unwrap();
+    for chunk in evs.chunks(500) {
+        project
+            .append(chunk.iter().map(Record::new).collect())
+            .unwrap();
+    }
+    const LATE: usize = 60;
+    let sender = {
+        let project = project.clone();
+        std::thread::spawn(move || {
+            for i in 0..LATE {
+                let e: Event = serde_json::from_value(serde_json::json!({
+                    "message_id": format!("c{i}"), "type": "track", "event": "Product Viewed",
+                    "user_id": id, "timestamp": 1_700_010_000_000i64 + i as i64,
+                    "received_at": 1_700_010_000_000i64,
+                }))
+                .unwrap();
+                project.append(vec![Record::new(&e)]).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    let erased = project
+        .erase(id, "test")
+        .unwrap()
+        .expect("the person exists");
+    sender.join().unwrap();
+    assert!(project.wait_forwarded(60_000));
+    let source = Source::new(Arc::new(db.target.clone()), "p", Default::default());
+    // Every concurrent event still stored, with the person of its node today.
+    let persons: std::collections::HashMap<u32, u32> = source
+        .identities(None)
+        .unwrap()
+        .into_iter()
+        .map(|(p, m)| (m.node, p))
+        .collect();
+    let mut kept: Vec<(String, u32)> = Vec::new();
+    let bytes = db
+        .target
+        .client
+        .query_bytes(&format!(
+            "SELECT node, payload FROM {}.events WHERE project = 'p' FORMAT RowBinary",
+            db.name
+        ))
+        .unwrap();
+    let mut r = throughline_clickhouse::rowbinary::Reader::new(&bytes[..]);
+    let mut buf = Vec::new();
+    while !r.at_end().unwrap() {
+        let node = r.u32().unwrap();
+        r.bytes_into(&mut buf).unwrap();
+        let e: Event = serde_json::from_slice(&buf).unwrap();
+        if e.message_id.starts_with('c') {
+            kept.push((e.message_id, persons[&node]));
+        }
+    }
+    assert_eq!(
+        erased,
+        old + (LATE - kept.len()) as u64,
+        "{} kept",
+        kept.len()
+    );
+    match source.find_person(id).unwrap() {
+        None => assert!(kept.is_empty(), "{kept:?}"),
+        Some(person) => {
+            // The new person holds the late events that survived, and nothing older.
+            assert!(kept.iter().all(|(_, p)| *p == person), "{kept:?}");
+            let nodes: Vec<u32> = source
+                .identities(Some(&[person]))
+                .unwrap()
+                .iter()
+                .map(|(_, m)| m.node)
+                .collect();
+            let mut theirs = Vec::new();
+            source
+                .events_of_nodes(&nodes, &mut |_, _, e| {
+                    theirs.push(e.message_id);
+                    Ok(())
+                })
+                .unwrap();
+            theirs.sort();
+            let mut want: Vec<String> = kept.iter().map(|(m, _)| m.clone()).collect();
+            want.sort();
+            assert_eq!(theirs, want);
+        }
+    }
+    backend.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}

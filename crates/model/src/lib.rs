@@ -6,6 +6,7 @@
 
 mod event;
 mod new_event;
+mod numbers;
 mod time;
 
 pub use event::{
@@ -13,6 +14,7 @@ pub use event::{
     DIM_COUNT,
 };
 pub use new_event::{NewEvent, NewUtm};
+pub use numbers::{number_of, top_level_numbers};
 pub use time::{format_ms, parse_timestamp};
 
 /// Milliseconds since the Unix epoch, UTC. The one time unit inside Throughline.

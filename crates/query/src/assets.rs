@@ -1216,7 +1216,7 @@ pub(crate) fn property_path(text: &str) -> Result<Vec<String>, QueryError> {
 }
 
 /// A number, or a string holding one; anything else is no value.
-fn number_at(e: &throughline_model::Event, path: &[String]) -> Option<f64> {
+pub(crate) fn number_at(e: &throughline_model::Event, path: &[String]) -> Option<f64> {
     let root = match path[0].as_str() {
         "context" => &e.context,
         "traits" => &e.traits,
@@ -1226,9 +1226,7 @@ fn number_at(e: &throughline_model::Event, path: &[String]) -> Option<f64> {
     for k in &path[2..] {
         v = v.get(k)?;
     }
-    v.as_f64()
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        .filter(|x: &f64| x.is_finite())
+    throughline_model::number_of(v)
 }
 
 #[cfg(test)]

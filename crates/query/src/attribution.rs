@@ -571,7 +571,12 @@ pub fn run(
             persons: only.as_ref(),
         },
     )?;
-    let decoded = read_conversions(snap, &conversion, value_path.as_deref(), from, to)?;
+    // Conditions on the conversion need its decoded event (which then gives the value
+    // too); a value alone comes from the number columns, for the counted conversions only.
+    let filtered = match conversion.filters.is_empty() {
+        true => HashMap::new(),
+        false => read_conversions(snap, &conversion, value_path.as_deref(), from, to)?,
+    };
     let (names, paths) = (rows.dim(0), rows.dim(1));
     let mut conv_cache: HashMap<(u8, u32, u32), bool> = HashMap::new();
     let mut is_conversion = |i: usize| -> bool {
@@ -579,7 +584,25 @@ pub fn run(
             .entry((rows.kind[i], names.codes[i], paths.codes[i]))
             .or_insert_with(|| conversion.matches_event(rows.kind[i], names.get(i), paths.get(i)));
         hit && in_range(rows.ts[i])
-            && (conversion.filters.is_empty() || decoded.contains_key(&rows.seq[i]))
+            && (conversion.filters.is_empty() || filtered.contains_key(&rows.seq[i]))
+    };
+    let valued;
+    let decoded = match &value_path {
+        Some(path) if conversion.filters.is_empty() => {
+            let mut counted: Vec<u32> = Vec::new();
+            for r in rows.persons() {
+                let mut convs = r.filter(|&i| is_conversion(i)).map(|i| rows.seq[i]);
+                match all_conversions {
+                    true => counted.extend(convs),
+                    false => counted.extend(convs.next()),
+                }
+            }
+            counted.sort_unstable();
+            counted.dedup();
+            valued = crate::values::values_at(snap, path, &counted)?;
+            &valued
+        }
+        _ => &filtered,
     };
 
     let mut journeys = Journeys::new(&models);

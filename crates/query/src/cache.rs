@@ -25,6 +25,7 @@ enum Value {
     I64(Arc<Vec<i64>>),
     U8(Arc<Vec<u8>>),
     U16(Arc<Vec<u16>>),
+    F64(Arc<Vec<f64>>),
     Dict(Arc<Vec<String>>),
 }
 
@@ -35,6 +36,7 @@ impl Value {
             Value::I64(v) => v.len() * 8,
             Value::U8(v) => v.len(),
             Value::U16(v) => v.len() * 2,
+            Value::F64(v) => v.len() * 8,
             Value::Dict(v) => v.iter().map(|s| s.len() + 24).sum::<usize>() + 24,
         }
     }
@@ -116,6 +118,15 @@ impl ColumnCache {
             Ok(Value::I64(Arc::new(s.read_column(name)?)))
         })? {
             Value::I64(v) => Ok(v),
+            _ => Err(mismatch(seg, name)),
+        }
+    }
+
+    pub fn f64s(&self, seg: &Arc<Segment>, name: &str) -> Result<Arc<Vec<f64>>, StoreError> {
+        match self.get(seg, name, |s| {
+            Ok(Value::F64(Arc::new(s.read_column(name)?)))
+        })? {
+            Value::F64(v) => Ok(v),
             _ => Err(mismatch(seg, name)),
         }
     }

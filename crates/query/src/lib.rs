@@ -30,6 +30,7 @@ pub mod spec;
 pub mod spend;
 pub mod stages;
 pub mod trends;
+mod values;
 
 pub use error::QueryError;
 pub use spec::{parse_duration, parse_time_bound, StepMatcher};

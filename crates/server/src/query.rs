@@ -51,19 +51,38 @@ pub async fn person(
 }
 
 /// `DELETE /api/v1/projects/{project}/persons/{id}`: GDPR erasure of a person (every event
-/// and id), recorded in the audit log with the caller's address.
+/// and id), recorded in the audit log with the caller's address. On ClickHouse the
+/// project's forwarder runs it in outbox order and writes the audit entry itself
+/// (crates/clickhouse/src/erase.rs), with the same answer.
 pub async fn delete_person(
     State(state): State<Arc<AppState>>,
     Path((project, id)): Path<(String, String)>,
     request: axum::extract::Request,
 ) -> Result<Json<Value>, AppError> {
     let store = authorize(&state, &project, request.headers())?;
-    embedded_only(&state, "erasure")?;
     let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map_or("unknown".to_string(), |c| c.0.to_string());
     let data = state.store.dir().to_path_buf();
+    if let Some(ch) = state.clickhouse.clone() {
+        return tokio::task::spawn_blocking(move || {
+            match ch.project(&project)?.erase(&id, &format!("http {peer}"))? {
+                Some(erased) => Ok(Json(serde_json::json!({"erased_events": erased, "id": id}))),
+                None => Err(AppError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no person with id {id:?}"),
+                )),
+            }
+        })
+        .await
+        .map_err(|e| {
+            AppError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("erasure failed: {e}"),
+            )
+        })?;
+    }
     tokio::task::spawn_blocking(move || {
         if store.snapshot().identity().find_person(&id).is_none() {
             return Err(AppError::new(
@@ -118,18 +137,6 @@ pub(crate) fn authorize(
 /// (the embedded store).
 fn remote(state: &AppState, project: &str) -> Option<throughline_clickhouse::source::Source> {
     state.clickhouse.as_ref().map(|ch| ch.source(project))
-}
-
-/// What the embedded store alone answers: on a ClickHouse-backed server its store holds
-/// no events, and answering from it would be silently empty.
-fn embedded_only(state: &AppState, what: &str) -> Result<(), AppError> {
-    if state.clickhouse.is_some() {
-        return Err(AppError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            format!("{what} is not served over the ClickHouse backend yet"),
-        ));
-    }
-    Ok(())
 }
 
 /// Runs `f` over the project's events: the embedded snapshot, or ClickHouse.

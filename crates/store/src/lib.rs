@@ -35,6 +35,7 @@ mod maintenance;
 pub mod manifest;
 mod memtable;
 pub mod metrics;
+pub mod numbers;
 mod project;
 mod segment;
 mod tail;
@@ -52,7 +53,9 @@ pub use catalog::{
     CORS_ORIGINS_MAX,
 };
 pub use lock::DirLock;
-pub use project::{AppendOutcome, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats};
+pub use project::{
+    AppendOutcome, Erase, LogRow, ProjectOptions, ProjectStore, Snapshot, StoreStats,
+};
 pub use segment::{ColumnReader, Segment, NO_VALUE};
 pub use store::Store;
 pub use tail::{Tail, TailFilter};

@@ -26,6 +26,7 @@ use throughline_model::DIMS;
 
 use crate::fsutil::write_atomic;
 use crate::memtable::{Frozen, IdentityUpdate};
+use crate::numbers::{self, NumberIndex};
 use crate::project::{Manifest, Reply, Shared, State};
 use crate::segment::{self, Columns, DimColumn, PayloadReader, Segment, StrHasher, NO_VALUE};
 use crate::wal;
@@ -262,6 +263,7 @@ fn flush_table(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
         ts: Vec::with_capacity(order.len()),
         kinds: Vec::with_capacity(order.len()),
         hashes: t.rows.iter().map(|r| t.hash(r)).collect(),
+        numbers: NumberIndex::Derive,
     };
     for &i in &order {
         let r = &t.rows[i as usize];
@@ -593,6 +595,12 @@ pub(crate) fn rewrite(
             .map(|r| ins[r.input as usize].kinds[r.row as usize])
             .collect(),
         hashes,
+        // The inputs' number columns moved to the output rows; derived from the records
+        // being written when an input has none (written before they existed).
+        numbers: match numbers::merge(inputs, &rows_at)? {
+            Some(n) => NumberIndex::Given(n),
+            None => NumberIndex::Derive,
+        },
     };
     drop(ins);
     let number = shared.next_number.fetch_add(1, Ordering::Relaxed);

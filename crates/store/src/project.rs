@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use serde::Serialize;
-use throughline_identity::{IdentityConfig, IdentityGraph, NodeId};
+use throughline_identity::{IdentityConfig, IdentityGraph, NodeId, PersonId};
 use throughline_model::{Event, DIM_COUNT};
 
 use crate::batch::{BufferPool, EventBatch};
@@ -458,10 +458,17 @@ impl ProjectStore {
     /// Erases every event and id of the person known by `id` (any of their ids).
     /// Returns the number of events erased.
     pub fn delete_person(&self, id: &str) -> Result<usize, StoreError> {
+        self.erase(Erase::Id(id.to_string()))
+    }
+
+    /// Erases every event and id of the persons an [`Erase`] names; repeating it erases
+    /// nothing more (erased nodes stay their own, empty persons). Returns the number of
+    /// events erased.
+    pub fn erase(&self, who: Erase) -> Result<usize, StoreError> {
         let (tx, rx) = mpsc::channel();
         self.send(
             Request::DeletePerson {
-                id: id.to_string(),
+                who,
                 reply: Box::new(move |r| {
                     let _ = tx.send(r);
                 }),
@@ -851,12 +858,32 @@ fn remove_unlisted(dir: &Path, seg_dir: &Path, m: &Manifest) -> Result<(), Store
     Ok(())
 }
 
-/// The nodes of the person known by `id`, if any: what an erasure removes.
-pub(crate) fn person_nodes(identity: &IdentityGraph, id: &str) -> Option<HashSet<NodeId>> {
-    let person = identity.find_person(id)?;
-    Some(
-        (0..identity.node_count() as NodeId)
-            .filter(|&n| identity.person_of(n) == person)
+/// Whom an erasure removes: the person known by an id, or every person holding one of
+/// some identity nodes (a backend that kept the same node numbering names them so).
+#[derive(Clone, Debug)]
+pub enum Erase {
+    Id(String),
+    Nodes(Vec<NodeId>),
+}
+
+/// The persons an erasure removes and all their nodes; `None` when it names nobody.
+pub(crate) fn erased_nodes(
+    identity: &IdentityGraph,
+    who: &Erase,
+) -> Option<(HashSet<PersonId>, HashSet<NodeId>)> {
+    let persons: HashSet<PersonId> = match who {
+        Erase::Id(id) => identity.find_person(id).into_iter().collect(),
+        Erase::Nodes(nodes) => nodes
+            .iter()
+            .filter(|&&n| (n as usize) < identity.node_count())
+            .map(|&n| identity.person_of(n))
             .collect(),
-    )
+    };
+    if persons.is_empty() {
+        return None;
+    }
+    let nodes = (0..identity.node_count() as NodeId)
+        .filter(|&n| persons.contains(&identity.person_of(n)))
+        .collect();
+    Some((persons, nodes))
 }

@@ -6,6 +6,11 @@
 //! column carries a CRC32 checked when it is read. The footer is self-describing, so later
 //! versions add columns without breaking older files. The full event travels in the
 //! `payload` column (the same JSON as the WAL record), which export and Parquet use.
+//!
+//! Footer versions: 1 is the layout above; 2 adds the number columns of
+//! [`crate::numbers`] and their list (`numbers` in the footer). Both are read; a reader
+//! of version 1 ignores what version 2 adds, and a version-1 segment simply has no number
+//! columns (readers decode payloads instead).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,7 +25,13 @@ use throughline_model::DIMS;
 
 use crate::bloom::{BlockedBloom, Bloom};
 use crate::fsutil::sync_dir;
+use crate::numbers::{
+    check_number_column, number_column_names, NumberIndex, Numbers, NumbersBuilder, NumbersMeta,
+};
 use crate::StoreError;
+
+/// The footer version this binary writes.
+const FOOTER_VERSION: u32 = 2;
 
 const MAGIC: &[u8; 8] = b"TLSEG\0\0\x01";
 const END_MAGIC: &[u8; 8] = b"TLSEGEND";
@@ -50,6 +61,9 @@ struct Footer {
     min_ts: i64,
     max_ts: i64,
     columns: Vec<ColumnMeta>,
+    /// Version 2: the number columns' keys (absent: none were written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    numbers: Option<NumbersMeta>,
 }
 
 /// The scan columns of a segment to [`write`], rows in (person, timestamp) order.
@@ -60,6 +74,8 @@ pub struct Columns {
     pub kinds: Vec<u8>,
     /// The message-id hashes the segment answers for in deduplication.
     pub hashes: Vec<u128>,
+    /// Where the number columns come from.
+    pub numbers: NumberIndex,
 }
 
 /// One dictionary-coded string column: a code per row ([`NO_VALUE`] where absent) into
@@ -168,6 +184,7 @@ fn write_inner(
         ts,
         kinds,
         mut hashes,
+        numbers,
     } = columns;
     let rows = persons.len();
     assert!(
@@ -216,6 +233,11 @@ fn write_inner(
     w.align()?;
     let payload_offset = w.pos;
     let mut block = Vec::with_capacity(PAYLOAD_BLOCK_BYTES as usize + (64 << 10));
+    let (mut builder, mut numbers) = match numbers {
+        NumberIndex::Derive => (Some(NumbersBuilder::new(rows)), None),
+        NumberIndex::Given(n) => (None, Some(n)),
+        NumberIndex::Omit => (None, None),
+    };
     for i in 0..rows {
         if block.len() as u64 >= PAYLOAD_BLOCK_BYTES {
             blocks.extend([block_row as u64, u64::from(crc32fast::hash(&block))]);
@@ -226,6 +248,9 @@ fn write_inner(
         }
         let before = block.len();
         payload(i, &mut block).map_err(WriteError::Source)?;
+        if let Some(b) = &mut builder {
+            b.observe(i as u32, &block[before..]);
+        }
         at += (block.len() - before) as u64;
         offsets.push(at);
     }
@@ -244,13 +269,43 @@ fn write_inner(
     w.column("payload_blocks", bytemuck::cast_slice(&blocks))?;
     w.column("msg_hash", bytemuck::cast_slice(&hashes))?;
     w.column(BLOCKED_BLOOM, bytemuck::cast_slice(bloom.words()))?;
+    if let Some(b) = builder {
+        numbers = b.finish();
+    }
+    let numbers = numbers.map(|Numbers { columns, complete }| {
+        let mut keys = Vec::with_capacity(columns.len());
+        for c in columns {
+            let (rows_name, values_name) = number_column_names(&c.key);
+            keys.push((c.key, rows_name, values_name, c.rows, c.values));
+        }
+        (keys, complete)
+    });
+    let mut numbers_meta = None;
+    if let Some((keys, complete)) = numbers {
+        let mut names = Vec::with_capacity(keys.len());
+        for (key, rows_name, values_name, key_rows, values) in keys {
+            assert_eq!(
+                key_rows.len(),
+                values.len(),
+                "number column of unequal length"
+            );
+            w.column(&rows_name, bytemuck::cast_slice(&key_rows))?;
+            w.column(&values_name, bytemuck::cast_slice(&values))?;
+            names.push(key);
+        }
+        numbers_meta = Some(NumbersMeta {
+            keys: names,
+            complete,
+        });
+    }
 
     let footer = Footer {
-        version: 1,
+        version: FOOTER_VERSION,
         rows: rows as u64,
         min_ts: ts.iter().copied().min().unwrap_or(0),
         max_ts: ts.iter().copied().max().unwrap_or(0),
         columns: w.columns.clone(),
+        numbers: numbers_meta,
     };
     let footer = serde_json::to_vec(&footer).expect("footer serializes");
     w.raw(&footer)?;
@@ -515,6 +570,32 @@ impl Segment {
         Ok((codes, dict))
     }
 
+    /// The keys of the number columns, and whether they are all the keys with numbers;
+    /// `None` for a segment written without number columns.
+    pub fn numbers_meta(&self) -> Option<&NumbersMeta> {
+        self.footer.numbers.as_ref()
+    }
+
+    /// The rows with a number at key `key` and the numbers, verified; `None` when the
+    /// segment does not index the key (see [`Segment::numbers_meta`] for what that means).
+    #[allow(clippy::type_complexity)]
+    pub fn number_column(&self, key: &str) -> Result<Option<(Vec<u32>, Vec<f64>)>, StoreError> {
+        if !self
+            .numbers_meta()
+            .is_some_and(|m| m.keys.iter().any(|k| k == key))
+        {
+            return Ok(None);
+        }
+        let (rows_name, values_name) = number_column_names(key);
+        let rows = self.read_column::<u32>(&rows_name)?;
+        let values = self.read_column::<f64>(&values_name)?;
+        check_number_column(&rows, &values, self.rows()).map_err(|why| StoreError::Corrupt {
+            file: self.path.clone(),
+            why: format!("numbers of {key:?}: {why}"),
+        })?;
+        Ok(Some((rows, values)))
+    }
+
     /// Calls `visit(row, payload)` for every row in order, one checksummed block at a
     /// time: each block is verified before any of its rows is decoded.
     pub fn for_each_payload(
@@ -701,6 +782,9 @@ impl Segment {
         for d in DIMS {
             self.dim(d)?;
         }
+        for key in self.numbers_meta().map_or(&[][..], |m| &m.keys[..]) {
+            self.number_column(key)?;
+        }
         let persons = self.read_column::<u32>("person")?.len();
         let nodes = self.read_column::<u32>("node")?.len();
         let ts = self.read_column::<i64>("ts")?.len();
@@ -847,6 +931,34 @@ impl<'s> PayloadReader<'s> {
     }
 }
 
+/// Rewrites a segment's footer as a binary before number columns wrote it (version 1, no
+/// number list; the columns' bytes stay, unnamed): what stores written before hold.
+#[cfg(test)]
+pub(crate) fn strip_numbers(path: &Path) {
+    let seg = Segment::open(path).unwrap();
+    let mut footer = seg.footer.clone();
+    let size = seg.file.metadata().unwrap().len();
+    drop(seg);
+    footer.version = 1;
+    footer.numbers = None;
+    footer.columns.retain(|c| !c.name.starts_with("num_"));
+    let footer = serde_json::to_vec(&footer).unwrap();
+    // Cut where the trailer says the stored footer starts.
+    let bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(
+        bytes[(size - TRAILER_BYTES) as usize..][..8]
+            .try_into()
+            .unwrap(),
+    );
+    let start = (size - TRAILER_BYTES - len) as usize;
+    let mut out = bytes[..start].to_vec();
+    out.extend_from_slice(&footer);
+    out.extend_from_slice(&(footer.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&footer).to_le_bytes());
+    out.extend_from_slice(END_MAGIC);
+    std::fs::write(path, out).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -859,6 +971,7 @@ mod tests {
             ts: vec![1, 2, 3],
             kinds: vec![0; rows],
             hashes,
+            numbers: NumberIndex::Derive,
         }
     }
 

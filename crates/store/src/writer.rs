@@ -17,7 +17,7 @@ use crate::batch::EventBatch;
 use crate::idhash::HashSet128;
 use crate::maintenance::{self, FlushJob};
 use crate::memtable::{Frozen, IdentityUpdate};
-use crate::project::{in_segments, person_nodes, AppendOutcome, Reply, Shared};
+use crate::project::{erased_nodes, in_segments, AppendOutcome, Erase, Reply, Shared};
 use crate::wal::WalWriter;
 use crate::StoreError;
 
@@ -32,7 +32,7 @@ pub(crate) enum Request {
         reply: Reply<()>,
     },
     DeletePerson {
-        id: String,
+        who: Erase,
         reply: Reply<usize>,
     },
 }
@@ -114,7 +114,7 @@ impl Writer {
                     Ok(()) => maintenance::enqueue(&self.shared, FlushJob::Barrier(reply)),
                     Err(e) => reply(Err(e)),
                 },
-                Request::DeletePerson { id, reply } => reply(self.delete_person(&id)),
+                Request::DeletePerson { who, reply } => reply(self.delete_person(&who)),
             }
             self.freeze_if_full();
         }
@@ -311,7 +311,7 @@ impl Writer {
     /// GDPR erasure. Ingestion waits meanwhile: the log is folded into segments first, so
     /// the person's events exist only in segments, then no compaction may run while the
     /// segments holding them are rewritten without them.
-    fn delete_person(&mut self, id: &str) -> Result<usize, StoreError> {
+    fn delete_person(&mut self, who: &Erase) -> Result<usize, StoreError> {
         self.freeze()?;
         let (tx, rx) = mpsc::channel();
         maintenance::enqueue(
@@ -323,10 +323,10 @@ impl Writer {
         rx.recv().map_err(|_| StoreError::Closed)??;
         let shared = &self.shared;
         let _no_compaction = shared.compaction_lock.lock().expect("compaction lock");
-        let (nodes, affected) = {
+        let (persons, nodes, affected) = {
             let state = shared.state.read().expect("state lock");
             debug_assert!(state.frozen.is_empty() && state.mem.is_empty());
-            let Some(nodes) = person_nodes(&state.identity, id) else {
+            let Some((persons, nodes)) = erased_nodes(&state.identity, who) else {
                 return Ok(0);
             };
             let mut affected = Vec::new();
@@ -336,7 +336,7 @@ impl Writer {
                     affected.push(s.clone());
                 }
             }
-            (nodes, affected)
+            (persons, nodes, affected)
         };
         let mut erased = 0;
         for seg in affected {
@@ -348,10 +348,9 @@ impl Writer {
         }
         let snapshot = {
             let mut state = shared.state.write().expect("state lock");
-            let person = state
-                .identity
-                .person_of(*nodes.iter().next().expect("a person has a node"));
-            state.identity.forget_person(person);
+            for &person in &persons {
+                state.identity.forget_person(person);
+            }
             state.identity.to_snapshot()
         };
         let number = shared.next_number.fetch_add(1, Ordering::Relaxed);
