@@ -477,6 +477,17 @@ def test_the_emotion_view_shows_the_emotion_apis_answers(cx_page, demo):
     assets = demo.api("headphones", "emotion", {"min_responses": 20, "by": "asset"})
     keys = page.page.evaluate("""() => echarts.getInstanceByDom(document.querySelector('[data-card="scores-by-asset"] .chart')).getOption().xAxis[0].data""")
     assert keys == [g["key"] for g in assets["groups"][:12]]
+    # The first-touch filter applies here as in every view: the form sets it, the
+    # definition carries it, and the map shows the filtered answer.
+    page.page.select_option("#emotion-channel", "Email")
+    page.page.click("#emotion-run")
+    page.page.wait_for_url(re.compile(r"channel=Email"))
+    page.settle()
+    body, copied, _ = card_actions(page, "emotion-map")
+    assert body["filter"] == {"channel": "Email"}, body
+    filtered = demo.api("headphones", "emotion", body)
+    assert close(copied["stages"], filtered["stages"])
+    assert filtered["stages"] != demo.api("headphones", "emotion", {"min_responses": 20, "by": "asset"})["stages"]
     assert page.errors == [], page.errors
 
 

@@ -215,9 +215,6 @@ def test_configured_caps_come_from_the_orchestration_config_and_say_so(throughli
     assert ch["SMS"]["configured_cap"] is None
     ch = {c["channel"]: c for c in json.loads(run_cli(throughline_bin, *base, "--configured-cap", "Email=4").stdout)["channels"]}
     assert ch["Email"]["configured_cap"] == 4 and ch["Email"]["configured_cap_source"]["from"] == "request"
-    # A first-touch filter is refused, not silently ignored: these analyses take none.
-    refused = run_cli(throughline_bin, *base, "--channel", "Email", check=False)
-    assert refused.returncode != 0 and "no first-touch filter" in refused.stderr, refused.stderr
     table = run_cli(throughline_bin, *base, "--format", "table").stdout
     assert "configured 3 (the caps the project's journeys last ran with" in table, table
     # A project whose journeys never ran has no orchestration caps.

@@ -1,8 +1,6 @@
 // The controls every view shares: a date range and a channel/campaign filter. They map
-// to the request fields the query kinds take (`from`, `to`, `filter`), so a filtered
-// chart's definition shows exactly what was asked. Views over queries that take a date
-// range but no filter (emotion, fatigue, audit) use `dates()` and `form(..., {filter:
-// false})`: the filter's values ride along in the address, unused, and the form says so.
+// to the request fields every query kind takes (`from`, `to`, `filter`), so a filtered
+// chart's definition shows exactly what was asked.
 
 import { h, field, select } from "./dom.js";
 import { catalog } from "./api.js";
@@ -27,35 +25,16 @@ export function common(params) {
   return out;
 }
 
-/** `from` and `to` alone, for query kinds without a `filter`. */
-export function dates(params) {
-  const { from, to } = common(params);
-  return { ...(from ? { from } : {}), ...(to ? { to } : {}) };
-}
-
 /** Channel and campaign values, from the project's catalog (no scan). */
 function values(project) {
   return catalog(project).then((c) => [c.channels, ["(not set)", ...c.campaigns]]);
 }
 
-/** The shared fields, to put in a view's form; `filter: false` shows the dates only. */
-export function commonFields(ctx, { filter = true } = {}) {
+/** The shared fields, to put in a view's form. */
+export function commonFields(ctx) {
   const p = ctx.params;
   const from = h("input", { type: "date", id: `${ctx.view}-from`, name: "from", value: p.get("from") || "" });
   const to = h("input", { type: "date", id: `${ctx.view}-to`, name: "to", value: p.get("to") || "" });
-  if (!filter) {
-    const carried = ["channel", "campaign"].filter((k) => p.get(k));
-    return h(
-      "fieldset.common",
-      h("legend.visually-hidden", "Date range"),
-      field("From", from),
-      field("To (inclusive)", to),
-      carried.map((k) => h("input", { type: "hidden", name: k, value: p.get(k) })),
-      carried.length
-        ? h("p.hint", { id: `${ctx.view}-filter-note` }, `This analysis takes no first-touch filter: ${carried.map((k) => `${k} ${p.get(k)}`).join(", ")} is kept for the other views, not applied here.`)
-        : null,
-    );
-  }
   const channel = select([["", "All channels"]], "", { id: `${ctx.view}-channel`, name: "channel" });
   const campaign = select([["", "All campaigns"]], "", { id: `${ctx.view}-campaign`, name: "campaign" });
   const fill = (sel, list, current, all) => {
@@ -82,12 +61,12 @@ export function commonFields(ctx, { filter = true } = {}) {
 }
 
 /** A view's form: its own fields, the shared ones, and a submit button. */
-export function form(ctx, fields, { submit = "Apply", onsubmit, filter = true } = {}) {
+export function form(ctx, fields, { submit = "Apply", onsubmit } = {}) {
   const f = h(
     "form.controls",
     { "aria-label": `${ctx.title} settings` },
     h("div.fields", fields),
-    commonFields(ctx, { filter }),
+    commonFields(ctx),
     h("div.submit", h("button.primary", { type: "submit", id: `${ctx.view}-run` }, submit)),
   );
   f.addEventListener("submit", (e) => {

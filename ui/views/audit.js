@@ -6,7 +6,7 @@
 
 import { h, field, select } from "../lib/dom.js";
 import { card } from "../lib/card.js";
-import { dates, form } from "../lib/filters.js";
+import { common, form } from "../lib/filters.js";
 import { defaults } from "../lib/defaults.js";
 import { sortable } from "../lib/sortable.js";
 import { header, run, grid, axis, tooltip, legend } from "../lib/view.js";
@@ -30,14 +30,14 @@ export async function render(ctx) {
   const conversion = p.get("conversion") || d.conversion;
   const window = p.get("window") || "7d";
   const similarity = Number(p.get("similarity") || 0.1);
-  const req = { conversion, window, similarity_min: similarity, ...dates(p) };
+  const req = { conversion, window, similarity_min: similarity, ...common(p) };
 
   const controls = form(ctx, [
     field("Conversion", h("input", { type: "text", name: "conversion", id: "audit-conversion", value: conversion, list: "audit-names", required: true, autocomplete: "off" })),
     h("datalist", { id: "audit-names" }, d.names.map((n) => h("option", { value: n }))),
     field("Window after a session", select([["1d", "1 day"], ["7d", "7 days"], ["30d", "30 days"]], window, { name: "window", id: "audit-window" })),
     field("Least similarity of a match", select([0.05, 0.1, 0.15, 0.2, 0.3].map((n) => [n, String(n)]), similarity, { name: "similarity", id: "audit-similarity" }), "Ad or e-mail copy less similar to its landing page is flagged"),
-  ], { submit: "Audit", filter: false });
+  ], { submit: "Audit" });
 
   const tiles = h("div.tiles", { "aria-live": "polite" });
   const findings = card({ title: "Findings", description: "Everything the audit found, with the sessions and persons it affects; sort by any column", wide: true });

@@ -6,7 +6,7 @@
 
 import { h, field, select } from "../lib/dom.js";
 import { card } from "../lib/card.js";
-import { dates, form } from "../lib/filters.js";
+import { common, form } from "../lib/filters.js";
 import { header, run, grid, axis, tooltip, legend, intervals } from "../lib/view.js";
 import { int, num, pct } from "../lib/format.js";
 
@@ -63,13 +63,13 @@ export async function render(ctx) {
   const by = p.get("by") || "channel";
   const interval = p.get("interval") || "week";
   const minResponses = Number(p.get("min_responses") || 30);
-  const base = { min_responses: minResponses, ...dates(p) };
+  const base = { min_responses: minResponses, ...common(p) };
 
   const controls = form(ctx, [
     field("Break down by", select([["channel", "Channel of the touch before"], ["asset", "Asset of the touch before"], ["campaign", "Campaign of the touch before"], ["stage", "Stage"]], by, { name: "by", id: "emotion-by" })),
     field("Over time by", select([["day", "Day"], ["week", "Week"], ["month", "Month"]], interval, { name: "interval", id: "emotion-interval" })),
     field("Fewest answers for a score", select([5, 10, 20, 30, 50, 100].map((n) => [n, String(n)]), minResponses, { name: "min_responses", id: "emotion-min" }), "Fewer answers say \"not enough data\" instead of a number"),
-  ], { submit: "Show feelings", filter: false });
+  ], { submit: "Show feelings" });
 
   const tiles = h("div.tiles", { "aria-live": "polite" });
   const map = card({ title: "Emotion map", description: "Persons and drop-off at each journey stage; moments of truth marked", wide: true });

@@ -7,7 +7,7 @@
 import { h, field, fill, toast } from "../lib/dom.js";
 import { query, definition } from "../lib/api.js";
 import { card, toCsv, renderTable } from "../lib/card.js";
-import { dates, form } from "../lib/filters.js";
+import { common, form } from "../lib/filters.js";
 import { defaults } from "../lib/defaults.js";
 import { href } from "../lib/route.js";
 import { header, run, grid, axis, tooltip, legend, intervals } from "../lib/view.js";
@@ -46,7 +46,7 @@ export async function render(ctx) {
   const cost = Number(p.get("cost") || 10);
   const window = p.get("window") || "7d";
   const minWindows = Number(p.get("min_windows") || 100);
-  const req = { conversion, conversion_value: value, unsubscribe_cost: cost, window, min_windows: minWindows, audience_limit: AUDIENCE_SHOWN, ...dates(p) };
+  const req = { conversion, conversion_value: value, unsubscribe_cost: cost, window, min_windows: minWindows, audience_limit: AUDIENCE_SHOWN, ...common(p) };
 
   const number = (name, v, label, hint) => field(label, h("input", { type: "text", inputmode: "decimal", name, id: `fatigue-${name}`, value: String(v), autocomplete: "off", required: true }), hint);
   const controls = form(ctx, [
@@ -56,7 +56,7 @@ export async function render(ctx) {
     number("cost", cost, "Cost of an unsubscribe", "The future value a lost subscriber takes away"),
     field("Window", h("input", { type: "text", name: "window", id: "fatigue-window", value: window, autocomplete: "off", required: true }), "Touches are counted per window, e.g. 7d"),
     number("min_windows", minWindows, "Fewest windows per point", "Touch counts seen in fewer windows do not inform the recommendation"),
-  ], { submit: "Find the caps", filter: false });
+  ], { submit: "Find the caps" });
 
   const caps = card({ title: "Recommended and configured caps", description: "Per channel: the touches per window past which marginal unsubscribes cost more than marginal conversions bring, beside the cap the orchestration config sets", wide: true });
   const curves = h("div.grid.curves");

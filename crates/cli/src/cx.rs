@@ -176,10 +176,6 @@ pub struct SentimentArgs {
 }
 
 fn open(target: &Target) -> Result<crate::clickhouse::Reader> {
-    // These analyses take no first-touch filter yet: refuse it rather than ignore it.
-    if target.channel.is_some() || target.campaign.is_some() {
-        bail!("--channel and --campaign do not apply here: emotion, fatigue and audit take no first-touch filter (use --from/--to)");
-    }
     crate::clickhouse::Reader::open(&target.data, &target.project, &target.backend)
 }
 
@@ -195,6 +191,7 @@ pub fn emotion(a: EmotionArgs) -> Result<()> {
         terms: None,
         from: a.from,
         to: a.to,
+        filter: a.target.filter(),
     };
     let reader = open(&a.target)?;
     let rules = throughline_query::sessions::project_rules(reader.dir())?;
@@ -346,6 +343,7 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
         }),
         from: a.from,
         to: a.to,
+        filter: a.target.filter(),
         configured_cap_sources: BTreeMap::new(),
     };
     let reader = open(&a.target)?;
@@ -372,7 +370,8 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
         };
         throughline_query::fatigue::fill_from_orchestration(&mut req, &caps, &origin)?;
     }
-    let mut r = reader.with(|src| throughline_query::fatigue::run(src, &req))?;
+    let rules = throughline_query::sessions::project_rules(reader.dir())?;
+    let mut r = reader.with(|src| throughline_query::fatigue::run(src, &rules, &req))?;
     if let Some(path) = &a.audience_out {
         write_audience(path, &r.audience.rows)?;
         eprintln!(
@@ -517,6 +516,7 @@ pub fn audit(a: AuditArgs) -> Result<()> {
         timeout: None,
         from: a.from,
         to: a.to,
+        filter: a.target.filter(),
     };
     let reader = open(&a.target)?;
     let rules = throughline_query::sessions::project_rules(reader.dir())?;

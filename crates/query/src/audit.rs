@@ -90,6 +90,9 @@ pub struct AuditRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -296,11 +299,13 @@ pub fn run(
         }
     }
 
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
             from,
             to,
+            persons: only.as_ref(),
             dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
             keep: Some(Box::new(|kind, v| {
                 is_visit(kind, v[1].is_some())

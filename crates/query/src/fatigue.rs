@@ -29,6 +29,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+use throughline_classify::Rules;
 use throughline_identity::IdKind;
 use throughline_kernels::fatigue::{self, Curve, Values, Window};
 use throughline_kernels::stats;
@@ -147,6 +148,9 @@ pub struct FatigueRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 /// Where a channel's configured cap came from.
@@ -340,7 +344,11 @@ struct Times {
     complaints: Vec<Millis>,
 }
 
-pub fn run(snap: &Source, req: &FatigueRequest) -> Result<FatigueResponse, QueryError> {
+pub fn run(
+    snap: &Source,
+    rules: &Rules,
+    req: &FatigueRequest,
+) -> Result<FatigueResponse, QueryError> {
     let conversion = StepMatcher::parse(&req.conversion)?;
     if !conversion.filters.is_empty() {
         return Err(QueryError::invalid(
@@ -420,11 +428,13 @@ pub fn run(snap: &Source, req: &FatigueRequest) -> Result<FatigueResponse, Query
         }
     }
 
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
             from,
             to,
+            persons: only.as_ref(),
             dims: vec![0, 1],
             keep: Some(Box::new(|kind, v| {
                 v[0].is_some_and(|n| role_of.contains_key(n))

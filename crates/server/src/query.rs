@@ -213,7 +213,7 @@ pub async fn run(
                 let mut req = parse(&body)?;
                 q::fatigue::fill_from_orchestration(&mut req, &caps, "the server's [orchestrate] caps")
                     .map_err(query_error)?;
-                to_json(q::fatigue::run(snap, &req))
+                to_json(q::fatigue::run(snap, &rules, &req))
             }
             "audit" => to_json(q::audit::run(snap, &rules, &registry()?, &parse(&body)?)),
             other => Err(AppError::new(
