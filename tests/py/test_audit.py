@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
+import requests
 
 from harness import create_project, run_cli
+from journeys_kit import Api, SmtpSink, wait_for, write_config
 
 ORIGIN = "https://www.sonora-audio.example"
 
@@ -190,3 +194,66 @@ def test_audit_links_finds_broken_destinations_only(throughline_bin, data_dir, t
     }, problems
     assert r["checked"] == 6 and r["broken"] == 3
     assert {f["kind"] for f in r["findings"]} == {"broken_destination"}
+
+
+CLICK_JOURNEY = """
+name = "welcome"
+trigger = { event = "Signed Up" }
+
+[[steps]]
+id = "hello"
+type = "email"
+subject = "Welcome"
+html = '<p><a href="https://shop.example/start">Start</a></p>'
+"""
+
+
+def test_error_landings_count_sessions_that_start_with_a_tracked_link_click(make_server, data_dir, tmp_path, throughline_bin):
+    """A click on an e-mail's tracked link (`GET /r/{token}`) is recorded by the server
+    before the browser's page view of the destination, so the session starts with the
+    click: an error after that page view is still an error landing of the link's asset.
+    Regression: only sessions whose first event was the tagged page view counted."""
+    smtp = SmtpSink()
+    try:
+        project = create_project(throughline_bin, data_dir, "shop")
+        (data_dir / "projects" / "shop").mkdir(parents=True, exist_ok=True)
+        (data_dir / "projects" / "shop" / "links.toml").write_text('destinations = ["https://shop.example/"]\n')
+        server = make_server(data_dir)
+        server.config = write_config(tmp_path / "throughline.toml", f"http://127.0.0.1:{server.port}", smtp.port)
+        server.start()
+        api = Api(server, project)
+        api.create(CLICK_JOURNEY)
+        now = datetime.now(timezone.utc)
+        users = ["ann", "cy"]
+        for u in users:
+            api.identify(u, {"email": f"{u}@example.com"}, now)
+            api.track(u, "Signed Up", now)
+        msgs = wait_for(lambda: len(smtp.by_id()) == 2 and smtp.by_id(), what="two welcome emails")
+        links = {}
+        for m in msgs.values():
+            html = m.get_body(("html",)).get_content()
+            links[m["To"].split("@")[0]] = re.search(r'href="(' + re.escape(server.url) + r'/r/[^"]+)"', html).group(1)
+        for u in users:
+            r = requests.get(links[u], allow_redirects=False, timeout=10)
+            assert r.status_code == 302, r.text
+            dest = r.headers["Location"]
+            # The browser lands on the destination (signed in: the same person), and for
+            # ann the page then fails.
+            t = datetime.now(timezone.utc) + timedelta(seconds=1)
+            page = {"path": "/start", "url": dest, "title": "Start — Shop"}
+            msgs = [{"type": "page", "name": "Start", "userId": u, "timestamp": t.isoformat(), "properties": page, "context": {"page": page}}]
+            if u == "ann":
+                msgs.append({"type": "track", "event": "Page Not Found", "userId": u,
+                             "timestamp": (t + timedelta(seconds=2)).isoformat(), "context": {"page": page}})
+            r = server.post("/v1/batch", {"batch": msgs}, project["write_key"])
+            assert r.status_code == 200, r.text
+        server.stop()
+    finally:
+        smtp.stop()
+    r = audit(throughline_bin, data_dir, "shop")
+    [landing] = r["error_landings"]
+    assert landing["asset"] == "welcome/hello/default" and landing["landing_page"] == "/start"
+    assert (landing["sessions"], landing["error_sessions"], landing["persons"]) == (2, 1, 2)
+    [finding] = [f for f in r["findings"] if f["kind"] == "error_landing"]
+    assert finding["subject"] == "welcome/hello/default -> /start" and finding["affected_sessions"] == 1
+    assert "/r/{token}" in r["methods"]["error_landing"]

@@ -72,6 +72,9 @@ QUERIES: list[tuple[str, str, str, dict | None]] = [
     ("fatigue", "headphones", "fatigue", {"conversion": CONVERSION}),
     ("fatigue-subscription", "subscription", "fatigue", {"conversion": "Subscription Started", "window": "14d"}),
     ("audit", "headphones", "audit", {"conversion": CONVERSION}),
+    ("emotion-filtered", "headphones", "emotion", {"by": "stage", "min_responses": 5, "filter": PAID}),
+    ("fatigue-filtered", "headphones", "fatigue", {"conversion": CONVERSION, "filter": PAID}),
+    ("audit-filtered", "headphones", "audit", {"conversion": CONVERSION, "filter": PAID}),
 ]
 
 # (name, project, path under the project): the dashboard's GET reads.

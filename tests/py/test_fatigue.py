@@ -16,7 +16,10 @@ import math
 import random
 from datetime import datetime, timedelta, timezone
 
+import requests
+
 from harness import create_project, run_cli
+from journeys_kit import write_config
 
 START = datetime(2026, 1, 5, tzinfo=timezone.utc)
 WEEKS = 8
@@ -148,3 +151,74 @@ def test_the_fatigue_audience_exports_as_a_suppression_list(throughline_bin, dat
     rows = [json.loads(l) for l in out_json.read_text().splitlines()]
     assert sorted(r["person_id"] for r in rows) == [f"tired{p}" for p in range(5)]
     assert all(r["engagement_recent"] < r["engagement_before"] for r in rows)
+
+
+def test_configured_caps_come_from_the_orchestration_config_and_say_so(throughline_bin, data_dir, tmp_path, make_server):
+    """Without `configured_caps` in the request, the server compares its recommendations
+    with its own `[orchestrate] caps`, converted to touches per window, and says where each
+    cap came from; the CLI with --data reads the caps the project's journeys last ran with
+    (or those of --config). A request's own caps win and say `request`."""
+    project = create_project(throughline_bin, data_dir, "mail")
+    lines = []
+    for p in range(40):
+        for w in range(6):
+            t = START + timedelta(days=7 * w + 1)
+            lines.append({"type": "track", "event": "Email Sent", "userId": f"p{p}", "messageId": f"e{p}-{w}", "timestamp": iso(t)})
+            lines.append({"type": "track", "event": "SMS Sent", "userId": f"p{p}", "messageId": f"s{p}-{w}", "timestamp": iso(t + timedelta(hours=1))})
+    f = tmp_path / "sends.jsonl"
+    f.write_text("".join(json.dumps(m) + "\n" for m in lines))
+    run_cli(throughline_bin, "import", "--data", str(data_dir), "--project", "mail", str(f))
+    caps = ('caps = [{ channel = "email", count = 3, per = "7d" }, { channel = "email", count = 1, per = "1d" },'
+            ' { channel = "sms", count = 1, per = "2d" }, { channel = "webhook", count = 5, per = "1d" }]')
+    server = make_server(data_dir)
+    server.config = write_config(tmp_path / "throughline.toml", f"http://127.0.0.1:{server.port}", extra=caps)
+    server.start()
+    auth = {"Authorization": f"Bearer {project['api_key']}"}
+    url = f"{server.url}/api/v1/projects/mail"
+
+    def fatigue(body):
+        r = requests.post(f"{url}/query/fatigue", json={"conversion": "Order Completed", **body}, headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        return {c["channel"]: c for c in r.json()["channels"]}
+
+    ch = fatigue({})
+    # Email: 3 in any 7 days and 1 a day: the tighter, 3 per 7-day window. SMS: 1 in any 2
+    # days, 4 per week. Webhook caps have no fatigue channel and fill nothing.
+    assert (ch["Email"]["configured_cap"], ch["SMS"]["configured_cap"]) == (3, 4)
+    src = ch["Email"]["configured_cap_source"]
+    assert src["from"] == "orchestration" and src["caps"] == ["3 per 7d", "1 per 1d"]
+    assert "[orchestrate]" in src["detail"] and "3 touches per 7d" in src["detail"], src
+    assert ch["SMS"]["configured_cap_source"]["caps"] == ["1 per 2d"]
+    # A two-week window: 3 per 7d allows 6, 1 per 1d 14; the SMS cap 7.
+    ch = fatigue({"window": "14d"})
+    assert (ch["Email"]["configured_cap"], ch["SMS"]["configured_cap"]) == (6, 7)
+    # The request's own caps win, for every channel.
+    ch = fatigue({"configured_caps": {"Email": 5}})
+    assert ch["Email"]["configured_cap"] == 5 and ch["Email"]["configured_cap_source"]["from"] == "request"
+    assert ch["SMS"]["configured_cap"] is None and ch["SMS"]["configured_cap_source"] is None
+    # A source is an answer, never an input.
+    r = requests.post(f"{url}/query/fatigue", json={"conversion": "Order Completed", "configured_cap_sources": {}}, headers=auth, timeout=30)
+    assert r.status_code == 400
+    # Opening the project's journeys makes its orchestrator journal the policy it runs with.
+    assert requests.get(f"{url}/journeys", headers=auth, timeout=30).status_code == 200
+    server.stop()
+
+    base = ["query", "fatigue", "--data", str(data_dir), "--project", "mail", "--conversion", "Order Completed"]
+    ch = {c["channel"]: c for c in json.loads(run_cli(throughline_bin, *base).stdout)["channels"]}
+    assert (ch["Email"]["configured_cap"], ch["SMS"]["configured_cap"]) == (3, 4)
+    assert ch["Email"]["configured_cap_source"]["from"] == "orchestration"
+    assert "journal" in ch["Email"]["configured_cap_source"]["detail"]
+    other = tmp_path / "other.toml"
+    other.write_text('[orchestrate]\ncaps = [{ channel = "email", count = 2, per = "7d" }]\n')
+    ch = {c["channel"]: c for c in json.loads(run_cli(throughline_bin, *base, "--config", str(other)).stdout)["channels"]}
+    assert ch["Email"]["configured_cap"] == 2 and str(other) in ch["Email"]["configured_cap_source"]["detail"]
+    assert ch["SMS"]["configured_cap"] is None
+    ch = {c["channel"]: c for c in json.loads(run_cli(throughline_bin, *base, "--configured-cap", "Email=4").stdout)["channels"]}
+    assert ch["Email"]["configured_cap"] == 4 and ch["Email"]["configured_cap_source"]["from"] == "request"
+    table = run_cli(throughline_bin, *base, "--format", "table").stdout
+    assert "configured 3 (the caps the project's journeys last ran with" in table, table
+    # A project whose journeys never ran has no orchestration caps.
+    create_project(throughline_bin, data_dir, "fresh")
+    run_cli(throughline_bin, "import", "--data", str(data_dir), "--project", "fresh", str(f))
+    ch = {c["channel"]: c for c in json.loads(run_cli(throughline_bin, "query", "fatigue", "--data", str(data_dir), "--project", "fresh", "--conversion", "Order Completed").stdout)["channels"]}
+    assert ch["Email"]["configured_cap"] is None and ch["Email"]["configured_cap_source"] is None

@@ -79,3 +79,18 @@ export function catalog(project) {
   }
   return catalogs.get(project);
 }
+
+/** The project's journeys with their counts (`GET .../journeys`). */
+export function journeys(project) {
+  return call("GET", `${base(project)}/journeys`, key(project));
+}
+
+/** The request behind the journeys list, as a card shows it. */
+export function journeysDefinition(project) {
+  return { method: "GET", path: `${base(project)}/journeys` };
+}
+
+/** Pauses or resumes a journey (`POST .../journeys/{name}/pause|resume`). */
+export function journeyAction(project, name, action) {
+  return call("POST", `${base(project)}/journeys/${encodeURIComponent(name)}/${action}`, key(project));
+}

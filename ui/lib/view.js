@@ -36,3 +36,34 @@ const AXIS = { axisLine: { lineStyle: { color: "#c5ccd8" } }, axisLabel: { color
 export const axis = (extra = {}) => ({ ...AXIS, ...extra });
 export const tooltip = (extra = {}) => ({ trigger: "axis", confine: true, ...extra });
 export const legend = (extra = {}) => ({ top: 0, textStyle: { color: "#3d4757" }, ...extra });
+
+/**
+ * A custom series drawing interval bars: `data` holds `[category index, low, high]` as the
+ * API answered them (ECharts has no error bars of its own). Items with a null bound are
+ * skipped.
+ */
+export function intervals(name, data, color, extra = {}) {
+  return {
+    name,
+    type: "custom",
+    data: data.filter((d) => d[1] !== null && d[1] !== undefined && d[2] !== null && d[2] !== undefined),
+    encode: { x: 0, y: [1, 2] },
+    z: 3,
+    tooltip: { show: false },
+    renderItem: (params, api) => {
+      const lo = api.coord([api.value(0), api.value(1)]);
+      const hi = api.coord([api.value(0), api.value(2)]);
+      const w = Math.max(3, Math.min(10, api.size([1, 0])[0] * 0.15));
+      const style = { stroke: color, lineWidth: 1.6 };
+      return {
+        type: "group",
+        children: [
+          { type: "line", shape: { x1: lo[0], y1: lo[1], x2: hi[0], y2: hi[1] }, style },
+          { type: "line", shape: { x1: lo[0] - w, y1: lo[1], x2: lo[0] + w, y2: lo[1] }, style },
+          { type: "line", shape: { x1: hi[0] - w, y1: hi[1], x2: hi[0] + w, y2: hi[1] }, style },
+        ],
+      };
+    },
+    ...extra,
+  };
+}

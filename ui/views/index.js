@@ -8,5 +8,9 @@ export const VIEWS = [
   { id: "attribution", title: "Attribution", icon: "▥", load: () => import("./attribution.js") },
   { id: "retention", title: "Retention", icon: "▦", load: () => import("./retention.js") },
   { id: "assets", title: "Assets", icon: "☰", load: () => import("./assets.js") },
+  { id: "emotion", title: "Emotion", icon: "♡", load: () => import("./emotion.js") },
+  { id: "fatigue", title: "Fatigue", icon: "≋", load: () => import("./fatigue.js") },
+  { id: "audit", title: "Audit", icon: "⚑", load: () => import("./audit.js") },
+  { id: "followups", title: "Follow-ups", icon: "✉", load: () => import("./followups.js") },
   { id: "person", title: "People", icon: "☺", load: () => import("./person.js") },
 ];

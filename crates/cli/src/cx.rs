@@ -68,9 +68,14 @@ pub struct FatigueArgs {
     /// Touch counts with fewer windows do not inform the recommendation
     #[arg(long, default_value_t = 100)]
     pub min_windows: u64,
-    /// A configured cap to compare with, CHANNEL=TOUCHES (repeat), e.g. Email=3
+    /// A configured cap to compare with, CHANNEL=TOUCHES (repeat), e.g. Email=3; without
+    /// any, the project's orchestration caps (of --config, else the ones its journeys last
+    /// ran with)
     #[arg(long = "configured-cap")]
     pub configured_caps: Vec<String>,
+    /// The server config whose `[orchestrate] caps` to compare with
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// A JSON file with the channels' events ([{"channel", "touches", "engagements", "unsubscribes", "complaints"}])
     #[arg(long)]
     pub channels: Option<PathBuf>,
@@ -186,6 +191,7 @@ pub fn emotion(a: EmotionArgs) -> Result<()> {
         terms: None,
         from: a.from,
         to: a.to,
+        filter: a.target.filter(),
     };
     let reader = open(&a.target)?;
     let rules = throughline_query::sessions::project_rules(reader.dir())?;
@@ -319,7 +325,7 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
         ),
         None => None,
     };
-    let req = FatigueRequest {
+    let mut req = FatigueRequest {
         conversion: a.conversion,
         channels,
         conversion_value: Some(a.conversion_value),
@@ -337,9 +343,35 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
         }),
         from: a.from,
         to: a.to,
+        filter: a.target.filter(),
+        configured_cap_sources: BTreeMap::new(),
     };
     let reader = open(&a.target)?;
-    let mut r = reader.with(|src| throughline_query::fatigue::run(src, &req))?;
+    if req.configured_caps.is_none() {
+        let (caps, origin) = match &a.config {
+            Some(p) => (
+                crate::load_config(Some(p.clone()))?
+                    .orchestrate
+                    .fatigue_caps(),
+                format!("the [orchestrate] caps of {}", p.display()),
+            ),
+            None => {
+                let dir = reader.dir().join("orchestrate");
+                let policy = throughline_server::orchestrate::journal::last_policy(&dir)
+                    .map_err(anyhow::Error::msg)?;
+                (
+                    policy.map_or_else(Vec::new, |p| {
+                        throughline_server::orchestrate::fatigue_caps(&p.caps)
+                    }),
+                    "the caps the project's journeys last ran with (its orchestrator journal)"
+                        .to_string(),
+                )
+            }
+        };
+        throughline_query::fatigue::fill_from_orchestration(&mut req, &caps, &origin)?;
+    }
+    let rules = throughline_query::sessions::project_rules(reader.dir())?;
+    let mut r = reader.with(|src| throughline_query::fatigue::run(src, &rules, &req))?;
     if let Some(path) = &a.audience_out {
         write_audience(path, &r.audience.rows)?;
         eprintln!(
@@ -358,13 +390,16 @@ pub fn fatigue(a: FatigueArgs) -> Result<()> {
         Format::Table => {
             for ch in &r.channels {
                 println!(
-                    "{}: {} persons, {} windows of {}, recommended cap {}, configured {} — {}",
+                    "{}: {} persons, {} windows of {}, recommended cap {}, configured {}{} — {}",
                     ch.channel,
                     ch.persons,
                     ch.windows,
                     human_window(r.window_seconds),
                     ch.recommended_cap.map_or("-".into(), |c| c.to_string()),
                     ch.configured_cap.map_or("-".into(), |c| c.to_string()),
+                    ch.configured_cap_source
+                        .as_ref()
+                        .map_or(String::new(), |s| format!(" ({})", s.detail)),
                     ch.cap_advice
                 );
                 let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}%", v * 100.0));
@@ -481,6 +516,7 @@ pub fn audit(a: AuditArgs) -> Result<()> {
         timeout: None,
         from: a.from,
         to: a.to,
+        filter: a.target.filter(),
     };
     let reader = open(&a.target)?;
     let rules = throughline_query::sessions::project_rules(reader.dir())?;

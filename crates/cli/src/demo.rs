@@ -1,9 +1,10 @@
 //! `throughline demo` and `throughline generate`: the demo generator's data, loaded and
-//! served, or written to a file.
+//! served (with its follow-up journeys and frequency caps), or written to a file.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
@@ -55,7 +56,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         keys.push(Catalog::create_project(&args.data, brand.name())?);
         crate::audit(&args.data, "project.create", Some(brand.name()), "demo")?;
     }
-    let store = throughline_store::Store::open(&args.data, Default::default())?;
+    let addr = throughline_server::parse_listen(&args.listen).map_err(anyhow::Error::msg)?;
+    let config = demo_config(addr);
+    let store = Arc::new(throughline_store::Store::open(
+        &args.data,
+        Default::default(),
+    )?);
     let mut answers = Vec::new();
     for brand in [Brand::Headphones, Brand::Subscription] {
         let project = store.project(brand.name())?;
@@ -100,10 +106,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         serde_json::to_string_pretty(&json!({"projects": answers}))?
     );
     if args.no_serve {
+        // The data alone: a reference data set stays as generated, with no journey to
+        // write events into it when a server later opens it.
         store.close();
         return Ok(());
     }
-    let addr = throughline_server::parse_listen(&args.listen).map_err(anyhow::Error::msg)?;
+    let journeys = create_journeys(&store, &config)?;
     eprintln!("\nDashboard: http://{addr}/  (sign in with a project's api key)");
     for k in &keys {
         eprintln!(
@@ -117,10 +125,66 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "Open signed in: http://{addr}/#key={}",
         keys.first().map_or("", |k| k.api_key.as_str())
     );
+    eprintln!(
+        "Follow-up journeys (run over the demo's history as the server starts): {}",
+        journeys
+            .iter()
+            .map(|(p, j)| format!("{p}/{j}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     eprintln!("Query API: http://{addr}/api/v1/openapi.json");
     eprintln!("Send events:  curl -u {}: http://{addr}/v1/track -d '{{\"userId\":\"ann\",\"event\":\"Hello\"}}'", keys[0].write_key);
     eprintln!("Stop with Ctrl-C.");
-    crate::serve_store(store, throughline_server::Config::default(), addr)
+    crate::serve_store(store, config, addr)
+}
+
+/// What the demo's server runs with: the defaults, plus the frequency caps across journeys
+/// that `query fatigue` compares its recommendations with, and tracked links on this
+/// address.
+fn demo_config(addr: std::net::SocketAddr) -> throughline_server::Config {
+    let mut config = throughline_server::Config::default();
+    config.orchestrate.public_url = format!("http://{addr}");
+    config.orchestrate.caps = throughline_demo::CAPS
+        .iter()
+        .map(
+            |&(channel, count, per)| throughline_orchestrate::policy::Cap {
+                channel: channel.into(),
+                count,
+                per: per.into(),
+            },
+        )
+        .collect();
+    config
+}
+
+/// Journals each brand's follow-up journeys; they run once the server starts, its catch-up
+/// feeding them the demo's history. The journeys' sends are audience exports, so they are
+/// not registered as assets (they carry no links). Returns (project, journey) pairs.
+fn create_journeys(
+    store: &Arc<throughline_store::Store>,
+    config: &throughline_server::Config,
+) -> Result<Vec<(&'static str, String)>> {
+    let o = throughline_server::orchestrate::Orchestrator::offline(
+        store.clone(),
+        config.orchestrate.clone(),
+    );
+    let mut out = Vec::new();
+    for brand in [Brand::Headphones, Brand::Subscription] {
+        let rt = o.project(brand.name())?;
+        for text in throughline_demo::journeys_toml(brand) {
+            let file = throughline_orchestrate::parse_file(text)
+                .map_err(|p| anyhow::anyhow!("a demo journey does not parse: {p:?}"))?;
+            out.push((brand.name(), file.name.clone()));
+            o.submit(
+                &rt,
+                vec![throughline_orchestrate::Input::Create {
+                    file: Box::new(file),
+                }],
+            )?;
+        }
+    }
+    Ok(out)
 }
 
 fn prepare_dir(dir: &Path) -> Result<()> {
@@ -238,4 +302,24 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         eprintln!("wrote the spend to {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use throughline_demo::Brand;
+
+    #[test]
+    fn every_demo_journey_is_valid_and_its_caps_compile() {
+        for brand in Brand::ALL {
+            for text in throughline_demo::journeys_toml(brand) {
+                let file = throughline_orchestrate::parse_file(text).expect("parses");
+                throughline_orchestrate::compile(&file).expect("compiles");
+            }
+        }
+        let config = super::demo_config("127.0.0.1:8080".parse().unwrap());
+        config
+            .orchestrate
+            .check()
+            .expect("the demo's orchestration config is valid");
+    }
 }

@@ -282,7 +282,7 @@ pub fn serve(data: PathBuf, listen: &str, config: Option<PathBuf>) -> Result<()>
     let config = load_config(config)?;
     migrate(&data)?;
     let store = throughline_store::Store::open(&data, config.project_options())?;
-    serve_store(store, config, addr)
+    serve_store(std::sync::Arc::new(store), config, addr)
 }
 
 /// `serve --backend clickhouse`: the store holds the catalog and per-project files; events
@@ -320,11 +320,11 @@ fn serve_clickhouse(
 }
 
 pub fn serve_store(
-    store: throughline_store::Store,
+    store: std::sync::Arc<throughline_store::Store>,
     config: throughline_server::Config,
     addr: std::net::SocketAddr,
 ) -> Result<()> {
-    let state = throughline_server::AppState::new(std::sync::Arc::new(store), config);
+    let state = throughline_server::AppState::new(store, config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

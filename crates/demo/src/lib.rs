@@ -32,6 +32,7 @@
 mod catalog;
 mod clock;
 mod delivery;
+mod followups;
 mod headphones;
 mod journey;
 mod people;
@@ -48,6 +49,7 @@ mod tests;
 use serde_json::Value;
 
 pub use catalog::{catalog, Asset, Channel, Cost, Role, Source};
+pub use followups::{journeys_toml, CAPS};
 pub use people::JUNK_USER_IDS;
 pub use registry::{channels_toml, registry_csv};
 pub use spend::{spend_csv, SPEND_SAMPLE_PERSONS_MAX};

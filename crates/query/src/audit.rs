@@ -14,8 +14,8 @@
 //!   its path's words), flagged below `similarity_min`; with bounce and conversion rates of
 //!   matched and mismatched pairs side by side.
 //! - **Error landings**: sessions that came through a tracked link (UTM tags or a click id
-//!   on the landing) whose landing page was followed by an error event before any other
-//!   page view.
+//!   on the landing, or a click the server recorded on `/r/{token}` before redirecting)
+//!   whose landing page was followed by an error event before any other page view.
 //!
 //! Sessions and assets follow `query sessions` and `query assets`: a session's asset is
 //! its landing's `utm_content`, else `utm_campaign`, else path, named by the registry.
@@ -90,6 +90,9 @@ pub struct AuditRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -296,11 +299,13 @@ pub fn run(
         }
     }
 
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
             from,
             to,
+            persons: only.as_ref(),
             dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
             keep: Some(Box::new(|kind, v| {
                 is_visit(kind, v[1].is_some())
@@ -418,9 +423,22 @@ pub fn run(
             // A tracked link: the landing carries UTM tags or a click id.
             let tracked = [2, 3, 4, 5, 8].iter().any(|&d| get(d).is_some());
             if tracked {
-                // Rows after the landing up to the next page view.
-                let next_view = (a + 1..r.end)
-                    .find(|&i| rows.kind[i] == page || rows.kind[i] == screen)
+                let is_view = |i: usize| rows.kind[i] == page || rows.kind[i] == screen;
+                // A click the server recorded (`GET /r/{token}`: an `Email Link Clicked`
+                // whose page is the destination) starts the session before the browser's
+                // page view of the destination: the landing is the session's first page
+                // view, and errors count from the click to the page view after it.
+                let landing_view = if is_view(a) {
+                    a
+                } else {
+                    visits[s..e]
+                        .iter()
+                        .copied()
+                        .find(|&i| is_view(i))
+                        .unwrap_or(a)
+                };
+                let next_view = (landing_view + 1..r.end)
+                    .find(|&i| is_view(i))
                     .unwrap_or(r.end);
                 let errored = (a..next_view).any(|i| is_error[i - r.start]);
                 let name = match resolved {
@@ -652,7 +670,7 @@ pub fn run(
             ("unassigned", "sessions whose landing no channel rule of the project matches"),
             ("campaign_without_asset", "utm_campaign values with sessions, no registry entry with that campaign or id, and no session of them resolved to an entry"),
             ("similarity", "TF-IDF cosine (sublinear tf, smoothed idf over all asset and landing texts) of the asset's headline and copy against the landing page's title, text properties, name and path words"),
-            ("error_landing", "sessions whose landing carries UTM tags or a click id and whose landing page is followed by an error event before the next page view"),
+            ("error_landing", "sessions whose landing carries UTM tags or a click id (or that start with a tracked-link click recorded by /r/{token}, landing on the session's first page view) and whose landing page is followed by an error event before the next page view"),
         ]),
     })
 }

@@ -89,6 +89,9 @@ pub struct EmotionRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
 }
 
 /// One survey's score over a group of answers.
@@ -346,11 +349,13 @@ pub fn run(
         .chain(text_events.iter().map(String::as_str))
         .collect();
 
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
             from,
             to,
+            persons: only.as_ref(),
             dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
             keep: Some(Box::new(|kind, v| {
                 is_visit(kind, v[1].is_some())
@@ -360,7 +365,15 @@ pub fn run(
             ..Default::default()
         },
     )?;
-    let (items, invalid_answers) = decode_items(snap, &survey_event, &item_names, from, to)?;
+    let (items, invalid) = decode_items(snap, &survey_event, &item_names, from, to)?;
+    // The decode sees every person's answers; a filter counts only its own persons'.
+    let invalid_answers = match &only {
+        None => invalid.len() as u64,
+        Some(_) => {
+            let kept: HashSet<u32> = rows.seq.iter().copied().collect();
+            invalid.iter().filter(|s| kept.contains(s)).count() as u64
+        }
+    };
 
     let identity = snap.identity()?;
     let index = registry.index();
@@ -590,16 +603,17 @@ fn group_key(
     }
 }
 
-/// The answers and texts in range, by arrival number, and how many answers were invalid.
+/// The answers and texts in range, by arrival number, and the arrival numbers of the
+/// invalid answers.
 fn decode_items(
     snap: &Source,
     survey_event: &str,
     names: &HashSet<&str>,
     from: Option<Millis>,
     to: Option<Millis>,
-) -> Result<(HashMap<u32, Item>, u64), QueryError> {
+) -> Result<(HashMap<u32, Item>, Vec<u32>), QueryError> {
     let mut items = HashMap::new();
-    let mut invalid = 0u64;
+    let mut invalid = Vec::new();
     let mut too_many = false;
     let in_range = |t: Millis| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t < e);
     let scan = snap.for_each_event_named(
@@ -608,7 +622,7 @@ fn decode_items(
             if !in_range(e.timestamp) {
                 return Ok(());
             }
-            if items.len() >= DECODED_MAX {
+            if items.len() + invalid.len() >= DECODED_MAX {
                 too_many = true;
                 return Err(StoreError::Closed.into());
             }
@@ -629,7 +643,7 @@ fn decode_items(
                     _ => false,
                 };
                 if !valid {
-                    invalid += 1;
+                    invalid.push(seq);
                 }
                 Item {
                     survey: survey.filter(|_| valid),

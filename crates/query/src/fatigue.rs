@@ -19,11 +19,17 @@
 //! before `now` below those of the 28 days before that (at least two touches in each).
 //! Each row names the person by every id, so the list can be loaded as a suppression list.
 //!
+//! **Configured caps** are the request's `configured_caps`, else (filled in by the server
+//! and the CLI through [`fill_from_orchestration`]) the project's orchestration frequency
+//! caps (`[orchestrate] caps`), converted to touches per `window`; each channel says where
+//! its cap came from (`configured_cap_source`).
+//!
 //! Reads only the name and path columns: no payload is decoded.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+use throughline_classify::Rules;
 use throughline_identity::IdKind;
 use throughline_kernels::fatigue::{self, Curve, Values, Window};
 use throughline_kernels::stats;
@@ -124,9 +130,14 @@ pub struct FatigueRequest {
     pub min_windows: Option<u64>,
     #[serde(default)]
     pub confidence: Option<f64>,
-    /// The caps the orchestration config sets, per channel, in touches per window.
+    /// The caps the orchestration config sets, per channel, in touches per window. When
+    /// the request gives none, the server fills them from its orchestration caps.
     #[serde(default)]
     pub configured_caps: Option<BTreeMap<String, u32>>,
+    /// Where caps filled in by [`fill_from_orchestration`] came from, per channel; never
+    /// read from a request (a request's own caps say `request`).
+    #[serde(skip)]
+    pub configured_cap_sources: BTreeMap<String, CapSource>,
     /// "Now" for the audience (default: the end of the range or of the data).
     #[serde(default)]
     pub now: Option<String>,
@@ -137,6 +148,93 @@ pub struct FatigueRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// Only persons whose first touch in range has these values (see [`crate::filter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::Filter>,
+}
+
+/// Where a channel's configured cap came from.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CapSource {
+    /// `request` (the request's `configured_caps`) or `orchestration` (the project's
+    /// frequency caps across journeys).
+    pub from: &'static str,
+    /// Which caps, from where, and how they make this many touches per window.
+    pub detail: String,
+    /// The orchestration caps behind it (`3 per 7d`), empty for `request`.
+    pub caps: Vec<String>,
+}
+
+/// One orchestration frequency cap: at most `count` sends on `channel` in any `per`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrchestrationCap {
+    pub channel: String,
+    pub count: u32,
+    pub per: String,
+}
+
+/// Fills a request without `configured_caps` from orchestration caps: per fatigue channel
+/// (orchestration channels match its name in any case: `email` is `Email`), the tightest
+/// of its caps as touches per `window`. A cap of `count` per `per` allows `count` in a
+/// window no longer than `per`, and `count * ceil(window / per)` in a longer one (caps
+/// hold over any sliding `per`, so each `per` of the window can take `count`). `origin`
+/// says where the caps were read, for `configured_cap_source`. A request with its own
+/// caps is left as it is.
+pub fn fill_from_orchestration(
+    req: &mut FatigueRequest,
+    caps: &[OrchestrationCap],
+    origin: &str,
+) -> Result<(), QueryError> {
+    if req.configured_caps.is_some() {
+        return Ok(());
+    }
+    let window = parse_duration(req.window.as_deref().unwrap_or("7d"))?;
+    let channels = req.channels.clone().unwrap_or_else(default_channels);
+    let mut filled = BTreeMap::new();
+    for ch in &channels {
+        let mut best: Option<u32> = None;
+        let mut parts = Vec::new();
+        let mut named = Vec::new();
+        let mut spelled = "";
+        for c in caps
+            .iter()
+            .filter(|c| c.channel.eq_ignore_ascii_case(&ch.channel))
+        {
+            let per = parse_duration(&c.per)?;
+            if per <= 0 {
+                continue;
+            }
+            let allowed = if per >= window {
+                c.count
+            } else {
+                let spans = (window + per - 1) / per;
+                c.count
+                    .saturating_mul(u32::try_from(spans).unwrap_or(u32::MAX))
+            };
+            best = Some(best.map_or(allowed, |b| b.min(allowed)));
+            spelled = &c.channel;
+            parts.push(format!("{} per {} allows {allowed}", c.count, c.per));
+            named.push(format!("{} per {}", c.count, c.per));
+        }
+        let Some(cap) = best else { continue };
+        filled.insert(ch.channel.clone(), cap);
+        let window_text = req.window.as_deref().unwrap_or("7d");
+        req.configured_cap_sources.insert(
+            ch.channel.clone(),
+            CapSource {
+                from: "orchestration",
+                detail: format!(
+                    "{origin}: the caps on {spelled:?} ({}) give at most {cap} touches per {window_text} window",
+                    parts.join(", ")
+                ),
+                caps: named,
+            },
+        );
+    }
+    if !filled.is_empty() {
+        req.configured_caps = Some(filled);
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -186,6 +284,8 @@ pub struct ChannelFatigue {
     /// conversions bring.
     pub recommended_cap: Option<u32>,
     pub configured_cap: Option<u32>,
+    /// Where `configured_cap` came from; null without one.
+    pub configured_cap_source: Option<CapSource>,
     /// What the two caps say together, in words.
     pub cap_advice: String,
     /// Persons touched more often than the cap in the last window before `now`.
@@ -244,7 +344,11 @@ struct Times {
     complaints: Vec<Millis>,
 }
 
-pub fn run(snap: &Source, req: &FatigueRequest) -> Result<FatigueResponse, QueryError> {
+pub fn run(
+    snap: &Source,
+    rules: &Rules,
+    req: &FatigueRequest,
+) -> Result<FatigueResponse, QueryError> {
     let conversion = StepMatcher::parse(&req.conversion)?;
     if !conversion.filters.is_empty() {
         return Err(QueryError::invalid(
@@ -324,11 +428,13 @@ pub fn run(snap: &Source, req: &FatigueRequest) -> Result<FatigueResponse, Query
         }
     }
 
+    let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
         &Load {
             from,
             to,
+            persons: only.as_ref(),
             dims: vec![0, 1],
             keep: Some(Box::new(|kind, v| {
                 v[0].is_some_and(|n| role_of.contains_key(n))
@@ -544,6 +650,16 @@ pub fn run(snap: &Source, req: &FatigueRequest) -> Result<FatigueResponse, Query
             },
             recommended_cap: rec.cap,
             configured_cap: configured,
+            configured_cap_source: configured.map(|_| {
+                req.configured_cap_sources
+                    .get(&ch.channel)
+                    .cloned()
+                    .unwrap_or_else(|| CapSource {
+                        from: "request",
+                        detail: "the request's configured_caps".into(),
+                        caps: Vec::new(),
+                    })
+            }),
             cap_advice,
             persons_over_cap_now: over,
         });
@@ -591,5 +707,85 @@ fn rate(k: u64, n: u64, confidence: f64) -> Rate {
         rate: (n > 0).then_some(e.value),
         ci_low: e.low,
         ci_high: e.high,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap(channel: &str, count: u32, per: &str) -> OrchestrationCap {
+        OrchestrationCap {
+            channel: channel.into(),
+            count,
+            per: per.into(),
+        }
+    }
+
+    fn filled(window: Option<&str>, caps: &[OrchestrationCap]) -> FatigueRequest {
+        let mut req = FatigueRequest {
+            window: window.map(str::to_string),
+            ..Default::default()
+        };
+        fill_from_orchestration(&mut req, caps, "the server config").unwrap();
+        req
+    }
+
+    #[test]
+    fn orchestration_caps_become_touches_per_window_taking_the_tightest() {
+        // 3 in any 7 days and 1 in any day: a 7-day window takes 3 (the daily cap alone
+        // would allow 7).
+        let r = filled(None, &[cap("email", 3, "7d"), cap("email", 1, "1d")]);
+        assert_eq!(
+            r.configured_caps,
+            Some(BTreeMap::from([("Email".into(), 3)]))
+        );
+        let src = &r.configured_cap_sources["Email"];
+        assert_eq!(src.from, "orchestration");
+        assert_eq!(src.caps, ["3 per 7d", "1 per 1d"]);
+        assert!(
+            src.detail
+                .starts_with("the server config: the caps on \"email\""),
+            "{}",
+            src.detail
+        );
+        // A daily cap alone: one per day of the window.
+        let r = filled(None, &[cap("Email", 1, "1d"), cap("sms", 2, "2d")]);
+        assert_eq!(
+            r.configured_caps,
+            Some(BTreeMap::from([("Email".into(), 7), ("SMS".into(), 8)]))
+        );
+        // A cap over a longer span than the window bounds the window by its count.
+        let r = filled(Some("3d"), &[cap("push", 4, "30d")]);
+        assert_eq!(
+            r.configured_caps,
+            Some(BTreeMap::from([("Push".into(), 4)]))
+        );
+    }
+
+    #[test]
+    fn the_requests_own_caps_win_and_unknown_channels_fill_nothing() {
+        let mut req = FatigueRequest {
+            configured_caps: Some(BTreeMap::from([("Email".into(), 5)])),
+            ..Default::default()
+        };
+        fill_from_orchestration(&mut req, &[cap("email", 1, "1d")], "x").unwrap();
+        assert_eq!(
+            req.configured_caps,
+            Some(BTreeMap::from([("Email".into(), 5)]))
+        );
+        assert!(req.configured_cap_sources.is_empty());
+        let r = filled(None, &[cap("webhook", 1, "1d")]);
+        assert_eq!(r.configured_caps, None);
+        let mut bad = FatigueRequest::default();
+        assert!(fill_from_orchestration(&mut bad, &[cap("email", 1, "soon")], "x").is_err());
+    }
+
+    #[test]
+    fn a_source_is_never_read_from_a_request() {
+        let r: Result<FatigueRequest, _> = serde_json::from_str(
+            r#"{"conversion": "x", "configured_cap_sources": {"Email": {"from": "request"}}}"#,
+        );
+        assert!(r.is_err());
     }
 }

@@ -193,6 +193,7 @@ pub async fn run(
         ));
     }
     let kind_for_task = kind.clone();
+    let caps = state.config.orchestrate.fatigue_caps();
     // Queries are CPU work: keep them off the async workers that answer ingestion.
     let answer = tokio::task::spawn_blocking(move || -> Result<Value, AppError> {
         with_source(&store, remote.as_ref(), |snap| {
@@ -220,7 +221,12 @@ pub async fn run(
                 let stages = q::stages::Stages::load(store.dir()).map_err(query_error)?;
                 to_json(q::emotion::run(snap, &rules, &registry()?, &stages, &parse(&body)?))
             }
-            "fatigue" => to_json(q::fatigue::run(snap, &parse(&body)?)),
+            "fatigue" => {
+                let mut req = parse(&body)?;
+                q::fatigue::fill_from_orchestration(&mut req, &caps, "the server's [orchestrate] caps")
+                    .map_err(query_error)?;
+                to_json(q::fatigue::run(snap, &rules, &req))
+            }
             "audit" => to_json(q::audit::run(snap, &rules, &registry()?, &parse(&body)?)),
             other => Err(AppError::new(
                 StatusCode::NOT_FOUND,

@@ -153,6 +153,7 @@ pub fn describe(m: &Machine, name: &str, definition: bool) -> Option<Value> {
         "sends": st.steps.iter().map(|s| s.sends).sum::<u64>(),
         "capped": st.steps.iter().map(|s| s.capped).sum::<u64>(),
         "suppressed": st.steps.iter().map(|s| s.suppressed).sum::<u64>(),
+        "quiet_delayed": st.steps.iter().map(|s| s.quiet_delayed).sum::<u64>(),
         "steps": steps,
     });
     if definition {

@@ -123,6 +123,61 @@ pub fn recover(dir: &Path) -> Result<Recovered, String> {
     })
 }
 
+/// The policy (caps, quiet hours, suppression) the orchestrator last applied to the
+/// project, read without recovering or changing anything: the snapshot's, then the last
+/// `set_policy` entry of the journal after it. `None` when the project never ran journeys.
+/// A torn tail ends the reading (it was never committed).
+pub fn last_policy(dir: &Path) -> Result<Option<throughline_orchestrate::Policy>, String> {
+    #[derive(serde::Deserialize)]
+    struct PolicyOnly {
+        policy: Option<throughline_orchestrate::Policy>,
+    }
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let snap_path = dir.join(SNAPSHOT);
+    let mut policy = match std::fs::read(&snap_path) {
+        Ok(bytes) => {
+            read_snapshot(&snap_path, &bytes)?;
+            let nl = bytes.iter().position(|&b| b == b'\n').unwrap_or(0);
+            serde_json::from_slice::<PolicyOnly>(&bytes[nl + 1..])
+                .map_err(|e| format!("{}: {e}", snap_path.display()))?
+                .policy
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(&snap_path, e)),
+    };
+    for (_, path) in journal_files(dir)? {
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| io(&path, e))?;
+        let mut at = 0usize;
+        while at + 8 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+            if len > FRAME_BYTES_MAX || at + 8 + len > bytes.len() {
+                break;
+            }
+            let body = &bytes[at + 8..at + 8 + len];
+            if crc32fast::hash(body) != crc {
+                break;
+            }
+            // Only policy entries are decoded: the journal is mostly events and sends.
+            const NEEDLE: &[u8] = b"\"input\":\"set_policy\"";
+            if body.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+                let e: Entry = serde_json::from_slice(body)
+                    .map_err(|e| format!("{}: entry: {e}", path.display()))?;
+                if let throughline_orchestrate::Input::SetPolicy { policy: p } = e.input {
+                    policy = Some(*p);
+                }
+            }
+            at += 8 + len;
+        }
+    }
+    Ok(policy)
+}
+
 fn read_snapshot(path: &Path, bytes: &[u8]) -> Result<(u64, State), String> {
     let corrupt = |why: &str| format!("{} is corrupt: {why}", path.display());
     let nl = bytes

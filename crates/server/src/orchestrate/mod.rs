@@ -143,6 +143,16 @@ impl OrchestrateConfig {
         }
     }
 
+    /// The frequency caps this config enforces, as `query fatigue` compares them with its
+    /// recommendations (none when journeys are off).
+    pub fn fatigue_caps(&self) -> Vec<throughline_query::fatigue::OrchestrationCap> {
+        if self.enabled {
+            fatigue_caps(&self.caps)
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Checks what `serve` would refuse at start.
     pub fn check(&self) -> Result<(), String> {
         self.policy().compile()?;
@@ -160,6 +170,17 @@ impl OrchestrateConfig {
         }
         Ok(())
     }
+}
+
+/// Frequency caps as `query fatigue` reads them.
+pub fn fatigue_caps(caps: &[Cap]) -> Vec<throughline_query::fatigue::OrchestrationCap> {
+    caps.iter()
+        .map(|c| throughline_query::fatigue::OrchestrationCap {
+            channel: c.channel.clone(),
+            count: c.count,
+            per: c.per.clone(),
+        })
+        .collect()
 }
 
 /// The orchestrator's clock: the real one, or with `test_clock` one tests move forward.
