@@ -56,6 +56,18 @@ def views(person: str) -> dict[str, list[tuple[str, str, dict | None]]]:
         "assets": [q("assets", {"conversion": CONVERSION, "window": "7d", "limit": 50, "interval": "week"})],
         "assets with revenue": [q("assets", {"conversion": CONVERSION, "window": "7d", "limit": 50, "interval": "week", "value": "revenue"})],
         "person": [("GET", f"/persons/{person}", None)],
+        "emotion": [
+            q("emotion", {"min_responses": 30, "by": "week"}),
+            q("emotion", {"min_responses": 30, "by": "channel"}),
+        ],
+        "emotion, filtered by channel": [
+            q("emotion", filtered({"min_responses": 30, "by": "week"})),
+            q("emotion", filtered({"min_responses": 30, "by": "channel"})),
+        ],
+        "fatigue": [q("fatigue", {"conversion": CONVERSION, "conversion_value": 1, "unsubscribe_cost": 10,
+                                  "window": "7d", "min_windows": 100, "audience_limit": 1000})],
+        "audit": [q("audit", {"conversion": CONVERSION, "window": "7d", "similarity_min": 0.1})],
+        "follow-ups": [("GET", "/journeys", None)],
     }
 
 

@@ -310,8 +310,10 @@ requests_burst = {LIMITED_RPS}
             paced(stop_at, 1 / (2 * LIMITED_RPS), asked, send)
 
         threads = [threading.Thread(target=ingest_client, args=(i,), daemon=True) for i in range(ingest_clients)]
-        threads += [threading.Thread(target=query_client, daemon=True),
-                    threading.Thread(target=limited_client, daemon=True)]
+        # No query client at 0 per second: the ingest-only baseline of the memory trend.
+        if queries_per_second > 0:
+            threads.append(threading.Thread(target=query_client, daemon=True))
+        threads.append(threading.Thread(target=limited_client, daemon=True))
         for t in threads:
             t.start()
         next_sample = start + sample_seconds
