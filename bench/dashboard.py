@@ -28,14 +28,13 @@ def views(person: str) -> dict[str, list[tuple[str, str, dict | None]]]:
     q = lambda kind, body: ("POST", f"/query/{kind}", body)  # noqa: E731
     filtered = lambda body: {**body, "filter": FILTER}  # noqa: E731
     funnel = {"steps": FUNNEL, "window": "7d", "order": "ordered"}
-    # On a store above 2M events the views leave out revenue by default (ui/lib/defaults.js):
-    # summing it decodes every conversion event. The "with revenue" rows time it anyway.
+    # The views sum revenue by default (ui/lib/defaults.js): it comes from number columns.
     return {
         "overview": [
             q("trends", {"events": ["*"], "interval": "day"}),
             q("sessions", {"by": "channel"}),
             q("funnel", {"steps": FUNNEL, "window": "7d"}),
-            q("assets", {"conversion": CONVERSION, "window": "7d", "limit": 8}),
+            q("assets", {"conversion": CONVERSION, "window": "7d", "limit": 8, "value": "revenue"}),
             ("GET", "/events/recent?limit=12", None),
             ("GET", "/catalog", None),
         ],
@@ -43,18 +42,18 @@ def views(person: str) -> dict[str, list[tuple[str, str, dict | None]]]:
             q("trends", filtered({"events": ["*"], "interval": "day"})),
             q("sessions", filtered({"by": "channel"})),
             q("funnel", filtered({"steps": FUNNEL, "window": "7d"})),
-            q("assets", filtered({"conversion": CONVERSION, "window": "7d", "limit": 8})),
+            q("assets", filtered({"conversion": CONVERSION, "window": "7d", "limit": 8, "value": "revenue"})),
         ],
         "funnel": [q("funnel", funnel)],
         "funnel by channel": [q("funnel", {**funnel, "by": "channel"})],
         "journeys": [q("paths", {"of": "channels", "conversion": CONVERSION, "depth": 4, "limit": 50})],
         "attribution": [
-            q("attribution", {"conversion": CONVERSION, "model": "all", "lookback": "30d", "by": "channel", "paths": 15}),
-            q("attribution", {"conversion": CONVERSION, "model": "all", "lookback": "30d", "by": "asset"}),
+            q("attribution", {"conversion": CONVERSION, "model": "all", "lookback": "30d", "value": "revenue", "by": "channel", "paths": 15}),
+            q("attribution", {"conversion": CONVERSION, "model": "all", "lookback": "30d", "value": "revenue", "by": "asset"}),
         ],
         "retention": [q("retention", {"start": "Product Viewed", "return": "Product Viewed", "period": "week", "periods": 8})],
-        "assets": [q("assets", {"conversion": CONVERSION, "window": "7d", "limit": 50, "interval": "week"})],
-        "assets with revenue": [q("assets", {"conversion": CONVERSION, "window": "7d", "limit": 50, "interval": "week", "value": "revenue"})],
+        "assets": [q("assets", {"conversion": CONVERSION, "window": "7d", "limit": 50, "interval": "week", "value": "revenue"})],
+        "assets without revenue": [q("assets", {"conversion": CONVERSION, "window": "7d", "limit": 50, "interval": "week"})],
         "person": [("GET", f"/persons/{person}", None)],
         "emotion": [
             q("emotion", {"min_responses": 30, "by": "week"}),

@@ -3,7 +3,7 @@
 // another main funnel from the funnel builder (kept in this browser's localStorage: it
 // holds step names, never a key).
 
-import { catalog, recent } from "./api.js";
+import { catalog } from "./api.js";
 
 const CONVERSIONS = ["Order Completed", "Subscription Started", "Trial Started", "Signed Up", "Lead Generated", "Form Submitted"];
 const FUNNELS = [
@@ -13,9 +13,6 @@ const FUNNELS = [
 ];
 // Cohort and return events: the first pair the project has.
 const RETENTION = [["Signed Up", "Note Created"], ["Signed Up", "Application Opened"], ["Product Viewed", "Product Viewed"]];
-
-/** Events stored up to which views sum revenue by default. */
-const VALUE_EVENTS_MAX = 2_000_000;
 
 const pinKey = (project) => `throughline.mainFunnel.${project}`;
 
@@ -33,10 +30,8 @@ export async function defaults(project) {
     funnel = FUNNELS.map((f) => f.filter((n) => has.has(n))).find((f) => f.length >= 2) || [names[0], conversion].filter(Boolean);
   }
   const [start, ret] = RETENTION.find(([a, b]) => has.has(a) && has.has(b)) || [conversion, conversion];
-  // Summing revenue decodes every conversion event in full: by default only on stores
-  // small enough for that to stay quick; the views take it on request.
-  const stored = await recent(project, 1).then((r) => r.total_events).catch(() => Infinity);
-  const value = has.has("Order Completed") && stored <= VALUE_EVENTS_MAX ? "revenue" : null;
+  // Revenue comes from the segments' number columns, so summing it costs about nothing.
+  const value = has.has("Order Completed") ? "revenue" : null;
   return { names, conversion, funnel, retention: { start, ret }, value };
 }
 

@@ -50,7 +50,7 @@ export async function render(ctx) {
     field("Conversion", h("input", { type: "text", name: "conversion", id: "assets-conversion", value: conversion, list: "assets-names", required: true, autocomplete: "off" })),
     h("datalist", { id: "assets-names" }, d.names.map((n) => h("option", { value: n }))),
     field("Window after a session", select([["1d", "1 day"], ["7d", "7 days"], ["30d", "30 days"]], window, { name: "window", id: "assets-window" })),
-    field("Revenue property", h("input", { type: "text", name: "value", id: "assets-value", value, placeholder: "e.g. revenue", autocomplete: "off" }), "Summing it reads each conversion event in full: slower on large stores"),
+    field("Revenue property", h("input", { type: "text", name: "value", id: "assets-value", value, placeholder: "e.g. revenue", autocomplete: "off" }), "A numeric property of the conversion event, summed per row"),
     field("Rows", select([25, 50, 100, 500].map((n) => [n, String(n)]), limit, { name: "limit", id: "assets-limit" })),
   ], { submit: "Score assets" });
 

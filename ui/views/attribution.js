@@ -27,7 +27,7 @@ export async function render(ctx) {
     field("Conversion", h("input", { type: "text", name: "conversion", id: "attribution-conversion", value: conversion, list: "attribution-names", required: true, autocomplete: "off" })),
     h("datalist", { id: "attribution-names" }, d.names.map((n) => h("option", { value: n }))),
     field("Lookback", select([["7d", "7 days"], ["30d", "30 days"], ["90d", "90 days"]], lookback, { name: "lookback", id: "attribution-lookback" })),
-    field("Value property", h("input", { type: "text", name: "value", id: "attribution-value", value, placeholder: "e.g. revenue", autocomplete: "off" }), "Summing it reads each conversion event in full: slower on large stores"),
+    field("Value property", h("input", { type: "text", name: "value", id: "attribution-value", value, placeholder: "e.g. revenue", autocomplete: "off" }), "A numeric property of the conversion event, summed per row"),
     field("Paths listed", select([10, 15, 50, 100].map((n) => [n, String(n)]), paths, { name: "paths", id: "attribution-paths" })),
   ], { submit: "Compare models" });
 

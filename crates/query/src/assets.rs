@@ -20,8 +20,10 @@
 //! atomically and read per query, like `channels.toml`. It is bounded: [`ASSETS_MAX`]
 //! entries, [`LINE_BYTES_MAX`] per line, [`REGISTRY_BYTES_MAX`] per file.
 //!
-//! **Conversion values** (`value`, e.g. `revenue`) live only in the stored event JSON, so
-//! the payloads of the conversion events (and of no other event) are decoded, at most
+//! **Conversion values** (`value`, e.g. `revenue`) come from the segments' number columns
+//! for the conversions the query counts ([`crate::values`]), decoded from the stored
+//! records only where the columns do not answer. A conversion with `where` conditions
+//! decodes the payloads of the conversion events (and of no other event), at most
 //! [`VALUED_CONVERSIONS_MAX`] of them per query.
 //!
 //! This module never writes anything but the registry file.
@@ -808,7 +810,12 @@ pub fn run(
         },
     )?;
 
-    let decoded = read_conversions(snap, &conversion, value_path.as_deref(), from, to)?;
+    // Conditions on the conversion need its decoded event (which then gives the value
+    // too); a value alone comes from the number columns, for the loaded conversions only.
+    let filtered = match conversion.filters.is_empty() {
+        true => HashMap::new(),
+        false => read_conversions(snap, &conversion, value_path.as_deref(), from, to)?,
+    };
 
     let names = rows.dim(0);
     let paths = rows.dim(1);
@@ -820,9 +827,24 @@ pub fn run(
                 .or_insert_with(|| {
                     conversion.matches_event(rows.kind[i], names.get(i), paths.get(i))
                 });
-            hit && (conversion.filters.is_empty() || decoded.contains_key(&rows.seq[i]))
+            hit && (conversion.filters.is_empty() || filtered.contains_key(&rows.seq[i]))
         })
         .collect();
+    let valued;
+    let decoded = match &value_path {
+        Some(path) if conversion.filters.is_empty() => {
+            // Arrival numbers ascend within a person, not across persons: sort them.
+            let mut counted: Vec<u32> = (0..rows.len())
+                .filter(|&i| is_conversion[i])
+                .map(|i| rows.seq[i])
+                .collect();
+            counted.sort_unstable();
+            counted.dedup();
+            valued = crate::values::values_at(snap, path, &counted)?;
+            &valued
+        }
+        _ => &filtered,
+    };
 
     let index = registry.index();
     let mut slots: Vec<Slot> = registry
