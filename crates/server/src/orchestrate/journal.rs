@@ -78,27 +78,14 @@ pub fn recover(dir: &Path) -> Result<Recovered, String> {
     let mut torn_bytes = 0;
     let files = journal_files(dir)?;
     for (i, (_, path)) in files.iter().enumerate() {
-        let mut bytes = Vec::new();
-        File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| io(path, e))?;
-        let mut at = 0usize;
-        while at + 8 <= bytes.len() {
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-            if len > FRAME_BYTES_MAX || at + 8 + len > bytes.len() {
-                break;
-            }
-            let body = &bytes[at + 8..at + 8 + len];
-            if crc32fast::hash(body) != crc {
-                break;
-            }
+        let bytes = read_file(path)?;
+        let (bodies, at) = frames(&bytes);
+        for body in bodies {
             let e: Entry = serde_json::from_slice(body)
                 .map_err(|e| format!("{}: entry: {e}", path.display()))?;
             if e.seq > base {
                 entries.push(e);
             }
-            at += 8 + len;
         }
         if at < bytes.len() {
             if i + 1 != files.len() {
@@ -136,35 +123,22 @@ pub fn last_policy(dir: &Path) -> Result<Option<throughline_orchestrate::Policy>
         return Ok(None);
     }
     let snap_path = dir.join(SNAPSHOT);
+    // The snapshot's checksum is checked, but only its policy is decoded, not the state.
     let mut policy = match std::fs::read(&snap_path) {
         Ok(bytes) => {
-            read_snapshot(&snap_path, &bytes)?;
-            let nl = bytes.iter().position(|&b| b == b'\n').unwrap_or(0);
-            serde_json::from_slice::<PolicyOnly>(&bytes[nl + 1..])
+            let (_, body) = snapshot_body(&snap_path, &bytes)?;
+            serde_json::from_slice::<PolicyOnly>(body)
                 .map_err(|e| format!("{}: {e}", snap_path.display()))?
                 .policy
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io(&snap_path, e)),
     };
+    // Only policy entries are decoded: the journal is mostly events and sends.
+    const NEEDLE: &[u8] = b"\"input\":\"set_policy\"";
     for (_, path) in journal_files(dir)? {
-        let mut bytes = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| io(&path, e))?;
-        let mut at = 0usize;
-        while at + 8 <= bytes.len() {
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-            if len > FRAME_BYTES_MAX || at + 8 + len > bytes.len() {
-                break;
-            }
-            let body = &bytes[at + 8..at + 8 + len];
-            if crc32fast::hash(body) != crc {
-                break;
-            }
-            // Only policy entries are decoded: the journal is mostly events and sends.
-            const NEEDLE: &[u8] = b"\"input\":\"set_policy\"";
+        let bytes = read_file(&path)?;
+        for body in frames(&bytes).0 {
             if body.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
                 let e: Entry = serde_json::from_slice(body)
                     .map_err(|e| format!("{}: entry: {e}", path.display()))?;
@@ -172,13 +146,50 @@ pub fn last_policy(dir: &Path) -> Result<Option<throughline_orchestrate::Policy>
                     policy = Some(*p);
                 }
             }
-            at += 8 + len;
         }
     }
     Ok(policy)
 }
 
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| io(path, e))?;
+    Ok(bytes)
+}
+
+/// The whole, checked frames (len | crc32 | body) at the start of a journal file, and the
+/// offset where they end: anything after it is a torn or damaged tail.
+fn frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut bodies = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        if len > FRAME_BYTES_MAX || at + 8 + len > bytes.len() {
+            break;
+        }
+        let body = &bytes[at + 8..at + 8 + len];
+        if crc32fast::hash(body) != crc {
+            break;
+        }
+        bodies.push(body);
+        at += 8 + len;
+    }
+    (bodies, at)
+}
+
 fn read_snapshot(path: &Path, bytes: &[u8]) -> Result<(u64, State), String> {
+    let (seq, body) = snapshot_body(path, bytes)?;
+    let state: State =
+        serde_json::from_slice(body).map_err(|e| format!("{} is corrupt: {e}", path.display()))?;
+    Ok((seq, state))
+}
+
+/// A snapshot's sequence number and its body (the state's JSON), length and checksum
+/// checked against the header line.
+fn snapshot_body<'b>(path: &Path, bytes: &'b [u8]) -> Result<(u64, &'b [u8]), String> {
     let corrupt = |why: &str| format!("{} is corrupt: {why}", path.display());
     let nl = bytes
         .iter()
@@ -195,8 +206,7 @@ fn read_snapshot(path: &Path, bytes: &[u8]) -> Result<(u64, State), String> {
     if body.len() as u64 != len || crc32fast::hash(body) as u64 != crc {
         return Err(corrupt("checksum or length mismatch"));
     }
-    let state: State = serde_json::from_slice(body).map_err(|e| corrupt(&e.to_string()))?;
-    Ok((seq, state))
+    Ok((seq, body))
 }
 
 impl FileJournal {
