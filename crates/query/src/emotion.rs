@@ -369,9 +369,10 @@ pub fn run(
     // The decode sees every person's answers; a filter counts only its own persons'.
     let invalid_answers = match &only {
         None => invalid.len() as u64,
+        // The invalid answers are few and the kept rows many: look the rows up in them.
         Some(_) => {
-            let kept: HashSet<u32> = rows.seq.iter().copied().collect();
-            invalid.iter().filter(|s| kept.contains(s)).count() as u64
+            let invalid: HashSet<u32> = invalid.into_iter().collect();
+            rows.seq.iter().filter(|s| invalid.contains(s)).count() as u64
         }
     };
 
