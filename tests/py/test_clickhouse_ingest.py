@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import requests
+
 from clickhouse_env import wait_forwarded
 from harness import create_project, run_cli
 
@@ -137,4 +139,33 @@ def test_a_restarted_server_resumes_forwarding_from_its_cursor(
     wait_forwarded(server.url, "shop")
     got = cluster.rows(f"SELECT uniqExact(seq), max(seq) + 1, uniqExact(message_hash) FROM {db}.events WHERE project = 'shop'")[0]
     assert [int(x) for x in got] == [len(messages)] * 3
+    server.stop()
+
+
+def test_journeys_are_refused_on_clickhouse_rather_than_never_triggering(
+    throughline_bin, data_dir, make_server, clickhouse_cluster, clickhouse_db
+):
+    """Events of a ClickHouse-backed server never reach the embedded store the orchestrator
+    reads: a journey created there would wait forever and a backtest would replay nothing.
+    The server says so (501) instead; checking a journey file needs no events and works."""
+    info = create_project(throughline_bin, data_dir, "shop")
+    server = start_backend(make_server, data_dir, clickhouse_cluster, clickhouse_db)
+    journey = 'name = "welcome"\ntrigger = { event = "Signed Up" }\n[[steps]]\nid = "hello"\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook"\n'
+    auth = {"Authorization": f"Bearer {info['api_key']}"}
+    base = f"{server.url}/api/v1/projects/shop"
+    checks = [
+        ("get", "/journeys", None, "application/json"),
+        ("post", "/journeys", journey, "application/toml"),
+        ("post", "/journeys/backtest", json.dumps({"journey": journey, "from": "2025-01-01", "to": "2025-02-01"}), "application/json"),
+        ("get", "/suppressions", None, "application/json"),
+    ]
+    for method, path, body, ctype in checks:
+        r = requests.request(method, base + path, data=body, headers={**auth, "Content-Type": ctype}, timeout=30)
+        assert r.status_code == 501, (path, r.status_code, r.text)
+        assert "embedded store" in r.json()["error"] and "clickhouse" in r.json()["error"], r.text
+    ok = requests.post(base + "/journeys/validate", data=journey, headers={**auth, "Content-Type": "application/toml"}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["valid"] is True, ok.text
+    # A bad key is still told first that it is a bad key.
+    bad = requests.get(base + "/journeys", headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert bad.status_code == 401
     server.stop()

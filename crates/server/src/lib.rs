@@ -75,9 +75,13 @@ impl AppState {
         })
     }
 
-    /// Starts the journeys' runtime over this state's store (once).
+    /// Starts the journeys' runtime over this state's store (once). Not on the ClickHouse
+    /// backend: the store it reads would hold none of the events (the journeys API says so).
     pub fn start_orchestrator(&self) -> Result<(), orchestrate::RuntimeError> {
-        if self.config.orchestrate.enabled && self.orchestrator.get().is_none() {
+        if self.config.orchestrate.enabled
+            && self.clickhouse.is_none()
+            && self.orchestrator.get().is_none()
+        {
             let o = orchestrate::Orchestrator::start(
                 self.store.clone(),
                 self.config.orchestrate.clone(),

@@ -58,7 +58,21 @@ fn runtime_error(e: RuntimeError) -> AppError {
     AppError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
+/// On the ClickHouse backend events go to the outbox, never to the embedded store the
+/// orchestrator reads, so journeys there would wait forever for triggers and backtests
+/// would replay an empty history: refusing says so instead of answering nothing.
+fn embedded_only(state: &AppState) -> Result<(), AppError> {
+    match state.clickhouse {
+        Some(_) => Err(AppError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "journeys run on the embedded store only: this server keeps its events in ClickHouse (--backend clickhouse), where the orchestrator would see no event",
+        )),
+        None => Ok(()),
+    }
+}
+
 fn orchestrator(state: &AppState) -> Result<Arc<Orchestrator>, AppError> {
+    embedded_only(state)?;
     state.orchestrator.get().cloned().ok_or_else(|| {
         AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -615,6 +629,7 @@ pub async fn run_backtest(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let store = authorize(&state, &project, &headers)?;
+    embedded_only(&state)?;
     let req: BacktestRequest = serde_json::from_slice(&body)
         .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))?;
     let file = match &req.journey {
