@@ -31,6 +31,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_kernels::funnel::{self, Order, Outcome, Spec, STEPS_MAX};
@@ -819,7 +820,7 @@ pub fn run(
 
     let names = rows.dim(0);
     let paths = rows.dim(1);
-    let mut conv_cache: HashMap<(u8, u32, u32), bool> = HashMap::new();
+    let mut conv_cache: FxHashMap<(u8, u32, u32), bool> = FxHashMap::default();
     let is_conversion: Vec<bool> = (0..rows.len())
         .map(|i| {
             let hit = *conv_cache
@@ -860,7 +861,7 @@ pub fn run(
         })
         .collect();
     let mut unregistered: HashMap<AssetKey, usize> = HashMap::new();
-    let mut slot_cache: HashMap<(KeySource, u32), usize> = HashMap::new();
+    let mut slot_cache: FxHashMap<(KeySource, u32), usize> = FxHashMap::default();
     let mut slot_of = |rows: &Rows, slots: &mut Vec<Slot>, row: usize| -> usize {
         let code = |d: usize| rows.dim(d).codes[row];
         let key = asset_key(
@@ -903,7 +904,7 @@ pub fn run(
     let mut convs: Vec<usize> = Vec::new();
     let mut conv_ts: Vec<Millis> = Vec::new();
     // Per person and slot: (first session's first row, converted).
-    let mut reached: HashMap<usize, (usize, bool)> = HashMap::new();
+    let mut reached: FxHashMap<usize, (usize, bool)> = FxHashMap::default();
     for r in rows.persons() {
         visits.clear();
         visits.extend(

@@ -578,14 +578,20 @@ pub fn run(
         false => read_conversions(snap, &conversion, value_path.as_deref(), from, to)?,
     };
     let (names, paths) = (rows.dim(0), rows.dim(1));
-    let mut conv_cache: HashMap<(u8, u32, u32), bool> = HashMap::new();
-    let mut is_conversion = |i: usize| -> bool {
-        let hit = *conv_cache
-            .entry((rows.kind[i], names.codes[i], paths.codes[i]))
-            .or_insert_with(|| conversion.matches_event(rows.kind[i], names.get(i), paths.get(i)));
-        hit && in_range(rows.ts[i])
-            && (conversion.filters.is_empty() || filtered.contains_key(&rows.seq[i]))
-    };
+    // Decided once per row (both passes below read it), by distinct (kind, name, path).
+    let mut conv_cache: FxHashMap<(u8, u32, u32), bool> = FxHashMap::default();
+    let converts: Vec<bool> = (0..rows.len())
+        .map(|i| {
+            let hit = *conv_cache
+                .entry((rows.kind[i], names.codes[i], paths.codes[i]))
+                .or_insert_with(|| {
+                    conversion.matches_event(rows.kind[i], names.get(i), paths.get(i))
+                });
+            hit && in_range(rows.ts[i])
+                && (conversion.filters.is_empty() || filtered.contains_key(&rows.seq[i]))
+        })
+        .collect();
+    let is_conversion = |i: usize| converts[i];
     let valued;
     let decoded = match &value_path {
         Some(path) if conversion.filters.is_empty() => {
@@ -609,8 +615,8 @@ pub fn run(
     let mut attributor = Attributor::new(rules);
     let index = registry.index();
     // Label of a session's first row, cached by what decides it.
-    let mut by_touch: HashMap<usize, Touch> = HashMap::new();
-    let mut by_code: HashMap<(KeySource, u32), Touch> = HashMap::new();
+    let mut by_touch: FxHashMap<usize, Touch> = FxHashMap::default();
+    let mut by_code: FxHashMap<(KeySource, u32), Touch> = FxHashMap::default();
     let mut label_of = |journeys: &mut Journeys,
                         attributor: &mut Attributor,
                         row: usize|

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_model::{EventType, Millis};
@@ -213,13 +214,38 @@ pub struct AuditResponse {
 #[derive(Default)]
 struct Count {
     sessions: u64,
-    persons: HashSet<u32>,
+    persons: FxHashSet<u32>,
 }
 
 impl Count {
     fn add(&mut self, person: u32) {
         self.sessions += 1;
         self.persons.insert(person);
+    }
+
+    fn merge(&mut self, other: Count) {
+        self.sessions += other.sessions;
+        self.persons.extend(other.persons);
+    }
+}
+
+/// Strings numbered in first-seen order, so per-session keys are integers and each
+/// distinct string is built once.
+#[derive(Default)]
+struct Names {
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.ids.get(name) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), i);
+        i
     }
 }
 
@@ -324,15 +350,26 @@ pub fn run(
     let screen = EventType::Screen.code();
 
     let mut all = Count::default();
-    let mut sources: HashMap<String, Count> = HashMap::new();
-    let mut mediums: HashMap<String, Count> = HashMap::new();
-    let mut campaigns: HashMap<String, Count> = HashMap::new();
-    let mut campaign_resolved: HashSet<String> = HashSet::new();
-    let mut unassigned: HashMap<String, Count> = HashMap::new();
+    // Sessions are many and their distinct keys few: the loop counts by dictionary code,
+    // touch or interned name, and the strings are put together once, after it.
+    let per_code = |d: usize| -> Vec<Count> {
+        (0..rows.dim(d).dict.len())
+            .map(|_| Count::default())
+            .collect()
+    };
+    let (mut sources, mut mediums, mut campaigns) = (per_code(2), per_code(3), per_code(4));
+    let mut campaign_resolved: FxHashSet<u32> = FxHashSet::default();
+    let mut unassigned: FxHashMap<usize, Count> = FxHashMap::default();
     let mut asset_sessions = vec![0u64; registry.assets.len()];
-    let mut pairs: HashMap<(usize, String), PairAcc> = HashMap::new();
-    let mut error_landings: HashMap<(String, String), ErrorAcc> = HashMap::new();
-    let mut match_cache: HashMap<(u8, u32, u32), (bool, bool)> = HashMap::new();
+    let mut pairs: FxHashMap<(usize, u32), PairAcc> = FxHashMap::default();
+    let mut error_landings: FxHashMap<(u32, u32), ErrorAcc> = FxHashMap::default();
+    // By the codes of (content, campaign, path): the asset resolved, and the name an error
+    // landing reports (the registered id, else the key's value).
+    let mut assets_by_codes: FxHashMap<[u32; 3], (Option<usize>, u32)> = FxHashMap::default();
+    let mut asset_names = Names::default();
+    let mut landing_of_code: FxHashMap<u32, u32> = FxHashMap::default();
+    let mut landings_named = Names::default();
+    let mut match_cache: FxHashMap<(u8, u32, u32), (bool, bool)> = FxHashMap::default();
     let mut sample_names: HashSet<Option<String>> = HashSet::new();
 
     for r in rows.persons() {
@@ -382,34 +419,36 @@ pub fn run(
             all.add(person);
 
             let get = |d: usize| rows.dim(d).get(a).filter(|v| !v.is_empty());
-            if let Some(v) = get(2) {
-                sources.entry(v.to_string()).or_default().add(person);
-            }
-            if let Some(v) = get(3) {
-                mediums.entry(v.to_string()).or_default().add(person);
-            }
-            if let Some(v) = get(4) {
-                campaigns.entry(v.to_string()).or_default().add(person);
-            }
-            let t = attributor.attribute(&rows, a);
-            let touch = attributor.touch(t);
-            if touch.channel == unassigned_name {
-                unassigned
-                    .entry(format!("{} / {}", touch.source, touch.medium))
-                    .or_default()
-                    .add(person);
-            }
-            let key = asset_key(get(5), get(4), get(1));
-            let resolved = index.resolve(&key);
-            if let Some(i) = resolved {
-                asset_sessions[i] += 1;
-                if let Some(c) = get(4) {
-                    campaign_resolved.insert(c.to_string());
+            for (d, counts) in [(2, &mut sources), (3, &mut mediums), (4, &mut campaigns)] {
+                if get(d).is_some() {
+                    counts[rows.dim(d).codes[a] as usize].add(person);
                 }
             }
-            let landing = rows.dim(1).get(a).unwrap_or("(not set)").to_string();
+            let t = attributor.attribute(&rows, a);
+            if attributor.touch(t).channel == unassigned_name {
+                unassigned.entry(t).or_default().add(person);
+            }
+            let codes = [5, 4, 1].map(|d| rows.dim(d).codes[a]);
+            let (resolved, asset_name) = *assets_by_codes.entry(codes).or_insert_with(|| {
+                let key = asset_key(get(5), get(4), get(1));
+                let resolved = index.resolve(&key);
+                let name = match resolved {
+                    Some(i) => asset_names.id(&registry.assets[i].id),
+                    None => asset_names.id(&key.value),
+                };
+                (resolved, name)
+            });
             if let Some(i) = resolved {
-                let acc = pairs.entry((i, landing.clone())).or_default();
+                asset_sessions[i] += 1;
+                if get(4).is_some() {
+                    campaign_resolved.insert(rows.dim(4).codes[a]);
+                }
+            }
+            let landing = *landing_of_code
+                .entry(rows.dim(1).codes[a])
+                .or_insert_with(|| landings_named.id(rows.dim(1).get(a).unwrap_or("(not set)")));
+            if let Some(i) = resolved {
+                let acc = pairs.entry((i, landing)).or_default();
                 acc.count.add(person);
                 acc.engaged += u64::from(engaged);
                 acc.converted += u64::from(converted);
@@ -441,17 +480,57 @@ pub fn run(
                     .find(|&i| is_view(i))
                     .unwrap_or(r.end);
                 let errored = (a..next_view).any(|i| is_error[i - r.start]);
-                let name = match resolved {
-                    Some(i) => registry.assets[i].id.clone(),
-                    None => key.value.clone(),
-                };
-                let acc = error_landings.entry((name, landing)).or_default();
+                let acc = error_landings.entry((asset_name, landing)).or_default();
                 acc.count.add(person);
                 acc.errors += u64::from(errored);
             }
             s = e;
         }
     }
+
+    // The strings behind the codes, names and touches counted above.
+    let by_value = |d: usize, counts: Vec<Count>| -> HashMap<String, Count> {
+        let dict = &rows.dim(d).dict;
+        let mut out: HashMap<String, Count> = HashMap::new();
+        for (code, c) in counts.into_iter().enumerate() {
+            if c.sessions > 0 {
+                out.entry(dict[code].clone()).or_default().merge(c);
+            }
+        }
+        out
+    };
+    let (sources, mediums, campaigns) = (
+        by_value(2, sources),
+        by_value(3, mediums),
+        by_value(4, campaigns),
+    );
+    let campaign_resolved: HashSet<&str> = campaign_resolved
+        .iter()
+        .map(|&c| rows.dim(4).dict[c as usize].as_str())
+        .collect();
+    let mut unassigned_by_pair: HashMap<String, Count> = HashMap::new();
+    for (t, c) in unassigned {
+        let touch = attributor.touch(t);
+        unassigned_by_pair
+            .entry(format!("{} / {}", touch.source, touch.medium))
+            .or_default()
+            .merge(c);
+    }
+    let unassigned = unassigned_by_pair;
+    let landing_name = |l: u32| landings_named.names[l as usize].clone();
+    let pairs: HashMap<(usize, String), PairAcc> = pairs
+        .into_iter()
+        .map(|((i, l), acc)| ((i, landing_name(l)), acc))
+        .collect();
+    let error_landings: HashMap<(String, String), ErrorAcc> = error_landings
+        .into_iter()
+        .map(|((n, l), acc)| {
+            (
+                (asset_names.names[n as usize].clone(), landing_name(l)),
+                acc,
+            )
+        })
+        .collect();
 
     let mut findings: Vec<Finding> = Vec::new();
     let spell = |counts: &HashMap<String, Count>, aliases: bool| -> Vec<Spelling> {

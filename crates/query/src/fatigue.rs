@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_identity::IdKind;
@@ -456,7 +457,7 @@ pub fn run(
     let paths = rows.dim(1);
     let code_role: Vec<Option<(usize, u8)>> =
         names.dict.iter().map(|n| role_of.get(n).copied()).collect();
-    let mut conv_cache: HashMap<(u8, u32, u32), bool> = HashMap::new();
+    let mut conv_cache: FxHashMap<(u8, u32, u32), bool> = FxHashMap::default();
 
     let n_ch = channels.len();
     let mut curves: Vec<Curve> = (0..n_ch).map(|_| Curve::default()).collect();

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use throughline_classify::{Rules, Touch};
 use throughline_kernels::sessions;
@@ -93,7 +94,7 @@ impl SessionTouch {
 /// traffic parameters (there are few), so classification is not per session.
 pub struct Attributor<'r> {
     rules: &'r Rules,
-    cache: HashMap<[u32; 6], usize>,
+    cache: FxHashMap<[u32; 6], usize>,
     touches: Vec<SessionTouch>,
 }
 
@@ -101,7 +102,7 @@ impl<'r> Attributor<'r> {
     pub fn new(rules: &'r Rules) -> Attributor<'r> {
         Attributor {
             rules,
-            cache: HashMap::new(),
+            cache: FxHashMap::default(),
             touches: Vec::new(),
         }
     }
@@ -247,9 +248,30 @@ pub fn run(
         engaged: u64,
         duration_ms: i64,
         events: u64,
-        persons: std::collections::HashSet<u32>,
+        persons: u64,
+        /// The person last counted: a person's rows are contiguous, so counting a person
+        /// when it differs from the last one counts distinct persons without a set.
+        last_person: Option<u32>,
     }
-    let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
+    impl Acc {
+        fn add(&mut self, person: u32, engaged: bool, duration: i64, events: usize) {
+            self.sessions += 1;
+            self.engaged += u64::from(engaged);
+            self.duration_ms += duration;
+            self.events += events as u64;
+            if self.last_person != Some(person) {
+                self.last_person = Some(person);
+                self.persons += 1;
+            }
+        }
+    }
+    // Sessions are many and groups few: a session finds its group through a cache keyed
+    // by what decides the key (a touch, a landing page code, a day), and the group's name
+    // is built once.
+    let mut names: Vec<String> = Vec::new();
+    let mut accs: Vec<Acc> = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut group_of: FxHashMap<i64, usize> = FxHashMap::default();
     let mut total = Acc::default();
     let page = EventType::Page.code();
     let screen = EventType::Screen.code();
@@ -264,25 +286,37 @@ pub fn run(
                 .filter(|&&k| k == page || k == screen)
                 .count();
             let engaged = duration > ENGAGED_SECONDS || views >= 2;
-            let key = match by.as_str() {
-                "day" => Interval::Day.label(Interval::Day.index(rows.ts[a])),
-                "week" => Interval::Week.label(Interval::Week.index(rows.ts[a])),
-                "landing_page" => rows.dim(1).get(a).unwrap_or("(not set)").to_string(),
-                "none" => "all".to_string(),
-                other => {
-                    let i = attributor.attribute(&rows, a);
-                    attributor.touch(i).value(other)
-                }
+            let (decider, interval) = match by.as_str() {
+                "day" => (
+                    i64::from(Interval::Day.index(rows.ts[a])),
+                    Some(Interval::Day),
+                ),
+                "week" => (
+                    i64::from(Interval::Week.index(rows.ts[a])),
+                    Some(Interval::Week),
+                ),
+                "landing_page" => (i64::from(rows.dim(1).codes[a]), None),
+                "none" => (0, None),
+                _ => (attributor.attribute(&rows, a) as i64, None),
             };
-            for acc in [groups.entry(key).or_default(), &mut total] {
-                acc.sessions += 1;
-                acc.engaged += u64::from(engaged);
-                acc.duration_ms += duration;
-                acc.events += (b - a) as u64;
-                acc.persons.insert(person);
-            }
+            let g = *group_of.entry(decider).or_insert_with(|| {
+                let key = match (interval, by.as_str()) {
+                    (Some(i), _) => i.label(decider as i32),
+                    (None, "landing_page") => rows.dim(1).get(a).unwrap_or("(not set)").to_string(),
+                    (None, "none") => "all".to_string(),
+                    (None, other) => attributor.touch(decider as usize).value(other),
+                };
+                *by_name.entry(key.clone()).or_insert_with(|| {
+                    names.push(key);
+                    accs.push(Acc::default());
+                    accs.len() - 1
+                })
+            });
+            accs[g].add(person, engaged, duration, b - a);
+            total.add(person, engaged, duration, b - a);
         });
     }
+    let groups: BTreeMap<&String, &Acc> = names.iter().zip(&accs).collect();
     let row = |key: String, a: &Acc| {
         let s = a.sessions.max(1) as f64;
         SessionRow {
@@ -293,10 +327,10 @@ pub fn run(
             bounce_rate: 1.0 - a.engaged as f64 / s,
             avg_duration_seconds: a.duration_ms as f64 / 1000.0 / s,
             events: a.events,
-            persons: a.persons.len() as u64,
+            persons: a.persons,
         }
     };
-    let mut out: Vec<SessionRow> = groups.iter().map(|(k, a)| row(k.clone(), a)).collect();
+    let mut out: Vec<SessionRow> = groups.iter().map(|(k, a)| row((*k).clone(), a)).collect();
     if !matches!(by.as_str(), "day" | "week") {
         out.sort_by(|a, b| b.sessions.cmp(&a.sessions).then(a.key.cmp(&b.key)));
     }

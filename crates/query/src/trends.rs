@@ -1,7 +1,8 @@
 //! `query trends`: event counts and unique persons per day or week.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_model::{format_ms, Millis};
@@ -119,9 +120,9 @@ pub struct TrendsResponse {
 enum Groups {
     None,
     /// Per person (first touch, trait): a group index, or `none` for persons without one.
-    Person(HashMap<u32, u32>, u32),
+    Person(FxHashMap<u32, u32>, u32),
     /// Per event (its property), by arrival number.
-    Event(HashMap<u32, u32>, u32),
+    Event(FxHashMap<u32, u32>, u32),
 }
 
 impl Groups {
@@ -136,13 +137,14 @@ impl Groups {
 }
 
 /// Counts of one part of the persons: (period, event, group) -> (events, persons), and
-/// (event, group) -> (events, persons) over the range.
+/// (event, group) -> (events, persons) over the range. Every row of every event touches
+/// these maps, so they hash with FxHash (a few integers: nanoseconds, not SipHash's tens).
 #[derive(Default)]
 struct Counts {
-    rows: HashMap<(i32, u32, u32), (u64, u64)>,
-    totals: HashMap<(u32, u32), (u64, u64)>,
-    seen: HashSet<(i32, u32, u32)>,
-    seen_total: HashSet<(u32, u32)>,
+    rows: FxHashMap<(i32, u32, u32), (u64, u64)>,
+    totals: FxHashMap<(u32, u32), (u64, u64)>,
+    seen: FxHashSet<(i32, u32, u32)>,
+    seen_total: FxHashSet<(u32, u32)>,
 }
 
 pub fn run(
