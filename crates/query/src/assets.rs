@@ -820,14 +820,11 @@ pub fn run(
 
     let names = rows.dim(0);
     let paths = rows.dim(1);
-    let mut conv_cache: FxHashMap<(u8, u32, u32), bool> = FxHashMap::default();
-    let is_conversion: Vec<bool> = (0..rows.len())
-        .map(|i| {
-            let hit = *conv_cache
-                .entry((rows.kind[i], names.codes[i], paths.codes[i]))
-                .or_insert_with(|| {
-                    conversion.matches_event(rows.kind[i], names.get(i), paths.get(i))
-                });
+    let is_conversion: Vec<bool> = rows
+        .matching(&conversion)
+        .into_iter()
+        .enumerate()
+        .map(|(i, hit)| {
             hit && (conversion.filters.is_empty() || filtered.contains_key(&rows.seq[i]))
         })
         .collect();

@@ -577,16 +577,13 @@ pub fn run(
         true => HashMap::new(),
         false => read_conversions(snap, &conversion, value_path.as_deref(), from, to)?,
     };
-    let (names, paths) = (rows.dim(0), rows.dim(1));
-    // Decided once per row (both passes below read it), by distinct (kind, name, path).
-    let mut conv_cache: FxHashMap<(u8, u32, u32), bool> = FxHashMap::default();
-    let converts: Vec<bool> = (0..rows.len())
-        .map(|i| {
-            let hit = *conv_cache
-                .entry((rows.kind[i], names.codes[i], paths.codes[i]))
-                .or_insert_with(|| {
-                    conversion.matches_event(rows.kind[i], names.get(i), paths.get(i))
-                });
+    let paths = rows.dim(1);
+    // Decided once per row: both passes below read it.
+    let converts: Vec<bool> = rows
+        .matching(&conversion)
+        .into_iter()
+        .enumerate()
+        .map(|(i, hit)| {
             hit && in_range(rows.ts[i])
                 && (conversion.filters.is_empty() || filtered.contains_key(&rows.seq[i]))
         })

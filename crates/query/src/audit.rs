@@ -32,6 +32,7 @@ use throughline_store::NO_VALUE;
 use throughline_text::tfidf::Corpus;
 
 use crate::assets::{asset_key, Registry};
+use crate::intern::Names;
 use crate::rows::{load, Load};
 use crate::sessions::{is_visit, Attributor};
 use crate::source::{EventFilter, Source};
@@ -226,26 +227,6 @@ impl Count {
     fn merge(&mut self, other: Count) {
         self.sessions += other.sessions;
         self.persons.extend(other.persons);
-    }
-}
-
-/// Strings numbered in first-seen order, so per-session keys are integers and each
-/// distinct string is built once.
-#[derive(Default)]
-struct Names {
-    names: Vec<String>,
-    ids: HashMap<String, u32>,
-}
-
-impl Names {
-    fn id(&mut self, name: &str) -> u32 {
-        if let Some(&i) = self.ids.get(name) {
-            return i;
-        }
-        let i = self.names.len() as u32;
-        self.names.push(name.to_string());
-        self.ids.insert(name.to_string(), i);
-        i
     }
 }
 
@@ -517,19 +498,14 @@ pub fn run(
             .merge(c);
     }
     let unassigned = unassigned_by_pair;
-    let landing_name = |l: u32| landings_named.names[l as usize].clone();
+    let landing_name = |l: u32| landings_named.name(l).to_string();
     let pairs: HashMap<(usize, String), PairAcc> = pairs
         .into_iter()
         .map(|((i, l), acc)| ((i, landing_name(l)), acc))
         .collect();
     let error_landings: HashMap<(String, String), ErrorAcc> = error_landings
         .into_iter()
-        .map(|((n, l), acc)| {
-            (
-                (asset_names.names[n as usize].clone(), landing_name(l)),
-                acc,
-            )
-        })
+        .map(|((n, l), acc)| ((asset_names.name(n).to_string(), landing_name(l)), acc))
         .collect();
 
     let mut findings: Vec<Finding> = Vec::new();

@@ -17,6 +17,7 @@ mod error;
 pub mod fatigue;
 pub mod filter;
 pub mod funnel;
+mod intern;
 pub mod links;
 pub mod paths;
 pub mod profile;

@@ -9,6 +9,8 @@ use throughline_classify::Rules;
 use throughline_kernels::sessions;
 use throughline_model::EventType;
 
+/// Path labels interned: ids while counting, strings for the answer.
+use crate::intern::Names as Labels;
 use crate::rows::{load, Load, Scan};
 use crate::sessions::{is_visit, Attributor};
 use crate::source::Source;
@@ -333,28 +335,7 @@ pub fn run(snap: &Source, rules: &Rules, req: &PathsRequest) -> Result<PathsResp
     })
 }
 
-/// Path labels interned: ids while counting, strings for the answer.
-#[derive(Default)]
-struct Labels {
-    names: Vec<String>,
-    ids: HashMap<String, u32>,
-}
-
 impl Labels {
-    fn id(&mut self, label: &str) -> u32 {
-        if let Some(&i) = self.ids.get(label) {
-            return i;
-        }
-        self.names.push(label.to_string());
-        let i = (self.names.len() - 1) as u32;
-        self.ids.insert(label.to_string(), i);
-        i
-    }
-
-    fn name(&self, id: u32) -> &str {
-        &self.names[id as usize]
-    }
-
     /// Paths compared as their lists of label strings.
     fn cmp_paths(&self, a: &[u32], b: &[u32]) -> std::cmp::Ordering {
         a.iter()

@@ -83,6 +83,20 @@ impl Rows {
         self.dims[d].as_ref().expect("dimension was loaded")
     }
 
+    /// Whether each row is an event `m` names, decided once per distinct (type, name,
+    /// path) rather than per row. Needs dimensions 0 and 1.
+    pub fn matching(&self, m: &crate::spec::StepMatcher) -> Vec<bool> {
+        let (names, paths) = (self.dim(0), self.dim(1));
+        let mut memo: rustc_hash::FxHashMap<(u8, u32, u32), bool> = Default::default();
+        (0..self.len())
+            .map(|i| {
+                *memo
+                    .entry((self.kind[i], names.codes[i], paths.codes[i]))
+                    .or_insert_with(|| m.matches_event(self.kind[i], names.get(i), paths.get(i)))
+            })
+            .collect()
+    }
+
     /// The row range of each person, in person order.
     pub fn persons(&self) -> impl Iterator<Item = Range<usize>> + '_ {
         let mut start = 0;
