@@ -321,6 +321,8 @@ pub fn run(
                         .as_ref()
                         .is_some_and(|c| c.matches_event(kind, v[0], v[1]))
             })),
+            // Decided once per (type, name, path), not per row.
+            keep_reads: Some(vec![0, 1]),
             ..Default::default()
         },
     )?;

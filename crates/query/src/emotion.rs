@@ -27,7 +27,9 @@
 //! [`DECODED_MAX`] of them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_kernels::stats::{self, Estimate, Moments};
@@ -271,13 +273,14 @@ impl Survey {
 /// A scored text, kept for examples and terms.
 struct Scored {
     compound: f64,
-    text: String,
+    text: Rc<str>,
     event: String,
     survey: Option<Survey>,
     score: Option<i64>,
     ts: Millis,
     person: u32,
-    terms: Vec<String>,
+    /// Distinct, sorted.
+    terms: Rc<[String]>,
 }
 
 /// What a group accumulates.
@@ -290,6 +293,15 @@ struct Acc {
 }
 
 impl Acc {
+    fn add(&mut self, item: &Item, text: Option<usize>) {
+        if let (Some(s), Some(score)) = (item.survey, item.score) {
+            *self.counts[s as usize].entry(score).or_default() += 1;
+        }
+        if let Some(t) = text {
+            self.texts.push(t);
+        }
+    }
+
     fn answers(&self) -> u64 {
         self.counts.iter().flat_map(|c| c.values()).sum()
     }
@@ -349,6 +361,7 @@ pub fn run(
         .chain(text_events.iter().map(String::as_str))
         .collect();
 
+    let by_touch = matches!(req.by.as_deref(), Some("channel" | "asset" | "campaign"));
     let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
     let rows = load(
         snap,
@@ -356,12 +369,16 @@ pub fn run(
             from,
             to,
             persons: only.as_ref(),
-            dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
+            // The touch's traffic-source columns are read for answering persons only,
+            // afterwards (`touch_keys`).
+            dims: vec![0, 1],
             keep: Some(Box::new(|kind, v| {
                 is_visit(kind, v[1].is_some())
                     || v[0].is_some_and(|n| item_names.contains(n))
                     || stages.of_event(kind, v[0], v[1]).is_some()
             })),
+            // Decided once per (type, name, path), not per row.
+            keep_reads: Some(vec![0, 1]),
             ..Default::default()
         },
     )?;
@@ -379,7 +396,7 @@ pub fn run(
     let identity = snap.identity()?;
     let index = registry.index();
     let mut attributor = Attributor::new(rules);
-    let mut stage_cache: HashMap<(u8, u32, u32), Option<usize>> = HashMap::new();
+    let mut stage_cache: FxHashMap<(u8, u32, u32), Option<usize>> = FxHashMap::default();
     let n_stages = stages.stages.len();
     let mut stage_persons = vec![0u64; n_stages];
     let mut stage_continued = vec![0u64; n_stages];
@@ -388,12 +405,26 @@ pub fn run(
     let mut total = Acc::default();
     let mut groups: HashMap<String, Acc> = HashMap::new();
     let mut scored: Vec<Scored> = Vec::new();
+    let mut analysed: HashMap<String, (f64, Rc<str>, Rc<[String]>)> = HashMap::new();
+    // A breakdown by touch: the persons with answers, and each answer's arrival number
+    // and text, to put in groups once their touches are known.
+    let mut answering: HashSet<u32> = HashSet::new();
+    let mut deferred: Vec<(u32, Option<usize>)> = Vec::new();
     let by = req.by.as_deref();
 
+    // Only rows of these names can be answers or texts: most rows skip the lookup.
+    let item_code: Vec<bool> = rows
+        .dim(0)
+        .dict
+        .iter()
+        .map(|n| item_names.contains(n.as_str()))
+        .collect();
+    let mut first_at: Vec<Option<Millis>> = vec![None; n_stages];
+    let mut last_at: Vec<Option<Millis>> = vec![None; n_stages];
     for r in rows.persons() {
         let person = rows.person[r.start];
-        let mut first_at: Vec<Option<Millis>> = vec![None; n_stages];
-        let mut last_at: Vec<Option<Millis>> = vec![None; n_stages];
+        first_at.fill(None);
+        last_at.fill(None);
         let mut current_stage: Option<usize> = None;
         let mut last_visit: Option<Millis> = None;
         let mut session_start: Option<usize> = None;
@@ -414,6 +445,10 @@ pub fn run(
                 last_at[s] = Some(ts);
                 current_stage = Some(s);
             }
+            let code = rows.dim(0).codes[i];
+            if code == throughline_store::NO_VALUE || !item_code[code as usize] {
+                continue;
+            }
             let Some(item) = items.get(&rows.seq[i]) else {
                 continue;
             };
@@ -422,7 +457,7 @@ pub fn run(
                 (Some(_), None) => current_stage,
                 (None, _) => stage.or(current_stage),
             };
-            let key = by.map(|b| {
+            let key = by.filter(|_| !by_touch).map(|b| {
                 group_key(
                     b,
                     &rows,
@@ -435,13 +470,26 @@ pub fn run(
                 )
             });
             let text_index = item.text.as_ref().map(|t| {
-                let compound = vader::polarity_scores(t).compound;
-                let mut ts_terms = terms::terms(t);
-                ts_terms.sort();
-                ts_terms.dedup();
+                // Feedback repeats itself (stock phrases, templated tickets): each distinct
+                // text is scored and split into terms once.
+                let (compound, text, ts_terms) = match analysed.get(t.as_str()) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let mut ts_terms = terms::terms(t);
+                        ts_terms.sort();
+                        ts_terms.dedup();
+                        let a = (
+                            vader::polarity_scores(t).compound,
+                            Rc::<str>::from(t.as_str()),
+                            Rc::<[String]>::from(ts_terms),
+                        );
+                        analysed.insert(t.clone(), a.clone());
+                        a
+                    }
+                };
                 scored.push(Scored {
                     compound,
-                    text: t.clone(),
+                    text,
                     event: item.event.clone(),
                     survey: item.survey,
                     score: item.score,
@@ -451,21 +499,17 @@ pub fn run(
                 });
                 scored.len() - 1
             });
-            let apply = |acc: &mut Acc| {
-                if let (Some(s), Some(score)) = (item.survey, item.score) {
-                    *acc.counts[s as usize].entry(score).or_default() += 1;
-                }
-                if let Some(t) = text_index {
-                    acc.texts.push(t);
-                }
-            };
-            apply(&mut total);
-            apply(match stage {
-                Some(s) => &mut by_stage[s],
-                None => &mut unstaged,
-            });
+            total.add(item, text_index);
+            match stage {
+                Some(s) => by_stage[s].add(item, text_index),
+                None => unstaged.add(item, text_index),
+            }
             if let Some(k) = key {
-                apply(groups.entry(k).or_default());
+                groups.entry(k).or_default().add(item, text_index);
+            }
+            if by_touch {
+                answering.insert(person);
+                deferred.push((rows.seq[i], text_index));
             }
         }
         for s in 0..n_stages {
@@ -474,6 +518,26 @@ pub fn run(
             if (s + 1..n_stages).any(|j| last_at[j].is_some_and(|t| t > first)) {
                 stage_continued[s] += 1;
             }
+        }
+    }
+
+    if let Some(b) = by.filter(|_| by_touch) {
+        let keys = touch_keys(
+            snap,
+            b,
+            (from, to),
+            &answering,
+            &item_names,
+            &items,
+            timeout,
+            (&mut attributor, registry, &index),
+        )?;
+        for (seq, text_index) in deferred {
+            let key = keys
+                .get(&seq)
+                .cloned()
+                .unwrap_or_else(|| "(no touch)".into());
+            groups.entry(key).or_default().add(&items[&seq], text_index);
         }
     }
 
@@ -604,6 +668,70 @@ fn group_key(
     }
 }
 
+/// The group of each answer and text of these persons by the touch before it (`by` is
+/// channel, asset or campaign), by arrival number: their visits and answers loaded again
+/// with the traffic-source columns, sessions split as in [`run`]'s first pass (the same
+/// visits in the same order), so the touch is the one that pass would have found.
+#[allow(clippy::too_many_arguments)]
+fn touch_keys(
+    snap: &Source,
+    by: &str,
+    (from, to): (Option<Millis>, Option<Millis>),
+    persons: &HashSet<u32>,
+    item_names: &HashSet<&str>,
+    items: &FxHashMap<u32, Item>,
+    timeout: Millis,
+    (attributor, registry, index): (&mut Attributor, &Registry, &RegistryIndex),
+) -> Result<FxHashMap<u32, String>, QueryError> {
+    let mut keys = FxHashMap::default();
+    if persons.is_empty() {
+        return Ok(keys);
+    }
+    let rows = load(
+        snap,
+        &Load {
+            from,
+            to,
+            persons: Some(persons),
+            dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
+            keep: Some(Box::new(|kind, v| {
+                is_visit(kind, v[1].is_some()) || v[0].is_some_and(|n| item_names.contains(n))
+            })),
+            keep_reads: Some(vec![0, 1]),
+        },
+    )?;
+    for r in rows.persons() {
+        let mut last_visit: Option<Millis> = None;
+        let mut session_start: Option<usize> = None;
+        for i in r {
+            let ts = rows.ts[i];
+            if is_visit(
+                rows.kind[i],
+                rows.dim(1).codes[i] != throughline_store::NO_VALUE,
+            ) {
+                if last_visit.is_none_or(|t| ts - t > timeout) {
+                    session_start = Some(i);
+                }
+                last_visit = Some(ts);
+            }
+            if items.contains_key(&rows.seq[i]) {
+                let key = group_key(
+                    by,
+                    &rows,
+                    session_start,
+                    ts,
+                    None,
+                    attributor,
+                    registry,
+                    index,
+                );
+                keys.insert(rows.seq[i], key);
+            }
+        }
+    }
+    Ok(keys)
+}
+
 /// The answers and texts in range, by arrival number, and the arrival numbers of the
 /// invalid answers.
 fn decode_items(
@@ -612,8 +740,8 @@ fn decode_items(
     names: &HashSet<&str>,
     from: Option<Millis>,
     to: Option<Millis>,
-) -> Result<(HashMap<u32, Item>, Vec<u32>), QueryError> {
-    let mut items = HashMap::new();
+) -> Result<(FxHashMap<u32, Item>, Vec<u32>), QueryError> {
+    let mut items = FxHashMap::default();
     let mut invalid = Vec::new();
     let mut too_many = false;
     let in_range = |t: Millis| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t < e);
@@ -777,7 +905,7 @@ impl<'s> TermCounts<'s> {
         for s in scored {
             let negative = s.compound <= vader::NEGATIVE_MAX;
             negatives += u64::from(negative);
-            for t in &s.terms {
+            for t in s.terms.iter() {
                 let c = counts.entry(t.as_str()).or_default();
                 c.0 += u64::from(negative);
                 c.1 += 1;
@@ -827,7 +955,7 @@ fn feelings(acc: &Acc, ctx: &Ctx) -> Feelings {
     let example = |&t: &usize| {
         let s = &scored[t];
         Example {
-            text: s.text.clone(),
+            text: s.text.to_string(),
             compound: s.compound,
             event: s.event.clone(),
             survey: s.survey.map(|v| v.name().to_string()),
@@ -898,7 +1026,7 @@ fn negative_terms(
     let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
     for &t in &acc.texts {
         let negative = scored[t].compound <= vader::NEGATIVE_MAX;
-        for term in &scored[t].terms {
+        for term in scored[t].terms.iter() {
             let c = counts.entry(term).or_default();
             c.1 += 1;
             c.0 += u64::from(negative);

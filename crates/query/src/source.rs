@@ -200,11 +200,9 @@ impl<'s, 'a> Source<'s, 'a> {
             Source::Store(s) => {
                 let mut failed = None;
                 let seqs: Option<HashSet<u32>> = filter.seqs.map(|s| s.iter().copied().collect());
-                s.for_each_event_where(
-                    |node, name| {
-                        filter.name.is_none_or(|f| f(name))
-                            && filter.nodes.is_none_or(|n| n.contains(&node))
-                    },
+                s.for_each_event_of(
+                    |name| filter.name.is_none_or(|f| f(name)),
+                    |node| filter.nodes.is_none_or(|n| n.contains(&node)),
                     |seq, node, e| {
                         if seqs.as_ref().is_some_and(|s| !s.contains(&seq)) {
                             return Ok(());

@@ -37,6 +37,7 @@ mod memtable;
 pub mod metrics;
 pub mod numbers;
 mod project;
+mod rare;
 mod segment;
 mod tail;
 mod wal;

@@ -633,10 +633,67 @@ impl Snapshot<'_> {
         wanted: impl Fn(&str) -> bool,
         mut visit: impl FnMut(u32, Event) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.for_each_event_where(
-            |_, name| name.is_some_and(&wanted),
+        self.for_each_event_of(
+            |name| name.is_some_and(&wanted),
+            |_| true,
             |seq, _, e| visit(seq, e),
         )
+    }
+
+    /// Visits the events whose name (`None`: none) passes `names` and whose node passes
+    /// `nodes`, decoding only those, with arrival number and node. A segment whose rare
+    /// copy holds every name it has that `names` wants (and `names` wants no unnamed
+    /// event) is read from the copy alone: a few percent of its payload (see `rare`).
+    pub fn for_each_event_of(
+        &self,
+        names: impl Fn(Option<&str>) -> bool,
+        nodes: impl Fn(NodeId) -> bool,
+        mut visit: impl FnMut(u32, NodeId, Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut first = 0u32;
+        for seg in &self.state.segments {
+            let (codes, dict) = seg.dim("name")?;
+            let want: Vec<bool> = dict.iter().map(|n| names(Some(n))).collect();
+            let want_unnamed = names(None);
+            let wanted = |row: usize| match codes[row] {
+                crate::segment::NO_VALUE => want_unnamed,
+                c => want[c as usize],
+            };
+            let from_copy = !want_unnamed
+                && seg.rare_names().is_some_and(|rare| {
+                    dict.iter()
+                        .zip(&want)
+                        .all(|(n, &w)| !w || rare.iter().any(|r| r == n))
+                });
+            if want_unnamed || want.iter().any(|&w| w) {
+                let node_of = seg.read_column::<u32>("node")?;
+                let mut each = |row: usize, payload: &[u8]| {
+                    if wanted(row) && nodes(node_of[row]) {
+                        visit(
+                            first + row as u32,
+                            node_of[row],
+                            decode(&seg.path, payload)?,
+                        )?;
+                    }
+                    Ok(())
+                };
+                if from_copy {
+                    seg.for_each_rare_payload(&mut each)?;
+                } else if (0..seg.rows()).any(|row| wanted(row) && nodes(node_of[row])) {
+                    seg.for_each_payload(&mut each)?;
+                }
+            }
+            first += seg.rows() as u32;
+        }
+        for t in self.tables() {
+            for r in &t.rows {
+                if names(t.dims(r)[0]) && nodes(r.node) {
+                    visit(first, r.node, decode(Path::new("wal"), t.record(r))?)?;
+                }
+                first += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Visits the events for which `keep(node, name)` holds, decoding only those, with

@@ -8,9 +8,11 @@
 //! `payload` column (the same JSON as the WAL record), which export and Parquet use.
 //!
 //! Footer versions: 1 is the layout above; 2 adds the number columns of
-//! [`crate::numbers`] and their list (`numbers` in the footer). Both are read; a reader
-//! of version 1 ignores what version 2 adds, and a version-1 segment simply has no number
-//! columns (readers decode payloads instead).
+//! [`crate::numbers`] and their list (`numbers` in the footer); 3 adds the copy of the
+//! rare event names' records of [`crate::rare`] and their list (`rare`). All are read; a
+//! reader of an older version ignores what a newer one adds (unknown footer fields and
+//! columns), and a segment of an older version simply lacks them (readers decode the
+//! payload instead).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -28,10 +30,11 @@ use crate::fsutil::sync_dir;
 use crate::numbers::{
     check_number_column, number_column_names, NumberIndex, Numbers, NumbersBuilder, NumbersMeta,
 };
+use crate::rare::{self, RareWriter};
 use crate::StoreError;
 
 /// The footer version this binary writes.
-const FOOTER_VERSION: u32 = 2;
+const FOOTER_VERSION: u32 = 3;
 
 const MAGIC: &[u8; 8] = b"TLSEG\0\0\x01";
 const END_MAGIC: &[u8; 8] = b"TLSEGEND";
@@ -43,6 +46,8 @@ const PAYLOAD_BLOCK_BYTES: u64 = 1 << 20;
 const BLOCKED_BLOOM: &str = "bloom_blocked";
 /// Payload blocks a [`PayloadReader`] keeps verified in memory per segment.
 const READER_BLOCKS_CACHED: usize = 4;
+/// The index of `name` in [`DIMS`]: the dimension the rare copy is chosen on.
+const NAME_DIM: usize = 0;
 /// Marks a row without a value in a `dim:` column.
 pub const NO_VALUE: u32 = u32::MAX;
 
@@ -64,6 +69,9 @@ struct Footer {
     /// Version 2: the number columns' keys (absent: none were written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     numbers: Option<NumbersMeta>,
+    /// Version 3: the event names whose records are all in the rare copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rare: Option<Vec<String>>,
 }
 
 /// The scan columns of a segment to [`write`], rows in (person, timestamp) order.
@@ -148,6 +156,7 @@ pub fn write<'a>(
     write_inner(path, columns, &mut dim, &mut payload).map_err(|e| {
         // A half-written file would hold on to the space a full disk needs back.
         let _ = std::fs::remove_file(path.with_extension("seg.tmp"));
+        let _ = std::fs::remove_file(path.with_extension("rare.tmp"));
         match e {
             WriteError::Io(e) => StoreError::io(path, e),
             WriteError::Source(e) => e,
@@ -212,9 +221,22 @@ fn write_inner(
     w.column("node", bytemuck::cast_slice(&nodes))?;
     w.column("ts", bytemuck::cast_slice(&ts))?;
     w.column("type", &kinds)?;
+    // Per row, whether its record goes into the rare copy too (decided on the names).
+    let mut rare_row: Vec<bool> = Vec::new();
+    let mut rare_names = None;
     for (d, name) in DIMS.iter().enumerate() {
         let col = dim(d).map_err(WriteError::Source)?;
         assert_eq!(col.codes.len(), rows, "dimension column of unequal length");
+        if d == NAME_DIM {
+            if let Some((rare_code, names)) = rare::choose(&col.codes, &col.dict) {
+                rare_row = col
+                    .codes
+                    .iter()
+                    .map(|&c| c != NO_VALUE && rare_code[c as usize])
+                    .collect();
+                rare_names = Some(names);
+            }
+        }
         w.column(&format!("dim:{name}"), bytemuck::cast_slice(&col.codes))?;
         w.column(
             &format!("dict:{name}"),
@@ -238,6 +260,10 @@ fn write_inner(
         NumberIndex::Given(n) => (None, Some(n)),
         NumberIndex::Omit => (None, None),
     };
+    let mut rare = match rare_names {
+        Some(_) => Some(RareWriter::new(path, PAYLOAD_BLOCK_BYTES as usize)?),
+        None => None,
+    };
     for i in 0..rows {
         if block.len() as u64 >= PAYLOAD_BLOCK_BYTES {
             blocks.extend([block_row as u64, u64::from(crc32fast::hash(&block))]);
@@ -253,6 +279,9 @@ fn write_inner(
         }
         at += (block.len() - before) as u64;
         offsets.push(at);
+        if let Some(r) = rare.as_mut().filter(|_| rare_row[i]) {
+            r.push(i, &block[before..])?;
+        }
     }
     if rows > 0 {
         blocks.extend([block_row as u64, u64::from(crc32fast::hash(&block))]);
@@ -267,6 +296,20 @@ fn write_inner(
     });
     w.column("payload_offsets", bytemuck::cast_slice(&offsets))?;
     w.column("payload_blocks", bytemuck::cast_slice(&blocks))?;
+    if let Some(r) = rare {
+        w.align()?;
+        let offset = w.pos;
+        let (len, crc, c) = r.finish(|piece| w.raw(piece))?;
+        w.columns.push(ColumnMeta {
+            name: "rare_payload".into(),
+            offset,
+            len,
+            crc,
+        });
+        w.column("rare_offsets", bytemuck::cast_slice(&c.offsets))?;
+        w.column("rare_rows", bytemuck::cast_slice(&c.rows))?;
+        w.column("rare_blocks", bytemuck::cast_slice(&c.blocks))?;
+    }
     w.column("msg_hash", bytemuck::cast_slice(&hashes))?;
     w.column(BLOCKED_BLOOM, bytemuck::cast_slice(bloom.words()))?;
     if let Some(b) = builder {
@@ -306,6 +349,7 @@ fn write_inner(
         max_ts: ts.iter().copied().max().unwrap_or(0),
         columns: w.columns.clone(),
         numbers: numbers_meta,
+        rare: rare_names,
     };
     let footer = serde_json::to_vec(&footer).expect("footer serializes");
     w.raw(&footer)?;
@@ -600,35 +644,73 @@ impl Segment {
     /// time: each block is verified before any of its rows is decoded.
     pub fn for_each_payload(
         &self,
+        visit: impl FnMut(usize, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.scan_blocks("payload", self.rows(), visit)
+    }
+
+    /// The event names whose every record is in the rare copy; `None` for a segment
+    /// without one (see [`crate::rare`]).
+    pub fn rare_names(&self) -> Option<&[String]> {
+        self.footer.rare.as_deref()
+    }
+
+    /// Calls `visit(row, payload)` for every record of the rare copy, in row order, each
+    /// block verified first: the events of [`Segment::rare_names`] without the payload.
+    pub fn for_each_rare_payload(
+        &self,
+        mut visit: impl FnMut(usize, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let rows = self.read_column::<u32>("rare_rows")?;
+        if rows.windows(2).any(|w| w[0] >= w[1])
+            || rows.last().is_some_and(|&r| r as usize >= self.rows())
+        {
+            return Err(StoreError::Corrupt {
+                file: self.path.clone(),
+                why: "rare copy rows out of order or range".into(),
+            });
+        }
+        self.scan_blocks("rare_payload", rows.len(), |k, p| {
+            visit(rows[k] as usize, p)
+        })
+    }
+
+    /// Visits the `n` records of a blob column checksummed in blocks (`{blob}` beside
+    /// `{prefix}_offsets` and `{prefix}_blocks`, prefix = blob without `_payload`).
+    fn scan_blocks(
+        &self,
+        blob: &str,
+        n: usize,
         mut visit: impl FnMut(usize, &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let corrupt = |why: &str| StoreError::Corrupt {
             file: self.path.clone(),
-            why: why.to_string(),
+            why: format!("{blob}: {why}"),
         };
-        let offsets = self.read_column::<u64>("payload_offsets")?;
-        let blocks = self.read_column::<u64>("payload_blocks")?;
-        let meta = self.meta("payload")?.clone();
-        if offsets.len() != self.rows() + 1 || offsets.last().copied().unwrap_or(0) != meta.len {
-            return Err(corrupt("payload offsets do not match the payload column"));
+        let prefix = blob.strip_suffix("_payload").unwrap_or(blob);
+        let offsets = self.read_column::<u64>(&format!("{prefix}_offsets"))?;
+        let blocks = self.read_column::<u64>(&format!("{prefix}_blocks"))?;
+        let meta = self.meta(blob)?.clone();
+        if offsets.len() != n + 1 || offsets.last().copied().unwrap_or(0) != meta.len {
+            return Err(corrupt("offsets do not match the column"));
         }
         let mut buf = Vec::new();
         for (b, pair) in blocks.chunks_exact(2).enumerate() {
             let first = pair[0] as usize;
-            let end_row = blocks.get(2 * b + 2).map_or(self.rows(), |&r| r as usize);
-            if first >= end_row || end_row > self.rows() {
-                return Err(corrupt("payload block index out of range"));
+            let end_row = blocks.get(2 * b + 2).map_or(n, |&r| r as usize);
+            if first >= end_row || end_row > n {
+                return Err(corrupt("block index out of range"));
             }
             let (start, end) = (offsets[first], offsets[end_row]);
             if start > end {
-                return Err(corrupt("payload offsets out of order"));
+                return Err(corrupt("offsets out of order"));
             }
             buf.resize((end - start) as usize, 0);
             self.file
                 .read_exact_at(&mut buf, meta.offset + start)
                 .map_err(|e| StoreError::io(&self.path, e))?;
             if u64::from(crc32fast::hash(&buf)) != pair[1] {
-                return Err(corrupt(&format!("payload block {b} checksum mismatch")));
+                return Err(corrupt(&format!("block {b} checksum mismatch")));
             }
             for r in first..end_row {
                 let (a, z) = (
@@ -636,7 +718,7 @@ impl Segment {
                     (offsets[r + 1] - start) as usize,
                 );
                 if a > z || z > buf.len() {
-                    return Err(corrupt("payload offsets out of order"));
+                    return Err(corrupt("offsets out of order"));
                 }
                 visit(r, &buf[a..z])?;
             }
@@ -775,7 +857,7 @@ impl Segment {
     /// bounded by the largest non-payload column and one payload block.
     pub fn verify(&self) -> Result<(), StoreError> {
         for c in &self.footer.columns {
-            if c.name != "payload" {
+            if c.name != "payload" && c.name != "rare_payload" {
                 self.read_column::<u8>(&c.name)?;
             }
         }
@@ -794,7 +876,7 @@ impl Segment {
                 why: "column lengths differ from the row count".into(),
             });
         }
-        self.for_each_payload(|row, payload| {
+        let json = |row: usize, payload: &[u8]| {
             serde_json::from_slice::<serde::de::IgnoredAny>(payload).map_err(|e| {
                 StoreError::Corrupt {
                     file: self.path.clone(),
@@ -802,7 +884,12 @@ impl Segment {
                 }
             })?;
             Ok(())
-        })
+        };
+        self.for_each_payload(json)?;
+        if self.rare_names().is_some() {
+            self.for_each_rare_payload(json)?;
+        }
+        Ok(())
     }
 
     pub fn hashes(&self) -> Result<Vec<u128>, StoreError> {
