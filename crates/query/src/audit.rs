@@ -323,7 +323,6 @@ pub fn run(
             })),
             // Decided once per (type, name, path), not per row.
             keep_reads: Some(vec![0, 1]),
-            ..Default::default()
         },
     )?;
     let index = registry.index();

@@ -270,6 +270,9 @@ impl Survey {
     }
 }
 
+/// A distinct text's VADER compound score, the text, and its distinct sorted terms.
+type Analysed = (f64, Rc<str>, Rc<[String]>);
+
 /// A scored text, kept for examples and terms.
 struct Scored {
     compound: f64,
@@ -379,7 +382,6 @@ pub fn run(
             })),
             // Decided once per (type, name, path), not per row.
             keep_reads: Some(vec![0, 1]),
-            ..Default::default()
         },
     )?;
     let (items, invalid) = decode_items(snap, &survey_event, &item_names, from, to)?;
@@ -405,7 +407,7 @@ pub fn run(
     let mut total = Acc::default();
     let mut groups: HashMap<String, Acc> = HashMap::new();
     let mut scored: Vec<Scored> = Vec::new();
-    let mut analysed: HashMap<String, (f64, Rc<str>, Rc<[String]>)> = HashMap::new();
+    let mut analysed: HashMap<String, Analysed> = HashMap::new();
     // A breakdown by touch: the persons with answers, and each answer's arrival number
     // and text, to put in groups once their touches are known.
     let mut answering: HashSet<u32> = HashSet::new();

@@ -279,7 +279,7 @@ fn write_inner(
         }
         at += (block.len() - before) as u64;
         offsets.push(at);
-        if let Some(r) = rare.as_mut().filter(|_| rare_row[i]) {
+        if let Some(r) = rare.as_mut().filter(|_| rare_row.get(i) == Some(&true)) {
             r.push(i, &block[before..])?;
         }
     }
