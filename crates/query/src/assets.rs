@@ -820,14 +820,7 @@ pub fn run(
 
     let names = rows.dim(0);
     let paths = rows.dim(1);
-    let is_conversion: Vec<bool> = rows
-        .matching(&conversion)
-        .into_iter()
-        .enumerate()
-        .map(|(i, hit)| {
-            hit && (conversion.filters.is_empty() || filtered.contains_key(&rows.seq[i]))
-        })
-        .collect();
+    let is_conversion = conversion_rows(&rows, &conversion, &filtered);
     let valued;
     let decoded = match &value_path {
         Some(path) if conversion.filters.is_empty() => {
@@ -1145,6 +1138,20 @@ fn asset_funnels(
         funnels.push(steps);
     }
     Ok((funnels, funnel_of))
+}
+
+/// Per row, whether it is a conversion: it matches the step and, when the step has
+/// conditions, is among the events [`read_conversions`] found to meet them.
+pub(crate) fn conversion_rows(
+    rows: &Rows,
+    conversion: &StepMatcher,
+    met: &HashMap<u32, f64>,
+) -> Vec<bool> {
+    rows.matching(conversion)
+        .into_iter()
+        .zip(&rows.seq)
+        .map(|(hit, seq)| hit && (conversion.filters.is_empty() || met.contains_key(seq)))
+        .collect()
 }
 
 /// The conversion events in range that pass the conversion's `where` conditions, by arrival

@@ -29,7 +29,9 @@ use throughline_kernels::sessions;
 use throughline_model::Millis;
 use throughline_store::NO_VALUE;
 
-use crate::assets::{asset_key, property_path, read_conversions, KeySource, Registry};
+use crate::assets::{
+    asset_key, conversion_rows, property_path, read_conversions, KeySource, Registry,
+};
 use crate::rows::{load, Load};
 use crate::sessions::{is_visit, Attributor};
 use crate::source::Source;
@@ -579,14 +581,10 @@ pub fn run(
     };
     let paths = rows.dim(1);
     // Decided once per row: both passes below read it.
-    let converts: Vec<bool> = rows
-        .matching(&conversion)
+    let converts: Vec<bool> = conversion_rows(&rows, &conversion, &filtered)
         .into_iter()
-        .enumerate()
-        .map(|(i, hit)| {
-            hit && in_range(rows.ts[i])
-                && (conversion.filters.is_empty() || filtered.contains_key(&rows.seq[i]))
-        })
+        .zip(&rows.ts)
+        .map(|(hit, &ts)| hit && in_range(ts))
         .collect();
     let is_conversion = |i: usize| converts[i];
     let valued;

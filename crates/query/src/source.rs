@@ -202,7 +202,7 @@ impl<'s, 'a> Source<'s, 'a> {
                 let seqs: Option<HashSet<u32>> = filter.seqs.map(|s| s.iter().copied().collect());
                 s.for_each_event_of(
                     |name| filter.name.is_none_or(|f| f(name)),
-                    |node| filter.nodes.is_none_or(|n| n.contains(&node)),
+                    |node, _| filter.nodes.is_none_or(|n| n.contains(&node)),
                     |seq, node, e| {
                         if seqs.as_ref().is_some_and(|s| !s.contains(&seq)) {
                             return Ok(());

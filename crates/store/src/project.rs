@@ -635,19 +635,31 @@ impl Snapshot<'_> {
     ) -> Result<(), StoreError> {
         self.for_each_event_of(
             |name| name.is_some_and(&wanted),
-            |_| true,
+            |_, _| true,
             |seq, _, e| visit(seq, e),
         )
     }
 
-    /// Visits the events whose name (`None`: none) passes `names` and whose node passes
-    /// `nodes`, decoding only those, with arrival number and node. A segment whose rare
-    /// copy holds every name it has that `names` wants (and `names` wants no unnamed
-    /// event) is read from the copy alone: a few percent of its payload (see `rare`).
+    /// Visits the events for which `keep(node, name)` holds, decoding only those, with
+    /// their arrival number and node: a person's timeline or one event's properties
+    /// without decoding the whole store.
+    pub fn for_each_event_where(
+        &self,
+        keep: impl Fn(NodeId, Option<&str>) -> bool,
+        visit: impl FnMut(u32, NodeId, Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.for_each_event_of(|_| true, keep, visit)
+    }
+
+    /// Visits the events whose name (`None`: none) passes `names` and for which
+    /// `keep(node, name)` holds, decoding only those, with arrival number and node. A
+    /// segment whose rare copy holds every name it has that `names` wants (and `names`
+    /// wants no unnamed event) is read from the copy alone: a few percent of its payload
+    /// (see `rare`).
     pub fn for_each_event_of(
         &self,
         names: impl Fn(Option<&str>) -> bool,
-        nodes: impl Fn(NodeId) -> bool,
+        keep: impl Fn(NodeId, Option<&str>) -> bool,
         mut visit: impl FnMut(u32, NodeId, Event) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let mut first = 0u32;
@@ -655,6 +667,9 @@ impl Snapshot<'_> {
             let (codes, dict) = seg.dim("name")?;
             let want: Vec<bool> = dict.iter().map(|n| names(Some(n))).collect();
             let want_unnamed = names(None);
+            let name = |row: usize| {
+                (codes[row] != crate::segment::NO_VALUE).then(|| dict[codes[row] as usize].as_str())
+            };
             let wanted = |row: usize| match codes[row] {
                 crate::segment::NO_VALUE => want_unnamed,
                 c => want[c as usize],
@@ -666,20 +681,17 @@ impl Snapshot<'_> {
                         .all(|(n, &w)| !w || rare.iter().any(|r| r == n))
                 });
             if want_unnamed || want.iter().any(|&w| w) {
-                let node_of = seg.read_column::<u32>("node")?;
+                let nodes = seg.read_column::<u32>("node")?;
+                let chosen = |row: usize| wanted(row) && keep(nodes[row], name(row));
                 let mut each = |row: usize, payload: &[u8]| {
-                    if wanted(row) && nodes(node_of[row]) {
-                        visit(
-                            first + row as u32,
-                            node_of[row],
-                            decode(&seg.path, payload)?,
-                        )?;
+                    if chosen(row) {
+                        visit(first + row as u32, nodes[row], decode(&seg.path, payload)?)?;
                     }
                     Ok(())
                 };
                 if from_copy {
                     seg.for_each_rare_payload(&mut each)?;
-                } else if (0..seg.rows()).any(|row| wanted(row) && nodes(node_of[row])) {
+                } else if (0..seg.rows()).any(&chosen) {
                     seg.for_each_payload(&mut each)?;
                 }
             }
@@ -687,43 +699,8 @@ impl Snapshot<'_> {
         }
         for t in self.tables() {
             for r in &t.rows {
-                if names(t.dims(r)[0]) && nodes(r.node) {
-                    visit(first, r.node, decode(Path::new("wal"), t.record(r))?)?;
-                }
-                first += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Visits the events for which `keep(node, name)` holds, decoding only those, with
-    /// their arrival number and node: a person's timeline or one event's properties
-    /// without decoding the whole store.
-    pub fn for_each_event_where(
-        &self,
-        keep: impl Fn(NodeId, Option<&str>) -> bool,
-        mut visit: impl FnMut(u32, NodeId, Event) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let mut first = 0u32;
-        for seg in &self.state.segments {
-            let nodes = seg.read_column::<u32>("node")?;
-            let (codes, dict) = seg.dim("name")?;
-            let name = |row: usize| {
-                (codes[row] != crate::segment::NO_VALUE).then(|| dict[codes[row] as usize].as_str())
-            };
-            if (0..seg.rows()).any(|row| keep(nodes[row], name(row))) {
-                seg.for_each_payload(|row, payload| {
-                    if keep(nodes[row], name(row)) {
-                        visit(first + row as u32, nodes[row], decode(&seg.path, payload)?)?;
-                    }
-                    Ok(())
-                })?;
-            }
-            first += seg.rows() as u32;
-        }
-        for t in self.tables() {
-            for r in &t.rows {
-                if keep(r.node, t.dims(r)[0]) {
+                let name = t.dims(r)[0];
+                if names(name) && keep(r.node, name) {
                     visit(first, r.node, decode(Path::new("wal"), t.record(r))?)?;
                 }
                 first += 1;
