@@ -21,6 +21,12 @@ def stats(bin_path, data, project):
     return json.loads(run_cli(bin_path, "stats", "--data", str(data), "--project", project).stdout)
 
 
+def ch_stats(bin_path, data, project, cluster, db):
+    return json.loads(
+        run_cli(bin_path, "stats", "--data", str(data), "--project", project, "--backend", "clickhouse", *cluster.args(db)).stdout
+    )
+
+
 def test_migrate_resumes_after_a_kill_and_hands_over_to_the_clickhouse_backend(
     throughline_bin, tmp_path, make_server, clickhouse_cluster, clickhouse_db
 ):
@@ -67,6 +73,12 @@ def test_migrate_resumes_after_a_kill_and_hands_over_to_the_clickhouse_backend(
         assert cluster.scalar(f"SELECT count() FROM {db}.person_overrides WHERE project = '{project}'") == "0"
         ids = int(cluster.scalar(f"SELECT uniqExact(node) FROM {db}.identities WHERE project = '{project}'"))
         assert ids == stats(throughline_bin, data, project)["persons_ids"]
+        # `stats` reads the same counts back from ClickHouse; nothing waits in an outbox.
+        remote = ch_stats(throughline_bin, data, project, cluster, db)
+        assert remote["backend"] == "clickhouse" and remote["database"] == db
+        assert (remote["events"], remote["persons_ids"]) == (total, ids)
+        assert 0 < remote["persons"] <= ids
+        assert (remote["events_in_outbox"], remote["outbox_bytes"]) == (0, 0)
 
     # A finished migration run again changes nothing.
     again = [json.loads(line) for line in run_cli(throughline_bin, *args).stdout.splitlines() if line.strip()]
@@ -101,4 +113,8 @@ def test_migrate_resumes_after_a_kill_and_hands_over_to_the_clickhouse_backend(
         f"SELECT seq FROM {db}.events WHERE project = 'headphones' AND visitParamExtractString(payload, 'message_id') = 'after-migration-1'"
     )
     assert seq == str(totals["headphones"])
+    # Beside the running server: the new event is in ClickHouse, the outbox holds it no more.
+    remote = ch_stats(throughline_bin, data, "headphones", cluster, db)
+    assert remote["events"] == totals["headphones"] + 1
+    assert remote["events_forwarded"] >= 1 and remote["events_in_outbox"] == 0
     server.stop()

@@ -119,6 +119,11 @@ impl Reader {
         }
     }
 
+    /// The ClickHouse side, when the reader reads ClickHouse.
+    pub fn remote(&self) -> Option<&throughline_clickhouse::source::Source> {
+        self.remote.as_ref()
+    }
+
     /// The project's directory (channel rules, asset registry, spend, stages).
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -172,8 +172,11 @@ it started.")]
     #[command(after_help = "Example:
   throughline restore --from ./data-2026-12-01.tar --data ./data-restored")]
     Restore(ops::RestoreArgs),
-    /// Counts of a project's store: events, segments, events still in the log, ids
-    #[command(after_help = "Example:\n  throughline stats --data ./data --project shop")]
+    /// Counts of a project's store: events, segments, events still in the log, ids; with
+    /// --backend clickhouse: events and ids in ClickHouse, events still in the outbox
+    #[command(
+        after_help = "Examples:\n  throughline stats --data ./data --project shop\n  throughline stats --data ./data --project shop --backend clickhouse --clickhouse-url http://127.0.0.1:8123"
+    )]
     Stats(people::StatsArgs),
     /// Checks beyond the store: registered destination URLs over HTTP (`audit links`)
     Audit {

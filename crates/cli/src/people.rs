@@ -268,11 +268,44 @@ pub struct StatsArgs {
     pub data: PathBuf,
     #[arg(long)]
     pub project: String,
+    #[command(flatten)]
+    pub backend: crate::clickhouse::BackendArgs,
 }
 
 pub fn stats(args: StatsArgs) -> Result<()> {
+    if args.backend.clickhouse_target()?.is_some() {
+        return stats_clickhouse(&args);
+    }
     let store = crate::open_store(&args.data)?;
     let project = store.project(&args.project)?;
-    output::json(&serde_json::to_value(project.stats())?);
+    let mut stats = serde_json::to_value(project.stats())?;
+    stats["backend"] = json!("embedded");
+    output::json(&stats);
+    Ok(())
+}
+
+/// The ClickHouse backend's counts: what ClickHouse holds, and what the local outbox
+/// holds that ClickHouse does not have yet. Reads without the data directory's lock, so
+/// it also runs beside `serve --backend clickhouse`.
+fn stats_clickhouse(args: &StatsArgs) -> Result<()> {
+    let reader = crate::clickhouse::Reader::open(&args.data, &args.project, &args.backend)?;
+    let source = reader
+        .remote()
+        .expect("a reader opened with --backend clickhouse reads ClickHouse");
+    let events = source.event_count()?;
+    let (ids, persons) = source.identity_counts()?;
+    let dir = throughline_clickhouse::forward::project_dir(&args.data, &args.project);
+    let cursor = throughline_clickhouse::forward::read_cursor(&dir)?;
+    let (waiting, waiting_bytes) = throughline_clickhouse::outbox::backlog(&dir, cursor)?;
+    output::json(&json!({
+        "backend": "clickhouse",
+        "database": args.backend.clickhouse.database,
+        "events": events,
+        "persons_ids": ids,
+        "persons": persons,
+        "events_forwarded": cursor.seq,
+        "events_in_outbox": waiting,
+        "outbox_bytes": waiting_bytes,
+    }));
     Ok(())
 }

@@ -229,6 +229,33 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
+/// What lies in a project's outbox after `cursor`: records written but not yet in
+/// ClickHouse, and their bytes. Reads only, so it can run beside a server that is writing:
+/// a frame still being appended is not counted.
+pub fn backlog(dir: &Path, cursor: Position) -> Result<(u64, u64), ClickHouseError> {
+    let log_dir = dir.join("log");
+    if !log_dir.exists() {
+        return Ok((0, 0));
+    }
+    let (mut events, mut bytes) = (0u64, 0u64);
+    for n in list(&log_dir)? {
+        if n < cursor.file {
+            continue;
+        }
+        let from = if n == cursor.file { cursor.offset } else { 0 };
+        let path = log_dir.join(file_name(n));
+        let (len, count, _) = match read_frames(&path, from, None, usize::MAX, usize::MAX, |_| {}) {
+            Ok(read) => read,
+            // Forwarded whole and removed by the server since the listing.
+            Err(_) if !path.exists() => continue,
+            Err(e) => return Err(e),
+        };
+        events += count as u64;
+        bytes += len.saturating_sub(from);
+    }
+    Ok((events, bytes))
+}
+
 impl Outbox {
     /// Opens the log under `dir`, cutting a torn tail (never acknowledged), rebuilding the
     /// dedupe set from the records still in it, and starts the writer. `cursor` is the

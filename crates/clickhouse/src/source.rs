@@ -128,6 +128,24 @@ impl Source {
             .map_err(|_| ClickHouseError::Decode("an event count".into()))
     }
 
+    /// Ids stored (distinct nodes) and the persons they belong to now (each node's
+    /// latest version), for stats: what the embedded graph's node and person counts say.
+    pub fn identity_counts(&self) -> Result<(u64, u64), ClickHouseError> {
+        let text = self.target.client.query_text(&format!(
+            "SELECT count(), uniqExact(p) FROM (SELECT node, argMax(person, version) AS p \
+             FROM {} WHERE project = {} GROUP BY node) FORMAT TabSeparated",
+            self.target.table("identities"),
+            quote(&self.project)
+        ))?;
+        let mut it = text.split('\t').map(|v| v.trim().parse::<u64>());
+        match (it.next(), it.next()) {
+            (Some(Ok(ids)), Some(Ok(persons))) => Ok((ids, persons)),
+            _ => Err(ClickHouseError::Decode(format!(
+                "identity counts, got {text:?}"
+            ))),
+        }
+    }
+
     /// Rows in range that pass the filter, sorted by (person, ts, arrival).
     pub fn rows(&self, req: &RowRequest) -> Result<Rows, ClickHouseError> {
         let dims = &req.dims;
