@@ -686,6 +686,7 @@ impl<'s, 'a> Sources<'s, 'a> {
         let mut sel: Vec<u32> = Vec::new();
         let mut sel_tag: Vec<u64> = Vec::new();
         let mut cand: Vec<u32> = Vec::new();
+        let mut kept_rows: Vec<u32> = Vec::new();
         let kc_dim = match (reads, &table) {
             ([j], Some(_)) => Some(*j),
             _ => None,
@@ -773,38 +774,28 @@ impl<'s, 'a> Sources<'s, 'a> {
                 }
                 return Ok(());
             }
-            for (&r, &tag) in sel[..kept].iter().zip(&sel_tag[..kept]) {
-                let r = r as usize;
-                let node = p.node[r];
-                let Some(&person) = self.table.get(node as usize) else {
-                    bad_node = Some(node);
-                    continue;
-                };
-                if persons.is_some_and(|b| !b.contains(person)) {
-                    continue;
+            // Row by row only what decides the person's blocks; then each code column
+            // on its own, a tight loop over one input and one output instead of a push
+            // into every column per row.
+            let first = first_seq + p.start as u32;
+            let (k, bad) = gather_rows(
+                &sel[..kept],
+                p.node,
+                p.ts,
+                p.kind,
+                &self.table,
+                persons,
+                first,
+                &mut run,
+                &mut kept_rows,
+            );
+            if bad.is_some() {
+                bad_node = bad;
+            }
+            for j in 0..nd {
+                if remap_codes(&kept_rows[..k], p.codes[j], &remap[j], &mut run.codes[j]) {
+                    bad_code = Some(j);
                 }
-                {
-                    for j in 0..nd {
-                        let c = p.codes[j][r];
-                        codes[j] = match remap[j].get(c as usize) {
-                            Some(&g) => g,
-                            None => {
-                                if c != NO_VALUE {
-                                    bad_code = Some(j);
-                                }
-                                NO_VALUE
-                            }
-                        };
-                    }
-                }
-                run.push(
-                    person,
-                    p.ts[r],
-                    first_seq + (p.start + r) as u32,
-                    tag,
-                    p.kind[r],
-                    &codes[..nd],
-                );
             }
             Ok(())
         })?;
@@ -952,6 +943,61 @@ fn gather(
         }
         run.push_tag(person, ts[r], first_seq + r as u32, tag);
     }
+    bad
+}
+
+/// Appends the selected rows' person, time, arrival number and type to a run with codes,
+/// and writes the rows it kept to `kept` (their codes follow through [`remap_codes`]);
+/// returns how many, and a node the table does not know, if one was met.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn gather_rows(
+    sel: &[u32],
+    node: &[u32],
+    ts: &[Millis],
+    kind: &[u8],
+    table: &[u32],
+    persons: Option<&Bitmap>,
+    first_seq: u32,
+    run: &mut Run,
+    kept: &mut Vec<u32>,
+) -> (usize, Option<u32>) {
+    kept.clear();
+    let mut bad = None;
+    for &r in sel {
+        let i = r as usize;
+        let n = node[i];
+        let Some(&person) = table.get(n as usize) else {
+            bad = Some(n);
+            continue;
+        };
+        if persons.is_some_and(|b| !b.contains(person)) {
+            continue;
+        }
+        run.note_person(person, ts[i]);
+        run.ts.push(ts[i]);
+        run.seq.push(first_seq + r);
+        run.kind.push(kind[i]);
+        kept.push(r);
+    }
+    (kept.len(), bad)
+}
+
+/// Appends the global codes of the kept rows of one dimension (`remap`: local code ->
+/// global); returns whether a code lay outside the dictionary (it reads as no value).
+#[inline(never)]
+fn remap_codes(kept: &[u32], local: &[u32], remap: &[u32], out: &mut Vec<u32>) -> bool {
+    let mut bad = false;
+    out.extend(kept.iter().map(|&r| {
+        let c = local[r as usize];
+        match remap.get(c as usize) {
+            Some(&g) => g,
+            None => {
+                bad |= c != NO_VALUE;
+                NO_VALUE
+            }
+        }
+    }));
     bad
 }
 
@@ -1571,50 +1617,143 @@ fn for_each_person(
 
 /// The merged table of [`load`]: every run's rows in (person, ts, arrival) order.
 fn merge_rows(runs: &[Run], dims: &[usize], dicts: Dicts) -> Rows {
+    merge_rows_in(runs, dims, dicts, split_persons(runs, threads()))
+}
+
+/// [`merge_rows`] with the ranges of persons given, one thread each.
+fn merge_rows_in(runs: &[Run], dims: &[usize], dicts: Dicts, ranges: Vec<Range<u64>>) -> Rows {
     let total: usize = runs.iter().map(Run::rows).sum();
+    let nd = dims.len();
+    let mut person = vec![0u32; total];
+    let mut ts = vec![0 as Millis; total];
+    let mut seq = vec![0u32; total];
+    let mut kind = vec![0u8; total];
+    let mut codes: Vec<Vec<u32>> = (0..nd).map(|_| vec![0u32; total]).collect();
+    // Each range of persons fills its own stretch of the table.
+    let sizes: Vec<usize> = ranges.iter().map(|r| rows_in(runs, r)).collect();
+    let mut chunks: Vec<Chunk> = Vec::with_capacity(ranges.len());
+    {
+        let (mut p, mut t, mut q, mut k) =
+            (&mut person[..], &mut ts[..], &mut seq[..], &mut kind[..]);
+        let mut c: Vec<&mut [u32]> = codes.iter_mut().map(|c| &mut c[..]).collect();
+        for &n in &sizes {
+            let (p0, p1) = std::mem::take(&mut p).split_at_mut(n);
+            let (t0, t1) = std::mem::take(&mut t).split_at_mut(n);
+            let (q0, q1) = std::mem::take(&mut q).split_at_mut(n);
+            let (k0, k1) = std::mem::take(&mut k).split_at_mut(n);
+            let mut cs = Vec::with_capacity(nd);
+            for col in c.iter_mut() {
+                let (c0, c1) = std::mem::take(col).split_at_mut(n);
+                cs.push(c0);
+                *col = c1;
+            }
+            chunks.push(Chunk {
+                person: p0,
+                ts: t0,
+                seq: q0,
+                kind: k0,
+                codes: cs,
+            });
+            (p, t, q, k) = (p1, t1, q1, k1);
+        }
+    }
+    if chunks.len() == 1 {
+        fill(runs, &ranges[0], &mut chunks[0]);
+    } else {
+        std::thread::scope(|s| {
+            for (range, chunk) in ranges.iter().zip(chunks.iter_mut()) {
+                s.spawn(move || fill(runs, range, chunk));
+            }
+        });
+    }
     let mut out = Rows {
-        person: Vec::with_capacity(total),
-        ts: Vec::with_capacity(total),
-        seq: Vec::with_capacity(total),
-        kind: Vec::with_capacity(total),
+        person,
+        ts,
+        seq,
+        kind,
         dims: (0..DIM_COUNT).map(|_| None).collect(),
     };
-    let mut codes: Vec<Vec<u32>> = dims.iter().map(|_| Vec::with_capacity(total)).collect();
-    let mut order: Vec<(Millis, u32, usize, usize)> = Vec::new();
-    for_each_person(runs, &(0..u64::MAX), |person, pieces| {
-        let mut push = |r: usize, i: usize| {
-            let run = &runs[r];
-            out.person.push(person);
-            out.ts.push(run.ts[i]);
-            out.seq.push(run.seq[i]);
-            out.kind.push(run.kind[i]);
-            for (j, c) in codes.iter_mut().enumerate() {
-                c.push(run.codes[j][i]);
-            }
-        };
-        if let [(r, range)] = pieces {
-            for i in range.clone() {
-                push(*r, i);
-            }
-            return;
-        }
-        order.clear();
-        for (r, range) in pieces {
-            order.extend(
-                range
-                    .clone()
-                    .map(|i| (runs[*r].ts[i], runs[*r].seq[i], *r, i)),
-            );
-        }
-        order.sort_unstable();
-        for &(_, _, r, i) in &order {
-            push(r, i);
-        }
-    });
     for ((&d, codes), dict) in dims.iter().zip(codes).zip(dicts.values) {
         out.dims[d] = Some(Column { codes, dict });
     }
     out
+}
+
+/// The rows the runs hold of persons in `range`.
+fn rows_in(runs: &[Run], range: &Range<u64>) -> usize {
+    runs.iter()
+        .map(|r| {
+            let at = |bound: u64| {
+                let b = r.blocks.partition_point(|&(p, _)| (p as u64) < bound);
+                if b == 0 {
+                    0
+                } else {
+                    r.blocks[b - 1].1 as usize
+                }
+            };
+            at(range.end) - at(range.start)
+        })
+        .sum()
+}
+
+/// One stretch of the merged table: the rows of one range of persons.
+struct Chunk<'o> {
+    person: &'o mut [u32],
+    ts: &'o mut [Millis],
+    seq: &'o mut [u32],
+    kind: &'o mut [u8],
+    codes: Vec<&'o mut [u32]>,
+}
+
+/// Fills `out` with the rows of the persons in `range`, column by column per person: a
+/// copy of a slice when one run holds the person's rows, else a gather in (ts, arrival)
+/// order.
+fn fill(runs: &[Run], range: &Range<u64>, out: &mut Chunk) {
+    let mut at = 0usize;
+    let mut order: Vec<(Millis, u32, u32, u32)> = Vec::new();
+    for_each_person(runs, range, |person, pieces| {
+        if let [(r, range)] = pieces {
+            let run = &runs[*r];
+            let end = at + range.len();
+            out.person[at..end].fill(person);
+            out.ts[at..end].copy_from_slice(&run.ts[range.clone()]);
+            out.seq[at..end].copy_from_slice(&run.seq[range.clone()]);
+            out.kind[at..end].copy_from_slice(&run.kind[range.clone()]);
+            for (o, c) in out.codes.iter_mut().zip(&run.codes) {
+                o[at..end].copy_from_slice(&c[range.clone()]);
+            }
+            at = end;
+            return;
+        }
+        order.clear();
+        for (r, range) in pieces {
+            let run = &runs[*r];
+            order.extend(
+                range
+                    .clone()
+                    .map(|i| (run.ts[i], run.seq[i], *r as u32, i as u32)),
+            );
+        }
+        order.sort_unstable();
+        let end = at + order.len();
+        out.person[at..end].fill(person);
+        for (o, &(t, _, _, _)) in out.ts[at..end].iter_mut().zip(&order) {
+            *o = t;
+        }
+        for (o, &(_, q, _, _)) in out.seq[at..end].iter_mut().zip(&order) {
+            *o = q;
+        }
+        for (o, &(_, _, r, i)) in out.kind[at..end].iter_mut().zip(&order) {
+            *o = runs[r as usize].kind[i as usize];
+        }
+        for (j, col) in out.codes.iter_mut().enumerate() {
+            for (o, &(_, _, r, i)) in col[at..end].iter_mut().zip(&order) {
+                *o = runs[r as usize].codes[j][i as usize];
+            }
+        }
+        at = end;
+    });
+    debug_assert_eq!(at, out.ts.len(), "a range's rows fill its stretch");
 }
 
 #[cfg(test)]

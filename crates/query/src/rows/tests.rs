@@ -87,6 +87,37 @@ fn runs_from_segments_and_the_log_merge_in_order() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Filling the merged table from several ranges of persons at once (one thread each, as
+/// `load` does on a large store) gives the table one range gives, row for row.
+#[test]
+fn the_merged_table_is_the_same_filled_by_one_range_or_several() {
+    let dir = temp_dir("ranges");
+    let p = store(&dir, 4);
+    let snap = p.snapshot();
+    let dims = [0usize];
+    let merged = |ranges: Vec<Range<u64>>| {
+        let sources = Sources::new(&snap, None, None, &dims, None).unwrap();
+        let runs = sources
+            .runs(None, true, &[], &|| (), &|_: &mut (), _, _| 1)
+            .unwrap();
+        assert!(runs.len() >= 3, "rows of several sources");
+        merge_rows_in(&runs, &dims, sources.dicts, ranges)
+    };
+    let one = merged(vec![0..u64::MAX]);
+    assert_eq!(one.len(), 800);
+    // Ranges that split the 17 persons unevenly, one of them empty.
+    let several = merged(vec![0..5, 5..5, 5..11, 11..u64::MAX]);
+    assert_eq!(several.person, one.person);
+    assert_eq!(several.ts, one.ts);
+    assert_eq!(several.seq, one.seq);
+    assert_eq!(several.kind, one.kind);
+    assert_eq!(several.dim(0).codes, one.dim(0).codes);
+    assert_eq!(several.dim(0).dict, one.dim(0).dict);
+    drop(snap);
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The streaming scan sees exactly the rows `load` keeps, per person and in order, with
 /// the tag computed from their codes, whether columns stream from files or come from
 /// the cache (twice: filled, then hit), and with the range and person filters applied.
