@@ -38,10 +38,10 @@ use throughline_store::StoreError;
 use throughline_text::{terms, vader};
 
 use crate::assets::{asset_key, Registry, RegistryIndex};
-use crate::rows::{load, Load, Rows};
+use crate::rows::{load, Load, PersonRows, Rows, Scan};
 use crate::sessions::{is_visit, Attributor};
 use crate::source::Source;
-use crate::spec::{parse_duration, parse_time_bound};
+use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::stages::Stages;
 use crate::trends::Interval;
 use crate::QueryError;
@@ -366,42 +366,61 @@ pub fn run(
 
     let by_touch = matches!(req.by.as_deref(), Some("channel" | "asset" | "campaign"));
     let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
-    let rows = load(
-        snap,
-        &Load {
-            from,
-            to,
-            persons: only.as_ref(),
-            // The touch's traffic-source columns are read for answering persons only,
-            // afterwards (`touch_keys`).
-            dims: vec![0, 1],
-            keep: Some(Box::new(|kind, v| {
-                is_visit(kind, v[1].is_some())
-                    || v[0].is_some_and(|n| item_names.contains(n))
-                    || stages.of_event(kind, v[0], v[1]).is_some()
-            })),
-            // Decided once per (type, name, path), not per row.
-            keep_reads: Some(vec![0, 1]),
-        },
+    // One streaming pass over the rows of staged events and of answers and texts, persons
+    // in parallel: what each person did per stage, and their answer and text rows with
+    // the stage they belong to. Visits play no part here; the touch before an answer is
+    // found afterwards for answering persons only (`touch_keys`).
+    let scan = Scan::new(snap, from, to, &[0, 1])?;
+    let stage_bits: Vec<(u64, &StepMatcher)> = stages
+        .stages
+        .iter()
+        .enumerate()
+        .flat_map(|(k, st)| st.matchers.iter().map(move |m| (1u64 << k, m)))
+        .collect();
+    let masks = MaskTable::new(&stage_bits, scan.dict(0), Some(scan.dict(1)));
+    let item_code: Vec<bool> = scan
+        .dict(0)
+        .iter()
+        .map(|n| item_names.contains(n.as_str()))
+        .collect();
+    let tag = |kind: u8, codes: &[u32]| -> u64 {
+        let item = item_code.get(codes[0] as usize).copied().unwrap_or(false);
+        masks.of(kind, codes) | if item { ITEM_BIT } else { 0 }
+    };
+    let n_stages = stages.stages.len();
+    let parts = scan.run(
+        only.as_ref(),
+        tag,
+        || StagePass::new(n_stages),
+        |part: &mut StagePass, r| part.person(r),
     )?;
+    drop(scan);
     let (items, invalid) = decode_items(snap, &survey_event, &item_names, from, to)?;
+    let mut stage_persons = vec![0u64; n_stages];
+    let mut stage_continued = vec![0u64; n_stages];
+    let mut item_rows: Vec<ItemRow> = Vec::new();
+    for part in parts {
+        for s in 0..n_stages {
+            stage_persons[s] += part.persons[s];
+            stage_continued[s] += part.continued[s];
+        }
+        item_rows.extend(part.items);
+    }
     // The decode sees every person's answers; a filter counts only its own persons'.
     let invalid_answers = match &only {
         None => invalid.len() as u64,
-        // The invalid answers are few and the kept rows many: look the rows up in them.
         Some(_) => {
             let invalid: HashSet<u32> = invalid.into_iter().collect();
-            rows.seq.iter().filter(|s| invalid.contains(s)).count() as u64
+            item_rows
+                .iter()
+                .filter(|r| invalid.contains(&r.seq))
+                .count() as u64
         }
     };
 
     let identity = snap.identity()?;
     let index = registry.index();
     let mut attributor = Attributor::new(rules);
-    let mut stage_cache: FxHashMap<(u8, u32, u32), Option<usize>> = FxHashMap::default();
-    let n_stages = stages.stages.len();
-    let mut stage_persons = vec![0u64; n_stages];
-    let mut stage_continued = vec![0u64; n_stages];
     let mut by_stage: Vec<Acc> = (0..n_stages).map(|_| Acc::default()).collect();
     let mut unstaged = Acc::default();
     let mut total = Acc::default();
@@ -414,112 +433,65 @@ pub fn run(
     let mut deferred: Vec<(u32, Option<usize>)> = Vec::new();
     let by = req.by.as_deref();
 
-    // Only rows of these names can be answers or texts: most rows skip the lookup.
-    let item_code: Vec<bool> = rows
-        .dim(0)
-        .dict
-        .iter()
-        .map(|n| item_names.contains(n.as_str()))
-        .collect();
-    let mut first_at: Vec<Option<Millis>> = vec![None; n_stages];
-    let mut last_at: Vec<Option<Millis>> = vec![None; n_stages];
-    for r in rows.persons() {
-        let person = rows.person[r.start];
-        first_at.fill(None);
-        last_at.fill(None);
-        let mut current_stage: Option<usize> = None;
-        let mut last_visit: Option<Millis> = None;
-        let mut session_start: Option<usize> = None;
-        for i in r.clone() {
-            let ts = rows.ts[i];
-            let kind = rows.kind[i];
-            if is_visit(kind, rows.dim(1).codes[i] != throughline_store::NO_VALUE) {
-                if last_visit.is_none_or(|t| ts - t > timeout) {
-                    session_start = Some(i);
+    for row in &item_rows {
+        let Some(item) = items.get(&row.seq) else {
+            continue;
+        };
+        let (ts, person) = (row.ts, row.person);
+        let stage = match (&item.survey, &item.stage_property) {
+            (Some(_), Some(p)) => stages.of_survey_stage(p).or(row.current),
+            (Some(_), None) => row.current,
+            (None, _) => row.own.or(row.current),
+        };
+        let key = by.filter(|_| !by_touch).map(|b| match b {
+            "stage" => stage
+                .map_or("(no stage)", |s| stages.stages[s].name.as_str())
+                .to_string(),
+            "day" => Interval::Day.label(Interval::Day.index(ts)),
+            "week" => Interval::Week.label(Interval::Week.index(ts)),
+            _ => Interval::Month.label(Interval::Month.index(ts)),
+        });
+        let text_index = item.text.as_ref().map(|t| {
+            // Feedback repeats itself (stock phrases, templated tickets): each distinct
+            // text is scored and split into terms once.
+            let (compound, text, ts_terms) = match analysed.get(t.as_str()) {
+                Some(a) => a.clone(),
+                None => {
+                    let mut ts_terms = terms::terms(t);
+                    ts_terms.sort();
+                    ts_terms.dedup();
+                    let a = (
+                        vader::polarity_scores(t).compound,
+                        Rc::<str>::from(t.as_str()),
+                        Rc::<[String]>::from(ts_terms),
+                    );
+                    analysed.insert(t.clone(), a.clone());
+                    a
                 }
-                last_visit = Some(ts);
-            }
-            let stage = *stage_cache
-                .entry((kind, rows.dim(0).codes[i], rows.dim(1).codes[i]))
-                .or_insert_with(|| stages.of_event(kind, rows.dim(0).get(i), rows.dim(1).get(i)));
-            if let Some(s) = stage {
-                first_at[s].get_or_insert(ts);
-                last_at[s] = Some(ts);
-                current_stage = Some(s);
-            }
-            let code = rows.dim(0).codes[i];
-            if code == throughline_store::NO_VALUE || !item_code[code as usize] {
-                continue;
-            }
-            let Some(item) = items.get(&rows.seq[i]) else {
-                continue;
             };
-            let stage = match (&item.survey, &item.stage_property) {
-                (Some(_), Some(p)) => stages.of_survey_stage(p).or(current_stage),
-                (Some(_), None) => current_stage,
-                (None, _) => stage.or(current_stage),
-            };
-            let key = by.filter(|_| !by_touch).map(|b| {
-                group_key(
-                    b,
-                    &rows,
-                    session_start,
-                    ts,
-                    stage.map(|s| stages.stages[s].name.as_str()),
-                    &mut attributor,
-                    registry,
-                    &index,
-                )
+            scored.push(Scored {
+                compound,
+                text,
+                event: item.event.clone(),
+                survey: item.survey,
+                score: item.score,
+                ts,
+                person,
+                terms: ts_terms,
             });
-            let text_index = item.text.as_ref().map(|t| {
-                // Feedback repeats itself (stock phrases, templated tickets): each distinct
-                // text is scored and split into terms once.
-                let (compound, text, ts_terms) = match analysed.get(t.as_str()) {
-                    Some(a) => a.clone(),
-                    None => {
-                        let mut ts_terms = terms::terms(t);
-                        ts_terms.sort();
-                        ts_terms.dedup();
-                        let a = (
-                            vader::polarity_scores(t).compound,
-                            Rc::<str>::from(t.as_str()),
-                            Rc::<[String]>::from(ts_terms),
-                        );
-                        analysed.insert(t.clone(), a.clone());
-                        a
-                    }
-                };
-                scored.push(Scored {
-                    compound,
-                    text,
-                    event: item.event.clone(),
-                    survey: item.survey,
-                    score: item.score,
-                    ts,
-                    person,
-                    terms: ts_terms,
-                });
-                scored.len() - 1
-            });
-            total.add(item, text_index);
-            match stage {
-                Some(s) => by_stage[s].add(item, text_index),
-                None => unstaged.add(item, text_index),
-            }
-            if let Some(k) = key {
-                groups.entry(k).or_default().add(item, text_index);
-            }
-            if by_touch {
-                answering.insert(person);
-                deferred.push((rows.seq[i], text_index));
-            }
+            scored.len() - 1
+        });
+        total.add(item, text_index);
+        match stage {
+            Some(s) => by_stage[s].add(item, text_index),
+            None => unstaged.add(item, text_index),
         }
-        for s in 0..n_stages {
-            let Some(first) = first_at[s] else { continue };
-            stage_persons[s] += 1;
-            if (s + 1..n_stages).any(|j| last_at[j].is_some_and(|t| t > first)) {
-                stage_continued[s] += 1;
-            }
+        if let Some(k) = key {
+            groups.entry(k).or_default().add(item, text_index);
+        }
+        if by_touch {
+            answering.insert(person);
+            deferred.push((row.seq, text_index));
         }
     }
 
@@ -639,41 +611,110 @@ fn methods() -> BTreeMap<&'static str, &'static str> {
     ])
 }
 
-#[allow(clippy::too_many_arguments)]
-fn group_key(
+/// The group of an answer by the touch before it: the asset or an attribute of the touch
+/// of the session starting at row `session_start`.
+fn touch_key(
     by: &str,
     rows: &Rows,
     session_start: Option<usize>,
-    ts: Millis,
-    stage: Option<&str>,
     attributor: &mut Attributor,
     registry: &Registry,
     index: &RegistryIndex,
 ) -> String {
-    let no_touch = || "(no touch)".to_string();
+    let Some(a) = session_start else {
+        return "(no touch)".to_string();
+    };
     match by {
-        "stage" => stage.unwrap_or("(no stage)").to_string(),
-        "day" => Interval::Day.label(Interval::Day.index(ts)),
-        "week" => Interval::Week.label(Interval::Week.index(ts)),
-        "month" => Interval::Month.label(Interval::Month.index(ts)),
-        "asset" => session_start.map_or_else(no_touch, |a| {
+        "asset" => {
             let key = asset_key(rows.dim(5).get(a), rows.dim(4).get(a), rows.dim(1).get(a));
             match index.resolve(&key) {
                 Some(i) => registry.assets[i].id.clone(),
                 None => key.value,
             }
-        }),
-        other => session_start.map_or_else(no_touch, |a| {
+        }
+        other => {
             let t = attributor.attribute(rows, a);
             attributor.touch(t).value(other)
-        }),
+        }
+    }
+}
+
+/// A row's stages (bit k: stage k) in the low 32 bits of its scan tag; this bit marks an
+/// answer or text event.
+const ITEM_BIT: u64 = 1 << 32;
+
+/// An answer or text row of the stage pass, with its own stage and the person's latest
+/// stage at it (its own included).
+struct ItemRow {
+    person: u32,
+    seq: u32,
+    ts: Millis,
+    own: Option<usize>,
+    current: Option<usize>,
+}
+
+/// What one thread of the stage pass gathers over its persons.
+struct StagePass {
+    /// Per stage: persons with an event of it, and of those, persons with an event of a
+    /// later stage after their first one.
+    persons: Vec<u64>,
+    continued: Vec<u64>,
+    items: Vec<ItemRow>,
+    first_at: Vec<Option<Millis>>,
+    last_at: Vec<Option<Millis>>,
+}
+
+impl StagePass {
+    fn new(stages: usize) -> StagePass {
+        StagePass {
+            persons: vec![0; stages],
+            continued: vec![0; stages],
+            items: Vec::new(),
+            first_at: vec![None; stages],
+            last_at: vec![None; stages],
+        }
+    }
+
+    fn person(&mut self, r: &PersonRows) {
+        self.first_at.fill(None);
+        self.last_at.fill(None);
+        let mut current: Option<usize> = None;
+        for i in 0..r.ts.len() {
+            let (tag, ts) = (r.tag[i], r.ts[i]);
+            // An event belongs to the first stage that matches it.
+            let stages = tag as u32;
+            let own = (stages != 0).then(|| stages.trailing_zeros() as usize);
+            if let Some(s) = own {
+                self.first_at[s].get_or_insert(ts);
+                self.last_at[s] = Some(ts);
+                current = Some(s);
+            }
+            if tag & ITEM_BIT != 0 {
+                self.items.push(ItemRow {
+                    person: r.person,
+                    seq: r.seq[i],
+                    ts,
+                    own,
+                    current,
+                });
+            }
+        }
+        let n = self.persons.len();
+        for s in 0..n {
+            let Some(first) = self.first_at[s] else {
+                continue;
+            };
+            self.persons[s] += 1;
+            if (s + 1..n).any(|j| self.last_at[j].is_some_and(|t| t > first)) {
+                self.continued[s] += 1;
+            }
+        }
     }
 }
 
 /// The group of each answer and text of these persons by the touch before it (`by` is
-/// channel, asset or campaign), by arrival number: their visits and answers loaded again
-/// with the traffic-source columns, sessions split as in [`run`]'s first pass (the same
-/// visits in the same order), so the touch is the one that pass would have found.
+/// channel, asset or campaign), by arrival number: their visits and answers loaded with
+/// the traffic-source columns, and split into sessions by `timeout` of inactivity.
 #[allow(clippy::too_many_arguments)]
 fn touch_keys(
     snap: &Source,
@@ -717,16 +758,7 @@ fn touch_keys(
                 last_visit = Some(ts);
             }
             if items.contains_key(&rows.seq[i]) {
-                let key = group_key(
-                    by,
-                    &rows,
-                    session_start,
-                    ts,
-                    None,
-                    attributor,
-                    registry,
-                    index,
-                );
+                let key = touch_key(by, &rows, session_start, attributor, registry, index);
                 keys.insert(rows.seq[i], key);
             }
         }

@@ -792,8 +792,8 @@ impl<'s, 'a> Sources<'s, 'a> {
             if bad.is_some() {
                 bad_node = bad;
             }
-            for j in 0..nd {
-                if remap_codes(&kept_rows[..k], p.codes[j], &remap[j], &mut run.codes[j]) {
+            for (j, (out, remap)) in run.codes.iter_mut().zip(remap).enumerate() {
+                if remap_codes(&kept_rows[..k], p.codes[j], remap, out) {
                     bad_code = Some(j);
                 }
             }

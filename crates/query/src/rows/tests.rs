@@ -103,7 +103,7 @@ fn the_merged_table_is_the_same_filled_by_one_range_or_several() {
         assert!(runs.len() >= 3, "rows of several sources");
         merge_rows_in(&runs, &dims, sources.dicts, ranges)
     };
-    let one = merged(vec![0..u64::MAX]);
+    let one = merged(std::iter::once(0..u64::MAX).collect());
     assert_eq!(one.len(), 800);
     // Ranges that split the 17 persons unevenly, one of them empty.
     let several = merged(vec![0..5, 5..5, 5..11, 11..u64::MAX]);
