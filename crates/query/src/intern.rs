@@ -23,4 +23,8 @@ impl Names {
     pub(crate) fn name(&self, id: u32) -> &str {
         &self.names[id as usize]
     }
+
+    pub(crate) fn len(&self) -> usize {
+        self.names.len()
+    }
 }

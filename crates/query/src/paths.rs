@@ -7,12 +7,12 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_kernels::sessions;
-use throughline_model::EventType;
+use throughline_model::{EventType, Millis};
 
 /// Path labels interned: ids while counting, strings for the answer.
 use crate::intern::Names as Labels;
 use crate::rows::{load, Load, Scan};
-use crate::sessions::{is_visit, Attributor};
+use crate::sessions::{is_visit, Attributor, CodePack};
 use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
@@ -88,6 +88,17 @@ pub struct PathsResponse {
 }
 
 pub fn run(snap: &Source, rules: &Rules, req: &PathsRequest) -> Result<PathsResponse, QueryError> {
+    run_with(snap, rules, req, true)
+}
+
+/// [`run`], with `scan: false` reading channel journeys from the table of every visit
+/// (what the scan must equal).
+pub(crate) fn run_with(
+    snap: &Source,
+    rules: &Rules,
+    req: &PathsRequest,
+    scan: bool,
+) -> Result<PathsResponse, QueryError> {
     let depth = req.depth.unwrap_or(5);
     if depth == 0 || depth > DEPTH_MAX {
         return Err(QueryError::invalid(format!(
@@ -197,6 +208,34 @@ pub fn run(snap: &Source, rules: &Rules, req: &PathsRequest) -> Result<PathsResp
                 .transpose()?
                 .ok_or_else(|| QueryError::invalid("channel journeys need a `conversion` event"))?;
             let timeout = parse_duration(req.timeout.as_deref().unwrap_or("30m"))?;
+            let journeys = match scan {
+                true => channel_journeys_scan(
+                    snap,
+                    rules,
+                    (from, to),
+                    only.as_ref(),
+                    &conversion,
+                    timeout,
+                    depth,
+                )?,
+                false => None,
+            };
+            if let Some((parts, n)) = journeys {
+                persons = n;
+                for (local, part) in parts {
+                    let ids: Vec<u32> = (0..local.len() as u32)
+                        .map(|l| labels.id(local.name(l)))
+                        .collect();
+                    for (path, c) in part {
+                        let path: Vec<u32> = path.iter().map(|&l| ids[l as usize]).collect();
+                        let e = counts.entry(path).or_default();
+                        e.0 += c.0;
+                        e.1 += c.1;
+                        e.2 += c.2;
+                    }
+                }
+                return Ok(answer(of, persons, counts, &labels, limit));
+            }
             // A journey reads visits (its sessions) and the conversion event alone.
             let rows = load(
                 snap,
@@ -259,6 +298,125 @@ pub fn run(snap: &Source, rules: &Rules, req: &PathsRequest) -> Result<PathsResp
             )))
         }
     }
+    Ok(answer(of, persons, counts, &labels, limit))
+}
+
+/// Counts of channel journeys by path (labels numbered per part: `Labels` gives their
+/// names), with (persons, conversions, nulls) each.
+type JourneyPart = (Labels, HashMap<Vec<u32>, (u64, u64, u64)>);
+
+/// The channel journeys as one streaming scan, persons in parallel, where the touch's
+/// codes fit the scan tag ([`CodePack`]): bit 0 marks a visit, bit 63 the conversion.
+/// The parts and the persons with a journey; `None` when the codes do not fit.
+fn channel_journeys_scan(
+    snap: &Source,
+    rules: &Rules,
+    (from, to): (Option<Millis>, Option<Millis>),
+    only: Option<&HashSet<u32>>,
+    conversion: &StepMatcher,
+    timeout: Millis,
+    depth: usize,
+) -> Result<Option<(Vec<JourneyPart>, u64)>, QueryError> {
+    // Name and path (a conversion's match, a visit's path), then the touch's dimensions.
+    const SCAN_DIMS: [usize; 8] = [0, 1, 2, 3, 4, 5, 7, 8];
+    const CONVERSION_BIT: u64 = 1 << 63;
+    let scan = Scan::new(snap, from, to, &SCAN_DIMS)?;
+    let Some(pack) = CodePack::new(&[2, 3, 4, 5, 6, 7], |j| scan.dict(j).len()) else {
+        return Ok(None);
+    };
+    let converts = MaskTable::new(&[(1, conversion)], scan.dict(0), Some(scan.dict(1)));
+    let tag = |kind: u8, codes: &[u32]| -> u64 {
+        let visit = if is_visit(kind, codes[1] != throughline_store::NO_VALUE) {
+            pack.pack(codes)
+        } else {
+            0
+        };
+        visit | (converts.of(kind, codes) << 63)
+    };
+    #[derive(Default)]
+    struct Part {
+        labels: Labels,
+        counts: HashMap<Vec<u32>, (u64, u64, u64)>,
+        persons: u64,
+        /// The channel label id of each of the attributor's touches.
+        channel_of: Vec<u32>,
+        visit_ts: Vec<Millis>,
+        visit_tag: Vec<u64>,
+        path: Vec<u32>,
+    }
+    let parts = scan.run(
+        only,
+        tag,
+        || (Attributor::new(rules), Part::default()),
+        |(attributor, part): &mut (Attributor, Part), r| {
+            let conv = (0..r.tag.len()).find(|&i| r.tag[i] & CONVERSION_BIT != 0);
+            let end = conv.map_or(r.tag.len(), |c| c + 1);
+            // Sessions of the visits before (and including) the conversion.
+            part.visit_ts.clear();
+            part.visit_tag.clear();
+            for i in 0..end {
+                if r.tag[i] & 1 != 0 {
+                    part.visit_ts.push(r.ts[i]);
+                    part.visit_tag.push(r.tag[i]);
+                }
+            }
+            part.path.clear();
+            let Part {
+                labels,
+                channel_of,
+                visit_ts,
+                visit_tag,
+                path,
+                ..
+            } = part;
+            sessions::split(visit_ts, timeout, |a, _| {
+                let codes = pack.unpack(visit_tag[a]);
+                let key: [u32; 6] = codes[..].try_into().expect("six touch codes");
+                let t = attributor.attribute_codes(key, |d| {
+                    // `d` is a `DIMS` index; codes[k] is SCAN_DIMS[k + 2]'s.
+                    let k = SCAN_DIMS[2..].iter().position(|&x| x == d)?;
+                    (codes[k] != throughline_store::NO_VALUE)
+                        .then(|| scan.dict(k + 2)[codes[k] as usize].as_str())
+                });
+                while channel_of.len() <= t {
+                    let c = &attributor.touch(channel_of.len()).channel;
+                    channel_of.push(labels.id(c));
+                }
+                path.push(channel_of[t]);
+            });
+            if part.path.is_empty() {
+                return;
+            }
+            part.path.truncate(DEPTH_MAX.max(depth));
+            part.persons += 1;
+            let c = part.counts.entry(part.path.clone()).or_default();
+            c.0 += 1;
+            if conv.is_some() {
+                c.1 += 1;
+            } else {
+                c.2 += 1;
+            }
+        },
+    )?;
+    let persons = parts.iter().map(|(_, p)| p.persons).sum();
+    Ok(Some((
+        parts
+            .into_iter()
+            .map(|(_, p)| (p.labels, p.counts))
+            .collect(),
+        persons,
+    )))
+}
+
+/// The answer from the counts: paths ranked by persons (then by their labels), the top
+/// `limit` listed with their strings, and the Sankey nodes and links between them.
+fn answer(
+    of: String,
+    persons: u64,
+    counts: HashMap<Vec<u32>, (u64, u64, u64)>,
+    labels: &Labels,
+    limit: usize,
+) -> PathsResponse {
     // Ranked by persons, then by the path's labels; strings only for what is listed.
     let mut ranked: Vec<(Vec<u32>, (u64, u64, u64))> = counts.into_iter().collect();
     ranked.sort_by(|a, b| {
@@ -317,7 +475,7 @@ pub fn run(snap: &Source, rules: &Rules, req: &PathsRequest) -> Result<PathsResp
             .then(a.source.cmp(&b.source))
             .then(a.target.cmp(&b.target))
     });
-    Ok(PathsResponse {
+    PathsResponse {
         of,
         persons,
         paths: ranked
@@ -332,7 +490,7 @@ pub fn run(snap: &Source, rules: &Rules, req: &PathsRequest) -> Result<PathsResp
             .collect(),
         nodes,
         links,
-    })
+    }
 }
 
 impl Labels {

@@ -268,7 +268,7 @@ fn first_touch_scan(
 
 /// Codes of several scan dimensions packed into one nonzero `u64` tag: bit 0 set, then
 /// each code in as many bits as its dictionary needs (all ones for no value).
-struct CodePack {
+pub(crate) struct CodePack {
     /// Per packed dimension: its position among the scan's codes, shift and bit width.
     fields: Vec<(usize, u32, u32)>,
 }
@@ -276,7 +276,7 @@ struct CodePack {
 impl CodePack {
     /// `None` when the codes need more than 62 bits: bit 0 is the mark, and bit 63 is left
     /// to the caller ([`VIEW_BIT`]).
-    fn new(positions: &[usize], dict_len: impl Fn(usize) -> usize) -> Option<CodePack> {
+    pub(crate) fn new(positions: &[usize], dict_len: impl Fn(usize) -> usize) -> Option<CodePack> {
         let mut shift = 1u32;
         let mut fields = Vec::with_capacity(positions.len());
         for &j in positions {
@@ -293,7 +293,7 @@ impl CodePack {
     }
 
     #[inline]
-    fn pack(&self, codes: &[u32]) -> u64 {
+    pub(crate) fn pack(&self, codes: &[u32]) -> u64 {
         self.fields.iter().fold(1u64, |tag, &(j, shift, bits)| {
             let max = (1u64 << bits) - 1;
             let c = match codes[j] {
@@ -305,7 +305,7 @@ impl CodePack {
     }
 
     /// The codes in the order of `positions`, [`NO_VALUE`] for no value.
-    fn unpack(&self, tag: u64) -> Vec<u32> {
+    pub(crate) fn unpack(&self, tag: u64) -> Vec<u32> {
         self.fields
             .iter()
             .map(|&(_, shift, bits)| {
@@ -720,8 +720,8 @@ mod tests {
         }
     }
 
-    /// The streaming first touch and sessions equal those read from the table of every
-    /// visit, for every attribute, on stores of several segments and the log with ties in time,
+    /// The streaming first touch, sessions and channel journeys equal those read from the
+    /// table of every visit, for every attribute, on stores of several segments and the log with ties in time,
     /// server-side events that are no visits, and touches of every kind.
     #[test]
     fn the_scanned_first_touch_equals_the_loaded_one() {
@@ -775,6 +775,24 @@ mod tests {
             let snap = p.snapshot();
             let src = Source::from(&snap);
             let rules = Rules::ga4_default();
+            for conversion in ["Clicked", "page:/products/*"] {
+                let req = crate::paths::PathsRequest {
+                    of: Some("channels".into()),
+                    conversion: Some(conversion.into()),
+                    depth: Some(3),
+                    timeout: Some("4s".into()),
+                    limit: Some(1000),
+                    ..Default::default()
+                };
+                let scanned = crate::paths::run_with(&src, &rules, &req, true).unwrap();
+                let loaded = crate::paths::run_with(&src, &rules, &req, false).unwrap();
+                assert!(loaded.paths.len() > 3, "{:?}", loaded.paths);
+                assert_eq!(
+                    serde_json::to_value(scanned).unwrap(),
+                    serde_json::to_value(loaded).unwrap(),
+                    "seed {seed} journeys to {conversion}"
+                );
+            }
             for attribute in [
                 "channel",
                 "source",
