@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 use throughline_model::EventType;
 
+use crate::sessions::TOUCH_ATTRIBUTES as TOUCH;
 use crate::source::{EventFilter, Source};
 use crate::QueryError;
 
@@ -42,16 +43,6 @@ pub enum By {
     /// A trait: the JSON path inside `traits`.
     Person(Vec<String>),
 }
-
-const TOUCH: [&str; 7] = [
-    "channel",
-    "source",
-    "medium",
-    "source_medium",
-    "campaign",
-    "content",
-    "landing_page",
-];
 
 impl By {
     pub fn parse(text: &str) -> Result<By, QueryError> {

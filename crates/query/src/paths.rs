@@ -12,7 +12,7 @@ use throughline_model::{EventType, Millis};
 /// Path labels interned: ids while counting, strings for the answer.
 use crate::intern::Names as Labels;
 use crate::rows::{load, Load, Scan};
-use crate::sessions::{is_visit, Attributor, CodePack};
+use crate::sessions::{is_visit, Attributor, CodePack, TOUCH_DIMS};
 use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
@@ -242,7 +242,7 @@ pub(crate) fn run_with(
                 &Load {
                     from,
                     to,
-                    dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
+                    dims: TOUCH_DIMS.to_vec(),
                     keep: Some(Box::new(|kind, v| {
                         is_visit(kind, v[1].is_some()) || conversion.matches_event(kind, v[0], v[1])
                     })),
@@ -317,10 +317,10 @@ fn channel_journeys_scan(
     timeout: Millis,
     depth: usize,
 ) -> Result<Option<(Vec<JourneyPart>, u64)>, QueryError> {
-    // Name and path (a conversion's match, a visit's path), then the touch's dimensions.
-    const SCAN_DIMS: [usize; 8] = [0, 1, 2, 3, 4, 5, 7, 8];
     const CONVERSION_BIT: u64 = 1 << 63;
-    let scan = Scan::new(snap, from, to, &SCAN_DIMS)?;
+    // Name and path (a conversion's match, a visit's path), then the touch's dimensions.
+    let scan = Scan::new(snap, from, to, &TOUCH_DIMS)?;
+    let touch_dicts: [&[String]; 6] = std::array::from_fn(|k| scan.dict(k + 2));
     let Some(pack) = CodePack::new(&[2, 3, 4, 5, 6, 7], |j| scan.dict(j).len()) else {
         return Ok(None);
     };
@@ -371,13 +371,7 @@ fn channel_journeys_scan(
             } = part;
             sessions::split(visit_ts, timeout, |a, _| {
                 let codes = pack.unpack(visit_tag[a]);
-                let key: [u32; 6] = codes[..].try_into().expect("six touch codes");
-                let t = attributor.attribute_codes(key, |d| {
-                    // `d` is a `DIMS` index; codes[k] is SCAN_DIMS[k + 2]'s.
-                    let k = SCAN_DIMS[2..].iter().position(|&x| x == d)?;
-                    (codes[k] != throughline_store::NO_VALUE)
-                        .then(|| scan.dict(k + 2)[codes[k] as usize].as_str())
-                });
+                let t = attributor.attribute_dicts(&codes, &touch_dicts);
                 while channel_of.len() <= t {
                     let c = &attributor.touch(channel_of.len()).channel;
                     channel_of.push(labels.id(c));

@@ -778,7 +778,7 @@ impl<'s, 'a> Sources<'s, 'a> {
             // on its own, a tight loop over one input and one output instead of a push
             // into every column per row.
             let first = first_seq + p.start as u32;
-            let (k, bad) = gather_rows(
+            let bad = gather_rows(
                 &sel[..kept],
                 p.node,
                 p.ts,
@@ -793,7 +793,7 @@ impl<'s, 'a> Sources<'s, 'a> {
                 bad_node = bad;
             }
             for (j, (out, remap)) in run.codes.iter_mut().zip(remap).enumerate() {
-                if remap_codes(&kept_rows[..k], p.codes[j], remap, out) {
+                if remap_codes(&kept_rows, p.codes[j], remap, out) {
                     bad_code = Some(j);
                 }
             }
@@ -948,7 +948,7 @@ fn gather(
 
 /// Appends the selected rows' person, time, arrival number and type to a run with codes,
 /// and writes the rows it kept to `kept` (their codes follow through [`remap_codes`]);
-/// returns how many, and a node the table does not know, if one was met.
+/// returns a node the table does not know, if one was met.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
 fn gather_rows(
@@ -961,7 +961,7 @@ fn gather_rows(
     first_seq: u32,
     run: &mut Run,
     kept: &mut Vec<u32>,
-) -> (usize, Option<u32>) {
+) -> Option<u32> {
     kept.clear();
     let mut bad = None;
     for &r in sel {
@@ -980,7 +980,7 @@ fn gather_rows(
         run.kind.push(kind[i]);
         kept.push(r);
     }
-    (kept.len(), bad)
+    bad
 }
 
 /// Appends the global codes of the kept rows of one dimension (`remap`: local code ->
@@ -1757,4 +1757,4 @@ fn fill(runs: &[Run], range: &Range<u64>, out: &mut Chunk) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

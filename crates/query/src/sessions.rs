@@ -61,7 +61,25 @@ pub struct SessionsResponse {
 
 /// The dimensions a session's touch reads: name, path, UTM source/medium/campaign/content,
 /// referrer host, click id.
-const TOUCH_DIMS: [usize; 8] = [0, 1, 2, 3, 4, 5, 7, 8];
+pub(crate) const TOUCH_DIMS: [usize; 8] = [0, 1, 2, 3, 4, 5, 7, 8];
+/// The dimensions a touch is classified and cached by, in the order of its key: UTM
+/// source, medium, campaign, content, referrer host, click id.
+pub(crate) const TOUCH_KEY_DIMS: [usize; 6] = [2, 3, 4, 5, 7, 8];
+/// What a scan of visits reads: the path (whether there is one makes a visit), then the
+/// touch's dimensions in [`TOUCH_KEY_DIMS`] order.
+const VISIT_SCAN_DIMS: [usize; 7] = [1, 2, 3, 4, 5, 7, 8];
+/// The breakdowns of `query sessions` besides the touch's attributes.
+const PERIODS_AND_TOTAL: [&str; 3] = ["day", "week", "none"];
+/// The attributes of a touch a breakdown or a first touch can read.
+pub(crate) const TOUCH_ATTRIBUTES: [&str; 7] = [
+    "channel",
+    "source",
+    "medium",
+    "source_medium",
+    "campaign",
+    "content",
+    "landing_page",
+];
 
 /// One session's attribution, as `attribute` returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -109,15 +127,24 @@ impl<'r> Attributor<'r> {
 
     /// The index (into [`Attributor::touch`]) of the touch of the session starting at `row`.
     pub fn attribute(&mut self, rows: &Rows, row: usize) -> usize {
-        let code = |d: usize| rows.dims[d].as_ref().map_or(NO_VALUE, |c| c.codes[row]);
-        let key = [code(2), code(3), code(4), code(5), code(7), code(8)];
+        let key = TOUCH_KEY_DIMS.map(|d| rows.dims[d].as_ref().map_or(NO_VALUE, |c| c.codes[row]));
         self.attribute_codes(key, |d| rows.dims[d].as_ref().and_then(|c| c.get(row)))
     }
 
-    /// [`Attributor::attribute`] of a touch given by the codes of its dimensions (UTM
-    /// source, medium, campaign, content, referrer host, click id, in that order) and the
-    /// value of a dimension (`DIMS` index), read only the first time the codes are seen.
-    pub fn attribute_codes<'v>(
+    /// [`Attributor::attribute`] of a touch given by its codes, in [`TOUCH_KEY_DIMS`]
+    /// order, and the dictionary each indexes (a scan's).
+    pub(crate) fn attribute_dicts(&mut self, codes: &[u32], dicts: &[&[String]; 6]) -> usize {
+        let key: [u32; 6] = codes[..6].try_into().expect("six touch codes");
+        self.attribute_codes(key, |d| {
+            let k = TOUCH_KEY_DIMS.iter().position(|&x| x == d)?;
+            (key[k] != NO_VALUE).then(|| dicts[k][key[k] as usize].as_str())
+        })
+    }
+
+    /// [`Attributor::attribute`] of a touch given by its codes (in [`TOUCH_KEY_DIMS`]
+    /// order) and the value of a dimension (`DIMS` index), read only the first time the
+    /// codes are seen.
+    fn attribute_codes<'v>(
         &mut self,
         key: [u32; 6],
         get: impl Fn(usize) -> Option<&'v str>,
@@ -163,19 +190,10 @@ pub fn first_touch(
     to: Option<Millis>,
     attribute: &str,
 ) -> Result<HashMap<u32, String>, QueryError> {
-    let valid = [
-        "channel",
-        "source",
-        "medium",
-        "source_medium",
-        "campaign",
-        "content",
-        "landing_page",
-    ];
-    if !valid.contains(&attribute) {
+    if !TOUCH_ATTRIBUTES.contains(&attribute) {
         return Err(QueryError::invalid(format!(
             "unknown breakdown {attribute:?}: use one of {}",
-            valid.join(", ")
+            TOUCH_ATTRIBUTES.join(", ")
         )));
     }
     match first_touch_scan(snap, rules, from, to, attribute)? {
@@ -219,9 +237,8 @@ fn first_touch_scan(
     to: Option<Millis>,
     attribute: &str,
 ) -> Result<Option<HashMap<u32, String>>, QueryError> {
-    // The path (whether there is one makes a visit), then the touch's dimensions.
-    const SCAN_DIMS: [usize; 7] = [1, 2, 3, 4, 5, 7, 8];
-    let scan = Scan::new(snap, from, to, &SCAN_DIMS)?;
+    let scan = Scan::new(snap, from, to, &VISIT_SCAN_DIMS)?;
+    let touch_dicts: [&[String]; 6] = std::array::from_fn(|k| scan.dict(k + 1));
     let landing = attribute == "landing_page";
     // The touch's codes (positions 1-6), then the path's for `landing_page`.
     let positions: &[usize] = if landing {
@@ -252,12 +269,7 @@ fn first_touch_scan(
                     c => scan.dict(0)[c as usize].clone(),
                 }
             } else {
-                let key: [u32; 6] = codes[..6].try_into().expect("six touch codes");
-                let i = attributor.attribute_codes(key, |d| {
-                    // `d` is a `DIMS` index; codes[k] is SCAN_DIMS[k + 1]'s.
-                    let k = SCAN_DIMS[1..].iter().position(|&t| t == d)?;
-                    (codes[k] != NO_VALUE).then(|| scan.dict(k + 1)[codes[k] as usize].as_str())
-                });
+                let i = attributor.attribute_dicts(&codes, &touch_dicts);
                 attributor.touch(i).value(attribute)
             };
             out.push((r.person, value));
@@ -366,18 +378,10 @@ fn run_with(
     let from = req.from.as_deref().map(parse_time_bound).transpose()?;
     let to = req.to.as_deref().map(parse_time_bound).transpose()?;
     let by = req.by.clone().unwrap_or_else(|| "channel".into());
-    let valid = [
-        "channel",
-        "source",
-        "medium",
-        "source_medium",
-        "campaign",
-        "content",
-        "landing_page",
-        "day",
-        "week",
-        "none",
-    ];
+    let valid: Vec<&str> = TOUCH_ATTRIBUTES
+        .into_iter()
+        .chain(PERIODS_AND_TOTAL)
+        .collect();
     if !valid.contains(&by.as_str()) {
         return Err(QueryError::invalid(format!(
             "unknown breakdown {by:?}: use one of {}",
@@ -472,15 +476,19 @@ fn tally_scan<'r>(
     timeout: Millis,
     by: By,
 ) -> Result<Option<Vec<Tally<'r>>>, QueryError> {
-    // The path (whether there is one makes a visit), then the touch's dimensions.
-    const SCAN_DIMS: [usize; 7] = [1, 2, 3, 4, 5, 7, 8];
     let touch = matches!(by, By::Touch(_));
     let scan = Scan::new(
         snap,
         from,
         to,
-        if touch { &SCAN_DIMS } else { &SCAN_DIMS[..1] },
+        if touch {
+            &VISIT_SCAN_DIMS
+        } else {
+            &VISIT_SCAN_DIMS[..1]
+        },
     )?;
+    let touch_dicts: [&[String]; 6] =
+        std::array::from_fn(|k| if touch { scan.dict(k + 1) } else { &[] });
     let positions: &[usize] = match by {
         By::Touch(_) => &[1, 2, 3, 4, 5, 6],
         By::Landing => &[0],
@@ -510,13 +518,7 @@ fn tally_scan<'r>(
                     let codes = pack.unpack(r.tag[a]);
                     let path = codes.first().copied().unwrap_or(NO_VALUE);
                     decider(by, r.ts[a], path, || {
-                        let key: [u32; 6] = codes[..].try_into().expect("six touch codes");
-                        attributor.attribute_codes(key, |d| {
-                            // `d` is a `DIMS` index; codes[k] is SCAN_DIMS[k + 1]'s.
-                            let k = SCAN_DIMS[1..].iter().position(|&x| x == d)?;
-                            (codes[k] != NO_VALUE)
-                                .then(|| scan.dict(k + 1)[codes[k] as usize].as_str())
-                        })
+                        attributor.attribute_dicts(&codes, &touch_dicts)
                     })
                 },
                 |attributor, d, _| {
@@ -683,6 +685,7 @@ pub fn project_rules(project_dir: &std::path::Path) -> Result<Rules, QueryError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rows::tests::Rng;
     use throughline_model::Event;
     use throughline_store::{EventBatch, ProjectOptions, ProjectStore};
 
@@ -706,18 +709,6 @@ mod tests {
         let tag = wide.pack(&codes);
         assert_eq!(tag >> VIEW_BIT, 0, "the view bit stays free");
         assert_eq!(wide.unpack(tag | 1 << VIEW_BIT), codes.to_vec());
-    }
-
-    /// A small deterministic generator (xorshift64*), so that a failing seed replays.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) % n
-        }
     }
 
     /// The streaming first touch, sessions and channel journeys equal those read from the
@@ -793,18 +784,7 @@ mod tests {
                     "seed {seed} journeys to {conversion}"
                 );
             }
-            for attribute in [
-                "channel",
-                "source",
-                "medium",
-                "source_medium",
-                "campaign",
-                "content",
-                "landing_page",
-                "day",
-                "week",
-                "none",
-            ] {
+            for attribute in TOUCH_ATTRIBUTES.into_iter().chain(PERIODS_AND_TOTAL) {
                 for (from, to) in [(None, None), (Some(5000), Some(20_000))] {
                     let req = SessionsRequest {
                         by: Some(attribute.to_string()),
@@ -820,7 +800,7 @@ mod tests {
                         loaded.unwrap(),
                         "seed {seed} sessions by {attribute}"
                     );
-                    if matches!(attribute, "day" | "week" | "none") {
+                    if PERIODS_AND_TOTAL.contains(&attribute) {
                         continue;
                     }
                     let scanned = first_touch_scan(&src, &rules, from, to, attribute)

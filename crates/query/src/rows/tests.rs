@@ -480,10 +480,10 @@ fn scan_equals_load_on_a_stitched_store() {
 }
 
 /// A small deterministic generator (xorshift64*), so that a failing seed replays.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
