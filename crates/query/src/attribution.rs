@@ -17,7 +17,7 @@
 //! Conversions are counted in `[from, to)`; sessions up to the lookback before `from` are
 //! read so the first conversions of the range keep their history.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rustc_hash::FxHashMap;
 
@@ -29,13 +29,11 @@ use throughline_kernels::sessions;
 use throughline_model::Millis;
 use throughline_store::NO_VALUE;
 
-use crate::assets::{
-    asset_key, conversion_rows, property_path, read_conversions, KeySource, Registry,
-};
-use crate::rows::{load, Load};
-use crate::sessions::{is_visit, Attributor};
+use crate::assets::{asset_key, property_path, read_conversions, Registry, RegistryIndex};
+use crate::rows::{load, Load, Scan};
+use crate::sessions::{is_visit, Attributor, CodePack, SessionTouch, TOUCH_DIMS, TOUCH_KEY_DIMS};
 use crate::source::Source;
-use crate::spec::{parse_duration, parse_time_bound, StepMatcher};
+use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::spend::Spend;
 use crate::QueryError;
 
@@ -322,10 +320,7 @@ impl Journeys {
             return Ok(t);
         }
         if self.labels.len() >= kernel::LABELS_MAX {
-            return Err(QueryError::invalid(format!(
-                "more than {} distinct touch labels: attribute by a coarser dimension",
-                kernel::LABELS_MAX
-            )));
+            return Err(too_many_labels());
         }
         let t = self.labels.len() as Touch;
         self.labels.push(label.to_string());
@@ -502,6 +497,288 @@ struct Session {
     direct: bool,
 }
 
+/// What decides a person's journeys besides their rows.
+struct Settings {
+    timeout: Millis,
+    lookback: Millis,
+    all_conversions: bool,
+    from: Option<Millis>,
+    to: Option<Millis>,
+}
+
+impl Settings {
+    fn in_range(&self, t: Millis) -> bool {
+        self.from.is_none_or(|f| t >= f) && self.to.is_none_or(|e| t < e)
+    }
+}
+
+fn too_many_labels() -> QueryError {
+    QueryError::invalid(format!(
+        "more than {} distinct touch labels: attribute by a coarser dimension",
+        kernel::LABELS_MAX
+    ))
+}
+
+/// Touch labels of one part of the persons, numbered in first-seen order.
+#[derive(Default)]
+struct Labels {
+    names: Vec<String>,
+    ids: FxHashMap<String, Touch>,
+}
+
+impl Labels {
+    fn id(&mut self, name: String) -> Result<Touch, QueryError> {
+        if let Some(&t) = self.ids.get(&name) {
+            return Ok(t);
+        }
+        if self.names.len() >= kernel::LABELS_MAX {
+            return Err(too_many_labels());
+        }
+        let t = self.names.len() as Touch;
+        self.names.push(name.clone());
+        self.ids.insert(name, t);
+        Ok(t)
+    }
+}
+
+/// How a logged journey ends.
+#[derive(Clone, Copy)]
+enum End {
+    /// In the conversion with this arrival number; `touched: false` when no session lay
+    /// within its lookback (an unattributed conversion, with no touches).
+    Conversion { seq: u32, touched: bool },
+    /// In no conversion.
+    Null,
+}
+
+/// The journeys of one part of the persons (a scan thread's range, or every person of the
+/// table), in person order, their touches numbered by the part's [`Labels`]: what the
+/// models read once the parts are done and the conversions' values known ([`replay`]).
+#[derive(Default)]
+struct Part {
+    labels: Labels,
+    /// Per journey: where its touches end in `touches` (and `direct`, `ages`), its end.
+    journeys: Vec<(usize, End)>,
+    touches: Vec<Touch>,
+    direct: Vec<bool>,
+    ages: Vec<Millis>,
+    // Per person, reused.
+    visits: Vec<usize>,
+    visit_ts: Vec<Millis>,
+    sessions: Vec<Session>,
+    convs: Vec<usize>,
+}
+
+impl Part {
+    /// One person's journeys from their rows in (time, arrival) order: `visit(i)` and
+    /// `converts(i)` say what row `i` is (a conversion already checked against the range
+    /// and the conditions), `label` names the session whose first row is `i`.
+    fn person(
+        &mut self,
+        s: &Settings,
+        ts: &[Millis],
+        seq: impl Fn(usize) -> u32,
+        visit: impl Fn(usize) -> bool,
+        converts: impl Fn(usize) -> bool,
+        mut label: impl FnMut(&mut Labels, usize) -> Result<(Touch, bool), QueryError>,
+    ) -> Result<(), QueryError> {
+        let Part {
+            labels,
+            journeys,
+            touches,
+            direct,
+            ages,
+            visits,
+            visit_ts,
+            sessions: person_sessions,
+            convs,
+        } = self;
+        visits.clear();
+        visits.extend((0..ts.len()).filter(|&i| visit(i)));
+        visit_ts.clear();
+        visit_ts.extend(visits.iter().map(|&i| ts[i]));
+        person_sessions.clear();
+        let mut failed = None;
+        sessions::split(visit_ts, s.timeout, |a, _| {
+            if failed.is_some() {
+                return;
+            }
+            let first = visits[a];
+            match label(labels, first) {
+                Ok((label, direct)) => person_sessions.push(Session {
+                    start: ts[first],
+                    label,
+                    direct,
+                }),
+                Err(e) => failed = Some(e),
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        convs.clear();
+        convs.extend((0..ts.len()).filter(|&i| converts(i)));
+        if !s.all_conversions {
+            convs.truncate(1);
+        }
+        let mut previous: Option<Millis> = None;
+        for &c in convs.iter() {
+            let t = ts[c];
+            // Sessions are in start order, so those of a journey are one run of them:
+            // started at or before the conversion (the latest is its session), within the
+            // lookback and after the previous counted conversion; at least its session.
+            let k = person_sessions.partition_point(|x| x.start <= t);
+            let oldest = t.saturating_sub(s.lookback);
+            let lo = person_sessions[..k]
+                .partition_point(|x| x.start < oldest || previous.is_some_and(|p| x.start <= p));
+            let chosen = match lo < k {
+                true => lo..k,
+                false => match k.checked_sub(1) {
+                    Some(j) if person_sessions[j].start >= oldest => j..k,
+                    _ => k..k,
+                },
+            };
+            previous = Some(t);
+            if chosen.is_empty() {
+                journeys.push((
+                    touches.len(),
+                    End::Conversion {
+                        seq: seq(c),
+                        touched: false,
+                    },
+                ));
+                continue;
+            }
+            let keep = chosen.len().saturating_sub(JOURNEY_TOUCHES_MAX);
+            for x in &person_sessions[chosen.start + keep..chosen.end] {
+                touches.push(x.label);
+                direct.push(x.direct);
+                ages.push(t - x.start);
+            }
+            journeys.push((
+                touches.len(),
+                End::Conversion {
+                    seq: seq(c),
+                    touched: true,
+                },
+            ));
+        }
+        // What led nowhere: everything of a person without a counted conversion, or with
+        // `all`, what came after their last one; within the lookback of its last session.
+        let rest: &[Session] = match (convs.last(), s.all_conversions) {
+            (None, _) => person_sessions,
+            (Some(&c), true) => {
+                &person_sessions[person_sessions.partition_point(|x| x.start <= ts[c])..]
+            }
+            (Some(_), false) => &[],
+        };
+        if let Some(last) = rest.last() {
+            let oldest = last.start.saturating_sub(s.lookback);
+            let start = touches.len();
+            for x in rest
+                .iter()
+                .filter(|x| x.start >= oldest && s.in_range(x.start))
+            {
+                touches.push(x.label);
+                direct.push(x.direct);
+                ages.push(0);
+            }
+            let n = touches.len() - start;
+            if n > 0 {
+                // The latest touches only, as for a conversion's journey.
+                let keep = n.saturating_sub(JOURNEY_TOUCHES_MAX);
+                if keep > 0 {
+                    touches.drain(start..start + keep);
+                    direct.drain(start..start + keep);
+                    ages.drain(start..start + keep);
+                }
+                journeys.push((touches.len(), End::Null));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The parts' journeys, in order, as the models' input: labels renumbered by name in
+/// first-seen order over the parts (the numbering one pass over every person gives, since
+/// a part's persons all precede the next part's), values by arrival number.
+fn replay(
+    parts: &[Part],
+    models: &Models,
+    values: &HashMap<u32, f64>,
+) -> Result<Journeys, QueryError> {
+    let mut journeys = Journeys::new(models);
+    let mut buf: Vec<Touch> = Vec::new();
+    for part in parts {
+        let ids = part
+            .labels
+            .names
+            .iter()
+            .map(|l| journeys.intern(l))
+            .collect::<Result<Vec<Touch>, QueryError>>()?;
+        let mut start = 0;
+        for &(end, how) in &part.journeys {
+            buf.clear();
+            buf.extend(part.touches[start..end].iter().map(|&t| ids[t as usize]));
+            match how {
+                End::Conversion { seq, touched } => {
+                    let value = values.get(&seq).copied().unwrap_or(0.0);
+                    if touched {
+                        journeys.journey(
+                            models,
+                            &buf,
+                            &part.direct[start..end],
+                            Some(&part.ages[start..end]),
+                            1.0,
+                            value,
+                            0.0,
+                        )?;
+                    } else {
+                        journeys.unattributed.0 += 1.0;
+                        journeys.unattributed.1 += value;
+                    }
+                }
+                End::Null => journeys.journey(models, &buf, &[], None, 0.0, 0.0, 1.0)?,
+            }
+            start = end;
+        }
+    }
+    Ok(journeys)
+}
+
+/// What names a session's label: `by`, and the registry for assets.
+struct Labeller<'r> {
+    by: &'r str,
+    registry: &'r Registry,
+    index: RegistryIndex,
+}
+
+impl Labeller<'_> {
+    /// The label of a session from its classified touch (for the channel's attributes),
+    /// its landing path, or the asset its content, campaign or landing path names.
+    fn name(
+        &self,
+        touch: Option<&SessionTouch>,
+        path: Option<&str>,
+        campaign: Option<&str>,
+        content: Option<&str>,
+    ) -> String {
+        match self.by {
+            "landing_page" => path.unwrap_or("(not set)").to_string(),
+            "asset" => {
+                let key = asset_key(content, campaign, path);
+                match self.index.resolve(&key) {
+                    Some(i) => self.registry.assets[i].id.clone(),
+                    None => key.value,
+                }
+            }
+            other => touch
+                .expect("labels by channel attributes classify")
+                .value(other),
+        }
+    }
+}
+
 /// Attribution from the project's events.
 pub fn run(
     snap: &Source,
@@ -509,6 +786,18 @@ pub fn run(
     registry: &Registry,
     spend: &Spend,
     req: &AttributionRequest,
+) -> Result<AttributionResponse, QueryError> {
+    run_with(snap, rules, registry, spend, req, true)
+}
+
+/// [`run`], with `scan: false` over the table of every visit (what the scan must equal).
+fn run_with(
+    snap: &Source,
+    rules: &Rules,
+    registry: &Registry,
+    spend: &Spend,
+    req: &AttributionRequest,
+    scan: bool,
 ) -> Result<AttributionResponse, QueryError> {
     let models = Models::parse(
         req.model.as_deref(),
@@ -530,11 +819,15 @@ pub fn run(
             "conversions must be first or all, not {counting:?}"
         )));
     }
-    let all_conversions = counting == "all";
     let lookback = parse_duration(req.lookback.as_deref().unwrap_or("90d"))?;
-    let timeout = parse_duration(req.timeout.as_deref().unwrap_or("30m"))?;
-    let from = req.from.as_deref().map(parse_time_bound).transpose()?;
-    let to = req.to.as_deref().map(parse_time_bound).transpose()?;
+    let settings = Settings {
+        timeout: parse_duration(req.timeout.as_deref().unwrap_or("30m"))?,
+        lookback,
+        all_conversions: counting == "all",
+        from: req.from.as_deref().map(parse_time_bound).transpose()?,
+        to: req.to.as_deref().map(parse_time_bound).transpose()?,
+    };
+    let (from, to) = (settings.from, settings.to);
     if let (Some(f), Some(t)) = (from, to) {
         if f >= t {
             return Err(QueryError::invalid("`from` must be before `to`"));
@@ -542,62 +835,61 @@ pub fn run(
     }
     let conversion = StepMatcher::parse(&req.conversion)?;
     let value_path = req.value.as_deref().map(property_path).transpose()?;
-    let in_range = |t: Millis| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t < e);
 
     // The columns a touch needs: its channel's (UTM, referrer, click id) only when the
     // label or GA4's last-non-direct rule reads the channel.
     let classify =
         !matches!(by, "landing_page" | "asset") || models.names.contains(&"last_non_direct");
-    let dims: Vec<usize> = if classify {
-        vec![0, 1, 2, 3, 4, 5, 7, 8]
+    let dims: &[usize] = if classify {
+        &TOUCH_DIMS
     } else if by == "asset" {
-        vec![0, 1, 4, 5]
+        &[0, 1, 4, 5]
     } else {
-        vec![0, 1]
+        &[0, 1]
     };
-    // Sessions up to a lookback before the range, so the range's first conversions keep
-    // their history.
-    let touches_from = from.map(|f| f.saturating_sub(lookback));
     let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
-    let rows = load(
-        snap,
-        &Load {
-            from: touches_from,
-            to,
-            dims: dims.clone(),
-            keep: Some(Box::new(|kind, v| {
-                is_visit(kind, v[1].is_some()) || conversion.matches_event(kind, v[0], v[1])
-            })),
-            // Memoized per distinct (name, path).
-            keep_reads: Some(vec![0, 1]),
-            persons: only.as_ref(),
-        },
-    )?;
     // Conditions on the conversion need its decoded event (which then gives the value
     // too); a value alone comes from the number columns, for the counted conversions only.
     let filtered = match conversion.filters.is_empty() {
         true => HashMap::new(),
         false => read_conversions(snap, &conversion, value_path.as_deref(), from, to)?,
     };
-    let paths = rows.dim(1);
-    // Decided once per row: both passes below read it.
-    let converts: Vec<bool> = conversion_rows(&rows, &conversion, &filtered)
-        .into_iter()
-        .zip(&rows.ts)
-        .map(|(hit, &ts)| hit && in_range(ts))
-        .collect();
-    let is_conversion = |i: usize| converts[i];
+    let labeller = Labeller {
+        by,
+        registry,
+        index: registry.index(),
+    };
+    let journeys = JourneyPass {
+        snap,
+        rules,
+        settings: &settings,
+        only: only.as_ref(),
+        conversion: &conversion,
+        filtered: &filtered,
+        classify,
+        dims,
+        labeller: &labeller,
+    };
+    let scanned = match scan {
+        true => journeys.scan()?,
+        false => None,
+    };
+    let parts = match scanned {
+        Some(parts) => parts,
+        None => vec![journeys.loaded()?],
+    };
     let valued;
-    let decoded = match &value_path {
+    let values = match &value_path {
         Some(path) if conversion.filters.is_empty() => {
-            let mut counted: Vec<u32> = Vec::new();
-            for r in rows.persons() {
-                let mut convs = r.filter(|&i| is_conversion(i)).map(|i| rows.seq[i]);
-                match all_conversions {
-                    true => counted.extend(convs),
-                    false => counted.extend(convs.next()),
-                }
-            }
+            let mut counted: Vec<u32> = parts
+                .iter()
+                .flat_map(|p| &p.journeys)
+                .filter_map(|(_, end)| match end {
+                    End::Conversion { seq, .. } => Some(*seq),
+                    End::Null => None,
+                })
+                .collect();
+            // Arrival numbers ascend within a person, not across persons: sort them.
             counted.sort_unstable();
             counted.dedup();
             valued = crate::values::values_at(snap, path, &counted)?;
@@ -605,174 +897,7 @@ pub fn run(
         }
         _ => &filtered,
     };
-
-    let mut journeys = Journeys::new(&models);
-    let mut attributor = Attributor::new(rules);
-    let index = registry.index();
-    // Label of a session's first row, cached by what decides it.
-    let mut by_touch: FxHashMap<usize, Touch> = FxHashMap::default();
-    let mut by_code: FxHashMap<(KeySource, u32), Touch> = FxHashMap::default();
-    let mut label_of = |journeys: &mut Journeys,
-                        attributor: &mut Attributor,
-                        row: usize|
-     -> Result<(Touch, bool), QueryError> {
-        let t = classify.then(|| attributor.attribute(&rows, row));
-        let direct = t.is_some_and(|t| attributor.touch(t).channel == "Direct");
-        let label = match by {
-            "landing_page" => {
-                let code = paths.codes[row];
-                match by_code.get(&(KeySource::LandingPage, code)) {
-                    Some(&l) => l,
-                    None => {
-                        let l = journeys.intern(paths.get(row).unwrap_or("(not set)"))?;
-                        by_code.insert((KeySource::LandingPage, code), l);
-                        l
-                    }
-                }
-            }
-            "asset" => {
-                let key = asset_key(rows.dim(5).get(row), rows.dim(4).get(row), paths.get(row));
-                let code = match key.source {
-                    KeySource::Content => rows.dim(5).codes[row],
-                    KeySource::Campaign => rows.dim(4).codes[row],
-                    KeySource::LandingPage => paths.codes[row],
-                    KeySource::NotSet => NO_VALUE,
-                };
-                match by_code.get(&(key.source, code)) {
-                    Some(&l) => l,
-                    None => {
-                        let name = match index.resolve(&key) {
-                            Some(i) => registry.assets[i].id.clone(),
-                            None => key.value,
-                        };
-                        let l = journeys.intern(&name)?;
-                        by_code.insert((key.source, code), l);
-                        l
-                    }
-                }
-            }
-            other => {
-                let t = t.expect("labels by channel attributes classify");
-                match by_touch.get(&t) {
-                    Some(&l) => l,
-                    None => {
-                        let l = journeys.intern(&attributor.touch(t).value(other))?;
-                        by_touch.insert(t, l);
-                        l
-                    }
-                }
-            }
-        };
-        Ok((label, direct))
-    };
-
-    let mut visits: Vec<usize> = Vec::new();
-    let mut visit_ts: Vec<Millis> = Vec::new();
-    let mut person_sessions: Vec<Session> = Vec::new();
-    let mut convs: Vec<usize> = Vec::new();
-    let (mut touch_buf, mut direct_buf, mut age_buf) = (Vec::new(), Vec::new(), Vec::new());
-    for r in rows.persons() {
-        visits.clear();
-        visits.extend(
-            r.clone()
-                .filter(|&i| is_visit(rows.kind[i], paths.codes[i] != NO_VALUE)),
-        );
-        visit_ts.clear();
-        visit_ts.extend(visits.iter().map(|&i| rows.ts[i]));
-        person_sessions.clear();
-        let mut failed = None;
-        sessions::split(&visit_ts, timeout, |a, _| {
-            if failed.is_some() {
-                return;
-            }
-            let first = visits[a];
-            match label_of(&mut journeys, &mut attributor, first) {
-                Ok((label, direct)) => person_sessions.push(Session {
-                    start: rows.ts[first],
-                    label,
-                    direct,
-                }),
-                Err(e) => failed = Some(e),
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        convs.clear();
-        convs.extend(r.clone().filter(|&i| is_conversion(i)));
-        if !all_conversions {
-            convs.truncate(1);
-        }
-        let mut previous: Option<Millis> = None;
-        for &c in &convs {
-            let t = rows.ts[c];
-            let value = decoded.get(&rows.seq[c]).copied().unwrap_or(0.0);
-            // Sessions started at or before the conversion; the latest is its session.
-            let k = person_sessions.partition_point(|s| s.start <= t);
-            let oldest = t.saturating_sub(lookback);
-            let mut chosen: Vec<&Session> = person_sessions[..k]
-                .iter()
-                .filter(|s| s.start >= oldest && previous.is_none_or(|p| s.start > p))
-                .collect();
-            if chosen.is_empty() {
-                if let Some(s) = k.checked_sub(1).map(|k| &person_sessions[k]) {
-                    if s.start >= oldest {
-                        chosen.push(s);
-                    }
-                }
-            }
-            previous = Some(t);
-            if chosen.is_empty() {
-                journeys.unattributed.0 += 1.0;
-                journeys.unattributed.1 += value;
-                continue;
-            }
-            let keep = chosen.len().saturating_sub(JOURNEY_TOUCHES_MAX);
-            let chosen = &chosen[keep..];
-            touch_buf.clear();
-            direct_buf.clear();
-            age_buf.clear();
-            for s in chosen {
-                touch_buf.push(s.label);
-                direct_buf.push(s.direct);
-                age_buf.push(t - s.start);
-            }
-            journeys.journey(
-                &models,
-                &touch_buf,
-                &direct_buf,
-                Some(&age_buf),
-                1.0,
-                value,
-                0.0,
-            )?;
-        }
-        // What led nowhere: everything of a person without a counted conversion, or with
-        // `all`, what came after their last one; within the lookback of its last session.
-        let rest: &[Session] = match (convs.last(), all_conversions) {
-            (None, _) => &person_sessions,
-            (Some(&c), true) => {
-                let t = rows.ts[c];
-                &person_sessions[person_sessions.partition_point(|s| s.start <= t)..]
-            }
-            (Some(_), false) => &[],
-        };
-        let rest: Vec<&Session> = match rest.last() {
-            Some(last) => {
-                let oldest = last.start.saturating_sub(lookback);
-                rest.iter()
-                    .filter(|s| s.start >= oldest && in_range(s.start))
-                    .collect()
-            }
-            None => Vec::new(),
-        };
-        if !rest.is_empty() {
-            let keep = rest.len().saturating_sub(JOURNEY_TOUCHES_MAX);
-            touch_buf.clear();
-            touch_buf.extend(rest[keep..].iter().map(|s| s.label));
-            journeys.journey(&models, &touch_buf, &[], None, 0.0, 0.0, 1.0)?;
-        }
-    }
+    let journeys = replay(&parts, &models, values)?;
 
     let day = |t: Option<Millis>| -> Option<NaiveDate> {
         t.and_then(DateTime::from_timestamp_millis)
@@ -782,6 +907,214 @@ pub fn run(
     let to_day = to.map(|t| t + 86_400_000 - 1);
     let cost = spend.cost_by(by, day(from), day(to_day));
     journeys.answer(&models, by, counting, Some(lookback), cost, req.paths)
+}
+
+/// The pass from events to journeys, as a scan or over the table.
+struct JourneyPass<'q, 's, 'a> {
+    snap: &'q Source<'s, 'a>,
+    rules: &'q Rules,
+    settings: &'q Settings,
+    only: Option<&'q HashSet<u32>>,
+    conversion: &'q StepMatcher,
+    /// The conversions meeting the conversion's conditions, when it has any.
+    filtered: &'q HashMap<u32, f64>,
+    /// Whether sessions are classified (their channel read).
+    classify: bool,
+    dims: &'q [usize],
+    labeller: &'q Labeller<'q>,
+}
+
+impl JourneyPass<'_, '_, '_> {
+    /// Sessions up to a lookback before the range, so the range's first conversions keep
+    /// their history.
+    fn touches_from(&self) -> Option<Millis> {
+        self.settings
+            .from
+            .map(|f| f.saturating_sub(self.settings.lookback))
+    }
+
+    fn counts(&self, seq: u32) -> bool {
+        self.conversion.filters.is_empty() || self.filtered.contains_key(&seq)
+    }
+
+    /// The journeys over the table of every visit and conversion, in one part.
+    fn loaded(&self) -> Result<Part, QueryError> {
+        let conversion = self.conversion;
+        let rows = load(
+            self.snap,
+            &Load {
+                from: self.touches_from(),
+                to: self.settings.to,
+                dims: self.dims.to_vec(),
+                keep: Some(Box::new(|kind, v| {
+                    is_visit(kind, v[1].is_some()) || conversion.matches_event(kind, v[0], v[1])
+                })),
+                // Memoized per distinct (name, path).
+                keep_reads: Some(vec![0, 1]),
+                persons: self.only,
+            },
+        )?;
+        let paths = rows.dim(1);
+        let matching = rows.matching(conversion);
+        let mut attributor = Attributor::new(self.rules);
+        // Labels by what decides them: the touch, then the path, campaign and content codes.
+        let mut cache: FxHashMap<(usize, [u32; 3]), (Touch, bool)> = FxHashMap::default();
+        let code = |d: usize, row: usize| rows.dims[d].as_ref().map_or(NO_VALUE, |c| c.codes[row]);
+        let get = |d: usize, row: usize| rows.dims[d].as_ref().and_then(|c| c.get(row));
+        let mut part = Part::default();
+        for r in rows.persons() {
+            let base = r.start;
+            part.person(
+                self.settings,
+                &rows.ts[r.clone()],
+                |i| rows.seq[base + i],
+                |i| is_visit(rows.kind[base + i], paths.codes[base + i] != NO_VALUE),
+                |i| {
+                    let i = base + i;
+                    matching[i] && self.settings.in_range(rows.ts[i]) && self.counts(rows.seq[i])
+                },
+                |labels, i| {
+                    let row = base + i;
+                    let t = self.classify.then(|| attributor.attribute(&rows, row));
+                    let key = (t.unwrap_or(usize::MAX), [1, 4, 5].map(|d| code(d, row)));
+                    if let Some(&l) = cache.get(&key) {
+                        return Ok(l);
+                    }
+                    let touch = t.map(|t| attributor.touch(t));
+                    let name = self
+                        .labeller
+                        .name(touch, get(1, row), get(4, row), get(5, row));
+                    let l = (
+                        labels.id(name)?,
+                        touch.is_some_and(|t| t.channel == "Direct"),
+                    );
+                    cache.insert(key, l);
+                    Ok(l)
+                },
+            )?;
+        }
+        Ok(part)
+    }
+
+    /// The journeys as one streaming scan, persons in parallel, one part per thread, where
+    /// what labels a session fits the scan tag ([`CodePack`]): bit 0 marks a visit (with
+    /// the codes of its touch, landing path, campaign and content, as the label reads
+    /// them), bit 63 a conversion. `None` when the codes do not fit.
+    fn scan(&self) -> Result<Option<Vec<Part>>, QueryError> {
+        const CONVERSION_BIT: u64 = 1 << 63;
+        let scan = Scan::new(self.snap, self.touches_from(), self.settings.to, self.dims)?;
+        let at = |d: usize| self.dims.iter().position(|&x| x == d);
+        // What the label reads, by position in `dims`: the touch's codes (in
+        // `TOUCH_KEY_DIMS` order), then the path, campaign and content.
+        let mut read: Vec<usize> = Vec::new();
+        if self.classify {
+            read.extend(
+                TOUCH_KEY_DIMS
+                    .iter()
+                    .map(|&d| at(d).expect("a touch dimension")),
+            );
+        }
+        match self.labeller.by {
+            "landing_page" => read.push(1),
+            "asset" => read.extend([1, at(4).expect("campaign"), at(5).expect("content")]),
+            _ => {}
+        }
+        let Some(pack) = CodePack::new(&read, |j| scan.dict(j).len()) else {
+            return Ok(None);
+        };
+        let touch_dicts: [&[String]; 6] = std::array::from_fn(|k| match self.classify {
+            true => scan.dict(k + 2),
+            false => &[],
+        });
+        let converts = MaskTable::new(&[(1, self.conversion)], scan.dict(0), Some(scan.dict(1)));
+        let tag = |kind: u8, codes: &[u32]| -> u64 {
+            let visit = match is_visit(kind, codes[1] != NO_VALUE) {
+                true => pack.pack(codes),
+                false => 0,
+            };
+            visit | (converts.of(kind, codes) << 63)
+        };
+        /// A thread's state: its part, the label of each visit tag seen, the first error.
+        struct State<'r> {
+            attributor: Attributor<'r>,
+            labels: FxHashMap<u64, (Touch, bool)>,
+            part: Part,
+            failed: Option<QueryError>,
+        }
+        let string = |j: usize, c: u32| (c != NO_VALUE).then(|| scan.dict(j)[c as usize].as_str());
+        let states = scan.run(
+            self.only,
+            tag,
+            || State {
+                attributor: Attributor::new(self.rules),
+                labels: FxHashMap::default(),
+                part: Part::default(),
+                failed: None,
+            },
+            |state: &mut State, r| {
+                if state.failed.is_some() {
+                    return;
+                }
+                let State {
+                    attributor,
+                    labels: cache,
+                    part,
+                    failed,
+                } = state;
+                let done = part.person(
+                    self.settings,
+                    r.ts,
+                    |i| r.seq[i],
+                    |i| r.tag[i] & 1 != 0,
+                    |i| {
+                        r.tag[i] & CONVERSION_BIT != 0
+                            && self.settings.in_range(r.ts[i])
+                            && self.counts(r.seq[i])
+                    },
+                    |labels, i| {
+                        let key = r.tag[i] & !CONVERSION_BIT;
+                        if let Some(&l) = cache.get(&key) {
+                            return Ok(l);
+                        }
+                        let codes = pack.unpack(key);
+                        let touch = self
+                            .classify
+                            .then(|| attributor.attribute_dicts(&codes, &touch_dicts))
+                            .map(|t| attributor.touch(t));
+                        // The path, campaign and content follow the touch's six codes.
+                        let rest = &codes[if self.classify { 6 } else { 0 }..];
+                        let (path, campaign, content) = match self.labeller.by {
+                            "landing_page" => (string(1, rest[0]), None, None),
+                            "asset" => (
+                                string(1, rest[0]),
+                                string(read[read.len() - 2], rest[1]),
+                                string(read[read.len() - 1], rest[2]),
+                            ),
+                            _ => (None, None, None),
+                        };
+                        let name = self.labeller.name(touch, path, campaign, content);
+                        let l = (
+                            labels.id(name)?,
+                            touch.is_some_and(|t| t.channel == "Direct"),
+                        );
+                        cache.insert(key, l);
+                        Ok(l)
+                    },
+                );
+                if let Err(e) = done {
+                    *failed = Some(e);
+                }
+            },
+        )?;
+        let mut parts = Vec::with_capacity(states.len());
+        for s in states {
+            if let Some(e) = s.failed {
+                return Err(e);
+            }
+            parts.push(s.part);
+        }
+        Ok(Some(parts))
+    }
 }
 
 /// Attribution from a path table in ChannelAttribution's format: `;`-separated columns
@@ -907,6 +1240,139 @@ pub fn channelattribution_csv(rows: &[PathTableRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rows::tests::Rng;
+    use throughline_model::Event;
+    use throughline_store::{EventBatch, ProjectOptions, ProjectStore};
+
+    /// The streaming journeys give the answer the table of every visit gives, to the bit:
+    /// by every kind of label, with `first` and `all` conversions, a range, a value and
+    /// conditions, on stores of several segments and the log, with devices stitched into
+    /// persons, ties in time and conversions that are also visits.
+    #[test]
+    fn the_scanned_journeys_equal_the_loaded_ones() {
+        let registry = Registry::from_toml(
+            "[[asset]]\nid = \"hero-ad\"\nkind = \"ad\"\n\
+             destination_url = \"https://shop.example/lp/a?utm_content=hero\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        for seed in 1..=3u64 {
+            let dir =
+                std::env::temp_dir().join(format!("tl-attr-scan-{seed}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let p = ProjectStore::open("p", &dir, ProjectOptions::default()).unwrap();
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let pick = |rng: &mut Rng, xs: &[&str]| -> Option<String> {
+                let k = rng.below(xs.len() as u64 + 1) as usize;
+                xs.get(k).map(|s| s.to_string())
+            };
+            let mut i = 0u64;
+            for round in 0..4 {
+                let mut batch = Vec::new();
+                for _ in 0..400 {
+                    i += 1;
+                    let kind = ["page", "track", "track"][rng.below(3) as usize];
+                    let name = ["Order", "Clicked", "Clicked", "Clicked"][rng.below(4) as usize];
+                    let device = rng.below(240);
+                    let tier = ["gold", "tin"][rng.below(2) as usize];
+                    let mut e = serde_json::json!({
+                        "message_id": format!("m{i}"), "type": kind,
+                        "event": if kind == "track" { name } else { "Home" },
+                        "anonymous_id": format!("d{device}"),
+                        "timestamp": rng.below(40) as i64 * 1000,
+                        "received_at": 0,
+                        "properties": {"revenue": rng.below(50), "tier": tier},
+                    });
+                    // Three devices to a person, once they sign in.
+                    if rng.below(3) == 0 {
+                        e["user_id"] = serde_json::json!(format!("u{}", device / 3));
+                    }
+                    if kind == "page" || rng.below(2) == 0 {
+                        let path = pick(&mut rng, &["/", "/lp/a", "/products/x"]);
+                        e["page_path"] = serde_json::json!(path.unwrap_or("/".into()));
+                        e["page_url"] = serde_json::json!("https://shop.example/");
+                    }
+                    e["utm"] = serde_json::json!({
+                        "source": pick(&mut rng, &["google", "newsletter", "facebook"]),
+                        "medium": pick(&mut rng, &["cpc", "email", "social"]),
+                        "campaign": pick(&mut rng, &["spring", "autumn"]),
+                        "content": pick(&mut rng, &["hero", "footer"]),
+                    });
+                    if let Some(r) = pick(&mut rng, &["https://www.bing.com/", "https://t.co/x"]) {
+                        e["referrer"] = serde_json::json!(r);
+                    }
+                    batch.push(serde_json::from_value::<Event>(e).unwrap());
+                }
+                p.append(EventBatch::of(&batch)).unwrap();
+                if round < 3 {
+                    p.flush().unwrap();
+                }
+            }
+            let snap = p.snapshot();
+            let src = Source::from(&snap);
+            let rules = Rules::ga4_default();
+            let spend = Spend::default();
+            let mut compared = 0;
+            for by in BY {
+                for (model, conversions, conversion, value, range) in [
+                    ("all", "first", "Order", Some("revenue"), None),
+                    (
+                        "all",
+                        "all",
+                        "Order",
+                        Some("revenue"),
+                        Some((12_000, 30_000)),
+                    ),
+                    (
+                        "linear,markov",
+                        "all",
+                        "Order where tier = 'gold'",
+                        Some("revenue"),
+                        None,
+                    ),
+                    (
+                        "first_touch",
+                        "first",
+                        "page:/products/*",
+                        None,
+                        Some((5000, 40_000)),
+                    ),
+                ] {
+                    let req = AttributionRequest {
+                        conversion: conversion.into(),
+                        model: Some(model.into()),
+                        by: Some(by.into()),
+                        lookback: Some("20s".into()),
+                        value: value.map(str::to_string),
+                        conversions: Some(conversions.into()),
+                        timeout: Some("4s".into()),
+                        from: range.map(|r: (i64, i64)| throughline_model::format_ms(r.0)),
+                        to: range.map(|r| throughline_model::format_ms(r.1)),
+                        paths: Some(1000),
+                        ..Default::default()
+                    };
+                    let scanned = run_with(&src, &rules, &registry, &spend, &req, true).unwrap();
+                    let loaded = run_with(&src, &rules, &registry, &spend, &req, false).unwrap();
+                    assert!(
+                        loaded.journeys > 3 && loaded.null_journeys > 3,
+                        "{} {} {req:?}",
+                        loaded.journeys,
+                        loaded.null_journeys
+                    );
+                    assert_eq!(
+                        serde_json::to_string(&scanned).unwrap(),
+                        serde_json::to_string(&loaded).unwrap(),
+                        "seed {seed} {req:?}"
+                    );
+                    compared += 1;
+                }
+            }
+            assert_eq!(compared, BY.len() * 4);
+            drop(snap);
+            drop(p);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 
     const TABLE: &str = "path;total_conversions;total_conversion_value;total_null\n\
         a > b;3;30;2\n\
