@@ -39,10 +39,10 @@ use throughline_kernels::sessions;
 use throughline_model::{EventType, Millis};
 use throughline_store::{StoreError, NO_VALUE};
 
-use crate::rows::{load, Load, Rows};
-use crate::sessions::{is_visit, Attributor};
+use crate::rows::{load, Load, Scan};
+use crate::sessions::{is_visit, Attributor, CodePack, TOUCH_DIMS};
 use crate::source::Source;
-use crate::spec::{parse_duration, parse_time_bound, Alternative, StepMatcher};
+use crate::spec::{parse_duration, parse_time_bound, Alternative, MaskTable, StepMatcher};
 use crate::QueryError;
 
 /// The registry's file name in a project directory.
@@ -706,7 +706,7 @@ pub struct AssetsResponse {
     pub intervals: Option<Vec<String>>,
 }
 
-/// What the scan accumulates for one asset.
+/// What one part of the persons accumulates for one asset (or for all sessions).
 #[derive(Default)]
 struct Acc {
     persons: u64,
@@ -716,9 +716,10 @@ struct Acc {
     converted_persons: u64,
     converted_sessions: u64,
     conversions: u64,
+    /// Added once the parts are merged, in person order ([`Part::credited`]).
     revenue: f64,
-    /// Sessions per attributed touch (an index into the attributor).
-    touches: HashMap<usize, u64>,
+    /// Sessions per attributed touch (an index into the part's attributor).
+    touches: FxHashMap<usize, u64>,
     /// Persons by the depth reached on the asset's funnel.
     funnel_reached: Vec<u64>,
     /// Conversions by period index, with `interval`.
@@ -726,6 +727,26 @@ struct Acc {
 }
 
 impl Acc {
+    /// Adds another part's counts (not its revenue or touches, which merge apart).
+    fn merge(&mut self, o: &Acc) {
+        self.persons += o.persons;
+        self.sessions += o.sessions;
+        self.engaged += o.engaged;
+        self.duration_ms += o.duration_ms;
+        self.converted_persons += o.converted_persons;
+        self.converted_sessions += o.converted_sessions;
+        self.conversions += o.conversions;
+        if self.funnel_reached.len() < o.funnel_reached.len() {
+            self.funnel_reached.resize(o.funnel_reached.len(), 0);
+        }
+        for (a, b) in self.funnel_reached.iter_mut().zip(&o.funnel_reached) {
+            *a += b;
+        }
+        for (&k, &n) in &o.by_interval {
+            *self.by_interval.entry(k).or_default() += n;
+        }
+    }
+
     fn scores(&self, valued: bool) -> Scores {
         let per = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
         let engaged_seconds = self.duration_ms as f64 / 1000.0;
@@ -746,11 +767,230 @@ impl Acc {
     }
 }
 
-/// One scorecard line: a registry entry (the first `registry.len()` slots) or an
-/// unregistered key.
+/// A scorecard line: a registry entry (by index) or an unregistered key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum SlotKey {
+    Registered(usize),
+    Unregistered(AssetKey),
+}
+
+/// A part's scorecard lines, numbered in first-seen order, and its attributor (whose
+/// touch indexes [`Acc::touches`] holds).
+struct Slots<'r> {
+    attributor: Attributor<'r>,
+    keys: Vec<SlotKey>,
+    ids: HashMap<SlotKey, usize>,
+}
+
+impl Slots<'_> {
+    /// The line of the asset a session's first event names.
+    fn of(&mut self, key: AssetKey, index: &RegistryIndex) -> usize {
+        let key = match index.resolve(&key) {
+            Some(i) => SlotKey::Registered(i),
+            None => SlotKey::Unregistered(key),
+        };
+        if let Some(&s) = self.ids.get(&key) {
+            return s;
+        }
+        self.keys.push(key.clone());
+        self.ids.insert(key, self.keys.len() - 1);
+        self.keys.len() - 1
+    }
+}
+
+/// What the scorecard reads besides a person's rows.
+struct Settings<'q> {
+    window: Millis,
+    timeout: Millis,
+    interval: Option<crate::trends::Interval>,
+    funnels: &'q [Vec<StepMatcher>],
+    funnel_of: &'q [Option<usize>],
+}
+
+/// One part of the persons' scorecard (a scan thread's range, or every person of the
+/// table), its lines numbered by its [`Slots`].
+struct Part<'r> {
+    slots: Slots<'r>,
+    accs: Vec<Acc>,
+    total: Acc,
+    conversion_events: u64,
+    unattributed: u64,
+    /// The periods conversions fell in, with `interval`.
+    span: Option<(i32, i32)>,
+    /// Attributed conversions in person order, (line, arrival number): their values are
+    /// read and summed once the parts are done.
+    credited: Vec<(usize, u32)>,
+    // Per person, reused: visit rows, sessions (start, line, first row), conversions,
+    // (first session's first row, converted) per line, a funnel's step masks.
+    visits: Vec<usize>,
+    visit_ts: Vec<Millis>,
+    sessions: Vec<(Millis, usize, usize)>,
+    convs: Vec<usize>,
+    conv_ts: Vec<Millis>,
+    reached: FxHashMap<usize, (usize, bool)>,
+    masks: Vec<u64>,
+    outcome: Outcome,
+}
+
+impl<'r> Part<'r> {
+    fn new(rules: &'r Rules) -> Part<'r> {
+        Part {
+            slots: Slots {
+                attributor: Attributor::new(rules),
+                keys: Vec::new(),
+                ids: HashMap::new(),
+            },
+            accs: Vec::new(),
+            total: Acc::default(),
+            conversion_events: 0,
+            unattributed: 0,
+            span: None,
+            credited: Vec::new(),
+            visits: Vec::new(),
+            visit_ts: Vec::new(),
+            sessions: Vec::new(),
+            convs: Vec::new(),
+            conv_ts: Vec::new(),
+            reached: FxHashMap::default(),
+            masks: Vec::new(),
+            outcome: Outcome::default(),
+        }
+    }
+
+    /// One person's sessions and conversions from their rows in (time, arrival) order:
+    /// `visit`, `view` and `converts` say what row `i` is (a conversion already checked
+    /// against its conditions), `locate` gives the line and touch of the session whose
+    /// first row is `i`, `mask(f, i)` row `i`'s steps of funnel `f`.
+    #[allow(clippy::too_many_arguments)]
+    fn person(
+        &mut self,
+        s: &Settings,
+        ts: &[Millis],
+        seq: impl Fn(usize) -> u32,
+        visit: impl Fn(usize) -> bool,
+        view: impl Fn(usize) -> bool,
+        converts: impl Fn(usize) -> bool,
+        mut locate: impl FnMut(&mut Slots, usize) -> (usize, usize),
+        mask: impl Fn(usize, usize) -> u64,
+    ) {
+        let Part {
+            slots,
+            accs,
+            total,
+            conversion_events,
+            unattributed,
+            span,
+            credited,
+            visits,
+            visit_ts,
+            sessions: person_sessions,
+            convs,
+            conv_ts,
+            reached,
+            masks,
+            outcome,
+        } = self;
+        visits.clear();
+        visits.extend((0..ts.len()).filter(|&i| visit(i)));
+        visit_ts.clear();
+        visit_ts.extend(visits.iter().map(|&i| ts[i]));
+        convs.clear();
+        convs.extend((0..ts.len()).filter(|&i| converts(i)));
+        conv_ts.clear();
+        conv_ts.extend(convs.iter().map(|&i| ts[i]));
+        *conversion_events += convs.len() as u64;
+        person_sessions.clear();
+        reached.clear();
+        let mut any_converted = false;
+        sessions::split(visit_ts, s.timeout, |a, b| {
+            let (first, last) = (visits[a], visits[b - 1]);
+            let start = ts[first];
+            let duration = ts[last] - start;
+            let views = visits[a..b].iter().filter(|&&i| view(i)).count();
+            let engaged = duration > ENGAGED_SECONDS || views >= 2;
+            let next = conv_ts.partition_point(|&t| t < start);
+            let converted = conv_ts
+                .get(next)
+                .is_some_and(|&t| t <= start.saturating_add(s.window));
+            let (slot, touch) = locate(slots, first);
+            while accs.len() < slots.keys.len() {
+                let funnel = match slots.keys[accs.len()] {
+                    SlotKey::Registered(i) => s.funnel_of[i],
+                    SlotKey::Unregistered(_) => None,
+                };
+                accs.push(Acc {
+                    funnel_reached: funnel.map_or(Vec::new(), |f| vec![0; s.funnels[f].len() + 1]),
+                    ..Acc::default()
+                });
+            }
+            for acc in [&mut accs[slot], &mut *total] {
+                acc.sessions += 1;
+                acc.engaged += u64::from(engaged);
+                acc.duration_ms += duration;
+                acc.converted_sessions += u64::from(converted);
+            }
+            *accs[slot].touches.entry(touch).or_default() += 1;
+            let seen = reached.entry(slot).or_insert((first, false));
+            seen.1 |= converted;
+            any_converted |= converted;
+            person_sessions.push((start, slot, first));
+        });
+        if person_sessions.is_empty() && convs.is_empty() {
+            return;
+        }
+        if !person_sessions.is_empty() {
+            total.persons += 1;
+            total.converted_persons += u64::from(any_converted);
+        }
+        for (&slot, &(first, converted)) in reached.iter() {
+            let acc = &mut accs[slot];
+            acc.persons += 1;
+            acc.converted_persons += u64::from(converted);
+            let funnel = match slots.keys[slot] {
+                SlotKey::Registered(i) => s.funnel_of[i],
+                SlotKey::Unregistered(_) => None,
+            };
+            if let Some(f) = funnel {
+                masks.clear();
+                masks.extend((first..ts.len()).map(|i| mask(f, i)));
+                let spec = Spec::new(s.funnels[f].len(), s.window, Order::Ordered);
+                funnel::evaluate(&spec, &ts[first..], masks, outcome);
+                acc.funnel_reached[outcome.level] += 1;
+            }
+        }
+        // Last touch: each conversion goes to the latest session started at or before it,
+        // if that start lies within the window.
+        for &c in convs.iter() {
+            let t = ts[c];
+            let k = person_sessions.partition_point(|x| x.0 <= t);
+            let last = k
+                .checked_sub(1)
+                .map(|k| person_sessions[k])
+                .filter(|x| x.0 >= t.saturating_sub(s.window));
+            match last {
+                Some((_, slot, _)) => {
+                    credited.push((slot, seq(c)));
+                    accs[slot].conversions += 1;
+                    total.conversions += 1;
+                    if let Some(iv) = s.interval {
+                        let k = iv.index(t);
+                        *accs[slot].by_interval.entry(k).or_default() += 1;
+                        *span = Some(span.map_or((k, k), |(a, b)| (a.min(k), b.max(k))));
+                    }
+                }
+                None => *unattributed += 1,
+            }
+        }
+    }
+}
+
+/// A merged scorecard line.
 struct Slot {
-    key: Option<AssetKey>,
+    key: SlotKey,
     acc: Acc,
+    /// Sessions by channel and by campaign, for the most frequent of each.
+    channels: HashMap<String, u64>,
+    campaigns: HashMap<String, u64>,
 }
 
 pub fn run(
@@ -758,6 +998,17 @@ pub fn run(
     rules: &Rules,
     registry: &Registry,
     req: &AssetsRequest,
+) -> Result<AssetsResponse, QueryError> {
+    run_with(snap, rules, registry, req, true)
+}
+
+/// [`run`], with `scan: false` over the table of every visit (what the scan must equal).
+fn run_with(
+    snap: &Source,
+    rules: &Rules,
+    registry: &Registry,
+    req: &AssetsRequest,
+    scan: bool,
 ) -> Result<AssetsResponse, QueryError> {
     let conversion = StepMatcher::parse(&req.conversion)?;
     let window = parse_duration(&req.window)?;
@@ -776,59 +1027,105 @@ pub fn run(
         )));
     }
     let value_path = req.value.as_deref().map(property_path).transpose()?;
-
     let (funnels, funnel_of) = asset_funnels(registry)?;
-    // Which non-visit events a funnel step can match: by name only (page steps match
-    // page views, which are visits and loaded anyway).
-    let mut step_names: HashSet<&str> = HashSet::new();
-    let mut step_patterns: Vec<&str> = Vec::new();
-    for a in funnels.iter().flatten().flat_map(|s| &s.alternatives) {
-        if let Alternative::Name(n) = a {
-            if n.contains('*') {
-                step_patterns.push(n);
-            } else {
-                step_names.insert(n);
-            }
-        }
-    }
+    let settings = Settings {
+        window,
+        timeout,
+        interval: req.interval,
+        funnels: &funnels,
+        funnel_of: &funnel_of,
+    };
     let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
-    let rows = load(
-        snap,
-        &Load {
-            from,
-            to,
-            dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
-            keep: Some(Box::new(|kind, v| {
-                is_visit(kind, v[1].is_some())
-                    || conversion.matches_event(kind, v[0], v[1])
-                    || v[0].is_some_and(|n| {
-                        step_names.contains(n)
-                            || step_patterns.iter().any(|p| crate::spec::wildcard(p, n))
-                    })
-            })),
-            keep_reads: Some(vec![0, 1]),
-            persons: only.as_ref(),
-        },
-    )?;
-
     // Conditions on the conversion need its decoded event (which then gives the value
-    // too); a value alone comes from the number columns, for the loaded conversions only.
+    // too); a value alone comes from the number columns, for the credited conversions only.
     let filtered = match conversion.filters.is_empty() {
         true => HashMap::new(),
         false => read_conversions(snap, &conversion, value_path.as_deref(), from, to)?,
     };
+    let index = registry.index();
+    let pass = Pass {
+        snap,
+        rules,
+        range: (from, to),
+        settings: &settings,
+        only: only.as_ref(),
+        conversion: &conversion,
+        filtered: &filtered,
+        index: &index,
+    };
+    let scanned = match scan {
+        true => pass.scan()?,
+        false => None,
+    };
+    let parts = match scanned {
+        Some(parts) => parts,
+        None => vec![pass.loaded()?],
+    };
 
-    let names = rows.dim(0);
-    let paths = rows.dim(1);
-    let is_conversion = conversion_rows(&rows, &conversion, &filtered);
+    // The parts' lines merged by key: registry entries first, then the unregistered in
+    // first-seen order (parts hold persons in order, so as one pass would number them).
+    let mut slots: Vec<Slot> = (0..registry.assets.len())
+        .map(|i| Slot {
+            key: SlotKey::Registered(i),
+            acc: Acc {
+                funnel_reached: funnel_of[i].map_or(Vec::new(), |f| vec![0; funnels[f].len() + 1]),
+                ..Acc::default()
+            },
+            channels: HashMap::new(),
+            campaigns: HashMap::new(),
+        })
+        .collect();
+    let mut unregistered: HashMap<AssetKey, usize> = HashMap::new();
+    let mut total = Acc::default();
+    let (mut conversion_events, mut unattributed) = (0u64, 0u64);
+    let mut span: Option<(i32, i32)> = None;
+    let mut homes: Vec<Vec<usize>> = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let home: Vec<usize> = part
+            .slots
+            .keys
+            .iter()
+            .map(|key| match key {
+                SlotKey::Registered(i) => *i,
+                SlotKey::Unregistered(k) => *unregistered.entry(k.clone()).or_insert_with(|| {
+                    slots.push(Slot {
+                        key: key.clone(),
+                        acc: Acc::default(),
+                        channels: HashMap::new(),
+                        campaigns: HashMap::new(),
+                    });
+                    slots.len() - 1
+                }),
+            })
+            .collect();
+        for (acc, &h) in part.accs.iter().zip(&home) {
+            let slot = &mut slots[h];
+            slot.acc.merge(acc);
+            for (&t, &n) in &acc.touches {
+                let touch = part.slots.attributor.touch(t);
+                *slot.channels.entry(touch.channel.clone()).or_default() += n;
+                if let Some(c) = &touch.campaign {
+                    *slot.campaigns.entry(c.clone()).or_default() += n;
+                }
+            }
+        }
+        total.merge(&part.total);
+        conversion_events += part.conversion_events;
+        unattributed += part.unattributed;
+        if let Some((a, b)) = part.span {
+            span = Some(span.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+        }
+        homes.push(home);
+    }
+    // Values, summed in person order as one pass would.
     let valued;
-    let decoded = match &value_path {
+    let values = match &value_path {
         Some(path) if conversion.filters.is_empty() => {
-            // Arrival numbers ascend within a person, not across persons: sort them.
-            let mut counted: Vec<u32> = (0..rows.len())
-                .filter(|&i| is_conversion[i])
-                .map(|i| rows.seq[i])
+            let mut counted: Vec<u32> = parts
+                .iter()
+                .flat_map(|p| p.credited.iter().map(|c| c.1))
                 .collect();
+            // Arrival numbers ascend within a person, not across persons: sort them.
             counted.sort_unstable();
             counted.dedup();
             valued = crate::values::values_at(snap, path, &counted)?;
@@ -836,166 +1133,11 @@ pub fn run(
         }
         _ => &filtered,
     };
-
-    let index = registry.index();
-    let mut slots: Vec<Slot> = registry
-        .assets
-        .iter()
-        .zip(&funnel_of)
-        .map(|(_, f)| Slot {
-            key: None,
-            acc: Acc {
-                funnel_reached: f.map_or(Vec::new(), |f| vec![0; funnels[f].len() + 1]),
-                ..Acc::default()
-            },
-        })
-        .collect();
-    let mut unregistered: HashMap<AssetKey, usize> = HashMap::new();
-    let mut slot_cache: FxHashMap<(KeySource, u32), usize> = FxHashMap::default();
-    let mut slot_of = |rows: &Rows, slots: &mut Vec<Slot>, row: usize| -> usize {
-        let code = |d: usize| rows.dim(d).codes[row];
-        let key = asset_key(
-            rows.dim(5).get(row),
-            rows.dim(4).get(row),
-            rows.dim(1).get(row),
-        );
-        let ck = match key.source {
-            KeySource::Content => (key.source, code(5)),
-            KeySource::Campaign => (key.source, code(4)),
-            KeySource::LandingPage => (key.source, code(1)),
-            KeySource::NotSet => (key.source, NO_VALUE),
-        };
-        *slot_cache.entry(ck).or_insert_with(|| {
-            index.resolve(&key).unwrap_or_else(|| {
-                *unregistered.entry(key.clone()).or_insert_with(|| {
-                    slots.push(Slot {
-                        key: Some(key),
-                        acc: Acc::default(),
-                    });
-                    slots.len() - 1
-                })
-            })
-        })
-    };
-
-    let mut attributor = Attributor::new(rules);
-    let mut total = Acc::default();
-    let (mut conversion_events, mut unattributed) = (0u64, 0u64);
-    // The periods conversions fell in, with `interval`.
-    let mut span: Option<(i32, i32)> = None;
-    let page = EventType::Page.code();
-    let screen = EventType::Screen.code();
-    let mut mask_cache: HashMap<(usize, u8, u32, u32), u64> = HashMap::new();
-    let mut outcome = Outcome::default();
-    // Per person, reused: visit rows, sessions (start, slot, first row), conversions.
-    let mut visits: Vec<usize> = Vec::new();
-    let mut visit_ts: Vec<Millis> = Vec::new();
-    let mut person_sessions: Vec<(Millis, usize, usize)> = Vec::new();
-    let mut convs: Vec<usize> = Vec::new();
-    let mut conv_ts: Vec<Millis> = Vec::new();
-    // Per person and slot: (first session's first row, converted).
-    let mut reached: FxHashMap<usize, (usize, bool)> = FxHashMap::default();
-    for r in rows.persons() {
-        visits.clear();
-        visits.extend(
-            r.clone()
-                .filter(|&i| is_visit(rows.kind[i], paths.codes[i] != NO_VALUE)),
-        );
-        visit_ts.clear();
-        visit_ts.extend(visits.iter().map(|&i| rows.ts[i]));
-        convs.clear();
-        convs.extend(r.clone().filter(|&i| is_conversion[i]));
-        conv_ts.clear();
-        conv_ts.extend(convs.iter().map(|&i| rows.ts[i]));
-        conversion_events += convs.len() as u64;
-        person_sessions.clear();
-        reached.clear();
-        let mut any_converted = false;
-        sessions::split(&visit_ts, timeout, |a, b| {
-            let (first, last) = (visits[a], visits[b - 1]);
-            let start = rows.ts[first];
-            let duration = rows.ts[last] - start;
-            let views = visits[a..b]
-                .iter()
-                .filter(|&&i| rows.kind[i] == page || rows.kind[i] == screen)
-                .count();
-            let engaged = duration > ENGAGED_SECONDS || views >= 2;
-            let next = conv_ts.partition_point(|&t| t < start);
-            let converted = conv_ts
-                .get(next)
-                .is_some_and(|&t| t <= start.saturating_add(window));
-            let slot = slot_of(&rows, &mut slots, first);
-            let touch = attributor.attribute(&rows, first);
-            for acc in [&mut slots[slot].acc, &mut total] {
-                acc.sessions += 1;
-                acc.engaged += u64::from(engaged);
-                acc.duration_ms += duration;
-                acc.converted_sessions += u64::from(converted);
-            }
-            *slots[slot].acc.touches.entry(touch).or_default() += 1;
-            let seen = reached.entry(slot).or_insert((first, false));
-            seen.1 |= converted;
-            any_converted |= converted;
-            person_sessions.push((start, slot, first));
-        });
-        if person_sessions.is_empty() && convs.is_empty() {
-            continue;
-        }
-        if !person_sessions.is_empty() {
-            total.persons += 1;
-            total.converted_persons += u64::from(any_converted);
-        }
-        for (&slot, &(first, converted)) in &reached {
-            let acc = &mut slots[slot].acc;
-            acc.persons += 1;
-            acc.converted_persons += u64::from(converted);
-            if let Some(f) = funnel_of.get(slot).copied().flatten() {
-                let steps = &funnels[f];
-                let ts = &rows.ts[first..r.end];
-                let masks: Vec<u64> = (first..r.end)
-                    .map(|i| {
-                        *mask_cache
-                            .entry((f, rows.kind[i], names.codes[i], paths.codes[i]))
-                            .or_insert_with(|| {
-                                let mut m = 0u64;
-                                for (k, s) in steps.iter().enumerate() {
-                                    if s.matches_event(rows.kind[i], names.get(i), paths.get(i)) {
-                                        m |= 1 << k;
-                                    }
-                                }
-                                m
-                            })
-                    })
-                    .collect();
-                let spec = Spec::new(steps.len(), window, Order::Ordered);
-                funnel::evaluate(&spec, ts, &masks, &mut outcome);
-                acc.funnel_reached[outcome.level] += 1;
-            }
-        }
-        // Last touch: each conversion goes to the latest session started at or before it,
-        // if that start lies within the window.
-        for &c in &convs {
-            let t = rows.ts[c];
-            let k = person_sessions.partition_point(|s| s.0 <= t);
-            let last = k
-                .checked_sub(1)
-                .map(|k| person_sessions[k])
-                .filter(|s| s.0 >= t.saturating_sub(window));
-            match last {
-                Some((_, slot, _)) => {
-                    let v = decoded.get(&rows.seq[c]).copied().unwrap_or(0.0);
-                    for acc in [&mut slots[slot].acc, &mut total] {
-                        acc.conversions += 1;
-                        acc.revenue += v;
-                    }
-                    if let Some(iv) = req.interval {
-                        let k = iv.index(t);
-                        *slots[slot].acc.by_interval.entry(k).or_default() += 1;
-                        span = Some(span.map_or((k, k), |(a, b): (i32, i32)| (a.min(k), b.max(k))));
-                    }
-                }
-                None => unattributed += 1,
-            }
+    for (part, home) in parts.iter().zip(&homes) {
+        for &(slot, seq) in &part.credited {
+            let v = values.get(&seq).copied().unwrap_or(0.0);
+            slots[home[slot]].acc.revenue += v;
+            total.revenue += v;
         }
     }
 
@@ -1026,60 +1168,46 @@ pub fn run(
                 .collect()
         })
     };
+    // The most frequent value, ties to the first by name.
+    let most = |counts: &HashMap<String, u64>| {
+        counts
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(v, _)| v.clone())
+    };
     let mut out: Vec<AssetRow> = slots
         .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let most = |f: &dyn Fn(usize) -> Option<String>| -> Option<String> {
-                let mut counts: HashMap<String, u64> = HashMap::new();
-                for (&t, &n) in &s.acc.touches {
-                    if let Some(v) = f(t) {
-                        *counts.entry(v).or_default() += n;
-                    }
-                }
-                counts
-                    .into_iter()
-                    .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
-                    .map(|(v, _)| v)
-            };
-            let channel = most(&|t| Some(attributor.touch(t).channel.clone()));
-            let seen_campaign = || most(&|t| attributor.touch(t).campaign.clone());
-            let funnel = funnel_of
-                .get(i)
-                .copied()
-                .flatten()
-                .map(|f| funnel_steps(&funnels[f], &s.acc.funnel_reached, s.acc.persons));
-            match (&s.key, registry.assets.get(i)) {
-                (None, Some(a)) => AssetRow {
+        .map(|s| match &s.key {
+            SlotKey::Registered(i) => {
+                let a = &registry.assets[*i];
+                AssetRow {
                     asset: a.id.clone(),
                     registered: true,
                     keyed_by: "registry".into(),
                     kind: Some(a.kind.clone()),
                     name: a.name.clone(),
-                    campaign: a.campaign.clone().or_else(seen_campaign),
-                    channel,
+                    campaign: a.campaign.clone().or_else(|| most(&s.campaigns)),
+                    channel: most(&s.channels),
                     destination_url: a.destination_url.clone(),
                     scores: s.acc.scores(valued),
-                    funnel,
+                    funnel: funnel_of[*i]
+                        .map(|f| funnel_steps(&funnels[f], &s.acc.funnel_reached, s.acc.persons)),
                     conversions_by_interval: series(&s.acc),
-                },
-                (key, _) => {
-                    let key = key.as_ref().expect("unregistered slots have a key");
-                    AssetRow {
-                        asset: key.value.clone(),
-                        registered: false,
-                        keyed_by: key.source.as_str().into(),
-                        kind: None,
-                        name: None,
-                        campaign: seen_campaign(),
-                        channel,
-                        destination_url: None,
-                        scores: s.acc.scores(valued),
-                        funnel: None,
-                        conversions_by_interval: series(&s.acc),
-                    }
                 }
             }
+            SlotKey::Unregistered(key) => AssetRow {
+                asset: key.value.clone(),
+                registered: false,
+                keyed_by: key.source.as_str().into(),
+                kind: None,
+                name: None,
+                campaign: most(&s.campaigns),
+                channel: most(&s.channels),
+                destination_url: None,
+                scores: s.acc.scores(valued),
+                funnel: None,
+                conversions_by_interval: series(&s.acc),
+            },
         })
         .collect();
     out.sort_by(|a, b| {
@@ -1107,6 +1235,205 @@ pub fn run(
         omitted_sessions: omitted.iter().map(|r| r.scores.sessions).sum(),
         intervals: periods.map(|(iv, ks)| ks.into_iter().map(|k| iv.label(k)).collect()),
     })
+}
+
+/// The pass from events to scorecard parts, as a scan or over the table.
+struct Pass<'q, 's, 'a> {
+    snap: &'q Source<'s, 'a>,
+    rules: &'q Rules,
+    range: (Option<Millis>, Option<Millis>),
+    settings: &'q Settings<'q>,
+    only: Option<&'q HashSet<u32>>,
+    conversion: &'q StepMatcher,
+    /// The conversions meeting the conversion's conditions, when it has any.
+    filtered: &'q HashMap<u32, f64>,
+    index: &'q RegistryIndex,
+}
+
+impl Pass<'_, '_, '_> {
+    fn counts(&self, seq: u32) -> bool {
+        self.conversion.filters.is_empty() || self.filtered.contains_key(&seq)
+    }
+
+    /// The scorecard over the table of every visit, conversion and funnel step, in one part.
+    fn loaded(&self) -> Result<Part<'_>, QueryError> {
+        let (funnels, conversion) = (self.settings.funnels, self.conversion);
+        // Which non-visit events a funnel step can match: by name only (page steps match
+        // page views, which are visits and loaded anyway).
+        let mut step_names: HashSet<&str> = HashSet::new();
+        let mut step_patterns: Vec<&str> = Vec::new();
+        for a in funnels.iter().flatten().flat_map(|s| &s.alternatives) {
+            if let Alternative::Name(n) = a {
+                if n.contains('*') {
+                    step_patterns.push(n);
+                } else {
+                    step_names.insert(n);
+                }
+            }
+        }
+        let rows = load(
+            self.snap,
+            &Load {
+                from: self.range.0,
+                to: self.range.1,
+                dims: TOUCH_DIMS.to_vec(),
+                keep: Some(Box::new(|kind, v| {
+                    is_visit(kind, v[1].is_some())
+                        || conversion.matches_event(kind, v[0], v[1])
+                        || v[0].is_some_and(|n| {
+                            step_names.contains(n)
+                                || step_patterns.iter().any(|p| crate::spec::wildcard(p, n))
+                        })
+                })),
+                keep_reads: Some(vec![0, 1]),
+                persons: self.only,
+            },
+        )?;
+        let (names, paths) = (rows.dim(0), rows.dim(1));
+        let matching = rows.matching(conversion);
+        let (page, screen) = (EventType::Page.code(), EventType::Screen.code());
+        // Lines by the code of what keys them; masks by (funnel, type, name, path).
+        let mut line_of: FxHashMap<(KeySource, u32), usize> = FxHashMap::default();
+        let mask_cache: std::cell::RefCell<HashMap<(usize, u8, u32, u32), u64>> =
+            Default::default();
+        let mut part = Part::new(self.rules);
+        for r in rows.persons() {
+            let base = r.start;
+            part.person(
+                self.settings,
+                &rows.ts[r.clone()],
+                |i| rows.seq[base + i],
+                |i| is_visit(rows.kind[base + i], paths.codes[base + i] != NO_VALUE),
+                |i| rows.kind[base + i] == page || rows.kind[base + i] == screen,
+                |i| matching[base + i] && self.counts(rows.seq[base + i]),
+                |slots, i| {
+                    let row = base + i;
+                    let key = asset_key(rows.dim(5).get(row), rows.dim(4).get(row), paths.get(row));
+                    let code = match key.source {
+                        KeySource::Content => rows.dim(5).codes[row],
+                        KeySource::Campaign => rows.dim(4).codes[row],
+                        KeySource::LandingPage => paths.codes[row],
+                        KeySource::NotSet => NO_VALUE,
+                    };
+                    let line = match line_of.get(&(key.source, code)) {
+                        Some(&l) => l,
+                        None => {
+                            let source = key.source;
+                            let l = slots.of(key, self.index);
+                            line_of.insert((source, code), l);
+                            l
+                        }
+                    };
+                    (line, slots.attributor.attribute(&rows, row))
+                },
+                |f, i| {
+                    let i = base + i;
+                    *mask_cache
+                        .borrow_mut()
+                        .entry((f, rows.kind[i], names.codes[i], paths.codes[i]))
+                        .or_insert_with(|| {
+                            let mut m = 0u64;
+                            for (k, s) in funnels[f].iter().enumerate() {
+                                if s.matches_event(rows.kind[i], names.get(i), paths.get(i)) {
+                                    m |= 1 << k;
+                                }
+                            }
+                            m
+                        })
+                },
+            );
+        }
+        Ok(part)
+    }
+
+    /// The scorecard as one streaming scan, persons in parallel, one part per thread,
+    /// where the tag holds what a row means to it: bit 0 marks a visit, whose landing path
+    /// and touch codes follow ([`CodePack`]), then each funnel's step bits, the conversion
+    /// (bit 62) and a page or screen view (bit 63). `None` when they do not fit.
+    fn scan(&self) -> Result<Option<Vec<Part<'_>>>, QueryError> {
+        const CONVERSION_BIT: u32 = 62;
+        const VIEW_BIT: u32 = 63;
+        let funnels = self.settings.funnels;
+        let scan = Scan::new(self.snap, self.range.0, self.range.1, &TOUCH_DIMS)?;
+        // The landing path, then the touch's codes in `TOUCH_KEY_DIMS` order.
+        let Some(pack) = CodePack::new(&[1, 2, 3, 4, 5, 6, 7], |j| scan.dict(j).len()) else {
+            return Ok(None);
+        };
+        if pack.width() > CONVERSION_BIT {
+            return Ok(None);
+        }
+        let codes_mask = (1u64 << pack.width()) - 1;
+        // Each funnel's steps, one bit each, after the codes.
+        let mut offsets = Vec::with_capacity(funnels.len());
+        let mut steps: Vec<(u64, &StepMatcher)> = Vec::new();
+        let mut next = pack.width();
+        for f in funnels {
+            offsets.push(next);
+            for s in f {
+                if next >= CONVERSION_BIT {
+                    return Ok(None);
+                }
+                steps.push((1 << next, s));
+                next += 1;
+            }
+        }
+        let step_masks = MaskTable::new(&steps, scan.dict(0), Some(scan.dict(1)));
+        let converts = MaskTable::new(&[(1, self.conversion)], scan.dict(0), Some(scan.dict(1)));
+        let (page, screen) = (EventType::Page.code(), EventType::Screen.code());
+        let tag = |kind: u8, codes: &[u32]| -> u64 {
+            let visit = match is_visit(kind, codes[1] != NO_VALUE) {
+                true => pack.pack(codes) | (u64::from(kind == page || kind == screen) << VIEW_BIT),
+                false => 0,
+            };
+            visit | step_masks.of(kind, codes) | (converts.of(kind, codes) << CONVERSION_BIT)
+        };
+        let touch_dicts: [&[String]; 6] = std::array::from_fn(|k| scan.dict(k + 2));
+        let string = |j: usize, c: u32| (c != NO_VALUE).then(|| scan.dict(j)[c as usize].as_str());
+        let parts = scan.run(
+            self.only,
+            tag,
+            || {
+                (
+                    Part::new(self.rules),
+                    FxHashMap::<u64, (usize, usize)>::default(),
+                )
+            },
+            |(part, lines): &mut (Part, FxHashMap<u64, (usize, usize)>), r| {
+                part.person(
+                    self.settings,
+                    r.ts,
+                    |i| r.seq[i],
+                    |i| r.tag[i] & 1 != 0,
+                    |i| r.tag[i] >> VIEW_BIT != 0,
+                    |i| r.tag[i] >> CONVERSION_BIT & 1 != 0 && self.counts(r.seq[i]),
+                    |slots, i| {
+                        let key = r.tag[i] & codes_mask;
+                        if let Some(&l) = lines.get(&key) {
+                            return l;
+                        }
+                        let codes = pack.unpack(key);
+                        // Path, then source, medium, campaign, content, referrer, click id.
+                        let asset = asset_key(
+                            string(5, codes[4]),
+                            string(4, codes[3]),
+                            string(1, codes[0]),
+                        );
+                        let l = (
+                            slots.of(asset, self.index),
+                            slots.attributor.attribute_dicts(&codes[1..], &touch_dicts),
+                        );
+                        lines.insert(key, l);
+                        l
+                    },
+                    |f, i| {
+                        let n = funnels[f].len() as u32;
+                        (r.tag[i] >> offsets[f]) & ((1u64 << n) - 1)
+                    },
+                );
+            },
+        )?;
+        Ok(Some(parts.into_iter().map(|(p, _)| p).collect()))
+    }
 }
 
 /// The registry's funnels, each parsed once however many assets share it, and the funnel
@@ -1138,20 +1465,6 @@ fn asset_funnels(
         funnels.push(steps);
     }
     Ok((funnels, funnel_of))
-}
-
-/// Per row, whether it is a conversion: it matches the step and, when the step has
-/// conditions, is among the events [`read_conversions`] found to meet them.
-pub(crate) fn conversion_rows(
-    rows: &Rows,
-    conversion: &StepMatcher,
-    met: &HashMap<u32, f64>,
-) -> Vec<bool> {
-    rows.matching(conversion)
-        .into_iter()
-        .zip(&rows.seq)
-        .map(|(hit, seq)| hit && (conversion.filters.is_empty() || met.contains_key(seq)))
-        .collect()
 }
 
 /// The conversion events in range that pass the conversion's `where` conditions, by arrival
@@ -1259,6 +1572,98 @@ pub(crate) fn number_at(e: &throughline_model::Event, path: &[String]) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rows::tests::journey_store;
+
+    /// The streaming scorecard gives the answer the table gives, to the bit: with
+    /// registered assets and their funnels (by name, by page, with a wildcard), a value, a
+    /// conversion with conditions, a page conversion, a range and weekly intervals, on
+    /// stores of several segments and the log, with devices stitched into persons, ties in
+    /// time and conversions that are also visits.
+    #[test]
+    fn the_scanned_scorecard_equals_the_loaded_one() {
+        let registry = Registry::from_toml(
+            r#"
+[[asset]]
+id = "hero-ad"
+kind = "ad"
+destination_url = "https://shop.example/lp/a?utm_content=hero"
+funnel = ["page:/lp/a", "Clicked", "Order"]
+
+[[asset]]
+id = "spring-mail"
+kind = "email"
+destination_url = "https://shop.example/?utm_campaign=spring"
+funnel = ["Clicked", "page:/products/*", "Ord*"]
+
+[[asset]]
+id = "products"
+kind = "landing_page"
+destination_url = "/products/x"
+funnel = ["Clicked", "page:/products/*", "Ord*"]
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        for seed in 1..=3u64 {
+            let (p, dir) = journey_store("assets-scan", seed);
+            let snap = p.snapshot();
+            let src = Source::from(&snap);
+            let rules = Rules::ga4_default();
+            for registry in [&registry, &Registry::default()] {
+                for (conversion, value, range, interval) in [
+                    ("Order", Some("revenue"), None, None),
+                    (
+                        "Order",
+                        Some("revenue"),
+                        Some((12_000, 30_000)),
+                        Some("day"),
+                    ),
+                    (
+                        "Order where tier = 'gold'",
+                        Some("revenue"),
+                        None,
+                        Some("week"),
+                    ),
+                    ("page:/products/*", None, Some((5000, 40_000)), None),
+                ] {
+                    let req = AssetsRequest {
+                        conversion: conversion.into(),
+                        window: "9s".into(),
+                        value: value.map(str::to_string),
+                        timeout: Some("4s".into()),
+                        from: range.map(|r: (i64, i64)| throughline_model::format_ms(r.0)),
+                        to: range.map(|r| throughline_model::format_ms(r.1)),
+                        interval: interval
+                            .map(|i| serde_json::from_value(serde_json::json!(i)).unwrap()),
+                        ..Default::default()
+                    };
+                    let scanned = run_with(&src, &rules, registry, &req, true).unwrap();
+                    let loaded = run_with(&src, &rules, registry, &req, false).unwrap();
+                    assert!(
+                        loaded.rows.len() > 3 && loaded.total.scores.conversions > 3,
+                        "{req:?}"
+                    );
+                    if !registry.assets.is_empty() {
+                        let reached: u64 = loaded
+                            .rows
+                            .iter()
+                            .filter_map(|r| r.funnel.as_ref())
+                            .map(|f| f.last().map_or(0, |s| s.persons))
+                            .sum();
+                        assert!(reached > 0, "some persons finish a funnel: {req:?}");
+                    }
+                    assert_eq!(
+                        serde_json::to_string(&scanned).unwrap(),
+                        serde_json::to_string(&loaded).unwrap(),
+                        "seed {seed} {req:?}"
+                    );
+                }
+            }
+            drop(snap);
+            drop(p);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 
     fn key(source: KeySource, value: &str) -> AssetKey {
         AssetKey {

@@ -1240,9 +1240,7 @@ pub fn channelattribution_csv(rows: &[PathTableRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rows::tests::Rng;
-    use throughline_model::Event;
-    use throughline_store::{EventBatch, ProjectOptions, ProjectStore};
+    use crate::rows::tests::journey_store;
 
     /// The streaming journeys give the answer the table of every visit gives, to the bit:
     /// by every kind of label, with `first` and `all` conversions, a range, a value and
@@ -1257,57 +1255,7 @@ mod tests {
         )
         .unwrap();
         for seed in 1..=3u64 {
-            let dir =
-                std::env::temp_dir().join(format!("tl-attr-scan-{seed}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            let p = ProjectStore::open("p", &dir, ProjectOptions::default()).unwrap();
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-            let pick = |rng: &mut Rng, xs: &[&str]| -> Option<String> {
-                let k = rng.below(xs.len() as u64 + 1) as usize;
-                xs.get(k).map(|s| s.to_string())
-            };
-            let mut i = 0u64;
-            for round in 0..4 {
-                let mut batch = Vec::new();
-                for _ in 0..400 {
-                    i += 1;
-                    let kind = ["page", "track", "track"][rng.below(3) as usize];
-                    let name = ["Order", "Clicked", "Clicked", "Clicked"][rng.below(4) as usize];
-                    let device = rng.below(240);
-                    let tier = ["gold", "tin"][rng.below(2) as usize];
-                    let mut e = serde_json::json!({
-                        "message_id": format!("m{i}"), "type": kind,
-                        "event": if kind == "track" { name } else { "Home" },
-                        "anonymous_id": format!("d{device}"),
-                        "timestamp": rng.below(40) as i64 * 1000,
-                        "received_at": 0,
-                        "properties": {"revenue": rng.below(50), "tier": tier},
-                    });
-                    // Three devices to a person, once they sign in.
-                    if rng.below(3) == 0 {
-                        e["user_id"] = serde_json::json!(format!("u{}", device / 3));
-                    }
-                    if kind == "page" || rng.below(2) == 0 {
-                        let path = pick(&mut rng, &["/", "/lp/a", "/products/x"]);
-                        e["page_path"] = serde_json::json!(path.unwrap_or("/".into()));
-                        e["page_url"] = serde_json::json!("https://shop.example/");
-                    }
-                    e["utm"] = serde_json::json!({
-                        "source": pick(&mut rng, &["google", "newsletter", "facebook"]),
-                        "medium": pick(&mut rng, &["cpc", "email", "social"]),
-                        "campaign": pick(&mut rng, &["spring", "autumn"]),
-                        "content": pick(&mut rng, &["hero", "footer"]),
-                    });
-                    if let Some(r) = pick(&mut rng, &["https://www.bing.com/", "https://t.co/x"]) {
-                        e["referrer"] = serde_json::json!(r);
-                    }
-                    batch.push(serde_json::from_value::<Event>(e).unwrap());
-                }
-                p.append(EventBatch::of(&batch)).unwrap();
-                if round < 3 {
-                    p.flush().unwrap();
-                }
-            }
+            let (p, dir) = journey_store("attr-scan", seed);
             let snap = p.snapshot();
             let src = Source::from(&snap);
             let rules = Rules::ga4_default();

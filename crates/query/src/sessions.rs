@@ -316,6 +316,13 @@ impl CodePack {
         })
     }
 
+    /// The first bit above the codes.
+    pub(crate) fn width(&self) -> u32 {
+        self.fields
+            .last()
+            .map_or(1, |&(_, shift, bits)| shift + bits)
+    }
+
     /// The codes in the order of `positions`, [`NO_VALUE`] for no value.
     pub(crate) fn unpack(&self, tag: u64) -> Vec<u32> {
         self.fields
