@@ -31,12 +31,13 @@ use throughline_model::{EventType, Millis};
 use throughline_store::NO_VALUE;
 use throughline_text::tfidf::Corpus;
 
+use crate::assets::RegistryIndex;
 use crate::assets::{asset_key, Registry};
 use crate::intern::Names;
-use crate::rows::{load, Load};
-use crate::sessions::{is_visit, Attributor};
-use crate::source::{EventFilter, Source};
-use crate::spec::{parse_duration, parse_time_bound, StepMatcher};
+use crate::rows::{load, Load, Scan};
+use crate::sessions::{is_visit, Attributor, CodePack, TOUCH_DIMS};
+use crate::source::Source;
+use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
 
 /// GA4: a session is engaged when it lasts longer than 10 seconds or has 2+ page views
@@ -211,22 +212,47 @@ pub struct AuditResponse {
     pub methods: BTreeMap<&'static str, &'static str>,
 }
 
-/// Sessions and persons of one value.
+/// Sessions and distinct persons of one value. A part sees each person whole, one after
+/// another, so distinct persons are counted by the last one seen; only a value whose
+/// persons are united with another's (a spelling of a value spelled several ways) keeps
+/// the set.
 #[derive(Default)]
 struct Count {
     sessions: u64,
-    persons: FxHashSet<u32>,
+    persons: u64,
+    last: Option<u32>,
+    set: Option<FxHashSet<u32>>,
 }
 
 impl Count {
-    fn add(&mut self, person: u32) {
-        self.sessions += 1;
-        self.persons.insert(person);
+    fn with_set() -> Count {
+        Count {
+            set: Some(FxHashSet::default()),
+            ..Count::default()
+        }
     }
 
+    fn add(&mut self, person: u32) {
+        self.sessions += 1;
+        if self.last != Some(person) {
+            self.last = Some(person);
+            self.persons += 1;
+            if let Some(set) = &mut self.set {
+                set.insert(person);
+            }
+        }
+    }
+
+    /// `other` counts other persons: a later part's, or the same part's under a value
+    /// that names another string.
     fn merge(&mut self, other: Count) {
         self.sessions += other.sessions;
-        self.persons.extend(other.persons);
+        self.persons += other.persons;
+        match (&mut self.set, other.set) {
+            (Some(a), Some(b)) => a.extend(b),
+            (None, Some(b)) => self.set = Some(b),
+            _ => {}
+        }
     }
 }
 
@@ -239,12 +265,20 @@ struct PairAcc {
     samples: Vec<u32>,
 }
 
+impl PairAcc {
+    /// Persons are in order across parts, so the first samples stay the first.
+    fn merge(&mut self, other: PairAcc) {
+        self.count.merge(other.count);
+        self.engaged += other.engaged;
+        self.converted += other.converted;
+        let room = LANDING_SAMPLES_PER_PATH.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.into_iter().take(room));
+    }
+}
+
 /// What `message_match` needs from the scan.
 struct Landings<'a> {
     pairs: &'a HashMap<(usize, String), PairAcc>,
-    /// Names of the sampled landing views (`None` for unnamed ones): only events with
-    /// these names are decoded.
-    names: &'a HashSet<Option<String>>,
     with_conversion: bool,
 }
 
@@ -252,6 +286,13 @@ struct Landings<'a> {
 struct ErrorAcc {
     count: Count,
     errors: u64,
+}
+
+impl ErrorAcc {
+    fn merge(&mut self, other: ErrorAcc) {
+        self.count.merge(other.count);
+        self.errors += other.errors;
+    }
 }
 
 /// Lowercase letters and digits only, abbreviations expanded: `Face-Book` and `facebook`
@@ -275,6 +316,17 @@ pub fn run(
     rules: &Rules,
     registry: &Registry,
     req: &AuditRequest,
+) -> Result<AuditResponse, QueryError> {
+    run_with(snap, rules, registry, req, true)
+}
+
+/// [`run`], with `scan: false` over the table of every visit (what the scan must equal).
+fn run_with(
+    snap: &Source,
+    rules: &Rules,
+    registry: &Registry,
+    req: &AuditRequest,
+    scan: bool,
 ) -> Result<AuditResponse, QueryError> {
     let from = req.from.as_deref().map(parse_time_bound).transpose()?;
     let to = req.to.as_deref().map(parse_time_bound).transpose()?;
@@ -307,208 +359,43 @@ pub fn run(
     }
 
     let only = crate::filter::persons(req.filter.as_ref(), snap, rules, from, to)?;
-    let rows = load(
-        snap,
-        &Load {
-            from,
-            to,
-            persons: only.as_ref(),
-            dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
-            keep: Some(Box::new(|kind, v| {
-                is_visit(kind, v[1].is_some())
-                    || errors.matches_event(kind, v[0], v[1])
-                    || conversion
-                        .as_ref()
-                        .is_some_and(|c| c.matches_event(kind, v[0], v[1]))
-            })),
-            // Decided once per (type, name, path), not per row.
-            keep_reads: Some(vec![0, 1]),
-        },
-    )?;
     let index = registry.index();
-    let mut attributor = Attributor::new(rules);
     let unassigned_name = rules.unassigned().to_string();
-    let page = EventType::Page.code();
-    let screen = EventType::Screen.code();
-
-    let mut all = Count::default();
-    // Sessions are many and their distinct keys few: the loop counts by dictionary code,
-    // touch or interned name, and the strings are put together once, after it.
-    let per_code = |d: usize| -> Vec<Count> {
-        (0..rows.dim(d).dict.len())
-            .map(|_| Count::default())
-            .collect()
+    let settings = Settings {
+        timeout,
+        window,
+        registry,
+        index: &index,
+        unassigned: &unassigned_name,
     };
-    let (mut sources, mut mediums, mut campaigns) = (per_code(2), per_code(3), per_code(4));
-    let mut campaign_resolved: FxHashSet<u32> = FxHashSet::default();
-    let mut unassigned: FxHashMap<usize, Count> = FxHashMap::default();
-    let mut asset_sessions = vec![0u64; registry.assets.len()];
-    let mut pairs: FxHashMap<(usize, u32), PairAcc> = FxHashMap::default();
-    let mut error_landings: FxHashMap<(u32, u32), ErrorAcc> = FxHashMap::default();
-    // By the codes of (content, campaign, path): the asset resolved, and the name an error
-    // landing reports (the registered id, else the key's value).
-    let mut assets_by_codes: FxHashMap<[u32; 3], (Option<usize>, u32)> = FxHashMap::default();
-    let mut asset_names = Names::default();
-    let mut landing_of_code: FxHashMap<u32, u32> = FxHashMap::default();
-    let mut landings_named = Names::default();
-    let mut match_cache: FxHashMap<(u8, u32, u32), (bool, bool)> = FxHashMap::default();
-    let mut sample_names: HashSet<Option<String>> = HashSet::new();
-
-    for r in rows.persons() {
-        let person = rows.person[r.start];
-        // The person's conversions, for "converted within the window".
-        let mut conversions: Vec<Millis> = Vec::new();
-        let mut is_error = Vec::with_capacity(r.len());
-        for i in r.clone() {
-            let (err, conv) = *match_cache
-                .entry((rows.kind[i], rows.dim(0).codes[i], rows.dim(1).codes[i]))
-                .or_insert_with(|| {
-                    let (k, n, p) = (rows.kind[i], rows.dim(0).get(i), rows.dim(1).get(i));
-                    (
-                        errors.matches_event(k, n, p),
-                        conversion
-                            .as_ref()
-                            .is_some_and(|c| c.matches_event(k, n, p)),
-                    )
-                });
-            is_error.push(err);
-            if conv {
-                conversions.push(rows.ts[i]);
-            }
-        }
-        // Sessions over the visit rows.
-        let visits: Vec<usize> = r
-            .clone()
-            .filter(|&i| is_visit(rows.kind[i], rows.dim(1).codes[i] != NO_VALUE))
-            .collect();
-        let mut s = 0;
-        while s < visits.len() {
-            let mut e = s + 1;
-            while e < visits.len() && rows.ts[visits[e]] - rows.ts[visits[e - 1]] <= timeout {
-                e += 1;
-            }
-            let a = visits[s];
-            let last = visits[e - 1];
-            let views = visits[s..e]
-                .iter()
-                .filter(|&&i| rows.kind[i] == page || rows.kind[i] == screen)
-                .count();
-            let engaged = rows.ts[last] - rows.ts[a] > ENGAGED_SECONDS || views >= 2;
-            let start_ts = rows.ts[a];
-            let converted = conversions
-                .iter()
-                .any(|&t| t >= start_ts && t < start_ts + window);
-            all.add(person);
-
-            let get = |d: usize| rows.dim(d).get(a).filter(|v| !v.is_empty());
-            for (d, counts) in [(2, &mut sources), (3, &mut mediums), (4, &mut campaigns)] {
-                if get(d).is_some() {
-                    counts[rows.dim(d).codes[a] as usize].add(person);
-                }
-            }
-            let t = attributor.attribute(&rows, a);
-            if attributor.touch(t).channel == unassigned_name {
-                unassigned.entry(t).or_default().add(person);
-            }
-            let codes = [5, 4, 1].map(|d| rows.dim(d).codes[a]);
-            let (resolved, asset_name) = *assets_by_codes.entry(codes).or_insert_with(|| {
-                let key = asset_key(get(5), get(4), get(1));
-                let resolved = index.resolve(&key);
-                let name = match resolved {
-                    Some(i) => asset_names.id(&registry.assets[i].id),
-                    None => asset_names.id(&key.value),
-                };
-                (resolved, name)
-            });
-            if let Some(i) = resolved {
-                asset_sessions[i] += 1;
-                if get(4).is_some() {
-                    campaign_resolved.insert(rows.dim(4).codes[a]);
-                }
-            }
-            let landing = *landing_of_code
-                .entry(rows.dim(1).codes[a])
-                .or_insert_with(|| landings_named.id(rows.dim(1).get(a).unwrap_or("(not set)")));
-            if let Some(i) = resolved {
-                let acc = pairs.entry((i, landing)).or_default();
-                acc.count.add(person);
-                acc.engaged += u64::from(engaged);
-                acc.converted += u64::from(converted);
-                if acc.samples.len() < LANDING_SAMPLES_PER_PATH
-                    && (rows.kind[a] == page || rows.kind[a] == screen)
-                {
-                    acc.samples.push(rows.seq[a]);
-                    sample_names.insert(rows.dim(0).get(a).map(str::to_string));
-                }
-            }
-            // A tracked link: the landing carries UTM tags or a click id.
-            let tracked = [2, 3, 4, 5, 8].iter().any(|&d| get(d).is_some());
-            if tracked {
-                let is_view = |i: usize| rows.kind[i] == page || rows.kind[i] == screen;
-                // A click the server recorded (`GET /r/{token}`: an `Email Link Clicked`
-                // whose page is the destination) starts the session before the browser's
-                // page view of the destination: the landing is the session's first page
-                // view, and errors count from the click to the page view after it.
-                let landing_view = if is_view(a) {
-                    a
-                } else {
-                    visits[s..e]
-                        .iter()
-                        .copied()
-                        .find(|&i| is_view(i))
-                        .unwrap_or(a)
-                };
-                let next_view = (landing_view + 1..r.end)
-                    .find(|&i| is_view(i))
-                    .unwrap_or(r.end);
-                let errored = (a..next_view).any(|i| is_error[i - r.start]);
-                let acc = error_landings.entry((asset_name, landing)).or_default();
-                acc.count.add(person);
-                acc.errors += u64::from(errored);
-            }
-            s = e;
-        }
-    }
-
-    // The strings behind the codes, names and touches counted above.
-    let by_value = |d: usize, counts: Vec<Count>| -> HashMap<String, Count> {
-        let dict = &rows.dim(d).dict;
-        let mut out: HashMap<String, Count> = HashMap::new();
-        for (code, c) in counts.into_iter().enumerate() {
-            if c.sessions > 0 {
-                out.entry(dict[code].clone()).or_default().merge(c);
-            }
-        }
-        out
+    let pass = Pass {
+        snap,
+        rules,
+        range: (from, to),
+        only: only.as_ref(),
+        settings: &settings,
+        errors: &errors,
+        conversion: conversion.as_ref(),
     };
-    let (sources, mediums, campaigns) = (
-        by_value(2, sources),
-        by_value(3, mediums),
-        by_value(4, campaigns),
-    );
-    let campaign_resolved: HashSet<&str> = campaign_resolved
-        .iter()
-        .map(|&c| rows.dim(4).dict[c as usize].as_str())
-        .collect();
-    let mut unassigned_by_pair: HashMap<String, Count> = HashMap::new();
-    for (t, c) in unassigned {
-        let touch = attributor.touch(t);
-        unassigned_by_pair
-            .entry(format!("{} / {}", touch.source, touch.medium))
-            .or_default()
-            .merge(c);
-    }
-    let unassigned = unassigned_by_pair;
-    let landing_name = |l: u32| landings_named.name(l).to_string();
-    let pairs: HashMap<(usize, String), PairAcc> = pairs
-        .into_iter()
-        .map(|((i, l), acc)| ((i, landing_name(l)), acc))
-        .collect();
-    let error_landings: HashMap<(String, String), ErrorAcc> = error_landings
-        .into_iter()
-        .map(|((n, l), acc)| ((asset_names.name(n).to_string(), landing_name(l)), acc))
-        .collect();
-
+    let scanned = match scan {
+        true => pass.scan()?,
+        false => None,
+    };
+    let Tally {
+        all,
+        sources,
+        mediums,
+        campaigns,
+        campaign_resolved,
+        unassigned,
+        asset_sessions,
+        pairs,
+        error_landings,
+    } = match scanned {
+        Some(tally) => tally,
+        None => pass.loaded()?,
+    };
+    let campaign_resolved: HashSet<&str> = campaign_resolved.iter().map(String::as_str).collect();
     let mut findings: Vec<Finding> = Vec::new();
     let spell = |counts: &HashMap<String, Count>, aliases: bool| -> Vec<Spelling> {
         let mut groups: BTreeMap<String, Vec<(&String, &Count)>> = BTreeMap::new();
@@ -526,7 +413,7 @@ pub fn run(
                 let others: Vec<&(&String, &Count)> = g[1..].iter().collect();
                 let persons: HashSet<u32> = others
                     .iter()
-                    .flat_map(|(_, c)| c.persons.iter().copied())
+                    .flat_map(|(_, c)| c.set.iter().flatten().copied())
                     .collect();
                 Spelling {
                     canonical: g[0].0.clone(),
@@ -535,7 +422,7 @@ pub fn run(
                         .map(|(v, c)| Variant {
                             value: (*v).clone(),
                             sessions: c.sessions,
-                            persons: c.persons.len() as u64,
+                            persons: c.persons,
                         })
                         .collect(),
                     affected_sessions: others.iter().map(|(_, c)| c.sessions).sum(),
@@ -584,7 +471,7 @@ pub fn run(
             .map(|(k, c)| Traffic {
                 key: k.clone(),
                 sessions: c.sessions,
-                persons: c.persons.len() as u64,
+                persons: c.persons,
             })
             .collect();
         v.sort_by(|a, b| b.sessions.cmp(&a.sessions).then(a.key.cmp(&b.key)));
@@ -648,7 +535,6 @@ pub fn run(
 
     let landings = Landings {
         pairs: &pairs,
-        names: &sample_names,
         with_conversion: conversion.is_some(),
     };
     let message_match = message_match(snap, registry, &landings, similarity_min)?;
@@ -674,7 +560,7 @@ pub fn run(
             landing_page: landing,
             sessions: a.count.sessions,
             error_sessions: a.errors,
-            persons: a.count.persons.len() as u64,
+            persons: a.count.persons,
             error_rate: a.errors as f64 / a.count.sessions as f64,
         })
         .collect();
@@ -707,7 +593,7 @@ pub fn run(
     });
     Ok(AuditResponse {
         sessions: all.sessions,
-        persons: all.persons.len() as u64,
+        persons: all.persons,
         registered_assets: registry.assets.len() as u64,
         findings,
         findings_by_kind: by_kind,
@@ -729,6 +615,468 @@ pub fn run(
             ("error_landing", "sessions whose landing carries UTM tags or a click id (or that start with a tracked-link click recorded by /r/{token}, landing on the session's first page view) and whose landing page is followed by an error event before the next page view"),
         ]),
     })
+}
+
+/// What a row is to the audit, as [`Part::person`] reads it.
+const VISIT: u8 = 1;
+const VIEW: u8 = 2;
+const ERROR: u8 = 4;
+const CONVERSION: u8 = 8;
+/// Where a scan's tag keeps the row's flags: above its codes.
+const FLAGS_SHIFT: u32 = 60;
+
+fn flags_of(visit: bool, view: bool, error: bool, conversion: bool) -> u8 {
+    [
+        (visit, VISIT),
+        (view, VIEW),
+        (error, ERROR),
+        (conversion, CONVERSION),
+    ]
+    .into_iter()
+    .filter(|&(on, _)| on)
+    .fold(0, |f, (_, flag)| f | flag)
+}
+
+/// What the audit reads besides a person's rows.
+struct Settings<'q> {
+    timeout: Millis,
+    window: Millis,
+    registry: &'q Registry,
+    index: &'q RegistryIndex,
+    /// The channel of sessions no rule matches.
+    unassigned: &'q str,
+}
+
+/// The dimensions of a session's start the audit reads: its landing path, then the
+/// touch's in [`crate::sessions::TOUCH_KEY_DIMS`] order (source, medium, campaign,
+/// content, referrer host, click id).
+const START_DIMS: [usize; 7] = [1, 2, 3, 4, 5, 7, 8];
+/// Positions in [`START_DIMS`].
+const PATH: usize = 0;
+const SOURCE: usize = 1;
+const MEDIUM: usize = 2;
+const CAMPAIGN: usize = 3;
+const CONTENT: usize = 4;
+const CLICK_ID: usize = 6;
+
+/// The dictionaries a part's codes index, in [`START_DIMS`] order.
+type Dicts<'d> = [&'d [String]; 7];
+
+/// One part of the persons' audit (a scan thread's range, or every person of the table).
+/// Sessions are many and their distinct keys few: a part counts by dictionary code, touch
+/// or interned name, and [`Tally::of`] puts the strings together once.
+struct Part<'r> {
+    attributor: Attributor<'r>,
+    all: Count,
+    /// By the code of the source, the medium and the campaign.
+    spellings: [Vec<Count>; 3],
+    campaign_resolved: FxHashSet<u32>,
+    /// By `source / medium` (of `pair_names`).
+    unassigned: FxHashMap<u32, Count>,
+    /// The `source / medium` of each unassigned touch (an index of the attributor).
+    pair_of_touch: FxHashMap<usize, u32>,
+    pair_names: Names,
+    asset_sessions: Vec<u64>,
+    /// By (registry entry, landing path of `landings`).
+    pairs: FxHashMap<(usize, u32), PairAcc>,
+    /// By (asset name, landing path of `landings`).
+    error_landings: FxHashMap<(u32, u32), ErrorAcc>,
+    /// The landing path of each path code, `(not set)` for none.
+    landing_of_code: FxHashMap<u32, u32>,
+    landings: Names,
+    /// By the codes of (content, campaign, path): the asset resolved, and the name an
+    /// error landing reports (the registered id, else the key's value).
+    assets_by_codes: FxHashMap<[u32; 3], (Option<usize>, u32)>,
+    asset_names: Names,
+    // Per person, reused: each row's flags, the conversions' times, the visit rows.
+    flags: Vec<u8>,
+    conversions: Vec<Millis>,
+    visits: Vec<usize>,
+}
+
+impl<'r> Part<'r> {
+    fn new(rules: &'r Rules, assets: usize, dicts: &Dicts) -> Part<'r> {
+        // A value keeps its persons' set when the dictionary spells it another way too.
+        let counts = |j: usize, aliases: bool| -> Vec<Count> {
+            let spelled: Vec<String> = dicts[j]
+                .iter()
+                .map(|v| normalize_spelling(v, aliases))
+                .collect();
+            let mut ways: HashMap<&str, usize> = HashMap::new();
+            for n in &spelled {
+                *ways.entry(n).or_default() += 1;
+            }
+            spelled
+                .iter()
+                .map(|n| match ways[n.as_str()] > 1 {
+                    true => Count::with_set(),
+                    false => Count::default(),
+                })
+                .collect()
+        };
+        Part {
+            attributor: Attributor::new(rules),
+            all: Count::default(),
+            spellings: [
+                counts(SOURCE, true),
+                counts(MEDIUM, false),
+                counts(CAMPAIGN, false),
+            ],
+            campaign_resolved: FxHashSet::default(),
+            unassigned: FxHashMap::default(),
+            pair_of_touch: FxHashMap::default(),
+            pair_names: Names::default(),
+            asset_sessions: vec![0; assets],
+            pairs: FxHashMap::default(),
+            error_landings: FxHashMap::default(),
+            landing_of_code: FxHashMap::default(),
+            landings: Names::default(),
+            assets_by_codes: FxHashMap::default(),
+            asset_names: Names::default(),
+            flags: Vec::new(),
+            conversions: Vec::new(),
+            visits: Vec::new(),
+        }
+    }
+
+    /// One person's sessions from their rows in (time, arrival) order: `flags(i)` says
+    /// what row `i` is ([`VISIT`], [`VIEW`], [`ERROR`], [`CONVERSION`]), `codes(i)` its
+    /// codes in [`START_DIMS`] order (read at session starts only).
+    #[allow(clippy::too_many_arguments)]
+    fn person(
+        &mut self,
+        s: &Settings,
+        dicts: &Dicts,
+        person: u32,
+        ts: &[Millis],
+        seq: impl Fn(usize) -> u32,
+        flags: impl Fn(usize) -> u8,
+        codes: impl Fn(usize) -> [u32; 7],
+    ) {
+        let Part {
+            attributor,
+            all,
+            spellings,
+            campaign_resolved,
+            unassigned,
+            pair_of_touch,
+            pair_names,
+            asset_sessions,
+            pairs,
+            error_landings,
+            landing_of_code,
+            landings,
+            assets_by_codes,
+            asset_names,
+            flags: row_flags,
+            conversions,
+            visits,
+        } = self;
+        let n = ts.len();
+        row_flags.clear();
+        row_flags.extend((0..n).map(flags));
+        let row_flags = &*row_flags;
+        conversions.clear();
+        conversions.extend(
+            (0..n)
+                .filter(|&i| row_flags[i] & CONVERSION != 0)
+                .map(|i| ts[i]),
+        );
+        visits.clear();
+        visits.extend((0..n).filter(|&i| row_flags[i] & VISIT != 0));
+        let is_view = |i: usize| row_flags[i] & VIEW != 0;
+        let touch_dicts: [&[String]; 6] = std::array::from_fn(|k| dicts[k + 1]);
+        let mut a0 = 0;
+        while a0 < visits.len() {
+            let mut e = a0 + 1;
+            while e < visits.len() && ts[visits[e]] - ts[visits[e - 1]] <= s.timeout {
+                e += 1;
+            }
+            let a = visits[a0];
+            let last = visits[e - 1];
+            let views = visits[a0..e].iter().filter(|&&i| is_view(i)).count();
+            let engaged = ts[last] - ts[a] > ENGAGED_SECONDS || views >= 2;
+            let start = ts[a];
+            let converted = conversions
+                .iter()
+                .any(|&t| t >= start && t < start + s.window);
+            all.add(person);
+
+            let c = codes(a);
+            let get = |j: usize| {
+                (c[j] != NO_VALUE)
+                    .then(|| dicts[j][c[j] as usize].as_str())
+                    .filter(|v| !v.is_empty())
+            };
+            for (counts, j) in spellings.iter_mut().zip([SOURCE, MEDIUM, CAMPAIGN]) {
+                if get(j).is_some() {
+                    counts[c[j] as usize].add(person);
+                }
+            }
+            let t = attributor.attribute_dicts(&c[SOURCE..], &touch_dicts);
+            if attributor.touch(t).channel == s.unassigned {
+                let pair = *pair_of_touch.entry(t).or_insert_with(|| {
+                    let touch = attributor.touch(t);
+                    pair_names.id(&format!("{} / {}", touch.source, touch.medium))
+                });
+                unassigned.entry(pair).or_default().add(person);
+            }
+            let (resolved, asset_name) = *assets_by_codes
+                .entry([c[CONTENT], c[CAMPAIGN], c[PATH]])
+                .or_insert_with(|| {
+                    let key = asset_key(get(CONTENT), get(CAMPAIGN), get(PATH));
+                    let resolved = s.index.resolve(&key);
+                    let name = match resolved {
+                        Some(i) => asset_names.id(&s.registry.assets[i].id),
+                        None => asset_names.id(&key.value),
+                    };
+                    (resolved, name)
+                });
+            let landing = *landing_of_code.entry(c[PATH]).or_insert_with(|| {
+                landings.id(match c[PATH] {
+                    NO_VALUE => "(not set)",
+                    p => &dicts[PATH][p as usize],
+                })
+            });
+            if let Some(i) = resolved {
+                asset_sessions[i] += 1;
+                if get(CAMPAIGN).is_some() {
+                    campaign_resolved.insert(c[CAMPAIGN]);
+                }
+                let acc = pairs.entry((i, landing)).or_default();
+                acc.count.add(person);
+                acc.engaged += u64::from(engaged);
+                acc.converted += u64::from(converted);
+                if acc.samples.len() < LANDING_SAMPLES_PER_PATH && is_view(a) {
+                    acc.samples.push(seq(a));
+                }
+            }
+            // A tracked link: the landing carries UTM tags or a click id.
+            if [SOURCE, MEDIUM, CAMPAIGN, CONTENT, CLICK_ID]
+                .iter()
+                .any(|&j| get(j).is_some())
+            {
+                // A click the server recorded (`GET /r/{token}`: an `Email Link Clicked`
+                // whose page is the destination) starts the session before the browser's
+                // page view of the destination: the landing is the session's first page
+                // view, and errors count from the click to the page view after it.
+                let landing_view = match is_view(a) {
+                    true => a,
+                    false => visits[a0..e]
+                        .iter()
+                        .copied()
+                        .find(|&i| is_view(i))
+                        .unwrap_or(a),
+                };
+                let next_view = (landing_view + 1..n).find(|&i| is_view(i)).unwrap_or(n);
+                let errored = (a..next_view).any(|i| row_flags[i] & ERROR != 0);
+                let acc = error_landings.entry((asset_name, landing)).or_default();
+                acc.count.add(person);
+                acc.errors += u64::from(errored);
+            }
+            a0 = e;
+        }
+    }
+}
+
+/// The parts' counts merged and named by their strings.
+struct Tally {
+    all: Count,
+    sources: HashMap<String, Count>,
+    mediums: HashMap<String, Count>,
+    campaigns: HashMap<String, Count>,
+    campaign_resolved: HashSet<String>,
+    /// Unassigned sessions by `source / medium`.
+    unassigned: HashMap<String, Count>,
+    asset_sessions: Vec<u64>,
+    pairs: HashMap<(usize, String), PairAcc>,
+    /// By (asset name, landing path).
+    error_landings: HashMap<(String, String), ErrorAcc>,
+}
+
+impl Tally {
+    /// Parts in person order, their codes indexing `dicts`.
+    fn of(parts: Vec<Part>, dicts: &Dicts, assets: usize) -> Tally {
+        let mut t = Tally {
+            all: Count::default(),
+            sources: HashMap::new(),
+            mediums: HashMap::new(),
+            campaigns: HashMap::new(),
+            campaign_resolved: HashSet::new(),
+            unassigned: HashMap::new(),
+            asset_sessions: vec![0; assets],
+            pairs: HashMap::new(),
+            error_landings: HashMap::new(),
+        };
+        for part in parts {
+            t.all.merge(part.all);
+            let [sources, mediums, campaigns] = part.spellings;
+            for (out, counts, j) in [
+                (&mut t.sources, sources, SOURCE),
+                (&mut t.mediums, mediums, MEDIUM),
+                (&mut t.campaigns, campaigns, CAMPAIGN),
+            ] {
+                for (code, c) in counts.into_iter().enumerate() {
+                    if c.sessions > 0 {
+                        out.entry(dicts[j][code].clone()).or_default().merge(c);
+                    }
+                }
+            }
+            t.campaign_resolved.extend(
+                part.campaign_resolved
+                    .iter()
+                    .map(|&c| dicts[CAMPAIGN][c as usize].clone()),
+            );
+            for (pair, c) in part.unassigned {
+                let pair = part.pair_names.name(pair).to_string();
+                t.unassigned.entry(pair).or_default().merge(c);
+            }
+            for (sum, n) in t.asset_sessions.iter_mut().zip(&part.asset_sessions) {
+                *sum += n;
+            }
+            for ((i, l), acc) in part.pairs {
+                let landing = part.landings.name(l).to_string();
+                t.pairs.entry((i, landing)).or_default().merge(acc);
+            }
+            for ((name, l), acc) in part.error_landings {
+                let name = part.asset_names.name(name).to_string();
+                t.error_landings
+                    .entry((name, part.landings.name(l).to_string()))
+                    .or_default()
+                    .merge(acc);
+            }
+        }
+        t
+    }
+}
+
+/// The pass from events to the audit's counts, as a scan or over the table.
+struct Pass<'q, 's, 'a> {
+    snap: &'q Source<'s, 'a>,
+    rules: &'q Rules,
+    range: (Option<Millis>, Option<Millis>),
+    only: Option<&'q HashSet<u32>>,
+    settings: &'q Settings<'q>,
+    errors: &'q StepMatcher,
+    conversion: Option<&'q StepMatcher>,
+}
+
+impl Pass<'_, '_, '_> {
+    /// The counts over the table of every visit, error and conversion, in one part.
+    fn loaded(&self) -> Result<Tally, QueryError> {
+        let (errors, conversion) = (self.errors, self.conversion);
+        let rows = load(
+            self.snap,
+            &Load {
+                from: self.range.0,
+                to: self.range.1,
+                persons: self.only,
+                dims: TOUCH_DIMS.to_vec(),
+                keep: Some(Box::new(|kind, v| {
+                    is_visit(kind, v[1].is_some())
+                        || errors.matches_event(kind, v[0], v[1])
+                        || conversion.is_some_and(|c| c.matches_event(kind, v[0], v[1]))
+                })),
+                // Decided once per (type, name, path), not per row.
+                keep_reads: Some(vec![0, 1]),
+            },
+        )?;
+        let (names, paths) = (rows.dim(0), rows.dim(1));
+        let (page, screen) = (EventType::Page.code(), EventType::Screen.code());
+        let mut cache: FxHashMap<(u8, u32, u32), u8> = FxHashMap::default();
+        let flags: Vec<u8> = (0..rows.len())
+            .map(|i| {
+                let kind = rows.kind[i];
+                *cache
+                    .entry((kind, names.codes[i], paths.codes[i]))
+                    .or_insert_with(|| {
+                        let (n, p) = (names.get(i), paths.get(i));
+                        flags_of(
+                            is_visit(kind, p.is_some()),
+                            kind == page || kind == screen,
+                            errors.matches_event(kind, n, p),
+                            conversion.is_some_and(|c| c.matches_event(kind, n, p)),
+                        )
+                    })
+            })
+            .collect();
+        let dicts: Dicts = START_DIMS.map(|d| rows.dim(d).dict.as_slice());
+        let assets = self.settings.registry.assets.len();
+        let mut part = Part::new(self.rules, assets, &dicts);
+        for r in rows.persons() {
+            let base = r.start;
+            part.person(
+                self.settings,
+                &dicts,
+                rows.person[base],
+                &rows.ts[r],
+                |i| rows.seq[base + i],
+                |i| flags[base + i],
+                |i| START_DIMS.map(|d| rows.dim(d).codes[base + i]),
+            );
+        }
+        Ok(Tally::of(vec![part], &dicts, assets))
+    }
+
+    /// The counts as one streaming scan, persons in parallel, one part per thread, where
+    /// the tag holds what a row is (its flags, from bit [`FLAGS_SHIFT`]) and, for a visit,
+    /// its codes ([`CodePack`]). `None` when they do not fit.
+    fn scan(&self) -> Result<Option<Tally>, QueryError> {
+        let scan = Scan::new(self.snap, self.range.0, self.range.1, &TOUCH_DIMS)?;
+        // The scan reads the name too (errors and conversions match it): its codes are in
+        // `TOUCH_DIMS` order, whose positions 1.. are `START_DIMS`.
+        let Some(pack) = CodePack::new(&[1, 2, 3, 4, 5, 6, 7], |j| scan.dict(j).len()) else {
+            return Ok(None);
+        };
+        if pack.width() > FLAGS_SHIFT {
+            return Ok(None);
+        }
+        let codes_mask = (1u64 << pack.width()) - 1;
+        let (names, paths) = (scan.dict(0), Some(scan.dict(1)));
+        let errors = MaskTable::new(&[(1, self.errors)], names, paths);
+        let converts = self
+            .conversion
+            .map(|c| MaskTable::new(&[(1, c)], names, paths));
+        let (page, screen) = (EventType::Page.code(), EventType::Screen.code());
+        let tag = |kind: u8, codes: &[u32]| -> u64 {
+            let visit = is_visit(kind, codes[1] != NO_VALUE);
+            let error = errors.of(kind, codes) != 0;
+            let conversion = converts.as_ref().is_some_and(|m| m.of(kind, codes) != 0);
+            if !(visit || error || conversion) {
+                return 0;
+            }
+            let flags = u64::from(flags_of(
+                visit,
+                kind == page || kind == screen,
+                error,
+                conversion,
+            ));
+            let codes = match visit {
+                true => pack.pack(codes),
+                false => 0,
+            };
+            flags << FLAGS_SHIFT | codes
+        };
+        let dicts: Dicts = std::array::from_fn(|j| scan.dict(j + 1));
+        let assets = self.settings.registry.assets.len();
+        let parts = scan.run(
+            self.only,
+            tag,
+            || Part::new(self.rules, assets, &dicts),
+            |part, r| {
+                part.person(
+                    self.settings,
+                    &dicts,
+                    r.person,
+                    r.ts,
+                    |i| r.seq[i],
+                    |i| (r.tag[i] >> FLAGS_SHIFT) as u8,
+                    |i| std::array::from_fn(|k| pack.code(r.tag[i] & codes_mask, k)),
+                );
+            },
+        )?;
+        Ok(Some(Tally::of(parts, &dicts, assets)))
+    }
 }
 
 fn message_match(
@@ -773,42 +1121,38 @@ fn message_match(
     // The text of each landing path, from sampled page views.
     let mut landing_texts: HashMap<String, Vec<String>> = HashMap::new();
     if !wanted.is_empty() {
-        let landing = |name: Option<&str>| landings.names.contains(&name.map(str::to_string));
-        snap.for_each_event(
-            &EventFilter {
-                name: Some(&landing),
-                ..Default::default()
-            },
-            |seq, _, e| {
-                let Some(path) = wanted.get(&seq) else {
-                    return Ok(());
-                };
-                let texts = landing_texts.entry(path.clone()).or_default();
-                let mut add = |t: &str| {
-                    let t = t.trim();
-                    if !t.is_empty() && texts.len() < 8 && !texts.iter().any(|x| x == t) {
-                        texts.push(t.to_string());
-                    }
-                };
-                for k in PAGE_TEXT_PROPERTIES {
-                    if let Some(v) = e.properties.get(k).and_then(|v| v.as_str()) {
-                        add(v);
-                    }
+        // Only the sampled views are decoded, in arrival order.
+        let mut seqs: Vec<u32> = wanted.keys().copied().collect();
+        seqs.sort_unstable();
+        snap.for_each_event_at(&seqs, |seq, e| {
+            let Some(path) = wanted.get(&seq) else {
+                return Ok(());
+            };
+            let texts = landing_texts.entry(path.clone()).or_default();
+            let mut add = |t: &str| {
+                let t = t.trim();
+                if !t.is_empty() && texts.len() < 8 && !texts.iter().any(|x| x == t) {
+                    texts.push(t.to_string());
                 }
-                if let Some(t) = e
-                    .context
-                    .get("page")
-                    .and_then(|p| p.get("title"))
-                    .and_then(|v| v.as_str())
-                {
-                    add(t);
+            };
+            for k in PAGE_TEXT_PROPERTIES {
+                if let Some(v) = e.properties.get(k).and_then(|v| v.as_str()) {
+                    add(v);
                 }
-                if let Some(n) = &e.event {
-                    add(n);
-                }
-                Ok(())
-            },
-        )?;
+            }
+            if let Some(t) = e
+                .context
+                .get("page")
+                .and_then(|p| p.get("title"))
+                .and_then(|v| v.as_str())
+            {
+                add(t);
+            }
+            if let Some(n) = &e.event {
+                add(n);
+            }
+            Ok(())
+        })?;
     }
     let page_text = |path: &str| -> String {
         let slug: String = path
@@ -850,7 +1194,7 @@ fn message_match(
                 shared_terms: va.shared_terms(&vp, 5),
                 matched: similarity >= similarity_min,
                 sessions: n,
-                persons: acc.count.persons.len() as u64,
+                persons: acc.count.persons,
                 bounce_rate: (n > 0).then(|| 1.0 - acc.engaged as f64 / n as f64),
                 conversion_rate: (landings.with_conversion && n > 0)
                     .then(|| acc.converted as f64 / n as f64),
@@ -885,4 +1229,156 @@ fn message_match(
         mismatched,
         assets_without_copy: without_copy,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::tests::journey_store;
+    use std::collections::BTreeSet;
+
+    /// The sessions and distinct persons of each spelling of a source, and of the whole
+    /// audit, counted the plain way (sessions split by hand, persons in sets), against
+    /// the audit's counts: a person with several sessions is one person.
+    fn check_source_counts(src: &Source, audit: &AuditResponse) {
+        let rows = load(
+            src,
+            &Load {
+                dims: TOUCH_DIMS.to_vec(),
+                keep: Some(Box::new(|kind, v| is_visit(kind, v[1].is_some()))),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut by_source: BTreeMap<String, (u64, BTreeSet<u32>)> = BTreeMap::new();
+        let (mut sessions, mut persons) = (0u64, BTreeSet::new());
+        for r in rows.persons() {
+            let mut prev: Option<Millis> = None;
+            for i in r {
+                // The test's timeout: 4s.
+                if prev.is_none_or(|p| rows.ts[i] - p > 4000) {
+                    sessions += 1;
+                    persons.insert(rows.person[i]);
+                    if let Some(v) = rows.dim(2).get(i).filter(|v| !v.is_empty()) {
+                        let e = by_source.entry(v.to_string()).or_default();
+                        e.0 += 1;
+                        e.1.insert(rows.person[i]);
+                    }
+                }
+                prev = Some(rows.ts[i]);
+            }
+        }
+        assert_eq!(
+            (audit.sessions, audit.persons),
+            (sessions, persons.len() as u64)
+        );
+        assert!(sessions > persons.len() as u64, "persons come back");
+        assert!(!audit.utm.sources.is_empty());
+        for sp in &audit.utm.sources {
+            let mut others: BTreeSet<u32> = BTreeSet::new();
+            for (k, v) in sp.variants.iter().enumerate() {
+                let (n, who) = &by_source[&v.value];
+                assert_eq!((v.sessions, v.persons), (*n, who.len() as u64), "{v:?}");
+                if k > 0 {
+                    others.extend(who);
+                }
+            }
+            assert_eq!(sp.affected_persons, others.len() as u64, "{sp:?}");
+        }
+    }
+
+    /// The scan must give the table's answer to the byte, over stores of several segments
+    /// and the log, with devices stitched into persons, ties in time, spellings of one
+    /// source, unassigned traffic, error landings and landing texts to compare.
+    #[test]
+    fn the_scanned_audit_equals_the_loaded_one() {
+        let registry = Registry::from_toml(
+            r#"
+[[asset]]
+id = "hero-ad"
+kind = "ad"
+destination_url = "https://shop.example/lp/a?utm_content=hero"
+headline = "Hear every note"
+
+[[asset]]
+id = "spring-mail"
+kind = "email"
+destination_url = "https://shop.example/?utm_campaign=spring"
+copy = "Autumn clearance on cables"
+
+[[asset]]
+id = "products"
+kind = "landing_page"
+destination_url = "/products/x"
+
+[[asset]]
+id = "idle"
+kind = "ad"
+destination_url = "https://shop.example/?utm_campaign=never"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        let rules = Rules::ga4_default();
+        for seed in 1..=3u64 {
+            let (p, dir) = journey_store("audit-scan", seed);
+            let snap = p.snapshot();
+            let src = Source::from(&snap);
+            for (conversion, errors, range, filter) in [
+                (Some("Order"), None, None, None),
+                (None, Some("Clicked|page:/lp/*"), Some((5000, 30_000)), None),
+                (Some("page:/products/*"), Some("Page Not Found"), None, None),
+                (
+                    Some("Order"),
+                    None,
+                    None,
+                    Some(crate::filter::Filter {
+                        channel: None,
+                        campaign: Some("spring".into()),
+                    }),
+                ),
+            ] {
+                let req = AuditRequest {
+                    conversion: conversion.map(str::to_string),
+                    window: Some("9s".into()),
+                    timeout: Some("4s".into()),
+                    error_events: errors.map(str::to_string),
+                    similarity_min: Some(0.2),
+                    from: range.map(|r: (i64, i64)| throughline_model::format_ms(r.0)),
+                    to: range.map(|r| throughline_model::format_ms(r.1)),
+                    filter,
+                };
+                let scanned = run_with(&src, &rules, &registry, &req, true).unwrap();
+                let loaded = run_with(&src, &rules, &registry, &req, false).unwrap();
+                assert!(
+                    loaded.sessions > 20,
+                    "{} sessions: {req:?}",
+                    loaded.sessions
+                );
+                let kinds = &loaded.findings_by_kind;
+                for kind in ["source_spelling", "error_landing", "message_mismatch"] {
+                    assert!(kinds.get(kind).is_some_and(|&n| n > 0), "{kind}: {req:?}");
+                }
+                assert!(
+                    loaded
+                        .message_match
+                        .pairs
+                        .iter()
+                        .any(|p| p.landing_text.contains("Spring sale")),
+                    "landing texts are read: {req:?}"
+                );
+                assert_eq!(
+                    serde_json::to_string(&scanned).unwrap(),
+                    serde_json::to_string(&loaded).unwrap(),
+                    "seed {seed} {req:?}"
+                );
+                if range.is_none() && req.filter.is_none() {
+                    check_source_counts(&src, &loaded);
+                }
+            }
+            drop(snap);
+            drop(p);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }

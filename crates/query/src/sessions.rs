@@ -325,16 +325,18 @@ impl CodePack {
 
     /// The codes in the order of `positions`, [`NO_VALUE`] for no value.
     pub(crate) fn unpack(&self, tag: u64) -> Vec<u32> {
-        self.fields
-            .iter()
-            .map(|&(_, shift, bits)| {
-                let max = (1u64 << bits) - 1;
-                match (tag >> shift) & max {
-                    c if c == max => NO_VALUE,
-                    c => c as u32,
-                }
-            })
-            .collect()
+        (0..self.fields.len()).map(|k| self.code(tag, k)).collect()
+    }
+
+    /// The `k`-th code of `positions`, [`NO_VALUE`] for no value.
+    #[inline]
+    pub(crate) fn code(&self, tag: u64, k: usize) -> u32 {
+        let (_, shift, bits) = self.fields[k];
+        let max = (1u64 << bits) - 1;
+        match (tag >> shift) & max {
+            c if c == max => NO_VALUE,
+            c => c as u32,
+        }
     }
 }
 

@@ -607,8 +607,9 @@ fn scan_equals_load_on_random_stores() {
 /// A store of marketing journeys for comparing a query's scan with its table: three
 /// segments and the log, 240 devices of which signed-in ones join in threes into persons,
 /// 40 distinct seconds (ties within a person), page views and tracks with and without a
-/// path, UTM values, referrers, and `Order` tracks (with `revenue` and `tier`) among
-/// `Clicked` ones. The caller removes the directory.
+/// path, UTM values (some in two spellings, one medium no channel rule knows), referrers,
+/// `Order` tracks (with `revenue` and `tier`) among `Clicked` and `Page Not Found` ones,
+/// and a page `title`. The caller removes the directory.
 pub(crate) fn journey_store(name: &str, seed: u64) -> (ProjectStore, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("tl-{name}-{seed}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -624,16 +625,22 @@ pub(crate) fn journey_store(name: &str, seed: u64) -> (ProjectStore, std::path::
         for _ in 0..400 {
             i += 1;
             let kind = ["page", "track", "track"][rng.below(3) as usize];
-            let name = ["Order", "Clicked", "Clicked", "Clicked"][rng.below(4) as usize];
+            let name =
+                ["Order", "Clicked", "Clicked", "Clicked", "Page Not Found"][rng.below(5) as usize];
             let device = rng.below(240);
             let tier = ["gold", "tin"][rng.below(2) as usize];
+            let title = ["Spring sale", "Hear every note", ""][rng.below(3) as usize];
             let mut e = serde_json::json!({
                 "message_id": format!("m{i}"), "type": kind,
                 "event": if kind == "track" { name } else { "Home" },
                 "anonymous_id": format!("d{device}"),
                 "timestamp": rng.below(40) as i64 * 1000,
                 "received_at": 0,
-                "properties": {"revenue": rng.below(50), "tier": tier},
+                "properties": {
+                    "revenue": rng.below(50),
+                    "tier": tier,
+                    "title": title,
+                },
             });
             if rng.below(3) == 0 {
                 e["user_id"] = serde_json::json!(format!("u{}", device / 3));
@@ -644,9 +651,11 @@ pub(crate) fn journey_store(name: &str, seed: u64) -> (ProjectStore, std::path::
                 e["page_url"] = serde_json::json!("https://shop.example/");
             }
             e["utm"] = serde_json::json!({
-                "source": pick(&mut rng, &["google", "newsletter", "facebook"]),
-                "medium": pick(&mut rng, &["cpc", "email", "social"]),
-                "campaign": pick(&mut rng, &["spring", "autumn"]),
+                // Spellings of one value (`Google`, `Spring`) and an unknown medium, for
+                // the audit's findings.
+                "source": pick(&mut rng, &["google", "newsletter", "facebook", "Google"]),
+                "medium": pick(&mut rng, &["cpc", "email", "social", "odd"]),
+                "campaign": pick(&mut rng, &["spring", "autumn", "Spring"]),
                 "content": pick(&mut rng, &["hero", "footer"]),
             });
             if let Some(r) = pick(&mut rng, &["https://www.bing.com/", "https://t.co/x"]) {
