@@ -34,12 +34,12 @@ use serde::{Deserialize, Serialize};
 use throughline_classify::Rules;
 use throughline_kernels::stats::{self, Estimate, Moments};
 use throughline_model::{format_ms, Millis};
-use throughline_store::StoreError;
+use throughline_store::{StoreError, NO_VALUE};
 use throughline_text::{terms, vader};
 
 use crate::assets::{asset_key, Registry, RegistryIndex};
 use crate::rows::{load, Load, PersonRows, Rows, Scan};
-use crate::sessions::{is_visit, Attributor};
+use crate::sessions::{is_visit, Attributor, CodePack, TOUCH_DIMS};
 use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::stages::Stages;
@@ -420,7 +420,6 @@ pub fn run(
 
     let identity = snap.identity()?;
     let index = registry.index();
-    let mut attributor = Attributor::new(rules);
     let mut by_stage: Vec<Acc> = (0..n_stages).map(|_| Acc::default()).collect();
     let mut unstaged = Acc::default();
     let mut total = Acc::default();
@@ -496,16 +495,19 @@ pub fn run(
     }
 
     if let Some(b) = by.filter(|_| by_touch) {
-        let keys = touch_keys(
+        let keys = Touches {
             snap,
-            b,
-            (from, to),
-            &answering,
-            &item_names,
-            &items,
+            by: b,
+            range: (from, to),
+            persons: &answering,
+            item_names: &item_names,
+            items: &items,
             timeout,
-            (&mut attributor, registry, &index),
-        )?;
+            rules,
+            registry,
+            index: &index,
+        }
+        .keys()?;
         for (seq, text_index) in deferred {
             let key = keys
                 .get(&seq)
@@ -713,57 +715,172 @@ impl StagePass {
 }
 
 /// The group of each answer and text of these persons by the touch before it (`by` is
-/// channel, asset or campaign), by arrival number: their visits and answers loaded with
-/// the traffic-source columns, and split into sessions by `timeout` of inactivity.
-#[allow(clippy::too_many_arguments)]
-fn touch_keys(
-    snap: &Source,
-    by: &str,
-    (from, to): (Option<Millis>, Option<Millis>),
-    persons: &HashSet<u32>,
-    item_names: &HashSet<&str>,
-    items: &FxHashMap<u32, Item>,
+/// channel, asset or campaign): their visits and answers, split into sessions by
+/// `timeout` of inactivity.
+struct Touches<'q, 's, 'a> {
+    snap: &'q Source<'s, 'a>,
+    by: &'q str,
+    range: (Option<Millis>, Option<Millis>),
+    persons: &'q HashSet<u32>,
+    item_names: &'q HashSet<&'q str>,
+    items: &'q FxHashMap<u32, Item>,
     timeout: Millis,
-    (attributor, registry, index): (&mut Attributor, &Registry, &RegistryIndex),
-) -> Result<FxHashMap<u32, String>, QueryError> {
-    let mut keys = FxHashMap::default();
-    if persons.is_empty() {
-        return Ok(keys);
-    }
-    let rows = load(
-        snap,
-        &Load {
-            from,
-            to,
-            persons: Some(persons),
-            dims: vec![0, 1, 2, 3, 4, 5, 7, 8],
-            keep: Some(Box::new(|kind, v| {
-                is_visit(kind, v[1].is_some()) || v[0].is_some_and(|n| item_names.contains(n))
-            })),
-            keep_reads: Some(vec![0, 1]),
-        },
-    )?;
-    for r in rows.persons() {
-        let mut last_visit: Option<Millis> = None;
-        let mut session_start: Option<usize> = None;
-        for i in r {
-            let ts = rows.ts[i];
-            if is_visit(
-                rows.kind[i],
-                rows.dim(1).codes[i] != throughline_store::NO_VALUE,
-            ) {
-                if last_visit.is_none_or(|t| ts - t > timeout) {
-                    session_start = Some(i);
-                }
-                last_visit = Some(ts);
-            }
-            if items.contains_key(&rows.seq[i]) {
-                let key = touch_key(by, &rows, session_start, attributor, registry, index);
-                keys.insert(rows.seq[i], key);
-            }
+    rules: &'q Rules,
+    registry: &'q Registry,
+    index: &'q RegistryIndex,
+}
+
+impl Touches<'_, '_, '_> {
+    /// The group of each answer and text, by arrival number.
+    fn keys(&self) -> Result<FxHashMap<u32, String>, QueryError> {
+        if self.persons.is_empty() {
+            return Ok(FxHashMap::default());
+        }
+        match self.scan()? {
+            Some(keys) => Ok(keys),
+            None => self.loaded(),
         }
     }
-    Ok(keys)
+
+    /// [`Touches::keys`] over the table of the persons' visits and answers with the
+    /// traffic-source columns.
+    fn loaded(&self) -> Result<FxHashMap<u32, String>, QueryError> {
+        let (items, item_names) = (self.items, self.item_names);
+        let rows = load(
+            self.snap,
+            &Load {
+                from: self.range.0,
+                to: self.range.1,
+                persons: Some(self.persons),
+                dims: TOUCH_DIMS.to_vec(),
+                keep: Some(Box::new(|kind, v| {
+                    is_visit(kind, v[1].is_some()) || v[0].is_some_and(|n| item_names.contains(n))
+                })),
+                keep_reads: Some(vec![0, 1]),
+            },
+        )?;
+        let mut attributor = Attributor::new(self.rules);
+        let mut keys = FxHashMap::default();
+        for r in rows.persons() {
+            let mut last_visit: Option<Millis> = None;
+            let mut session_start: Option<usize> = None;
+            for i in r {
+                let ts = rows.ts[i];
+                if is_visit(rows.kind[i], rows.dim(1).codes[i] != NO_VALUE) {
+                    if last_visit.is_none_or(|t| ts - t > self.timeout) {
+                        session_start = Some(i);
+                    }
+                    last_visit = Some(ts);
+                }
+                if items.contains_key(&rows.seq[i]) {
+                    let key = touch_key(
+                        self.by,
+                        &rows,
+                        session_start,
+                        &mut attributor,
+                        self.registry,
+                        self.index,
+                    );
+                    keys.insert(rows.seq[i], key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// [`Touches::keys`] as one streaming scan of the persons, in parallel, where a
+    /// visit's tag packs its landing path and touch codes ([`CodePack`]) and bit 63 marks
+    /// an answer or text: each distinct touch is named once per thread. `None` when the
+    /// codes do not fit.
+    fn scan(&self) -> Result<Option<FxHashMap<u32, String>>, QueryError> {
+        const ITEM: u64 = 1 << 63;
+        let scan = Scan::new(self.snap, self.range.0, self.range.1, &TOUCH_DIMS)?;
+        // The landing path, then the touch's codes in `TOUCH_KEY_DIMS` order.
+        let Some(pack) = CodePack::new(&[1, 2, 3, 4, 5, 6, 7], |j| scan.dict(j).len()) else {
+            return Ok(None);
+        };
+        if pack.width() > 63 {
+            return Ok(None);
+        }
+        let codes_mask = (1u64 << pack.width()) - 1;
+        let item_code: Vec<bool> = scan
+            .dict(0)
+            .iter()
+            .map(|n| self.item_names.contains(n.as_str()))
+            .collect();
+        let tag = |kind: u8, codes: &[u32]| -> u64 {
+            let visit = match is_visit(kind, codes[1] != NO_VALUE) {
+                true => pack.pack(codes),
+                false => 0,
+            };
+            let item = item_code.get(codes[0] as usize).copied().unwrap_or(false);
+            visit | if item { ITEM } else { 0 }
+        };
+        let touch_dicts: [&[String]; 6] = std::array::from_fn(|k| scan.dict(k + 2));
+        let string = |j: usize, c: u32| (c != NO_VALUE).then(|| scan.dict(j)[c as usize].as_str());
+        // Per thread: its attributor, the group of each packed touch, its answers' groups.
+        type Part<'r> = (Attributor<'r>, FxHashMap<u64, String>, Vec<(u32, String)>);
+        let parts = scan.run(
+            Some(self.persons),
+            tag,
+            || -> Part {
+                (
+                    Attributor::new(self.rules),
+                    FxHashMap::default(),
+                    Vec::new(),
+                )
+            },
+            |(attributor, named, out): &mut Part, r| {
+                let mut last_visit: Option<Millis> = None;
+                let mut start: Option<u64> = None;
+                for i in 0..r.ts.len() {
+                    let (tag, ts) = (r.tag[i], r.ts[i]);
+                    if tag & 1 != 0 {
+                        if last_visit.is_none_or(|t| ts - t > self.timeout) {
+                            start = Some(tag & codes_mask);
+                        }
+                        last_visit = Some(ts);
+                    }
+                    if tag & ITEM == 0 || !self.items.contains_key(&r.seq[i]) {
+                        continue;
+                    }
+                    let key = match start {
+                        None => "(no touch)".to_string(),
+                        Some(k) => named
+                            .entry(k)
+                            .or_insert_with(|| {
+                                // Path, then source, medium, campaign, content, referrer,
+                                // click id.
+                                let codes = pack.unpack(k);
+                                match self.by {
+                                    "asset" => {
+                                        let key = asset_key(
+                                            string(5, codes[4]),
+                                            string(4, codes[3]),
+                                            string(1, codes[0]),
+                                        );
+                                        match self.index.resolve(&key) {
+                                            Some(a) => self.registry.assets[a].id.clone(),
+                                            None => key.value,
+                                        }
+                                    }
+                                    other => {
+                                        let t =
+                                            attributor.attribute_dicts(&codes[1..], &touch_dicts);
+                                        attributor.touch(t).value(other)
+                                    }
+                                }
+                            })
+                            .clone(),
+                    };
+                    out.push((r.seq[i], key));
+                }
+            },
+        )?;
+        Ok(Some(
+            parts.into_iter().flat_map(|(_, _, out)| out).collect(),
+        ))
+    }
 }
 
 /// The answers and texts in range, by arrival number, and the arrival numbers of the
@@ -1131,5 +1248,105 @@ fn flag_moments(stages: &mut [StageRow], total: &Feelings, min: u64) {
     }
     for row in stages.iter_mut() {
         row.moment_of_truth = !row.flags.is_empty();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::tests::journey_store;
+
+    /// The scan must give the table's group for every answer, over stores of several
+    /// segments and the log, with devices stitched into persons, ties in time, answers
+    /// that are also visits, and a range that cuts sessions.
+    #[test]
+    fn the_scanned_touches_equal_the_loaded_ones() {
+        let registry = Registry::from_toml(
+            r#"
+[[asset]]
+id = "hero-ad"
+kind = "ad"
+destination_url = "https://shop.example/lp/a?utm_content=hero"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        let index = registry.index();
+        let rules = Rules::ga4_default();
+        let item_names: HashSet<&str> = HashSet::from(["Order"]);
+        for seed in 1..=3u64 {
+            let (p, dir) = journey_store("emotion-touches", seed);
+            let snap = p.snapshot();
+            let src = Source::from(&snap);
+            let mut items = FxHashMap::default();
+            src.for_each_event_named(
+                |n| n == "Order",
+                |seq, e| {
+                    // Some orders are not answers: their rows are tagged, and skipped.
+                    if seq % 4 != 0 {
+                        let event = e.event.unwrap_or_default();
+                        items.insert(
+                            seq,
+                            Item {
+                                survey: None,
+                                score: None,
+                                text: Some("fine".into()),
+                                stage_property: None,
+                                event,
+                            },
+                        );
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+            let answering = load(
+                src,
+                &Load {
+                    dims: vec![0, 1],
+                    keep: Some(Box::new(|_, v| v[0] == Some("Order"))),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let all: HashSet<u32> = answering.person.iter().copied().collect();
+            let some: HashSet<u32> = all.iter().copied().filter(|p| p % 2 == 0).collect();
+            for (by, range, persons) in [
+                ("channel", (None, None), &all),
+                ("asset", (None, None), &all),
+                ("campaign", (Some(5000), Some(30_000)), &all),
+                ("channel", (Some(9000), None), &some),
+            ] {
+                let touches = Touches {
+                    snap: &src,
+                    by,
+                    range,
+                    persons,
+                    item_names: &item_names,
+                    items: &items,
+                    timeout: 4000,
+                    rules: &rules,
+                    registry: &registry,
+                    index: &index,
+                };
+                let sorted = |m: FxHashMap<u32, String>| -> Vec<(u32, String)> {
+                    let mut v: Vec<_> = m.into_iter().collect();
+                    v.sort();
+                    v
+                };
+                let scanned = sorted(touches.scan().unwrap().expect("the codes fit"));
+                let loaded = sorted(touches.loaded().unwrap());
+                assert!(loaded.len() > 20, "{by} {range:?}: {}", loaded.len());
+                let groups: HashSet<&str> = loaded.iter().map(|(_, k)| k.as_str()).collect();
+                assert!(groups.len() > 2, "{by}: {groups:?}");
+                if by == "asset" {
+                    assert!(groups.contains("hero-ad"), "{groups:?}");
+                }
+                assert_eq!(scanned, loaded, "seed {seed} {by} {range:?}");
+            }
+            drop(snap);
+            drop(p);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
