@@ -54,9 +54,9 @@ pub fn persons(
     for (attribute, wanted) in filter.constraints() {
         let touches = crate::sessions::first_touch(snap, rules, from, to, attribute)?;
         let matching: HashSet<u32> = touches
-            .into_iter()
-            .filter(|(_, v)| v == wanted)
-            .map(|(p, _)| p)
+            .iter()
+            .filter(|(_, v)| *v == wanted)
+            .map(|(&p, _)| p)
             .filter(|p| kept.as_ref().is_none_or(|k| k.contains(p)))
             .collect();
         kept = Some(matching);

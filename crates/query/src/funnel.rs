@@ -247,8 +247,8 @@ pub fn run(
     match &by {
         None => {}
         Some(By::Touch(attribute)) => {
-            for (p, v) in crate::sessions::first_touch(snap, rules, from, to, attribute)? {
-                let g = add_value(v);
+            for (&p, v) in crate::sessions::first_touch(snap, rules, from, to, attribute)?.iter() {
+                let g = add_value(v.clone());
                 group_of.insert(p, g);
             }
         }

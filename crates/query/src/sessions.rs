@@ -2,7 +2,8 @@
 //! channel, source, medium, campaign and landing page (those of the first event), engaged
 //! sessions and bounce rate as GA4 defines them, by any of those or by day.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -182,23 +183,116 @@ impl<'r> Attributor<'r> {
 
 /// The first touch of every person with a visit in `[from, to)`: an attribute (`channel`,
 /// `source`, `medium`, `source_medium`, `campaign`, `content` or `landing_page`) of their
-/// first visit event.
+/// first visit event. Over the embedded store, the answers of the latest few requests are
+/// kept by snapshot version ([`RECENT_FIRST_TOUCHES`]).
 pub fn first_touch(
     snap: &Source,
     rules: &Rules,
     from: Option<Millis>,
     to: Option<Millis>,
     attribute: &str,
-) -> Result<HashMap<u32, String>, QueryError> {
+) -> Result<Arc<HashMap<u32, String>>, QueryError> {
     if !TOUCH_ATTRIBUTES.contains(&attribute) {
         return Err(QueryError::invalid(format!(
             "unknown breakdown {attribute:?}: use one of {}",
             TOUCH_ATTRIBUTES.join(", ")
         )));
     }
-    match first_touch_scan(snap, rules, from, to, attribute)? {
+    let compute = || match first_touch_scan(snap, rules, from, to, attribute)? {
         Some(out) => Ok(out),
         None => first_touch_loaded(snap, rules, from, to, attribute),
+    };
+    match snap.store() {
+        Some(store) => RECENT_FIRST_TOUCHES.get(
+            (
+                store.version(),
+                from,
+                to,
+                attribute.to_string(),
+                rules.clone(),
+            ),
+            compute,
+        ),
+        // A remote backend's data changes without a version to tell.
+        None => compute().map(Arc::new),
+    }
+}
+
+/// A dashboard view sends its requests at once, each with the same filter (and a
+/// breakdown by channel often), and each would scan for the same first touches: the
+/// latest few answers are kept, by (snapshot version, from, to, attribute, rules).
+/// The version changes with every append, flush, merge and erasure, so a kept answer is
+/// never stale.
+pub static RECENT_FIRST_TOUCHES: FirstTouches = FirstTouches::new();
+
+/// Answers kept by [`RECENT_FIRST_TOUCHES`], at most this many.
+const FIRST_TOUCHES_KEPT: usize = 3;
+
+type FirstTouchKey = (u64, Option<Millis>, Option<Millis>, String, Rules);
+/// Filled once: requests for the same key wait for the first one's answer; `None` when
+/// it failed (each request then computes, and reports, its own).
+type FirstTouchSlot = Arc<OnceLock<Option<Arc<HashMap<u32, String>>>>>;
+
+pub struct FirstTouches {
+    entries: Mutex<VecDeque<(FirstTouchKey, FirstTouchSlot)>>,
+}
+
+impl FirstTouches {
+    const fn new() -> FirstTouches {
+        FirstTouches {
+            entries: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn get(
+        &self,
+        key: FirstTouchKey,
+        compute: impl Fn() -> Result<HashMap<u32, String>, QueryError>,
+    ) -> Result<Arc<HashMap<u32, String>>, QueryError> {
+        let slot = {
+            let mut entries = self.entries.lock().expect("first touches");
+            match entries.iter().find(|(k, _)| *k == key) {
+                Some((_, slot)) => slot.clone(),
+                None => {
+                    let slot = FirstTouchSlot::default();
+                    entries.push_back((key, slot.clone()));
+                    if entries.len() > FIRST_TOUCHES_KEPT {
+                        entries.pop_front();
+                    }
+                    slot
+                }
+            }
+        };
+        let mut failed = None;
+        let kept = slot.get_or_init(|| match compute() {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        });
+        match kept {
+            Some(m) => Ok(m.clone()),
+            None => {
+                self.entries
+                    .lock()
+                    .expect("first touches")
+                    .retain(|(_, s)| !Arc::ptr_eq(s, &slot));
+                match failed {
+                    Some(e) => Err(e),
+                    None => compute().map(Arc::new),
+                }
+            }
+        }
+    }
+
+    /// How many answers are kept (for tests).
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("first touches").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -192,7 +192,7 @@ pub fn run(
         None => Groups::None,
         Some(By::Touch(attribute)) => {
             let g = crate::sessions::first_touch(snap, rules, from, to, attribute)?;
-            let map = g.into_iter().map(|(p, v)| (p, intern(v))).collect();
+            let map = g.iter().map(|(&p, v)| (p, intern(v.clone()))).collect();
             Groups::Person(map, intern(breakdown::NONE.into()))
         }
         Some(By::Person(path)) => {

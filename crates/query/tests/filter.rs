@@ -270,7 +270,7 @@ fn the_fixture_first_touches_are_as_described() {
     let touch = |attribute| {
         let by_person =
             throughline_query::sessions::first_touch(&snap, &rules, None, None, attribute).unwrap();
-        let mut values: Vec<String> = by_person.into_values().collect();
+        let mut values: Vec<String> = by_person.values().cloned().collect();
         values.sort();
         values
     };
@@ -429,4 +429,46 @@ fn assets_count_each_rows_conversions_per_period() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("periods"), "{e}");
+}
+
+#[test]
+fn kept_first_touches_are_shared_until_events_arrive() {
+    let rules = Rules::ga4_default();
+    let channels = |s: &Store| {
+        let snap = s.project.snapshot();
+        let src = throughline_query::source::Source::from(&snap);
+        throughline_query::sessions::first_touch(&src, &rules, None, None, "channel").unwrap()
+    };
+    let some = store("kept-some", &["ann", "bob"]);
+    let before = channels(&some);
+    assert_eq!(before.len(), 2);
+    assert!(
+        std::sync::Arc::ptr_eq(&before, &channels(&some)),
+        "the same snapshot version reads the kept answer"
+    );
+    // cy and dee arrive: the next snapshot has a new version, and the answer is the one
+    // a store that always had all four gives.
+    let mut ids = IdGen::new(8);
+    let late: Vec<_> = messages()
+        .into_iter()
+        .filter(|(u, _)| ["cy", "dee"].contains(u))
+        .map(|(_, m)| normalize(m, &HISTORICAL, 1_900_000_000_000, &mut ids).unwrap())
+        .collect();
+    some.project.append(EventBatch::of(&late)).unwrap();
+    let after = channels(&some);
+    assert!(!std::sync::Arc::ptr_eq(&before, &after));
+    let all = store("kept-all", &["ann", "bob", "cy", "dee"]);
+    let sorted = |m: &std::collections::HashMap<u32, String>| {
+        let mut v: Vec<String> = m.values().cloned().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&after), sorted(&channels(&all)));
+    assert_eq!(after.len(), 4);
+    // And again once the appended events are flushed into a segment.
+    some.project.flush().unwrap();
+    let flushed = channels(&some);
+    assert!(!std::sync::Arc::ptr_eq(&after, &flushed));
+    assert_eq!(sorted(&flushed), sorted(&after));
+    assert!(throughline_query::sessions::RECENT_FIRST_TOUCHES.len() <= 3);
 }

@@ -344,6 +344,7 @@ fn publish(
     new.write(&shared.dir)?;
     {
         let mut state = shared.state.write().expect("state lock");
+        state.changed();
         apply(&mut state);
         state.manifest = new.clone();
     }

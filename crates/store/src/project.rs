@@ -100,6 +100,20 @@ pub(crate) struct State {
     pub frozen: VecDeque<Arc<Frozen>>,
     pub mem: MemTable,
     pub manifest: Manifest,
+    /// A number no other state of any project has had: see [`State::changed`].
+    pub version: u64,
+}
+
+/// Where state versions come from: one counter for the process, so that two projects'
+/// snapshots never share a version either.
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+impl State {
+    /// Called under the write lock by whatever changes the events or the identities a
+    /// snapshot sees, so that a cache keyed by [`Snapshot::version`] is never stale.
+    pub(crate) fn changed(&mut self) {
+        self.version = VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What the writer, the flusher and the compactor share.
@@ -209,8 +223,10 @@ impl ProjectStore {
             frozen: VecDeque::new(),
             mem: MemTable::new(pool.clone(), events_per_table(&options)),
             manifest,
+            version: 0,
         };
         let last_seq = replay_log(&wal_dir, &mut state)?;
+        state.changed();
         let wal =
             WalWriter::create(&wal_dir, last_seq + 1).map_err(|e| StoreError::io(&wal_dir, e))?;
 
@@ -578,6 +594,12 @@ pub struct Snapshot<'a> {
 }
 
 impl Snapshot<'_> {
+    /// Equal for two snapshots only when they see the same events and identities (of
+    /// the same project): what caches of derived answers key by.
+    pub fn version(&self) -> u64 {
+        self.state.version
+    }
+
     pub fn identity(&self) -> &IdentityGraph {
         &self.state.identity
     }

@@ -172,6 +172,7 @@ impl Writer {
         };
         let frozen = {
             let mut state = shared.state.write().expect("state lock");
+            state.changed();
             let frozen = Arc::new(Frozen {
                 table: std::mem::replace(&mut state.mem, shared.new_table()),
                 identity,
@@ -252,6 +253,7 @@ impl Writer {
         let mut replies = Vec::with_capacity(group.len());
         {
             let mut state = self.shared.state.write().expect("state lock");
+            state.changed();
             let state = &mut *state;
             for ((events, _, reply), rows) in group.into_iter().zip(fresh) {
                 let nodes: Vec<(usize, u32)> = rows
@@ -348,6 +350,7 @@ impl Writer {
         }
         let snapshot = {
             let mut state = shared.state.write().expect("state lock");
+            state.changed();
             for &person in &persons {
                 state.identity.forget_person(person);
             }
