@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,7 @@ use throughline_store::{StoreError, NO_VALUE};
 use throughline_text::{terms, vader};
 
 use crate::assets::{asset_key, Registry, RegistryIndex};
+use crate::kept::Kept;
 use crate::rows::{load, Load, PersonRows, Rows, Scan};
 use crate::sessions::{is_visit, Attributor, CodePack, TOUCH_DIMS};
 use crate::source::Source;
@@ -225,6 +227,13 @@ pub struct EmotionResponse {
     pub omitted_groups: u64,
 }
 
+/// The emotion view asks by week and by a touch at once, and each request would decode
+/// the same answers: the latest two decodes are kept, by (snapshot version, survey
+/// event, answer and text event names, from, to).
+static RECENT_ITEMS: Kept<ItemsKey, (FxHashMap<u32, Item>, Vec<u32>)> = Kept::new(2);
+
+type ItemsKey = (u64, String, Vec<String>, Option<Millis>, Option<Millis>);
+
 /// A decoded answer or text.
 #[derive(Clone, Debug)]
 struct Item {
@@ -395,7 +404,19 @@ pub fn run(
         |part: &mut StagePass, r| part.person(r),
     )?;
     drop(scan);
-    let (items, invalid) = decode_items(snap, &survey_event, &item_names, from, to)?;
+    let decode = || decode_items(snap, &survey_event, &item_names, from, to);
+    let decoded = match snap.store() {
+        Some(store) => {
+            let mut names: Vec<String> = item_names.iter().map(|n| n.to_string()).collect();
+            names.sort();
+            RECENT_ITEMS.get(
+                (store.version(), survey_event.clone(), names, from, to),
+                decode,
+            )?
+        }
+        None => Arc::new(decode()?),
+    };
+    let (items, invalid) = (&decoded.0, &decoded.1);
     let mut stage_persons = vec![0u64; n_stages];
     let mut stage_continued = vec![0u64; n_stages];
     let mut item_rows: Vec<ItemRow> = Vec::new();
@@ -410,7 +431,7 @@ pub fn run(
     let invalid_answers = match &only {
         None => invalid.len() as u64,
         Some(_) => {
-            let invalid: HashSet<u32> = invalid.into_iter().collect();
+            let invalid: HashSet<u32> = invalid.iter().copied().collect();
             item_rows
                 .iter()
                 .filter(|r| invalid.contains(&r.seq))
@@ -501,7 +522,7 @@ pub fn run(
             range: (from, to),
             persons: &answering,
             item_names: &item_names,
-            items: &items,
+            items,
             timeout,
             rules,
             registry,

@@ -18,6 +18,7 @@ pub mod fatigue;
 pub mod filter;
 pub mod funnel;
 mod intern;
+pub mod kept;
 pub mod links;
 pub mod paths;
 pub mod profile;

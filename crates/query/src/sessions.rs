@@ -2,8 +2,8 @@
 //! channel, source, medium, campaign and landing page (those of the first event), engaged
 //! sessions and bounce rate as GA4 defines them, by any of those or by day.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,7 @@ use throughline_kernels::sessions;
 use throughline_model::{EventType, Millis};
 use throughline_store::NO_VALUE;
 
+use crate::kept::Kept;
 use crate::rows::{load, Load, Rows, Scan};
 use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound};
@@ -220,81 +221,10 @@ pub fn first_touch(
 
 /// A dashboard view sends its requests at once, each with the same filter (and a
 /// breakdown by channel often), and each would scan for the same first touches: the
-/// latest few answers are kept, by (snapshot version, from, to, attribute, rules).
-/// The version changes with every append, flush, merge and erasure, so a kept answer is
-/// never stale.
-pub static RECENT_FIRST_TOUCHES: FirstTouches = FirstTouches::new();
+/// latest three answers are kept, by (snapshot version, from, to, attribute, rules).
+pub static RECENT_FIRST_TOUCHES: Kept<FirstTouchKey, HashMap<u32, String>> = Kept::new(3);
 
-/// Answers kept by [`RECENT_FIRST_TOUCHES`], at most this many.
-const FIRST_TOUCHES_KEPT: usize = 3;
-
-type FirstTouchKey = (u64, Option<Millis>, Option<Millis>, String, Rules);
-/// Filled once: requests for the same key wait for the first one's answer; `None` when
-/// it failed (each request then computes, and reports, its own).
-type FirstTouchSlot = Arc<OnceLock<Option<Arc<HashMap<u32, String>>>>>;
-
-pub struct FirstTouches {
-    entries: Mutex<VecDeque<(FirstTouchKey, FirstTouchSlot)>>,
-}
-
-impl FirstTouches {
-    const fn new() -> FirstTouches {
-        FirstTouches {
-            entries: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    fn get(
-        &self,
-        key: FirstTouchKey,
-        compute: impl Fn() -> Result<HashMap<u32, String>, QueryError>,
-    ) -> Result<Arc<HashMap<u32, String>>, QueryError> {
-        let slot = {
-            let mut entries = self.entries.lock().expect("first touches");
-            match entries.iter().find(|(k, _)| *k == key) {
-                Some((_, slot)) => slot.clone(),
-                None => {
-                    let slot = FirstTouchSlot::default();
-                    entries.push_back((key, slot.clone()));
-                    if entries.len() > FIRST_TOUCHES_KEPT {
-                        entries.pop_front();
-                    }
-                    slot
-                }
-            }
-        };
-        let mut failed = None;
-        let kept = slot.get_or_init(|| match compute() {
-            Ok(m) => Some(Arc::new(m)),
-            Err(e) => {
-                failed = Some(e);
-                None
-            }
-        });
-        match kept {
-            Some(m) => Ok(m.clone()),
-            None => {
-                self.entries
-                    .lock()
-                    .expect("first touches")
-                    .retain(|(_, s)| !Arc::ptr_eq(s, &slot));
-                match failed {
-                    Some(e) => Err(e),
-                    None => compute().map(Arc::new),
-                }
-            }
-        }
-    }
-
-    /// How many answers are kept (for tests).
-    pub fn len(&self) -> usize {
-        self.entries.lock().expect("first touches").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub type FirstTouchKey = (u64, Option<Millis>, Option<Millis>, String, Rules);
 
 /// [`first_touch`] over the table of every visit.
 fn first_touch_loaded(
