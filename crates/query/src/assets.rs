@@ -40,7 +40,7 @@ use throughline_model::{EventType, Millis};
 use throughline_store::{StoreError, NO_VALUE};
 
 use crate::rows::{load, Load, Scan};
-use crate::sessions::{is_visit, Attributor, CodePack, TOUCH_DIMS};
+use crate::sessions::{is_visit, Attributor, CodePack, TOUCH_DIMS, VISIT_CODES};
 use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, Alternative, MaskTable, StepMatcher};
 use crate::QueryError;
@@ -1355,14 +1355,12 @@ impl Pass<'_, '_, '_> {
         const VIEW_BIT: u32 = 63;
         let funnels = self.settings.funnels;
         let scan = Scan::new(self.snap, self.range.0, self.range.1, &TOUCH_DIMS)?;
-        // The landing path, then the touch's codes in `TOUCH_KEY_DIMS` order.
-        let Some(pack) = CodePack::new(&[1, 2, 3, 4, 5, 6, 7], |j| scan.dict(j).len()) else {
+        let Some(pack) = CodePack::new(&VISIT_CODES, |j| scan.dict(j).len())
+            .and_then(|p| p.below(CONVERSION_BIT))
+        else {
             return Ok(None);
         };
-        if pack.width() > CONVERSION_BIT {
-            return Ok(None);
-        }
-        let codes_mask = (1u64 << pack.width()) - 1;
+        let codes_mask = pack.mask();
         // Each funnel's steps, one bit each, after the codes.
         let mut offsets = Vec::with_capacity(funnels.len());
         let mut steps: Vec<(u64, &StepMatcher)> = Vec::new();

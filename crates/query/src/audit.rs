@@ -35,7 +35,7 @@ use crate::assets::RegistryIndex;
 use crate::assets::{asset_key, Registry};
 use crate::intern::Names;
 use crate::rows::{load, Load, Scan};
-use crate::sessions::{is_visit, Attributor, CodePack, TOUCH_DIMS};
+use crate::sessions::{is_visit, Attributor, CodePack, TOUCH_DIMS, VISIT_CODES};
 use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::QueryError;
@@ -1023,15 +1023,14 @@ impl Pass<'_, '_, '_> {
     /// its codes ([`CodePack`]). `None` when they do not fit.
     fn scan(&self) -> Result<Option<Tally>, QueryError> {
         let scan = Scan::new(self.snap, self.range.0, self.range.1, &TOUCH_DIMS)?;
-        // The scan reads the name too (errors and conversions match it): its codes are in
-        // `TOUCH_DIMS` order, whose positions 1.. are `START_DIMS`.
-        let Some(pack) = CodePack::new(&[1, 2, 3, 4, 5, 6, 7], |j| scan.dict(j).len()) else {
+        // The scan reads the name too (errors and conversions match it); the packed codes
+        // are `START_DIMS`'.
+        let Some(pack) =
+            CodePack::new(&VISIT_CODES, |j| scan.dict(j).len()).and_then(|p| p.below(FLAGS_SHIFT))
+        else {
             return Ok(None);
         };
-        if pack.width() > FLAGS_SHIFT {
-            return Ok(None);
-        }
-        let codes_mask = (1u64 << pack.width()) - 1;
+        let codes_mask = pack.mask();
         let (names, paths) = (scan.dict(0), Some(scan.dict(1)));
         let errors = MaskTable::new(&[(1, self.errors)], names, paths);
         let converts = self

@@ -41,7 +41,7 @@ use throughline_text::{terms, vader};
 use crate::assets::{asset_key, Registry, RegistryIndex};
 use crate::kept::Kept;
 use crate::rows::{load, Load, PersonRows, Rows, Scan};
-use crate::sessions::{is_visit, Attributor, CodePack, TOUCH_DIMS};
+use crate::sessions::{is_visit, Attributor, CodePack, TOUCH_DIMS, VISIT_CODES};
 use crate::source::Source;
 use crate::spec::{parse_duration, parse_time_bound, MaskTable, StepMatcher};
 use crate::stages::Stages;
@@ -816,14 +816,12 @@ impl Touches<'_, '_, '_> {
     fn scan(&self) -> Result<Option<FxHashMap<u32, String>>, QueryError> {
         const ITEM: u64 = 1 << 63;
         let scan = Scan::new(self.snap, self.range.0, self.range.1, &TOUCH_DIMS)?;
-        // The landing path, then the touch's codes in `TOUCH_KEY_DIMS` order.
-        let Some(pack) = CodePack::new(&[1, 2, 3, 4, 5, 6, 7], |j| scan.dict(j).len()) else {
+        let Some(pack) =
+            CodePack::new(&VISIT_CODES, |j| scan.dict(j).len()).and_then(|p| p.below(63))
+        else {
             return Ok(None);
         };
-        if pack.width() > 63 {
-            return Ok(None);
-        }
-        let codes_mask = (1u64 << pack.width()) - 1;
+        let codes_mask = pack.mask();
         let item_code: Vec<bool> = scan
             .dict(0)
             .iter()

@@ -67,6 +67,9 @@ pub(crate) const TOUCH_DIMS: [usize; 8] = [0, 1, 2, 3, 4, 5, 7, 8];
 /// The dimensions a touch is classified and cached by, in the order of its key: UTM
 /// source, medium, campaign, content, referrer host, click id.
 pub(crate) const TOUCH_KEY_DIMS: [usize; 6] = [2, 3, 4, 5, 7, 8];
+/// In a scan of [`TOUCH_DIMS`], the positions of a visit's landing path and then its
+/// touch's codes in [`TOUCH_KEY_DIMS`] order: what a session start packs.
+pub(crate) const VISIT_CODES: [usize; 7] = [1, 2, 3, 4, 5, 6, 7];
 /// What a scan of visits reads: the path (whether there is one makes a visit), then the
 /// touch's dimensions in [`TOUCH_KEY_DIMS`] order.
 const VISIT_SCAN_DIMS: [usize; 7] = [1, 2, 3, 4, 5, 7, 8];
@@ -338,6 +341,16 @@ impl CodePack {
             };
             tag | (c << shift)
         })
+    }
+
+    /// The pack when its codes end at or below `bit`, where the caller's own bits start.
+    pub(crate) fn below(self, bit: u32) -> Option<CodePack> {
+        (self.width() <= bit).then_some(self)
+    }
+
+    /// The bits of the mark and the codes.
+    pub(crate) fn mask(&self) -> u64 {
+        (1u64 << self.width()) - 1
     }
 
     /// The first bit above the codes.
